@@ -1,0 +1,247 @@
+"""`campfleet status` and `campfleet redeploy`: the organizer's view of a running mux.
+
+Both talk to the fleet API inside the hub (campfleet/mux/fleetview.py) with a JupyterHub API
+token, so they need nothing but the mux URL and an admin's token (made at <url>/hub/token):
+no cloud credentials, no SSH. stdlib HTTP only, so the command works wherever campfleet does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from campfleet.cli import CliError, console, table_box
+from campfleet.mux.redeploy import RedeployError, check_batch, check_image_ref
+
+EXIT_CODES = """exit status:
+  0  ok
+  1  the rollout halted: a ship failed the new image (redeploy only)
+  2  usage: bad flag, missing URL or token, mux unreachable, token refused, bad image"""
+HTTP_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class Mux:
+    """Where the fleet API is and the token to use."""
+
+    url: str
+    token: str
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One API call; every failure becomes a one-line CliError naming the cause."""
+        api = f"{self.url}/hub/api/fleet{path}"
+        request = urllib.request.Request(
+            api,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as e:
+            raise CliError(_http_error(api, e.code, e.read())) from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise CliError(f"cannot reach the mux at {self.url}: {reason}") from None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise CliError(
+                f"{api} answered something that is not JSON: is it a campfleet mux?"
+            ) from None
+
+
+def _http_error(api: str, code: int, body: bytes) -> str:
+    try:
+        message = json.loads(body).get("message", "")
+    except (ValueError, AttributeError):
+        message = ""
+    if code == 403:
+        return (
+            f"the mux refused the token (403: {message or 'forbidden'}); "
+            "use an admin's token (read:servers to read, admin:servers to act)"
+        )
+    if code == 404:
+        return f"no fleet API at {api} (404): is this URL a campfleet mux?"
+    return f"the mux refused the request ({code}): {message or 'no reason given'}"
+
+
+def _connection(args: argparse.Namespace) -> Mux:
+    url = (args.url or os.environ.get("CAMPFLEET_URL", "")).strip().rstrip("/")
+    token = (args.token or os.environ.get("CAMPFLEET_TOKEN", "")).strip()
+    if not url:
+        raise CliError("no mux URL: pass --url https://<mux> or set CAMPFLEET_URL")
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise CliError(f"--url {url!r} is not an http(s) URL: use e.g. https://mux.example.org")
+    if not token:
+        raise CliError(
+            f"no API token: pass --token or set CAMPFLEET_TOKEN "
+            f"(an admin makes one at {url}/hub/token)"
+        )
+    return Mux(url, token)
+
+
+def _add_connection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="the mux URL (default: $CAMPFLEET_URL)")
+    parser.add_argument(
+        "--token", help="an admin's JupyterHub API token (default: $CAMPFLEET_TOKEN)"
+    )
+
+
+def register(subparsers: Any) -> None:
+    status = subparsers.add_parser(
+        "status",
+        help="the fleet of a running mux: ships by state and zone, failures, the gate",
+        description="Show the fleet of a running mux: ships by state and zone, attendees, "
+        "failures with their reasons, the readiness gate and the last rollout.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_connection(status)
+    status.add_argument("--ships", action="store_true", help="also list every ship")
+    status.set_defaults(run=run_status)
+
+    redeploy = subparsers.add_parser(
+        "redeploy",
+        help="roll a new image out to every ship, N at a time, keeping attendee files",
+        description="Start a rolling redeploy of a new ship image and follow it until it is "
+        "done or halts. Attendee files stay: only the container changes.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_connection(redeploy)
+    redeploy.add_argument("--image", required=True, help="the new image reference")
+    redeploy.add_argument("--batch", type=int, default=5, help="ships at a time (default 5)")
+    redeploy.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between progress checks (default 1)"
+    )
+    redeploy.set_defaults(run=run_redeploy)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    mux = _connection(args)
+    fleet = mux.call("GET", "")
+    con = console()
+    gate = fleet["gate"]
+    gate_text = "open" if gate["open"] else "closed"
+    if gate["open"] and gate["forced"] and gate["ready"] < gate["needed"]:
+        gate_text = "open (opened by an admin)"
+    con.print(
+        f"Fleet at {mux.url} · ship image {fleet['shipImage']} · {fleet['attendees']} attendees"
+    )
+    con.print(
+        f"Gate: {gate_text} · {gate['ready']} of {gate['expected']} ships ready, "
+        f"{gate['needed']} needed ({gate['readyPercent']}%)"
+    )
+    states = [s for s, n in fleet["counts"].items() if n] or list(fleet["counts"])
+    zones = Table("zone", *states, "total", title="Ships by state and zone", box=table_box(con))
+    for zone, counts in sorted(fleet["zones"].items()):
+        zones.add_row(zone, *(str(counts.get(s, 0)) for s in states), str(sum(counts.values())))
+    zones.add_row(
+        "all", *(str(fleet["counts"][s]) for s in states), str(sum(fleet["counts"].values()))
+    )
+    con.print(zones)
+    if args.ships:
+        ships = Table(
+            "ship", "zone", "state", "attendee", "volume", "containers", "seen", box=table_box(con)
+        )
+        for s in fleet["ships"]:
+            containers = ", ".join(
+                f"{c['name'] or 'default'} {c['state']} {c['image']}" for c in s["containers"]
+            )
+            ships.add_row(
+                s["id"],
+                s["zone"],
+                s["state"],
+                s["attendee"] or "",
+                s["volume"] or "",
+                containers,
+                f"{s['lastSeen']}s",
+            )
+        con.print(ships)
+    if fleet["failures"]:
+        failures = Table("ship", "zone", "attendee", "reason", title="Failures", box=table_box(con))
+        for f in fleet["failures"]:
+            failures.add_row(f["ship"], f["zone"], f["attendee"] or "", f["reason"])
+        con.print(failures)
+    else:
+        con.print("Failures: none")
+    rejected = {k: n for k, n in fleet["rejections"].items() if n}
+    con.print(
+        "Control API rejections: "
+        + (", ".join(f"{k} {n}" for k, n in sorted(rejected.items())) or "none")
+    )
+    rollout = fleet["redeploy"]
+    if rollout:
+        con.print(f"Last rollout: {_rollout_line(rollout)}")
+    return 0
+
+
+def _rollout_line(r: dict[str, Any]) -> str:
+    line = (
+        f"rollout {r['id']} to {r['image']} {r['state']}: "
+        f"{r['counts']['done']} of {r['total']} ships done"
+    )
+    if r["counts"]["failed"]:
+        line += f", {r['counts']['failed']} failed"
+    if r["halted"]:
+        line += f"; halted: {r['halted']}"
+    return line
+
+
+def run_redeploy(args: argparse.Namespace) -> int:
+    try:
+        image = check_image_ref(args.image)
+        batch = check_batch(args.batch)
+    except RedeployError as e:
+        raise CliError(str(e)) from None
+    mux = _connection(args)
+    rollout = mux.call("POST", "/redeploy", {"image": image, "batch": batch})
+    con = console()
+    con.print(
+        f"Rollout {rollout['id']}: {image} to {rollout['total']} ships, {batch} at a time "
+        f"(replacing {', '.join(rollout['replaced']) or 'nothing'})"
+    )
+    reported: set[str] = set()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=con,
+    ) as progress:
+        task = progress.add_task("redeploying", total=max(rollout["total"], 1))
+        while True:
+            for ship in rollout["ships"]:
+                if ship["status"] in ("done", "failed") and ship["id"] not in reported:
+                    reported.add(ship["id"])
+                    detail = ship["digest"] if ship["status"] == "done" else ship["error"]
+                    progress.console.print(
+                        f"  batch {ship['batch']}: {ship['id']} {ship['status']} {detail}"
+                    )
+            finished = rollout["counts"]["done"] + rollout["counts"]["failed"]
+            progress.update(
+                task,
+                completed=finished if rollout["total"] else 1,
+                description=f"rollout {rollout['id']} {rollout['state']}",
+            )
+            if rollout["state"] != "running":
+                break
+            time.sleep(args.interval)
+            rollout = mux.call("GET", "/redeploy")
+            if rollout is None:
+                raise CliError("the mux lost track of the rollout (was the hub restarted?)")
+    con.print(_rollout_line(rollout))
+    return 0 if rollout["state"] == "done" else 1

@@ -1,0 +1,369 @@
+"""The mux's only window onto the cloud: home volumes, scale-in protection, health, metrics.
+
+The mux never launches instances (Pulumi and the Auto Scaling group own capacity); it only
+moves attendee volumes, protects ships that carry an attendee, tells the group to replace a
+broken ship and publishes fleet counts. `AwsCloud` does that with boto3; `LocalCloud` does it
+with directories on one machine so a local event and the tests run the same code paths.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Device names offered to home volumes, in order (the root volume uses /dev/xvda or /dev/sda1).
+DEVICE_NAMES = tuple(f"/dev/sd{letter}" for letter in "fghijklmnop")
+VOLUME_ROLE = "home"
+CALL_HISTORY = 200
+
+
+class CloudError(Exception):
+    """A cloud call failed; the message is one line: what failed, on which id, AWS's code."""
+
+
+@dataclass(frozen=True)
+class CloudCall:
+    """One action the mux asked of the cloud, kept so the fleet view can show what happened."""
+
+    ts: float
+    action: str
+    target: str
+    detail: str = ""
+    ok: bool = True
+
+
+class Cloud(abc.ABC):
+    """What the mux needs from the cloud; every method is async and safe on the hub's loop."""
+
+    def __init__(self) -> None:
+        self._calls: deque[CloudCall] = deque(maxlen=CALL_HISTORY)
+
+    @property
+    def calls(self) -> list[CloudCall]:
+        """The most recent cloud actions (oldest first), for the fleet view."""
+        return list(self._calls)
+
+    def _record(self, action: str, target: str, detail: str = "", ok: bool = True) -> None:
+        self._calls.append(CloudCall(time.time(), action, target, detail, ok))
+
+    @abc.abstractmethod
+    async def attach_volume(self, volume_id: str, instance_id: str) -> str:
+        """Attach a home volume to a ship (taking it off a dead ship first); return its device."""
+
+    @abc.abstractmethod
+    async def detach_volume(self, volume_id: str, instance_id: str) -> None:
+        """Detach a home volume from a ship; a volume not attached there is left alone."""
+
+    @abc.abstractmethod
+    async def set_protected(self, instance_id: str, protected: bool) -> None:
+        """Protect a ship that carries an attendee from scale-in (or lift the protection)."""
+
+    @abc.abstractmethod
+    async def mark_unhealthy(self, instance_id: str, reason: str) -> None:
+        """Tell the group a ship is broken so it replaces it."""
+
+    @abc.abstractmethod
+    async def publish_counts(self, counts: Mapping[str, int]) -> None:
+        """Publish ships per state so alarms and dashboards see the fleet."""
+
+    @abc.abstractmethod
+    async def list_volumes(self) -> list[tuple[str, str]]:
+        """The stack's home volumes as (volume id, availability zone), sorted by id."""
+
+
+class LocalCloud(Cloud):
+    """Directories as volumes for a local event; the other actions are recorded and do nothing."""
+
+    def __init__(
+        self, volumes_root: Path | str, count: int, zones: tuple[str, ...] = ("local-a",)
+    ) -> None:
+        super().__init__()
+        if count < 0:
+            raise ValueError(f"volume count must be >= 0, got {count}")
+        if not zones:
+            raise ValueError("LocalCloud needs at least one zone")
+        self.volumes_root = Path(volumes_root)
+        self._volumes = [
+            (f"vol-local-{i:04d}", zones[(i - 1) % len(zones)]) for i in range(1, count + 1)
+        ]
+        self.attachments: dict[str, str] = {}
+        self.protected: set[str] = set()
+        self.unhealthy: dict[str, str] = {}
+        self.published: dict[str, int] = {}
+        for volume_id, _zone in self._volumes:
+            (self.volumes_root / volume_id).mkdir(parents=True, exist_ok=True)
+
+    def _path(self, volume_id: str) -> Path:
+        if volume_id not in dict(self._volumes):
+            self._record("attach", volume_id, "unknown volume", ok=False)
+            raise CloudError(f"attach failed on {volume_id}: no such local volume")
+        return self.volumes_root / volume_id
+
+    async def attach_volume(self, volume_id: str, instance_id: str) -> str:
+        path = self._path(volume_id)
+        previous = self.attachments.get(volume_id)
+        self.attachments[volume_id] = instance_id
+        moved = f" (moved from {previous})" if previous and previous != instance_id else ""
+        self._record("attach", volume_id, f"to {instance_id}{moved}")
+        return str(path)
+
+    async def detach_volume(self, volume_id: str, instance_id: str) -> None:
+        if self.attachments.get(volume_id) == instance_id:
+            del self.attachments[volume_id]
+            self._record("detach", volume_id, f"from {instance_id}")
+
+    async def set_protected(self, instance_id: str, protected: bool) -> None:
+        (self.protected.add if protected else self.protected.discard)(instance_id)
+        self._record("protect" if protected else "unprotect", instance_id)
+
+    async def mark_unhealthy(self, instance_id: str, reason: str) -> None:
+        self.unhealthy[instance_id] = reason
+        self._record("unhealthy", instance_id, reason)
+
+    async def publish_counts(self, counts: Mapping[str, int]) -> None:
+        self.published = dict(counts)
+
+    async def list_volumes(self) -> list[tuple[str, str]]:
+        return list(self._volumes)
+
+
+class AwsCloud(Cloud):
+    """EC2 volumes, Auto Scaling protection/health and CloudWatch metrics via boto3.
+
+    boto3 is synchronous, so every call runs in a worker thread: a slow AWS answer must
+    never stall the hub's event loop that serves every attendee.
+    """
+
+    def __init__(
+        self,
+        region: str,
+        stack: str,
+        group_name: str,
+        namespace: str = "campfleet",
+        *,
+        max_attempts: int = 8,
+        detach_timeout: float = 60.0,
+        attach_timeout: float = 120.0,
+        poll_interval: float = 2.0,
+        session: boto3.session.Session | None = None,
+    ) -> None:
+        super().__init__()
+        self.region = region
+        self.stack = stack
+        self.group_name = group_name
+        self.namespace = namespace
+        self.detach_timeout = detach_timeout
+        self.attach_timeout = attach_timeout
+        self.poll_interval = poll_interval
+        config = botocore.config.Config(
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            connect_timeout=5,
+            read_timeout=30,
+        )
+        session = session or boto3.session.Session(region_name=region)
+        self._ec2 = session.client("ec2", region_name=region, config=config)
+        self._autoscaling = session.client("autoscaling", region_name=region, config=config)
+        self._cloudwatch = session.client("cloudwatch", region_name=region, config=config)
+        # One attach at a time per ship, so two volumes never race for the same device name.
+        self._instance_locks: dict[str, asyncio.Lock] = {}
+
+    async def _call(self, action: str, target: str, fn: Callable[..., T], **kwargs: Any) -> T:
+        """Run one boto3 call in a thread; turn any AWS failure into a one-line CloudError."""
+        try:
+            return await asyncio.to_thread(fn, **kwargs)
+        except botocore.exceptions.ClientError as e:
+            err = e.response.get("Error", {})
+            code = err.get("Code", "Unknown")
+            message = err.get("Message", "")
+            self._record(action, target, code, ok=False)
+            raise CloudError(f"{action} failed on {target}: {code}: {message}".rstrip(": ")) from e
+        except botocore.exceptions.BotoCoreError as e:
+            self._record(action, target, type(e).__name__, ok=False)
+            raise CloudError(f"{action} failed on {target}: {type(e).__name__}: {e}") from e
+
+    async def _volume(self, volume_id: str) -> dict[str, Any]:
+        answer = await self._call(
+            "describe volume", volume_id, self._ec2.describe_volumes, VolumeIds=[volume_id]
+        )
+        return answer["Volumes"][0]
+
+    async def _wait_volume(
+        self, volume_id: str, done: Callable[[dict[str, Any]], bool], timeout: float
+    ) -> bool:
+        """Poll until `done(volume)` or the timeout: bounded, as AWS sometimes never finishes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if done(await self._volume(volume_id)):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(self.poll_interval)
+
+    async def _free_device(self, instance_id: str) -> str:
+        answer = await self._call(
+            "describe instance",
+            instance_id,
+            self._ec2.describe_instances,
+            InstanceIds=[instance_id],
+        )
+        instance = answer["Reservations"][0]["Instances"][0]
+        used = {m["DeviceName"] for m in instance.get("BlockDeviceMappings", [])}
+        for name in DEVICE_NAMES:
+            if name not in used and name.replace("/dev/sd", "/dev/xvd") not in used:
+                return name
+        raise CloudError(
+            f"attach failed on {instance_id}: no free device name (all of sdf-sdp used)"
+        )
+
+    async def attach_volume(self, volume_id: str, instance_id: str) -> str:
+        lock = self._instance_locks.setdefault(instance_id, asyncio.Lock())
+        async with lock:
+            volume = await self._volume(volume_id)
+            for att in volume.get("Attachments", []):
+                if att["InstanceId"] == instance_id and att["State"] in ("attaching", "attached"):
+                    await self._wait_attached(volume_id, instance_id)
+                    return att["Device"]
+                if att["State"] in ("attaching", "attached", "busy", "detaching"):
+                    # Still on the attendee's previous (dead) ship: take it back first.
+                    await self.detach_volume(volume_id, att["InstanceId"])
+            device = await self._free_device(instance_id)
+            await self._call(
+                "attach",
+                volume_id,
+                self._ec2.attach_volume,
+                VolumeId=volume_id,
+                InstanceId=instance_id,
+                Device=device,
+            )
+            await self._wait_attached(volume_id, instance_id)
+            self._record("attach", volume_id, f"to {instance_id} as {device}")
+            return device
+
+    async def _wait_attached(self, volume_id: str, instance_id: str) -> None:
+        def attached(volume: dict[str, Any]) -> bool:
+            return any(
+                a["InstanceId"] == instance_id and a["State"] == "attached"
+                for a in volume.get("Attachments", [])
+            )
+
+        if not await self._wait_volume(volume_id, attached, self.attach_timeout):
+            self._record("attach", volume_id, f"timeout on {instance_id}", ok=False)
+            raise CloudError(
+                f"attach failed on {volume_id}: not attached to {instance_id} "
+                f"after {self.attach_timeout:.0f}s"
+            )
+
+    async def detach_volume(self, volume_id: str, instance_id: str) -> None:
+        volume = await self._volume(volume_id)
+        states = [
+            a["State"] for a in volume.get("Attachments", []) if a["InstanceId"] == instance_id
+        ]
+        if not states:
+            return
+
+        def detached(v: dict[str, Any]) -> bool:
+            return not any(a["InstanceId"] == instance_id for a in v.get("Attachments", []))
+
+        if states[0] != "detaching":
+            await self._call(
+                "detach",
+                volume_id,
+                self._ec2.detach_volume,
+                VolumeId=volume_id,
+                InstanceId=instance_id,
+            )
+        if await self._wait_volume(volume_id, detached, self.detach_timeout):
+            self._record("detach", volume_id, f"from {instance_id}")
+            return
+        # A dead ship never unmounts: force it (the attendee's next ship mounts it cleanly).
+        log.warning("volume %s stuck detaching from %s; forcing", volume_id, instance_id)
+        await self._call(
+            "force detach",
+            volume_id,
+            self._ec2.detach_volume,
+            VolumeId=volume_id,
+            InstanceId=instance_id,
+            Force=True,
+        )
+        if not await self._wait_volume(volume_id, detached, self.detach_timeout):
+            self._record("detach", volume_id, f"stuck on {instance_id}", ok=False)
+            raise CloudError(
+                f"detach failed on {volume_id}: still attached to {instance_id} after force"
+            )
+        self._record("detach", volume_id, f"forced from {instance_id}")
+
+    async def set_protected(self, instance_id: str, protected: bool) -> None:
+        action = "protect" if protected else "unprotect"
+        await self._call(
+            action,
+            instance_id,
+            self._autoscaling.set_instance_protection,
+            InstanceIds=[instance_id],
+            AutoScalingGroupName=self.group_name,
+            ProtectedFromScaleIn=protected,
+        )
+        self._record(action, instance_id)
+
+    async def mark_unhealthy(self, instance_id: str, reason: str) -> None:
+        await self._call(
+            "mark unhealthy",
+            instance_id,
+            self._autoscaling.set_instance_health,
+            InstanceId=instance_id,
+            HealthStatus="Unhealthy",
+            ShouldRespectGracePeriod=False,
+        )
+        log.warning("ship %s marked unhealthy: %s", instance_id, reason)
+        self._record("unhealthy", instance_id, reason)
+
+    async def publish_counts(self, counts: Mapping[str, int]) -> None:
+        data = [
+            {
+                "MetricName": "Ships",
+                "Dimensions": [
+                    {"Name": "Stack", "Value": self.stack},
+                    {"Name": "State", "Value": state},
+                ],
+                "Value": float(n),
+                "Unit": "Count",
+            }
+            for state, n in sorted(counts.items())
+        ]
+        # PutMetricData takes at most 1000 metrics per call; a fleet has a handful of states.
+        if data:
+            await self._call(
+                "publish metrics",
+                self.namespace,
+                self._cloudwatch.put_metric_data,
+                Namespace=self.namespace,
+                MetricData=data,
+            )
+
+    async def list_volumes(self) -> list[tuple[str, str]]:
+        def collect() -> list[tuple[str, str]]:
+            pages = self._ec2.get_paginator("describe_volumes").paginate(
+                Filters=[
+                    {"Name": "tag:campfleet:stack", "Values": [self.stack]},
+                    {"Name": "tag:campfleet:role", "Values": [VOLUME_ROLE]},
+                ]
+            )
+            return sorted(
+                (v["VolumeId"], v["AvailabilityZone"]) for page in pages for v in page["Volumes"]
+            )
+
+        return await self._call("list volumes", self.stack, collect)

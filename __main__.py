@@ -1,0 +1,101 @@
+"""campfleet: read the stack config, build the components, export what organizers need."""
+
+import pulumi
+import pulumi_aws as aws
+
+from components.config import load
+from components.images import ContainerImage, ContainerImageArgs
+from components.mux import Mux, MuxArgs
+from components.network import MUX_PRIVATE_IP, Network, NetworkArgs
+from components.secrets import Secrets, SecretsArgs
+from components.ships import ShipFleet, ShipFleetArgs
+from components.tags import base_tags
+
+config = load()
+tags = base_tags(config.stack, config.event_name)
+region = aws.get_region_output().region
+account_id = aws.get_caller_identity_output().account_id
+
+network = Network(
+    "network",
+    NetworkArgs(
+        zones=config.availability_zones,
+        allowed_cidrs=config.allowed_cidrs,
+        ship_egress=config.ship_egress,
+        region=region,
+        tags=tags,
+    ),
+)
+images = {
+    role: ContainerImage(
+        f"{role}-image",
+        ContainerImageArgs(
+            repository_name=f"campfleet-{config.stack.lower()}-{role}",
+            context=".",
+            dockerfile=f"images/{role}/Dockerfile",
+            tags=tags,
+        ),
+    )
+    for role in ("ship", "mux")
+}
+secrets = Secrets(
+    "secrets",
+    SecretsArgs(stack=config.stack, tags=tags, shared_password=config.shared_password),
+)
+ships = ShipFleet(
+    "ships",
+    ShipFleetArgs(
+        stack=config.stack,
+        ships=config.ships,
+        instance_type=config.ship_instance_type,
+        root_volume_gib=config.ship_root_volume_gib,
+        home_volume_gib=config.home_volume_gib,
+        protect_home_volumes=config.protect_home_volumes,
+        subnet_ids=network.private_subnet_ids,
+        zone_names=network.zone_names,
+        security_group_id=network.ship_security_group_id,
+        image=images["ship"].repo_digest,
+        image_repository_arn=images["ship"].repository_arn,
+        fleet_secret_parameter=secrets.names["fleetSecret"],
+        fleet_secret_arn=secrets.arns["fleetSecret"],
+        mux_private_ip=MUX_PRIVATE_IP,
+        region=region,
+        account_id=account_id,
+        tags=tags,
+    ),
+)
+mux = Mux(
+    "mux",
+    MuxArgs(
+        stack=config.stack,
+        event=config.event_name,
+        ships=config.ships,
+        ready_percent=config.ready_percent,
+        admin_users=config.admin_users,
+        instance_type=config.mux_instance_type,
+        root_volume_gib=config.mux_root_volume_gib,
+        zone=network.zone_names[0],
+        protect_state=config.protect_home_volumes,
+        subnet_id=network.public_subnet_id,
+        security_group_id=network.mux_security_group_id,
+        private_ip=MUX_PRIVATE_IP,
+        image=images["mux"].repo_digest,
+        image_repository_arn=images["mux"].repository_arn,
+        ship_image=images["ship"].repo_digest,
+        ship_group_name=ships.group_name,
+        ship_group_arn=ships.group_arn,
+        parameter_names=secrets.names,
+        parameter_arns=secrets.arns,
+        region=region,
+        account_id=account_id,
+        tags=tags,
+    ),
+)
+
+pulumi.export("muxUrl", mux.url)
+pulumi.export("muxPublicIp", mux.public_ip)
+pulumi.export("shipGroupName", ships.group_name)
+pulumi.export("homeVolumeCount", ships.home_volume_count)
+pulumi.export("shipImage", images["ship"].repo_digest)
+pulumi.export("muxImage", images["mux"].repo_digest)
+pulumi.export("controlEndpoint", mux.control_endpoint)

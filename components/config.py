@@ -1,0 +1,324 @@
+"""The stack config, read once and validated into a frozen, typed object.
+
+Defaults live only in Pulumi.yaml's `config:` block: the Pulumi CLI fills them in, and
+`parse_config` reads the same block, so the program behaves the same under the CLI and
+under mocks (where only a stack file's values are given). Every problem is collected and
+reported together, one line each, naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+PROJECT = "campfleet"
+PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
+# Declared keys without a default are required by the CLI, so this optional secret is not
+# declared in Pulumi.yaml; it is the only key known here and not there.
+SHARED_PASSWORD = "sharedPassword"
+
+_STACK_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+# family.size, e.g. t3.large, m7i-flex.2xlarge, c6in.metal, u-6tb1.metal-24xl
+_INSTANCE_TYPE = re.compile(
+    r"^(?P<family>[a-z][a-z0-9-]*[0-9][a-z0-9-]*)"
+    r"\.(nano|micro|small|medium|large|[0-9]*xlarge|metal|metal-[0-9]+xl)$"
+)
+# After the generation digit, a "g" marks AWS Graviton (Arm): m7g, c7gn, r6gd, t4g, g5g.
+_ARM_FAMILY = re.compile(r"^[a-z-]+[0-9]+[a-z-]*g[a-z-]*$")
+# JupyterHub lower-cases names; keep them to what is also safe as a Unix user and a URL part.
+_USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
+_EGRESS = ("nat", "endpoints")
+# What every AWS service accepts in a tag value (EC2 allows more; ECR, SSM and IAM do not).
+_TAG_VALUE = re.compile(r"^[\w .:/=+\-@]{0,256}$")
+
+
+class ConfigError(Exception):
+    """A stack config with one or more bad values; `.problems` has one line per problem."""
+
+    def __init__(self, stack: str, problems: list[str]) -> None:
+        self.stack = stack
+        self.problems = problems
+        noun = "problem" if len(problems) == 1 else "problems"
+        body = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"stack config '{stack}' has {len(problems)} {noun}:\n{body}")
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """One event's validated settings; components take their parts of this, never pulumi.Config."""
+
+    stack: str
+    ships: int
+    ship_instance_type: str
+    mux_instance_type: str
+    home_volume_gib: int
+    ship_root_volume_gib: int
+    mux_root_volume_gib: int
+    availability_zones: int
+    allowed_cidrs: tuple[str, ...]
+    ready_percent: int
+    admin_users: tuple[str, ...]
+    event_name: str
+    protect_home_volumes: bool
+    ship_egress: str
+    # A secret given by the organizer (None = generate one). Never printed.
+    shared_password: Optional[str] = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class _Key:
+    name: str
+    type: str  # integer | string | boolean | array
+    default: Any  # _REQUIRED when the schema has none
+    description: str
+
+
+_REQUIRED = object()
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, _Key]:
+    """The `config:` block of Pulumi.yaml, keyed by the short key name."""
+    doc = yaml.safe_load(PROJECT_FILE.read_text())
+    keys = {}
+    for name, spec in doc["config"].items():
+        keys[name] = _Key(name, spec["type"], spec.get("default", _REQUIRED), spec["description"])
+    return keys
+
+
+def _show(value: Any) -> str:
+    """A value as the organizer wrote it, with its type when that is the problem."""
+    kind = {bool: "a boolean", str: "a string", int: "an integer", float: "a number"}.get(
+        type(value), "a list" if isinstance(value, list) else "a mapping"
+    )
+    return f"{json.dumps(value, default=str)} ({kind})"
+
+
+class _Checker:
+    """Collects every problem instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def bad(self, key: str, value: Any, allowed: str) -> None:
+        self.problems.append(f"{PROJECT}:{key}: got {_show(value)}; expected {allowed}")
+
+    def integer(self, key: str, value: Any, low: int, high: int) -> int:
+        allowed = f"an integer from {low} to {high}"
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            self.bad(key, value, allowed)
+            return low
+        return value
+
+    def string(self, key: str, value: Any, pattern: re.Pattern[str], allowed: str) -> str:
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            self.bad(key, value, allowed)
+            return ""
+        return value
+
+    def instance_type(self, key: str, value: Any) -> str:
+        allowed = "an x86_64 EC2 instance type written family.size, e.g. t3.large"
+        name = self.string(key, value, _INSTANCE_TYPE, allowed)
+        if name and _ARM_FAMILY.fullmatch(name.split(".")[0]):
+            self.bad(key, value, f"{allowed} (this is an Arm/Graviton type; the AMI is x86_64)")
+        return name
+
+    def string_list(self, key: str, value: Any) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.bad(key, value, "a list of strings")
+            return []
+        return value
+
+    def cidrs(self, key: str, value: Any) -> tuple[str, ...]:
+        allowed = "a non-empty list of IPv4 CIDRs with no host bits set, e.g. 203.0.113.0/24"
+        items = self.string_list(key, value)
+        if not items and isinstance(value, list):
+            self.bad(key, value, allowed)
+        for item in items:
+            try:
+                network = ipaddress.ip_network(item, strict=True)
+            except ValueError:
+                self.bad(key, item, allowed)
+                continue
+            if network.version != 4:
+                self.bad(key, item, f"{allowed} (the mux has only an IPv4 address)")
+        return tuple(items)
+
+    def admins(self, key: str, value: Any) -> tuple[str, ...]:
+        allowed = (
+            "JupyterHub user names: lower-case letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit, at most 32 characters"
+        )
+        names = self.string_list(key, value)
+        for name in names:
+            if not _USERNAME.fullmatch(name):
+                self.bad(key, name, allowed)
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            self.bad(key, name, "each admin name once")
+        return tuple(names)
+
+
+def _short_key(key: str) -> Optional[str]:
+    """`campfleet:ships` or bare `ships` -> `ships`; other namespaces (aws:region) -> None."""
+    namespace, sep, name = key.rpartition(":")
+    if not sep:
+        return key
+    return name if namespace == PROJECT else None
+
+
+def _unknown_key(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if not close:
+        close = [k for k in known if k.lower() == key.lower()]
+    hint = f"did you mean {PROJECT}:{close[0]}?" if close else "see Pulumi.yaml for the keys"
+    return f"{PROJECT}:{key}: unknown key; {hint}"
+
+
+def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
+    """Validate a stack's values (keyed like the stack file) over Pulumi.yaml's defaults.
+
+    A secret is given as {"secure": value}, as it appears in a stack file or comes from
+    `load()`; offline, the ciphertext stands in for the value (it is never deployed from here).
+    """
+    keys = schema()
+    known = [*keys, SHARED_PASSWORD]
+    check = _Checker()
+    given: dict[str, Any] = {}
+    for full_key, value in values.items():
+        key = _short_key(full_key)
+        if key is None:
+            continue
+        if key not in known:
+            check.problems.append(_unknown_key(key, known))
+            continue
+        given[key] = value
+
+    password = given.pop(SHARED_PASSWORD, None)
+    shared_password = None
+    if password is not None:
+        if isinstance(password, dict) and isinstance(password.get("secure"), str):
+            shared_password = password["secure"] or None
+        else:
+            check.problems.append(
+                f"{PROJECT}:{SHARED_PASSWORD}: given in plain text; expected a secret — run "
+                f"`pulumi config set --secret {PROJECT}:{SHARED_PASSWORD} <password>`"
+            )
+
+    raw: dict[str, Any] = {}
+    for key, spec in keys.items():
+        value = given.get(key, spec.default)
+        if isinstance(value, dict) and "secure" in value:
+            check.problems.append(f"{PROJECT}:{key}: given as a secret; expected a plain value")
+            value = spec.default
+        if value is _REQUIRED:
+            check.problems.append(
+                f"{PROJECT}:{key}: missing; expected a value in Pulumi.{stack}.yaml "
+                f"({spec.description})"
+            )
+        raw[key] = value
+
+    ships = check.integer("ships", raw["ships"], 1, 5000) if raw["ships"] is not _REQUIRED else 1
+    event = raw["eventName"]
+    event_allowed = (
+        "at most 256 letters, digits, spaces and _ . : / = + - @ "
+        "(a tag value every AWS service accepts; empty = the stack name)"
+    )
+    if not isinstance(event, str) or not _TAG_VALUE.fullmatch(event):
+        check.bad("eventName", event, event_allowed)
+        event = ""
+    protect = raw["protectHomeVolumes"]
+    if not isinstance(protect, bool):
+        check.bad("protectHomeVolumes", protect, "true or false")
+        protect = False
+    egress = raw["shipEgress"]
+    if egress not in _EGRESS:
+        check.bad("shipEgress", egress, " or ".join(f'"{e}"' for e in _EGRESS))
+
+    config = FleetConfig(
+        stack=stack,
+        ships=ships,
+        ship_instance_type=check.instance_type("shipInstanceType", raw["shipInstanceType"]),
+        mux_instance_type=check.instance_type("muxInstanceType", raw["muxInstanceType"]),
+        home_volume_gib=check.integer("homeVolumeGiB", raw["homeVolumeGiB"], 1, 16384),
+        ship_root_volume_gib=check.integer("shipRootVolumeGiB", raw["shipRootVolumeGiB"], 8, 16384),
+        mux_root_volume_gib=check.integer("muxRootVolumeGiB", raw["muxRootVolumeGiB"], 8, 16384),
+        availability_zones=check.integer("availabilityZones", raw["availabilityZones"], 1, 6),
+        allowed_cidrs=check.cidrs("allowedCidrs", raw["allowedCidrs"]),
+        ready_percent=check.integer("readyPercent", raw["readyPercent"], 1, 100),
+        admin_users=check.admins("adminUsers", raw["adminUsers"]),
+        event_name=event or stack,
+        protect_home_volumes=protect,
+        ship_egress=egress if egress in _EGRESS else _EGRESS[0],
+        shared_password=shared_password,
+    )
+    if check.problems:
+        raise ConfigError(stack, check.problems)
+    return config
+
+
+def read_stack_config(project_dir: Path, stack: str) -> dict[str, Any]:
+    """The `config:` mapping of Pulumi.<stack>.yaml, read without the Pulumi CLI."""
+    if not _STACK_NAME.fullmatch(stack):
+        raise ConfigError(
+            stack, [f"stack name {stack!r}: expected letters, digits, '.', '_' or '-' (e.g. dev)"]
+        )
+    path = Path(project_dir) / f"Pulumi.{stack}.yaml"
+    stacks = sorted(
+        p.name[len("Pulumi.") : -len(".yaml")] for p in path.parent.glob("Pulumi.*.yaml")
+    )
+    if not path.is_file():
+        available = ", ".join(stacks) or "none"
+        raise ConfigError(stack, [f"{path}: no such stack file; stacks here: {available}"])
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(stack, [f"{path}{where}: not valid YAML; fix the file"]) from None
+    config = doc.get("config", {}) if isinstance(doc, dict) else None
+    if not isinstance(config, dict):
+        raise ConfigError(stack, [f"{path}: expected a `config:` mapping of key: value"])
+    return config
+
+
+def _decode(key: Optional[str], raw: Any) -> Any:
+    """A CLI config value (always a string; JSON for lists) back to the stack file's type."""
+    spec = schema().get(key) if key else None
+    if not isinstance(raw, str) or spec is None or spec.type == "string":
+        return raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def load() -> FleetConfig:
+    """Read and validate the config under the Pulumi CLI (or evaluate's mocks)."""
+    import pulumi
+    from pulumi.runtime import config as runtime_config
+
+    prefix = f"{PROJECT}:"
+    # The CLI passes config as a JSON bag in the environment; evaluate() sets it in-process.
+    bag = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    secret_keys = set(runtime_config.get_config_secret_keys_env())
+    values: dict[str, Any] = {}
+    for full_key, raw in bag.items():
+        if not full_key.startswith(prefix):
+            continue
+        key = _short_key(full_key)
+        value = _decode(key, raw)
+        secret = full_key in secret_keys or runtime_config.is_config_secret(full_key)
+        values[full_key] = {"secure": value} if secret else value
+    try:
+        return parse_config(pulumi.get_stack(), values)
+    except ConfigError as exc:
+        raise pulumi.RunError(str(exc)) from None

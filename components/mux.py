@@ -1,0 +1,215 @@
+"""The mux: one EC2 instance running the mux image (JupyterHub, proxy, ship control API).
+
+Its role can do exactly what the hub does on AWS (see campfleet/mux/cloud.py): attach and
+detach this stack's home volumes to this stack's ships, protect and mark unhealthy the
+ships of this group, read its own SSM parameters, pull its image, publish fleet metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from components import userdata
+from components.iam import ecr_statements, instance_role
+from components.network import CONTROL_PORT, HUB_API_PORT
+from components.tags import ROLE_TAG, STACK_TAG, tagged
+
+METRICS_NAMESPACE = "campfleet"  # campfleet.mux.cloud.AwsCloud's default namespace
+# The hub database, ship registry and volume assignments (/var/lib/campfleet) live on their own
+# volume, so replacing the mux instance (new user data, new type) keeps every attendee's claim.
+STATE_VOLUME_GIB = 10
+STATE_DEVICE = "/dev/sdf"
+HEARTBEAT_SECONDS = 5
+LOST_AFTER_HEARTBEATS = 3
+
+
+@dataclass(frozen=True)
+class MuxArgs:
+    stack: str
+    event: str
+    ships: int
+    ready_percent: int
+    admin_users: tuple[str, ...]
+    instance_type: str
+    root_volume_gib: int
+    zone: pulumi.Input[str]  # the public subnet's zone: the state volume must be there too
+    protect_state: bool
+    subnet_id: pulumi.Input[str]
+    security_group_id: pulumi.Input[str]
+    private_ip: str
+    image: pulumi.Input[str]  # repo digest
+    image_repository_arn: pulumi.Input[str]
+    ship_image: pulumi.Input[str]
+    ship_group_name: str
+    ship_group_arn: pulumi.Input[str]
+    parameter_names: dict[str, str]
+    parameter_arns: dict[str, pulumi.Output[str]]
+    region: pulumi.Input[str]
+    account_id: pulumi.Input[str]
+    tags: dict[str, str]
+
+
+def mux_settings(args: MuxArgs, region: str, ship_image: str) -> dict[str, object]:
+    """/etc/campfleet/mux.json (keys per the team contract; SSM parameter names only)."""
+    return {
+        "stack": args.stack,
+        "event": args.event,
+        "region": region,
+        "ships": args.ships,
+        "readyPercent": args.ready_percent,
+        "adminUsers": list(args.admin_users),
+        "controlPort": CONTROL_PORT,
+        "hubPort": HUB_API_PORT,
+        "publicPort": 80,
+        "heartbeat": HEARTBEAT_SECONDS,
+        "lostAfter": LOST_AFTER_HEARTBEATS,
+        "shipGroupName": args.ship_group_name,
+        "shipImage": ship_image,
+        "volumeTagKey": STACK_TAG,
+        "parameters": dict(args.parameter_names),
+    }
+
+
+class Mux(pulumi.ComponentResource):
+    """IAM role, instance (IMDSv2, encrypted root, fixed private IP), state volume, Elastic IP."""
+
+    public_ip: pulumi.Output[str]
+    url: pulumi.Output[str]
+    control_endpoint: str
+
+    def __init__(
+        self, name: str, args: MuxArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("campfleet:index:Mux", name, None, opts)
+        tags = tagged(args.tags, f"campfleet-{args.stack}-{name}", {ROLE_TAG: "mux"})
+        ec2_arn = pulumi.Output.format("arn:aws:ec2:{0}:{1}:", args.region, args.account_id)
+        this_stack = {"StringEquals": {f"aws:ResourceTag/{STACK_TAG}": args.stack}}
+        statements = [
+            {
+                "Sid": "Describe",
+                "Effect": "Allow",
+                # AWS supports no resource scoping for Describe* calls.
+                "Action": ["ec2:DescribeInstances", "ec2:DescribeVolumes"],
+                "Resource": "*",
+            },
+            {
+                "Sid": "HomeVolumes",
+                "Effect": "Allow",
+                "Action": ["ec2:AttachVolume", "ec2:DetachVolume"],
+                "Resource": ec2_arn.apply(lambda arn: f"{arn}volume/*"),
+                "Condition": {
+                    "StringEquals": {
+                        f"aws:ResourceTag/{STACK_TAG}": args.stack,
+                        f"aws:ResourceTag/{ROLE_TAG}": "home",
+                    }
+                },
+            },
+            {
+                "Sid": "ShipInstances",
+                "Effect": "Allow",
+                "Action": ["ec2:AttachVolume", "ec2:DetachVolume"],
+                "Resource": ec2_arn.apply(lambda arn: f"{arn}instance/*"),
+                "Condition": this_stack,
+            },
+            {
+                "Sid": "ShipGroup",
+                "Effect": "Allow",
+                "Action": ["autoscaling:SetInstanceHealth", "autoscaling:SetInstanceProtection"],
+                "Resource": args.ship_group_arn,
+            },
+            {
+                "Sid": "Parameters",
+                "Effect": "Allow",
+                "Action": ["ssm:GetParameter", "ssm:GetParameters"],
+                "Resource": [args.parameter_arns[key] for key in sorted(args.parameter_arns)],
+            },
+            *ecr_statements(args.image_repository_arn),
+            {
+                "Sid": "Metrics",
+                "Effect": "Allow",
+                # PutMetricData has no resources; the namespace condition is the scope AWS offers.
+                "Action": "cloudwatch:PutMetricData",
+                "Resource": "*",
+                "Condition": {"StringEquals": {"cloudwatch:namespace": METRICS_NAMESPACE}},
+            },
+        ]
+        profile, policy = instance_role(name, self, statements, args.tags)
+        ami = aws.ssm.get_parameter_output(
+            name=userdata.AMI_PARAMETER, opts=pulumi.InvokeOutputOptions(parent=self)
+        ).value
+
+        state = aws.ebs.Volume(
+            f"{name}-state",
+            availability_zone=args.zone,
+            size=STATE_VOLUME_GIB,
+            type="gp3",
+            encrypted=True,
+            tags=tagged(args.tags, f"campfleet-{args.stack}-{name}-state", {ROLE_TAG: "mux-state"}),
+            opts=pulumi.ResourceOptions(parent=self, protect=args.protect_state),
+        )
+
+        def render(values: list[str]) -> str:
+            region, image, ship_image, state_volume = values
+            settings = mux_settings(args, region, ship_image)
+            return userdata.pack(userdata.mux_user_data(settings, image, state_volume))
+
+        user_data = pulumi.Output.all(args.region, args.image, args.ship_image, state.id).apply(
+            render
+        )
+        instance = aws.ec2.Instance(
+            f"{name}-instance",
+            ami=ami,
+            instance_type=args.instance_type,
+            subnet_id=args.subnet_id,
+            private_ip=args.private_ip,
+            # Only until the Elastic IP is associated: first boot installs packages.
+            associate_public_ip_address=True,
+            vpc_security_group_ids=[args.security_group_id],
+            iam_instance_profile=profile.name,
+            # Hop limit 1: the mux container uses host networking, so nothing needs 2.
+            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
+                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
+            ),
+            root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
+                volume_size=args.root_volume_gib,
+                volume_type="gp3",
+                encrypted=True,
+                delete_on_termination=True,
+                tags=tags,
+            ),
+            user_data_base64=user_data,
+            user_data_replace_on_change=True,
+            tags=tags,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[policy],
+                # A new AMI must not replace the running mux mid-event.
+                ignore_changes=["ami"],
+                # The private IP is fixed, so the old instance must go first.
+                delete_before_replace=True,
+            ),
+        )
+        aws.ec2.VolumeAttachment(
+            f"{name}-state-attachment",
+            device_name=STATE_DEVICE,
+            volume_id=state.id,
+            instance_id=instance.id,
+            stop_instance_before_detaching=True,
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+        )
+        eip = aws.ec2.Eip(
+            f"{name}-eip",
+            domain="vpc",
+            instance=instance.id,
+            tags=tagged(args.tags, f"campfleet-{args.stack}-{name}", {ROLE_TAG: "mux"}),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.public_ip = eip.public_ip
+        self.url = eip.public_ip.apply(lambda ip: f"http://{ip}/")
+        self.control_endpoint = f"http://{args.private_ip}:{CONTROL_PORT}"
+        self.register_outputs(
+            {"publicIp": self.public_ip, "url": self.url, "controlEndpoint": self.control_endpoint}
+        )

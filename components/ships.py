@@ -1,0 +1,227 @@
+"""The ship fleet: launch template, Auto Scaling group, and the attendees' home volumes.
+
+AWS converges the capacity (desired = ships) and replaces unhealthy ships; nothing in the
+mux launches instances. The home volumes are a pool of Pulumi resources, one per ship,
+spread round-robin over the zones: the only resources that grow with the fleet.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from components import userdata
+from components.iam import ecr_statements, instance_role
+from components.network import CONTROL_PORT
+from components.tags import ROLE_TAG, tagged
+
+HEARTBEAT_SECONDS = 5
+# Time a terminating ship gets to report, stop its containers and unmount the home volume.
+TERMINATION_HOOK_SECONDS = 300
+# Boot (packages, image pull, agent start) before EC2 health counts.
+HEALTH_CHECK_GRACE_SECONDS = 300
+# Instance refresh keeps 90% of ships serving and may launch 10% extra while it replaces.
+REFRESH_MIN_HEALTHY_PERCENT = 90
+REFRESH_MAX_HEALTHY_PERCENT = 110
+
+
+def max_size(ships: int) -> int:
+    """Room above `ships` for instance refresh to launch replacements first."""
+    return ships + max(1, math.ceil(ships * (REFRESH_MAX_HEALTHY_PERCENT - 100) / 100))
+
+
+@dataclass(frozen=True)
+class ShipFleetArgs:
+    stack: str
+    ships: int
+    instance_type: str
+    root_volume_gib: int
+    home_volume_gib: int
+    protect_home_volumes: bool
+    subnet_ids: list[pulumi.Output[str]]
+    zone_names: list[pulumi.Output[str]]
+    security_group_id: pulumi.Input[str]
+    image: pulumi.Input[str]  # repo digest
+    image_repository_arn: pulumi.Input[str]
+    fleet_secret_parameter: str
+    fleet_secret_arn: pulumi.Input[str]
+    mux_private_ip: str
+    region: pulumi.Input[str]
+    account_id: pulumi.Input[str]
+    tags: dict[str, str]
+
+
+class ShipFleet(pulumi.ComponentResource):
+    """IAM role, launch template, Auto Scaling group (+ termination hook), home volume pool."""
+
+    group_name: str
+    group_arn: pulumi.Output[str]
+    home_volume_count: int
+
+    def __init__(
+        self, name: str, args: ShipFleetArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("campfleet:index:ShipFleet", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.group_name = f"campfleet-{args.stack}-{name}"
+        hook_name = f"{self.group_name}-terminating"
+        ship_tags = tagged(args.tags, self.group_name, {ROLE_TAG: "ship"})
+        # The group's ARN holds an id AWS assigns, unknown before the group exists, but the
+        # ships need this permission from their first boot: scope by the group's name.
+        group_arn_pattern = pulumi.Output.format(
+            "arn:aws:autoscaling:{0}:{1}:autoScalingGroup:*:autoScalingGroupName/{2}",
+            args.region,
+            args.account_id,
+            self.group_name,
+        )
+        statements = [
+            *ecr_statements(args.image_repository_arn),
+            {
+                "Sid": "FleetSecret",
+                "Effect": "Allow",
+                "Action": "ssm:GetParameter",
+                "Resource": args.fleet_secret_arn,
+            },
+            {
+                "Sid": "TerminationHook",
+                "Effect": "Allow",
+                "Action": "autoscaling:CompleteLifecycleAction",
+                "Resource": group_arn_pattern,
+            },
+        ]
+        profile, policy = instance_role(name, self, statements, args.tags)
+
+        def render(values: list[str]) -> str:
+            region, image = values
+            agent = {
+                "muxUrl": f"http://{args.mux_private_ip}:{CONTROL_PORT}",
+                "heartbeat": HEARTBEAT_SECONDS,
+                "region": region,
+                "runtime": "docker",
+                "shipGroupName": self.group_name,
+                "lifecycleHookName": hook_name,
+            }
+            return userdata.pack(
+                userdata.ship_user_data(agent, image, region, args.fleet_secret_parameter)
+            )
+
+        template = aws.ec2.LaunchTemplate(
+            f"{name}-launch-template",
+            description=f"campfleet {args.stack} ships",
+            # Resolved at each launch: new ships boot the current Amazon Linux 2023.
+            image_id=f"resolve:ssm:{userdata.AMI_PARAMETER}",
+            instance_type=args.instance_type,
+            iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=profile.arn),
+            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+                http_endpoint="enabled",
+                http_tokens="required",
+                # 1: attendees' containers (bridge network) cannot reach the instance role.
+                http_put_response_hop_limit=1,
+            ),
+            block_device_mappings=[
+                aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                    device_name="/dev/xvda",
+                    ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                        volume_size=args.root_volume_gib,
+                        volume_type="gp3",
+                        encrypted="true",
+                        delete_on_termination="true",
+                    ),
+                )
+            ],
+            network_interfaces=[
+                aws.ec2.LaunchTemplateNetworkInterfaceArgs(
+                    device_index=0,
+                    associate_public_ip_address="false",
+                    security_groups=[args.security_group_id],
+                    delete_on_termination="true",
+                )
+            ],
+            user_data=pulumi.Output.all(args.region, args.image).apply(render),
+            tag_specifications=[
+                aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=ship_tags)
+                for kind in ("instance", "volume")
+            ],
+            update_default_version=True,
+            tags=tagged(args.tags, f"{self.group_name}-template"),
+            opts=child,
+        )
+        group = aws.autoscaling.Group(
+            f"{name}-group",
+            name=self.group_name,
+            desired_capacity=args.ships,
+            min_size=args.ships,
+            max_size=max_size(args.ships),
+            vpc_zone_identifiers=args.subnet_ids,
+            launch_template=aws.autoscaling.GroupLaunchTemplateArgs(
+                id=template.id, version=template.latest_version.apply(str)
+            ),
+            health_check_type="EC2",
+            health_check_grace_period=HEALTH_CHECK_GRACE_SECONDS,
+            # The mux gates logins on readiness; `pulumi up` need not wait for every ship.
+            wait_for_capacity_timeout="0",
+            # `pulumi destroy` after the event: the mux's scale-in protection on busy ships
+            # would otherwise stall the deletion (the OS still shuts down cleanly).
+            force_delete=True,
+            instance_refresh=aws.autoscaling.GroupInstanceRefreshArgs(
+                strategy="Rolling",
+                preferences=aws.autoscaling.GroupInstanceRefreshPreferencesArgs(
+                    min_healthy_percentage=REFRESH_MIN_HEALTHY_PERCENT,
+                    max_healthy_percentage=REFRESH_MAX_HEALTHY_PERCENT,
+                    instance_warmup=str(HEALTH_CHECK_GRACE_SECONDS),
+                    # Ships with an attendee are scale-in protected by the mux: a template
+                    # change replaces only free ships; busy ones move on the mux's redeploy.
+                    scale_in_protected_instances="Ignore",
+                    standby_instances="Ignore",
+                ),
+            ),
+            initial_lifecycle_hooks=[
+                aws.autoscaling.GroupInitialLifecycleHookArgs(
+                    name=hook_name,
+                    lifecycle_transition="autoscaling:EC2_INSTANCE_TERMINATING",
+                    heartbeat_timeout=TERMINATION_HOOK_SECONDS,
+                    default_result="CONTINUE",
+                )
+            ],
+            tags=[
+                aws.autoscaling.GroupTagArgs(key=key, value=value, propagate_at_launch=True)
+                for key, value in ship_tags.items()
+            ],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[policy]),
+        )
+
+        zones = len(args.zone_names)
+        home_opts = pulumi.ResourceOptions(parent=self, protect=args.protect_home_volumes)
+        protect = "true" if args.protect_home_volumes else "false"
+        for slot in range(args.ships):
+            label = f"{name}-home-{slot:04d}"
+            aws.ebs.Volume(
+                label,
+                availability_zone=args.zone_names[slot % zones],
+                size=args.home_volume_gib,
+                type="gp3",
+                encrypted=True,
+                tags=tagged(
+                    args.tags,
+                    f"campfleet-{args.stack}-home-{slot:04d}",
+                    {
+                        ROLE_TAG: "home",
+                        "campfleet:slot": str(slot),
+                        "campfleet:protect": protect,
+                    },
+                ),
+                opts=home_opts,
+            )
+        self.group_arn = group.arn
+        self.home_volume_count = args.ships
+        self.register_outputs(
+            {
+                "groupName": self.group_name,
+                "groupArn": group.arn,
+                "launchTemplateId": template.id,
+                "homeVolumeCount": args.ships,
+            }
+        )

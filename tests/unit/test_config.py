@@ -1,0 +1,275 @@
+"""Stack config: defaults from Pulumi.yaml, every bad value reported clearly, CLI == mocks."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+from pathlib import Path
+
+import pulumi
+import pytest
+import yaml
+from pulumi.runtime import settings
+from pulumi.runtime.config import set_all_config
+
+from components.config import (
+    ConfigError,
+    FleetConfig,
+    load,
+    parse_config,
+    read_stack_config,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+
+
+def problems(values: dict, stack: str = "t") -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(stack, values)
+    return caught.value.problems
+
+
+def test_defaults_come_from_pulumi_yaml() -> None:
+    config = parse_config("t", {"campfleet:ships": 1})
+    assert config.ship_instance_type == SCHEMA["shipInstanceType"]["default"]
+    assert config.mux_instance_type == SCHEMA["muxInstanceType"]["default"]
+    assert config.home_volume_gib == SCHEMA["homeVolumeGiB"]["default"]
+    assert config.availability_zones == SCHEMA["availabilityZones"]["default"]
+    assert list(config.allowed_cidrs) == SCHEMA["allowedCidrs"]["default"]
+    assert config.ready_percent == SCHEMA["readyPercent"]["default"]
+    assert list(config.admin_users) == SCHEMA["adminUsers"]["default"]
+    assert config.protect_home_volumes is SCHEMA["protectHomeVolumes"]["default"]
+    assert config.ship_egress == SCHEMA["shipEgress"]["default"]
+    assert config.event_name == "t"  # empty default = the stack name
+    assert "default" not in SCHEMA["ships"]  # required: the CLI insists on it too
+
+
+def test_every_schema_key_is_a_valid_pulumi_declaration() -> None:
+    """The CLI's project schema (ConfigTypeDeclaration) allows only these fields."""
+    for key, spec in SCHEMA.items():
+        assert set(spec) <= {"type", "items", "description", "secret", "default"}, key
+        assert spec["type"] in {"integer", "string", "boolean", "array"}, key
+        assert spec["description"].strip(), key
+        if spec["type"] == "array":
+            assert spec["items"] == {"type": "string"}, key
+
+
+def test_stack_files_hold_only_deltas_and_parse() -> None:
+    for stack in ("dev", "prod"):
+        values = read_stack_config(ROOT, stack)
+        for key, value in values.items():
+            short = key.split(":", 1)[1]
+            if key.startswith("campfleet:") and short in SCHEMA:
+                assert value != SCHEMA[short].get("default"), f"{stack}: {key} repeats the default"
+    dev = parse_config("dev", read_stack_config(ROOT, "dev"))
+    prod = parse_config("prod", read_stack_config(ROOT, "prod"))
+    assert dev.ships == 3 and not dev.protect_home_volumes
+    assert prod.ships == 150 and prod.protect_home_volumes
+
+
+def test_bare_keys_and_other_namespaces() -> None:
+    config = parse_config(
+        "t", {"ships": 4, "aws:region": "eu-west-1", "campfleet:eventName": "PyCon DE 2026"}
+    )
+    assert config.ships == 4 and config.event_name == "PyCon DE 2026"
+
+
+@pytest.mark.parametrize(
+    ("values", "line"),
+    [
+        (
+            {"campfleet:ships": -1},
+            "campfleet:ships: got -1 (an integer); expected an integer from 1 to 5000",
+        ),
+        (
+            {"campfleet:ships": 5001},
+            "campfleet:ships: got 5001 (an integer); expected an integer from 1 to 5000",
+        ),
+        (
+            {"campfleet:ships": "3"},
+            'campfleet:ships: got "3" (a string); expected an integer from 1 to 5000',
+        ),
+        (
+            {"campfleet:ships": True},
+            "campfleet:ships: got true (a boolean); expected an integer from 1 to 5000",
+        ),
+        (
+            {"campfleet:ships": 2.5},
+            "campfleet:ships: got 2.5 (a number); expected an integer from 1 to 5000",
+        ),
+        (
+            {"campfleet:availabilityZones": 0},
+            "campfleet:availabilityZones: got 0 (an integer); expected an integer from 1 to 6",
+        ),
+        (
+            {"campfleet:readyPercent": 0},
+            "campfleet:readyPercent: got 0 (an integer); expected an integer from 1 to 100",
+        ),
+        (
+            {"campfleet:homeVolumeGiB": 16385},
+            "campfleet:homeVolumeGiB: got 16385 (an integer); expected an integer from 1 to 16384",
+        ),
+        (
+            {"campfleet:allowedCidrs": ["10.0.0.1/8"]},
+            'campfleet:allowedCidrs: got "10.0.0.1/8" (a string); expected a non-empty list of '
+            "IPv4 CIDRs with no host bits set, e.g. 203.0.113.0/24",
+        ),
+        (
+            {"campfleet:allowedCidrs": ["every.where"]},
+            'campfleet:allowedCidrs: got "every.where" (a string); expected a non-empty list of '
+            "IPv4 CIDRs with no host bits set, e.g. 203.0.113.0/24",
+        ),
+        (
+            {"campfleet:allowedCidrs": "0.0.0.0/0"},
+            'campfleet:allowedCidrs: got "0.0.0.0/0" (a string); expected a list of strings',
+        ),
+        (
+            {"campfleet:allowedCidrs": []},
+            "campfleet:allowedCidrs: got [] (a list); expected a non-empty list of IPv4 CIDRs "
+            "with no host bits set, e.g. 203.0.113.0/24",
+        ),
+        (
+            {"campfleet:allowedCidrs": ["::/0"]},
+            'campfleet:allowedCidrs: got "::/0" (a string); expected a non-empty list of IPv4 '
+            "CIDRs with no host bits set, e.g. 203.0.113.0/24 (the mux has only an IPv4 address)",
+        ),
+        (
+            {"campfleet:shipInstanceType": "t3large"},
+            'campfleet:shipInstanceType: got "t3large" (a string); expected an x86_64 EC2 '
+            "instance type written family.size, e.g. t3.large",
+        ),
+        (
+            {"campfleet:muxInstanceType": "m7g.large"},
+            'campfleet:muxInstanceType: got "m7g.large" (a string); expected an x86_64 EC2 '
+            "instance type written family.size, e.g. t3.large (this is an Arm/Graviton type; "
+            "the AMI is x86_64)",
+        ),
+        (
+            {"campfleet:adminUsers": ["Alice"]},
+            'campfleet:adminUsers: got "Alice" (a string); expected JupyterHub user names: '
+            "lower-case letters, digits, '.', '_' or '-', starting with a letter or digit, "
+            "at most 32 characters",
+        ),
+        (
+            {"campfleet:adminUsers": ["ann", "ann"]},
+            'campfleet:adminUsers: got "ann" (a string); expected each admin name once',
+        ),
+        (
+            {"campfleet:protectHomeVolumes": "yes"},
+            'campfleet:protectHomeVolumes: got "yes" (a string); expected true or false',
+        ),
+        (
+            {"campfleet:shipEgress": "none"},
+            'campfleet:shipEgress: got "none" (a string); expected "nat" or "endpoints"',
+        ),
+        (
+            {"campfleet:eventName": "PyCon 2026!"},
+            'campfleet:eventName: got "PyCon 2026!" (a string); expected at most 256 letters, '
+            "digits, spaces and _ . : / = + - @ (a tag value every AWS service accepts; "
+            "empty = the stack name)",
+        ),
+        ({"campfleet:shipz": 3}, "campfleet:shipz: unknown key; did you mean campfleet:ships?"),
+        (
+            {"campfleet:sharedPassword": "hunter2"},
+            "campfleet:sharedPassword: given in plain text; expected a secret — run "
+            "`pulumi config set --secret campfleet:sharedPassword <password>`",
+        ),
+        (
+            {"campfleet:eventName": {"secure": "x"}},
+            "campfleet:eventName: given as a secret; expected a plain value",
+        ),
+    ],
+)
+def test_each_bad_value_gives_one_clear_line(values: dict, line: str) -> None:
+    assert problems({"campfleet:ships": 3, **values}) == [line]
+
+
+def test_missing_ships_names_the_stack_file() -> None:
+    (line,) = problems({}, stack="dev")
+    assert line.startswith("campfleet:ships: missing; expected a value in Pulumi.dev.yaml (")
+
+
+def test_all_problems_are_reported_together() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            "t",
+            {
+                "campfleet:ships": -1,
+                "campfleet:availabilityZones": 0,
+                "campfleet:readyPercent": 0,
+                "campfleet:allowedCidrs": ["nope"],
+            },
+        )
+    error = caught.value
+    assert len(error.problems) == 4
+    lines = str(error).splitlines()
+    assert lines[0] == "stack config 't' has 4 problems:"
+    assert [line.strip() for line in lines[1:]] == error.problems
+    assert [p.split(":")[1] for p in error.problems] == [
+        "ships",
+        "availabilityZones",
+        "allowedCidrs",
+        "readyPercent",
+    ]
+
+
+def test_secret_password_accepted_and_never_printed() -> None:
+    config = parse_config("t", {"campfleet:ships": 1, "campfleet:sharedPassword": {"secure": "s3"}})
+    assert config.shared_password == "s3"
+    assert "s3" not in repr(config)
+
+
+def test_read_stack_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"no such stack file; stacks here: dev, prod"):
+        read_stack_config(ROOT, "staging")
+    with pytest.raises(ConfigError, match=r"stack name '../etc': expected letters"):
+        read_stack_config(ROOT, "../etc")
+    (tmp_path / "Pulumi.broken.yaml").write_text("config:\n  campfleet:ships: [3\n")
+    with pytest.raises(ConfigError, match=r"Pulumi.broken.yaml line \d+: not valid YAML"):
+        read_stack_config(tmp_path, "broken")
+    (tmp_path / "Pulumi.list.yaml").write_text("config:\n  - 3\n")
+    with pytest.raises(ConfigError, match=r"expected a `config:` mapping"):
+        read_stack_config(tmp_path, "list")
+
+
+def _load_in_runtime(stack: str, config: dict[str, str], secret_keys: list[str]) -> FleetConfig:
+    """load() the way the program calls it, with config set as the CLI passes it (strings)."""
+
+    def run() -> FleetConfig:
+        settings.reset_options(project="campfleet", stack=stack)
+        set_all_config(config, secret_keys)
+        return load()
+
+    return contextvars.copy_context().run(run)
+
+
+def test_load_reads_cli_strings_like_the_stack_file() -> None:
+    values = read_stack_config(ROOT, "prod")
+    as_cli = {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+    as_cli["campfleet:sharedPassword"] = "pw"
+    loaded = _load_in_runtime("prod", as_cli, ["campfleet:sharedPassword"])
+    expected = parse_config("prod", {**values, "campfleet:sharedPassword": {"secure": "pw"}})
+    assert loaded == expected
+    assert loaded.shared_password == "pw"
+
+
+def test_load_reads_the_cli_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    bag = {
+        "campfleet:ships": "7",
+        "campfleet:protectHomeVolumes": "true",
+        "campfleet:eventName": "42",
+    }
+    monkeypatch.setenv("PULUMI_CONFIG", json.dumps(bag))
+    loaded = _load_in_runtime("t", {}, [])
+    assert (loaded.ships, loaded.protect_home_volumes, loaded.event_name) == (7, True, "42")
+
+
+def test_load_raises_run_error_with_every_problem() -> None:
+    with pytest.raises(pulumi.RunError) as caught:
+        _load_in_runtime("t", {"campfleet:ships": "true", "campfleet:readyPercent": "0"}, [])
+    assert str(caught.value).splitlines() == [
+        "stack config 't' has 2 problems:",
+        "  campfleet:ships: got true (a boolean); expected an integer from 1 to 5000",
+        "  campfleet:readyPercent: got 0 (an integer); expected an integer from 1 to 100",
+    ]

@@ -1,0 +1,198 @@
+"""User data: valid cloud-config (Debian's `cloud-init schema`), small, and safe to render."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from campfleet.evaluate import Evaluation, evaluate
+from components import userdata
+
+ROOT = Path(__file__).resolve().parents[2]
+MUX_KEYS = {
+    "stack",
+    "event",
+    "region",
+    "ships",
+    "readyPercent",
+    "adminUsers",
+    "controlPort",
+    "shipGroupName",
+    "shipImage",
+    "volumeTagKey",
+    "parameters",
+}
+STATE_VOLUME = "vol-0123456789abcdef0"
+SHIP_IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/campfleet-t-ship@sha256:" + "a" * 64
+
+
+@pytest.fixture(scope="module")
+def prod() -> Evaluation:
+    return evaluate(ROOT, "prod")
+
+
+def unpack(packed: str) -> str:
+    return gzip.decompress(base64.b64decode(packed)).decode()
+
+
+@pytest.fixture(scope="module")
+def rendered(prod: Evaluation) -> dict[str, str]:
+    return {
+        "ship": unpack(prod.one("aws:ec2/launchTemplate:LaunchTemplate").inputs["userData"]),
+        "mux": unpack(prod.one("aws:ec2/instance:Instance").inputs["userDataBase64"]),
+    }
+
+
+def files(text: str) -> dict[str, dict]:
+    document = yaml.safe_load(text)
+    return {entry["path"]: entry for entry in document["write_files"]}
+
+
+def cloud_init_schema(path: Path) -> subprocess.CompletedProcess[str]:
+    if shutil.which("cloud-init") is None:
+        pytest.skip("cloud-init not installed (scripts/system-deps.sh installs it)")
+    return subprocess.run(
+        ["cloud-init", "schema", "--config-file", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("role", ["ship", "mux"])
+def test_user_data_is_valid_cloud_config(
+    role: str, rendered: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / f"{role}.yaml"
+    path.write_text(rendered[role])
+    result = cloud_init_schema(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Valid cloud-config" in result.stdout
+    assert rendered[role].startswith("#cloud-config\n")
+
+
+def test_schema_check_catches_a_bad_cloud_config(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("#cloud-config\npackages: docker\nwrite_files:\n  - content: x\n")
+    result = cloud_init_schema(path)
+    assert result.returncode != 0
+
+
+def test_compressed_size_under_the_ec2_limit(prod: Evaluation) -> None:
+    for packed in (
+        prod.one("aws:ec2/launchTemplate:LaunchTemplate").inputs["userData"],
+        prod.one("aws:ec2/instance:Instance").inputs["userDataBase64"],
+    ):
+        assert len(base64.b64decode(packed)) < 16 * 1024
+
+
+def test_mux_settings_file(prod: Evaluation, rendered: dict[str, str]) -> None:
+    entry = files(rendered["mux"])["/etc/campfleet/mux.json"]
+    settings = json.loads(entry["content"])
+    assert set(settings) >= MUX_KEYS
+    assert settings["stack"] == "prod" and settings["ships"] == 150
+    assert settings["adminUsers"] == ["organizer"]
+    assert settings["controlPort"] == 8700
+    assert settings["shipGroupName"] == "campfleet-prod-ships"
+    assert settings["shipImage"] == prod.outputs["shipImage"]
+    assert settings["volumeTagKey"] == "campfleet:stack"
+    names = {p.inputs["name"] for p in prod.of_type("aws:ssm/parameter:Parameter")}
+    assert set(settings["parameters"].values()) == names
+    assert {"fleetSecret", "proxyToken", "cookieSecret", "sharedPassword"} <= set(
+        settings["parameters"]
+    )
+    assert prod.outputs["muxImage"] in rendered["mux"]
+
+
+def test_ship_files(prod: Evaluation, rendered: dict[str, str]) -> None:
+    written = files(rendered["ship"])
+    agent = json.loads(written["/etc/campfleet/agent.json"]["content"])
+    assert agent["muxUrl"] == prod.outputs["controlEndpoint"]
+    assert agent["runtime"] == "docker" and agent["region"] == "eu-west-1"
+    assert agent["heartbeat"] > 0
+    assert agent["shipGroupName"] == prod.outputs["shipGroupName"]
+    assert agent["lifecycleHookName"] == "campfleet-prod-ships-terminating"
+    unit = written["/etc/systemd/system/campfleet-agent.service"]["content"]
+    assert unit == userdata.AGENT_UNIT.read_text()
+    script = written["/usr/local/sbin/campfleet-ship-init"]
+    assert script["permissions"] == "0700"
+    assert "umask 077" in script["content"]
+    assert "--name /campfleet/prod/fleet-secret" in script["content"]
+    assert "chmod 0600 /etc/campfleet/fleet-secret" in script["content"]
+    assert prod.outputs["shipImage"] in script["content"]
+    registry = prod.outputs["shipImage"].split("/")[0]
+    docker_config = json.loads(written["/root/.docker/config.json"]["content"])
+    assert docker_config == {"credHelpers": {registry: "ecr-login"}}
+
+
+@pytest.mark.parametrize(
+    ("role", "path"),
+    [
+        ("ship", "/usr/local/sbin/campfleet-ship-init"),
+        ("mux", "/usr/local/sbin/campfleet-pull"),
+        ("mux", "/usr/local/sbin/campfleet-mux-state"),
+    ],
+)
+def test_scripts_pass_shellcheck(
+    role: str, path: str, rendered: dict[str, str], tmp_path: Path
+) -> None:
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck not installed (scripts/system-deps.sh installs it)")
+    script = tmp_path / "script.sh"
+    script.write_text(files(rendered[role])[path]["content"])
+    result = subprocess.run(
+        ["shellcheck", str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize(
+    ("image", "region", "parameter"),
+    [
+        (SHIP_IMAGE + "; reboot", "eu-west-1", "/campfleet/t/fleet-secret"),
+        (SHIP_IMAGE, "eu-west-1 $(id)", "/campfleet/t/fleet-secret"),
+        (SHIP_IMAGE, "eu-west-1", "/campfleet/t/fleet secret"),
+    ],
+)
+def test_render_refuses_values_that_could_change_a_script(
+    image: str, region: str, parameter: str
+) -> None:
+    with pytest.raises(ValueError, match="is not a plain token; refusing to render"):
+        userdata.ship_user_data({"muxUrl": "http://10.0.0.10:8700"}, image, region, parameter)
+
+
+def test_documents_cannot_break_the_yaml() -> None:
+    hostile = {"stack": 'x"\n  - path: /etc/shadow\n', "ships": 1}
+    text = userdata.mux_user_data(hostile, SHIP_IMAGE, STATE_VOLUME)
+    written = files(text)
+    assert set(written) == {
+        "/etc/campfleet/mux.json",
+        "/root/.docker/config.json",
+        "/usr/local/sbin/campfleet-pull",
+        "/usr/local/sbin/campfleet-mux-state",
+        "/etc/systemd/system/campfleet-mux.service",
+    }
+    assert json.loads(written["/etc/campfleet/mux.json"]["content"]) == hostile
+
+
+def test_pack_is_deterministic_and_enforces_the_limit() -> None:
+    text = userdata.mux_user_data({"ships": 1}, SHIP_IMAGE, STATE_VOLUME)
+    assert userdata.pack(text) == userdata.pack(text)
+    assert unpack(userdata.pack(text)) == text
+    incompressible = base64.b64encode(random.Random(0).randbytes(20_000)).decode()
+    with pytest.raises(ValueError, match=r"bytes compressed; EC2 allows 16384"):
+        userdata.pack(incompressible)
+
+
+def test_every_placeholder_needs_a_value() -> None:
+    with pytest.raises(ValueError, match=r"placeholders .* but values"):
+        userdata.render("mux.yaml", {"mux_json": "{}"})

@@ -15,28 +15,20 @@ import pulumi_docker as docker
 
 from components.tags import tagged
 
-# Keep the last images for rollback; drop untagged layers left by re-pushes of `latest`.
+# Every build is pushed as `latest` and consumed by digest, so each earlier build becomes an
+# untagged image that launch templates, ships and the mux may still name by digest (a
+# replacement ship, a rollback). Keep the 10 most recent of them; expire older ones.
+KEPT_PREVIOUS_IMAGES = 10
 LIFECYCLE_POLICY = json.dumps(
     {
         "rules": [
             {
                 "rulePriority": 1,
-                "description": "expire untagged images after 1 day",
+                "description": f"keep the {KEPT_PREVIOUS_IMAGES} most recent earlier builds",
                 "selection": {
                     "tagStatus": "untagged",
-                    "countType": "sinceImagePushed",
-                    "countUnit": "days",
-                    "countNumber": 1,
-                },
-                "action": {"type": "expire"},
-            },
-            {
-                "rulePriority": 2,
-                "description": "keep the 10 most recent images",
-                "selection": {
-                    "tagStatus": "any",
                     "countType": "imageCountMoreThan",
-                    "countNumber": 10,
+                    "countNumber": KEPT_PREVIOUS_IMAGES,
                 },
                 "action": {"type": "expire"},
             },

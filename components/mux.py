@@ -86,7 +86,6 @@ class Mux(pulumi.ComponentResource):
         super().__init__("campfleet:index:Mux", name, None, opts)
         tags = tagged(args.tags, f"campfleet-{args.stack}-{name}", {ROLE_TAG: "mux"})
         ec2_arn = pulumi.Output.format("arn:aws:ec2:{0}:{1}:", args.region, args.account_id)
-        this_stack = {"StringEquals": {f"aws:ResourceTag/{STACK_TAG}": args.stack}}
         statements = [
             {
                 "Sid": "Describe",
@@ -108,11 +107,19 @@ class Mux(pulumi.ComponentResource):
                 },
             },
             {
+                # AttachVolume/DetachVolume authorize the volume and the instance separately:
+                # home volumes of this stack (above) onto ships of this stack only, never the
+                # mux itself (it carries the same stack tag, with role "mux").
                 "Sid": "ShipInstances",
                 "Effect": "Allow",
                 "Action": ["ec2:AttachVolume", "ec2:DetachVolume"],
                 "Resource": ec2_arn.apply(lambda arn: f"{arn}instance/*"),
-                "Condition": this_stack,
+                "Condition": {
+                    "StringEquals": {
+                        f"aws:ResourceTag/{STACK_TAG}": args.stack,
+                        f"aws:ResourceTag/{ROLE_TAG}": "ship",
+                    }
+                },
             },
             {
                 "Sid": "ShipGroup",
@@ -121,6 +128,8 @@ class Mux(pulumi.ComponentResource):
                 "Resource": args.ship_group_arn,
             },
             {
+                # SecureStrings under the AWS managed key aws/ssm: its key policy already lets
+                # every principal of the account decrypt through SSM, so no kms:Decrypt here.
                 "Sid": "Parameters",
                 "Effect": "Allow",
                 "Action": ["ssm:GetParameter", "ssm:GetParameters"],

@@ -2,7 +2,7 @@
 
 Security groups are the control channel's first line: the control and hub API ports on the
 mux accept only the ship group, Jupyter on the ships accepts only the mux group, the web
-ports accept only `allowedCidrs`, and nothing opens SSH. Rules are separate resources so
+port accepts only `allowedCidrs`, and nothing opens SSH. Rules are separate resources so
 the two groups can reference each other without a cycle. Outbound for ships: see
 docs/network.md (one NAT gateway, or VPC endpoints only).
 """
@@ -20,7 +20,9 @@ VPC_CIDR = "10.0.0.0/16"
 PUBLIC_CIDR = "10.0.0.0/24"
 # Fixed so ships (and their launch template) never depend on the mux instance itself.
 MUX_PRIVATE_IP = "10.0.0.10"
-WEB_PORTS = (80, 443)
+# The mux serves plain HTTP on 80 and nothing listens on 443 yet (no TLS; docs/network.md):
+# 443 opens together with a TLS listener, not before.
+WEB_PORTS = (80,)
 CONTROL_PORT = 8700
 HUB_API_PORT = 8081  # single-user servers on ships call the hub API / OAuth here
 JUPYTER_PORTS = (8888, 8899)  # one port per project container, from 8888 up

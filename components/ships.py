@@ -80,6 +80,7 @@ class ShipFleet(pulumi.ComponentResource):
         statements = [
             *ecr_statements(args.image_repository_arn),
             {
+                # A SecureString under aws/ssm: no kms:Decrypt needed (see components/mux.py).
                 "Sid": "FleetSecret",
                 "Effect": "Allow",
                 "Action": "ssm:GetParameter",
@@ -118,7 +119,9 @@ class ShipFleet(pulumi.ComponentResource):
             metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
                 http_endpoint="enabled",
                 http_tokens="required",
-                # 1: attendees' containers (bridge network) cannot reach the instance role.
+                # 1: nothing behind a bridge or NAT reaches IMDS. Attendee containers use host
+                # networking (campfleet.agent.docker), where the hop limit does not help: the
+                # ship user data's campfleet-imds-guard lets only root reach IMDS.
                 http_put_response_hop_limit=1,
             ),
             block_device_mappings=[
@@ -143,7 +146,7 @@ class ShipFleet(pulumi.ComponentResource):
             user_data=pulumi.Output.all(args.region, args.image).apply(render),
             tag_specifications=[
                 aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type=kind, tags=ship_tags)
-                for kind in ("instance", "volume")
+                for kind in ("instance", "volume", "network-interface")
             ],
             update_default_version=True,
             tags=tagged(args.tags, f"{self.group_name}-template"),

@@ -411,6 +411,22 @@ def test_weakened_program_is_caught(dev: Any, select: Any, weaken: Any, policy: 
     assert [(f.policy, f.urn) for f in policies.check(weakened)] == [(policy, target.urn)]
 
 
+def test_an_extra_open_port_is_caught(dev: Any) -> None:
+    """A rule added next to the program's own (say, a database opened to the world for a demo)."""
+    template = next(r for r in dev.resources if r.type == policies.INGRESS_RULE)
+    extra = dataclasses.replace(
+        template,
+        name="network-demo-db",
+        urn=template.urn.rsplit("::", 1)[0] + "::network-demo-db",
+        inputs={**template.inputs, "fromPort": 5432, "toPort": 5432, "cidrIpv4": "0.0.0.0/0"},
+    )
+    assert policies.check(dev) == []
+    weakened = dataclasses.replace(dev, resources=[*dev.resources, extra])
+    [finding] = policies.check(weakened)
+    assert (finding.policy, finding.urn) == ("no-public-ingress", extra.urn)
+    assert "tcp 5432-5432" in finding.message and "0.0.0.0/0" in finding.message
+
+
 def test_ship_ceiling_from_config_override() -> None:
     from components.config import read_stack_config
 

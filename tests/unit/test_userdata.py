@@ -134,6 +134,84 @@ def test_ship_files(prod: Evaluation, rendered: dict[str, str]) -> None:
     assert docker_config == {"credHelpers": {registry: "ecr-login"}}
 
 
+GUARD = "/etc/systemd/system/campfleet-imds-guard.service"
+GUARD_RULE = "OUTPUT -d 169.254.169.254/32 -m owner ! --uid-owner 0 -j REJECT"
+
+
+def test_agent_lands_where_its_unit_imports_it(rendered: dict[str, str]) -> None:
+    """Ship image -> /opt/campfleet on the host -> PYTHONPATH of the agent's unit: one path."""
+    written = files(rendered["ship"])
+    unit = written["/etc/systemd/system/campfleet-agent.service"]["content"].splitlines()
+    assert "Environment=PYTHONPATH=/opt/campfleet" in unit
+    command = "-m campfleet.agent --config /etc/campfleet/agent.json"
+    assert any(line.startswith("ExecStart=") and line.endswith(command) for line in unit)
+    init = written["/usr/local/sbin/campfleet-ship-init"]["content"]
+    assert 'docker cp "$source":/opt/campfleet/. /opt/campfleet/' in init
+    dockerfile = (ROOT / "images/ship/Dockerfile").read_text().splitlines()
+    copies = {line.split()[-1] for line in dockerfile if line.startswith("COPY campfleet/")}
+    assert copies == {"/opt/campfleet/campfleet/", "/opt/campfleet/campfleet/agent/"}
+
+
+@pytest.mark.parametrize(("cached", "pulled"), [(True, False), (False, True)])
+def test_mux_pull_uses_a_local_copy_of_the_digest(
+    cached: bool, pulled: bool, rendered: dict[str, str], tmp_path: Path
+) -> None:
+    """A mux restart during an ECR outage still starts: the digest it needs is already local."""
+    script = tmp_path / "campfleet-pull"
+    script.write_text(files(rendered["mux"])["/usr/local/sbin/campfleet-pull"]["content"])
+    log = tmp_path / "docker.log"
+    fake = tmp_path / "bin" / "docker"
+    fake.parent.mkdir()
+    inspect_status = 0 if cached else 1
+    fake.write_text(
+        f'#!/bin/sh\necho "$*" >> {log}\n[ "$1" = image ] && exit {inspect_status}\nexit 0\n'
+    )
+    fake.chmod(0o755)
+    env = {"PATH": f"{fake.parent}:/usr/bin:/bin"}
+    result = subprocess.run(
+        ["bash", str(script), SHIP_IMAGE], env=env, capture_output=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0] == f"image inspect {SHIP_IMAGE}"
+    assert (f"pull {SHIP_IMAGE}" in calls) is pulled
+
+
+def test_only_root_reaches_the_metadata_service_on_ships(rendered: dict[str, str]) -> None:
+    """Attendee containers use host networking, where the hop limit of 1 does not stop them."""
+    written = files(rendered["ship"])
+    unit = written[GUARD]["content"]
+    lines = unit.splitlines()
+    assert f"ExecStart=iptables -w -I {GUARD_RULE}" in lines
+    assert f"ExecStart=-iptables -w -D {GUARD_RULE}" in lines  # restarts never stack copies
+    assert "Before=docker.service campfleet-agent.service" in lines
+    assert "RequiredBy=docker.service campfleet-agent.service" in lines
+    init = written["/usr/local/sbin/campfleet-ship-init"]["content"].splitlines()
+    order = [
+        init.index("systemctl daemon-reload"),
+        init.index("systemctl enable --now campfleet-imds-guard"),
+        init.index("systemctl enable --now docker"),
+        init.index("systemctl enable --now campfleet-agent"),
+    ]
+    assert order == sorted(order)
+    assert "campfleet-imds-guard" not in rendered["mux"]  # the mux runs no attendee code
+
+
+def test_guard_unit_passes_systemd_analyze(rendered: dict[str, str], tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed")
+    unit = tmp_path / "campfleet-imds-guard.service"
+    unit.write_text(files(rendered["ship"])[GUARD]["content"])
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
 @pytest.mark.parametrize(
     ("role", "path"),
     [

@@ -1,0 +1,496 @@
+"""The agent loop: boot, heartbeat, converge to the desired state, terminate cleanly.
+
+One main thread owns the runtime and the containers; a long-poll thread only hands newer
+desired states over (and wakes the main thread), and one worker thread does the slow things
+(boot checks, image pulls) so heartbeats never stop while they run. After any change the agent
+reports at once instead of waiting for the next heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import subprocess
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Set, Union
+
+from campfleet.agent import __version__
+from campfleet.agent.client import MuxClient, MuxRejected, MuxUnreachable
+from campfleet.agent.config import AgentConfig
+from campfleet.agent.content import sync_content
+from campfleet.agent.imds import Imds, ImdsFailure
+from campfleet.agent.runtime import Runtime, RuntimeFailure, health_ok
+from campfleet.agent.volume import EbsVolumes, LocalVolumes, VolumeFailure
+from campfleet.protocol import ILLEGAL, ContainerSpec, ContainerStatus, Desired, Report, ShipState
+
+log = logging.getLogger("campfleet.agent")
+
+# Registry states after which the only report a ship may send is `terminated`.
+STAND_DOWN = (ShipState.LOST.value, ShipState.TERMINATED.value)
+_STATE_VALUES = frozenset(s.value for s in ShipState)
+EXIT_TERMINATED_BEFORE = 3  # the unit file's RestartPreventExitStatus: do not restart a dead ship
+TERMINATED_MARKER = "terminated"
+
+
+@dataclass
+class Container:
+    spec: ContainerSpec
+    generation: int  # desired generation it was started for
+    state: str = "starting"
+    error: str = ""
+    digest: str = ""
+    started: float = 0.0
+    next_check: float = 0.0
+    interval: float = 0.01
+    pull: Optional[Future] = None  # image pull in progress (docker)
+
+
+class Backoff:
+    """Exponential backoff with jitter for an unreachable mux, capped at the heartbeat: a ship
+    that stays silent longer than lost_after heartbeats is marked lost, and lost is final."""
+
+    def __init__(self, base: float, cap: float) -> None:
+        self.base, self.cap, self.failures = base, cap, 0
+
+    def next(self) -> float:
+        self.failures += 1
+        return min(self.cap, self.base * 2 ** min(self.failures - 1, 10)) * random.uniform(0.5, 1.5)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class Agent:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        runtime: Runtime,
+        volumes: Union[LocalVolumes, EbsVolumes],
+        imds: Optional[Imds] = None,
+    ) -> None:
+        self.cfg = cfg
+        self.runtime = runtime
+        self.volumes = volumes
+        self.imds = imds  # AWS mode: identity, lifecycle state
+        if imds is not None:
+            cfg.ship_id, cfg.zone, cfg.address = imds.identity()
+        # A report slower than two heartbeats is late anyway; do not stall the loop longer.
+        self.client = MuxClient(
+            cfg.mux_url,
+            cfg.ship_id,
+            cfg.fleet_secret,
+            timeout=min(10.0, max(2.0, 2 * cfg.heartbeat)),
+        )
+        self.containers: Dict[str, Container] = {}
+        self.booting = True
+        self.failure = ""  # ship-level failure: the ship is failed for good
+        self.terminated = False
+        self.mounted: Optional[str] = None
+        self.volume_path: Optional[Path] = None
+        self.volume_wait_since: Optional[float] = None
+        self.desired: Optional[Desired] = None
+        self.applied = 0
+        self.converged = True
+        self.known_generation = -1
+        self.pulled: Set[str] = set()
+        self.accepted: Optional[ShipState] = None  # the last state the mux accepted from us
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-worker")
+        self._report_due = 0.0
+        self._report_backoff = Backoff(min(0.25, cfg.heartbeat), cfg.heartbeat)
+
+    # -- state --------------------------------------------------------------------------------
+
+    def state(self) -> ShipState:
+        if self.terminated:
+            return ShipState.TERMINATED
+        if self.failure:
+            return ShipState.FAILED
+        if self.booting:
+            return ShipState.BOOTING
+        return ShipState.RUNNING if self.containers else ShipState.AVAILABLE
+
+    def report(self) -> Report:
+        statuses = [
+            ContainerStatus(c.spec.name, c.spec.image, c.digest, c.state, c.spec.port, c.error)
+            for c in self.containers.values()
+        ]
+        return Report(
+            ship_id=self.cfg.ship_id,
+            zone=self.cfg.zone,
+            address=self.cfg.address,
+            port_base=self.cfg.port_base,
+            state=self.wire_state(),
+            containers=statuses,
+            volume=self.mounted,
+            error=self.failure,
+            agent_version=__version__,
+            generation=self.applied,
+        )
+
+    def wire_state(self) -> ShipState:
+        """The state to report. A ship the registry does not hold yet (its first report never
+        arrived, or the registry is new) must pass booting -> available before running."""
+        state = self.state()
+        if state in (ShipState.AVAILABLE, ShipState.RUNNING):
+            if self.accepted is None:
+                return ShipState.BOOTING
+            if self.accepted is ShipState.BOOTING and state is ShipState.RUNNING:
+                return ShipState.AVAILABLE
+        return state
+
+    def send_report(self) -> bool:
+        report = self.report()
+        try:
+            desired = self.client.report(report)
+        except MuxUnreachable as exc:
+            delay = self._report_backoff.next()
+            log.warning("mux unreachable (%s); retrying in %.1f s", exc, delay)
+            self._report_due = time.monotonic() + delay
+            return False
+        except MuxRejected as exc:
+            log.error("report refused: %s", exc)
+            self._report_due = time.monotonic() + self.cfg.heartbeat
+            if exc.kind == ILLEGAL and exc.ship_state in STAND_DOWN and not self.terminated:
+                # The mux gave this ship up (its attendee was moved): stop using their volume.
+                log.error("the mux holds this ship as %s: standing down", exc.ship_state)
+                self.request_stop()
+            elif exc.kind == ILLEGAL and exc.ship_state in _STATE_VALUES:
+                # Learn what the registry holds; retry at once if that changes what we send.
+                held = ShipState(exc.ship_state)
+                self.accepted = None if held is ShipState.PENDING else held
+                if self.wire_state() is not report.state:
+                    self._report_due = 0.0
+            return False
+        self._report_backoff.reset()
+        self.accepted = report.state
+        # Sent a stepping-stone state (booting/available): send the real one at once.
+        stepping = report.state is not self.state()
+        self._report_due = 0.0 if stepping else time.monotonic() + self.cfg.heartbeat
+        self.offer(desired)
+        return True
+
+    def offer(self, desired: Desired) -> None:
+        """Take a desired state from any thread; only a newer generation replaces the current."""
+        with self._lock:
+            if desired.generation <= self.known_generation:
+                return
+            self.known_generation = desired.generation
+            self.desired = desired
+            self.converged = False
+        self._wake.set()
+
+    # -- threads ------------------------------------------------------------------------------
+
+    def _poll_loop(self) -> None:
+        backoff = Backoff(min(0.25, self.cfg.heartbeat), self.cfg.heartbeat)
+        while not self._stop.is_set():
+            try:
+                self.offer(self.client.poll(max(self.known_generation, 0), self.cfg.poll_timeout))
+                if backoff.failures:  # the mux is back: tell it what this ship is right now
+                    self._report_due = 0.0
+                    self._wake.set()
+                backoff.reset()
+            except MuxUnreachable:
+                self._stop.wait(backoff.next())
+            except MuxRejected as exc:
+                log.error("long-poll refused: %s", exc)
+                self._stop.wait(self.cfg.heartbeat)
+
+    def request_stop(self, *_: object) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    # -- boot ---------------------------------------------------------------------------------
+
+    def boot(self) -> None:
+        """Runs on the worker thread; raises with the reason the ship cannot serve."""
+        self.runtime.check()
+        self.runtime.cleanup()
+        images = list(
+            dict.fromkeys(self.cfg.images + ([self.cfg.probe.image] if self.cfg.probe else []))
+        )
+        for image in images:
+            self._pull(image)
+        if self.cfg.probe:
+            self._probe(self.cfg.probe)
+
+    def _probe(self, spec: ContainerSpec) -> None:
+        """Start the image once and wait for its own health check: a broken init script shows
+        up here, as this ship's failure, before any attendee is sent to it."""
+        workdir = self.cfg.state_dir / "scratch" / "boot-probe"
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = ContainerSpec(
+            "boot-probe", spec.image, spec.cmd, spec.env, spec.port, spec.health_path
+        )
+        self.runtime.start(probe, workdir)
+        try:
+            deadline = time.monotonic() + self.cfg.start_timeout
+            while not health_ok(self.cfg.address, probe.port, probe.health_path):
+                gone = self.runtime.exited(probe.name)
+                if gone:
+                    raise RuntimeFailure(f"boot probe of {probe.image}: {gone}")
+                if time.monotonic() > deadline or self._stop.is_set():
+                    raise RuntimeFailure(
+                        f"boot probe of {probe.image}: no answer on :{probe.port}"
+                        f"{probe.health_path} within {self.cfg.start_timeout:g} s"
+                    )
+                time.sleep(0.1)
+        finally:
+            self.runtime.stop(probe.name)
+
+    # -- converge -----------------------------------------------------------------------------
+
+    def converge(self, desired: Desired) -> bool:
+        """Move towards `desired`; True once everything it asks for has been started."""
+        target_volume = None if desired.drain else desired.volume
+        specs = {} if desired.drain else {c.name: c for c in desired.containers}
+        if self.mounted != target_volume:
+            self.stop_all()
+            if self.mounted:
+                self.volumes.unmount(self.mounted)
+                self.mounted = self.volume_path = None
+            if target_volume:
+                path = self.volumes.mount(target_volume)
+                if path is None:
+                    now = time.monotonic()
+                    self.volume_wait_since = self.volume_wait_since or now
+                    if now - self.volume_wait_since > self.cfg.volume_timeout:
+                        raise VolumeFailure(
+                            f"home volume {target_volume} not attached within "
+                            f"{self.cfg.volume_timeout:g} s"
+                        )
+                    return False
+                self.mounted, self.volume_path = target_volume, path
+        self.volume_wait_since = None
+        for name in list(self.containers):
+            c = self.containers[name]
+            stale = c.state == "failed" and c.generation < desired.generation  # retry on new gen
+            if name not in specs or c.spec != specs[name] or stale:
+                self.stop_container(name)
+        for name, spec in specs.items():
+            if name not in self.containers:
+                self.start_container(spec, desired.generation)
+        self.applied = desired.generation
+        return True
+
+    def workdir(self, name: str) -> Path:
+        path = self.volume_path or self.cfg.state_dir / "scratch" / (name or "default")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def start_container(self, spec: ContainerSpec, generation: int) -> None:
+        c = Container(spec=spec, generation=generation, started=time.monotonic())
+        self.containers[spec.name] = c
+        if not self.runtime.needs_pull or spec.image in self.pulled:
+            self._launch(c)
+            return
+        c.pull = self._worker.submit(self._pull, spec.image)
+        c.pull.add_done_callback(lambda _f: self._wake.set())
+
+    def _pull(self, image: str) -> None:
+        """Once per image and agent, on the worker thread: pull it and copy its tutorial
+        content out (both slow with Docker), so an attendee's start does not wait."""
+        self.runtime.pull(image)
+        self.runtime.content(image, self.cfg.state_dir / "content")
+        self.pulled.add(image)
+
+    def _launch(self, c: Container) -> None:
+        try:
+            workdir = self.workdir(c.spec.name)
+            content = self.runtime.content(c.spec.image, self.cfg.state_dir / "content")
+            if content is not None:
+                result = sync_content(content, workdir)
+                log.info(
+                    "content of %s: %d copied, %d kept",
+                    c.spec.image,
+                    len(result.copied),
+                    len(result.kept),
+                )
+            self.runtime.start(c.spec, workdir)
+            c.digest = self.runtime.digest(c.spec)
+        except (RuntimeFailure, OSError) as exc:
+            c.state, c.error = "failed", str(exc)
+            log.error("container %r failed to start: %s", c.spec.name, exc)
+        c.started = c.next_check = time.monotonic()
+
+    def stop_container(self, name: str) -> None:
+        c = self.containers.pop(name)
+        if c.pull is None:  # else it never started
+            self._stop_quietly(name)
+
+    def _stop_quietly(self, name: str) -> None:
+        try:
+            self.runtime.stop(name)
+        except RuntimeFailure as exc:
+            log.error("stopping %r: %s", name, exc)
+
+    def stop_all(self) -> None:
+        for name in list(self.containers):
+            self.stop_container(name)
+
+    def refresh(self) -> bool:
+        """Health-check starting containers, notice dead ones; True when anything changed."""
+        changed = False
+        now = time.monotonic()
+        for c in self.containers.values():
+            if c.pull is not None:
+                if not c.pull.done():
+                    continue
+                error, c.pull = c.pull.exception(), None
+                if error is not None:
+                    c.state, c.error = "failed", f"pull {c.spec.image}: {error}"
+                    changed = True
+                    continue
+                self._launch(c)
+                changed = True
+            if c.state == "failed" or now < c.next_check:
+                continue
+            gone = self.runtime.exited(c.spec.name)
+            if gone:
+                c.state, c.error = "failed", gone
+                log.error("container %r: %s", c.spec.name, gone)
+                changed = True
+            elif c.state == "starting":
+                if health_ok(self.cfg.address, c.spec.port, c.spec.health_path):
+                    c.state, changed = "running", True
+                elif now - c.started > self.cfg.start_timeout:
+                    c.state, changed = "failed", True
+                    c.error = (
+                        f"health check GET :{c.spec.port}{c.spec.health_path} did not pass "
+                        f"within {self.cfg.start_timeout:g} s"
+                    )
+                    self._stop_quietly(c.spec.name)
+                else:
+                    c.interval = min(c.interval * 1.5, 0.25)
+            if c.state == "running":
+                c.interval = self.cfg.heartbeat
+            c.next_check = now + c.interval
+        return changed
+
+    def next_wake(self) -> float:
+        times = [self._report_due]
+        times += [
+            c.next_check for c in self.containers.values() if c.state != "failed" and c.pull is None
+        ]
+        if not self.converged:
+            times.append(time.monotonic() + 0.2)
+        return max(0.0, min(times) - time.monotonic())
+
+    # -- main ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        marker = self.cfg.state_dir / TERMINATED_MARKER
+        if marker.exists():
+            log.error("this ship was terminated before (%s exists); not starting again", marker)
+            return EXIT_TERMINATED_BEFORE
+        self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        log.info(
+            "ship %s (%s, %s) booting; mux %s",
+            self.cfg.ship_id,
+            self.cfg.zone,
+            self.cfg.address,
+            self.cfg.mux_url,
+        )
+        self.send_report()
+        boot = self._worker.submit(self.boot)
+        boot.add_done_callback(lambda _f: self._wake.set())
+        threading.Thread(target=self._poll_loop, name="agent-poll", daemon=True).start()
+        next_lifecycle = 0.0
+        while not self._stop.is_set():
+            changed = False
+            if self.booting and boot.done():
+                self.booting, changed = False, True
+                if boot.exception() is not None:
+                    self.failure = f"boot failed: {boot.exception()}"
+                    log.error("%s", self.failure)
+                else:
+                    log.info("boot done: available")
+            with self._lock:
+                desired, converged = self.desired, self.converged
+            if desired is not None and desired.terminate:
+                break
+            if desired is not None and not converged and not self.booting and not self.failure:
+                try:
+                    done = self.converge(desired)
+                except (VolumeFailure, RuntimeFailure, OSError) as exc:
+                    self.failure = str(exc)
+                    log.error("ship failed: %s", exc)
+                    done = True
+                with self._lock:
+                    if self.desired is desired:
+                        self.converged = done
+                changed = True
+            changed = self.refresh() or changed
+            if self.imds is not None and time.monotonic() >= next_lifecycle:
+                next_lifecycle = time.monotonic() + self.cfg.heartbeat
+                if self._lifecycle_terminating():
+                    break
+            if changed or time.monotonic() >= self._report_due:
+                self.send_report()
+            self._wake.wait(self.next_wake())
+            self._wake.clear()
+        self.terminate()
+        return 0
+
+    def _lifecycle_terminating(self) -> bool:
+        try:
+            state = self.imds.lifecycle_state() if self.imds else None
+        except ImdsFailure as exc:
+            log.warning("lifecycle state unknown: %s", exc)
+            return False
+        if state == "Terminated":
+            log.info("Auto Scaling is terminating this instance (Terminating:Wait)")
+            return True
+        return False
+
+    def terminate(self) -> None:
+        """Stop containers, flush and unmount, report terminated, let AWS continue."""
+        self._stop.set()
+        self.stop_all()
+        if self.mounted:
+            try:
+                self.volumes.unmount(self.mounted)
+            except VolumeFailure as exc:
+                log.error("unmount: %s", exc)
+            self.mounted = self.volume_path = None
+        self.terminated = True
+        (self.cfg.state_dir / TERMINATED_MARKER).write_text(time.ctime() + "\n")
+        for attempt in range(3):
+            if self.send_report():
+                break
+            time.sleep(0.5 * (attempt + 1))
+        if self.imds is not None:
+            self.complete_lifecycle_action()
+        self._worker.shutdown(wait=False)
+        log.info("terminated")
+
+    def complete_lifecycle_action(self) -> None:
+        if not (self.cfg.ship_group_name and self.cfg.lifecycle_hook_name):
+            log.warning("shipGroupName/lifecycleHookName not configured: not completing the hook")
+            return
+        argv: List[str] = [
+            "aws", "autoscaling", "complete-lifecycle-action",
+            "--lifecycle-hook-name", self.cfg.lifecycle_hook_name,
+            "--auto-scaling-group-name", self.cfg.ship_group_name,
+            "--instance-id", self.cfg.ship_id,
+            "--lifecycle-action-result", "CONTINUE",
+        ]  # fmt: skip
+        if self.cfg.region:
+            argv += ["--region", self.cfg.region]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.error("complete-lifecycle-action: %s", exc)
+            return
+        if done.returncode != 0:
+            log.error("complete-lifecycle-action failed: %s", done.stderr.strip()[-500:])

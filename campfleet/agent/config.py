@@ -1,0 +1,186 @@
+"""Agent settings: /etc/campfleet/agent.json on AWS, command-line flags in local mode.
+
+Flags override the file. Every problem is one line naming the setting and what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from campfleet.protocol import ContainerSpec
+
+
+class ConfigProblem(Exception):
+    """One line: which setting is wrong and what is allowed."""
+
+
+@dataclass
+class AgentConfig:
+    mux_url: str
+    fleet_secret: bytes
+    local: bool = False
+    ship_id: str = ""  # local mode; on AWS from IMDS
+    zone: str = ""
+    address: str = ""
+    port_base: int = 8888
+    volumes_root: Path = Path("/mnt/campfleet")
+    state_dir: Path = Path("/var/lib/campfleet-agent")
+    heartbeat: float = 5.0
+    runtime: str = "docker"
+    content: Dict[str, Path] = field(default_factory=dict)  # local runtime: image -> content dir
+    images: List[str] = field(default_factory=list)  # pulled at boot
+    probe: Optional[ContainerSpec] = None  # started and health-checked once at boot
+    poll_timeout: float = 25.0
+    start_timeout: float = 120.0
+    volume_timeout: float = 120.0
+    region: str = ""
+    ship_group_name: str = ""
+    lifecycle_hook_name: str = ""
+    mount_path: str = "/home/jovyan"
+    imds_url: str = "http://169.254.169.254"
+
+
+# JSON key -> (attribute, type)
+_FILE_KEYS = {
+    "muxUrl": ("mux_url", str),
+    "heartbeat": ("heartbeat", (int, float)),
+    "region": ("region", str),
+    "runtime": ("runtime", str),
+    "secretFile": ("secret_file", str),
+    "stateDir": ("state_dir", str),
+    "volumesRoot": ("volumes_root", str),
+    "portBase": ("port_base", int),
+    "images": ("images", list),
+    "probe": ("probe", dict),
+    "shipGroupName": ("ship_group_name", str),
+    "lifecycleHookName": ("lifecycle_hook_name", str),
+    "mountPath": ("mount_path", str),
+    "imdsUrl": ("imds_url", str),
+    "pollTimeout": ("poll_timeout", (int, float)),
+    "startTimeout": ("start_timeout", (int, float)),
+    "volumeTimeout": ("volume_timeout", (int, float)),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="campfleet-agent",
+        description="The campfleet ship agent: reports this ship to the mux and applies its "
+        "desired state. On AWS: --config /etc/campfleet/agent.json. Locally: --local + flags.",
+    )
+    p.add_argument("--config", type=Path, help="JSON settings file (agent.json)")
+    p.add_argument("--local", action="store_true", help="identity from flags, not EC2 metadata")
+    p.add_argument("--mux", dest="mux_url", help="control API URL, e.g. http://10.0.0.5:8700")
+    p.add_argument("--secret-file", type=Path, help="file holding the fleet secret")
+    p.add_argument("--ship-id", help="ship id (local mode)")
+    p.add_argument("--zone", help="zone name (local mode; default 'local')")
+    p.add_argument("--address", help="address containers listen on (local: 127.0.0.1)")
+    p.add_argument("--port-base", type=int, help="first container port")
+    p.add_argument("--volumes-root", type=Path, help="where volumes are mounted / live")
+    p.add_argument("--state-dir", type=Path, help="agent state: logs, pids, markers")
+    p.add_argument("--heartbeat", type=float, help="seconds between reports (default 5)")
+    p.add_argument("--runtime", choices=("local", "docker"), help="container runtime")
+    p.add_argument(
+        "--content",
+        action="append",
+        default=[],
+        metavar="IMAGE=DIR",
+        help="local runtime: tutorial content directory of IMAGE (repeatable)",
+    )
+    p.add_argument("--image", action="append", default=[], help="image to pull at boot")
+    p.add_argument("--probe", help="JSON ContainerSpec started and health-checked at boot")
+    p.add_argument("--poll-timeout", type=float, help="long-poll wait (match the mux, 25)")
+    p.add_argument("--start-timeout", type=float, help="container health deadline (120)")
+    p.add_argument("--volume-timeout", type=float, help="volume attach deadline (120)")
+    p.add_argument("--imds-url", help="instance metadata base URL (tests)")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING"))
+    return p
+
+
+def _spec(value: Any, where: str) -> ContainerSpec:
+    if not isinstance(value, dict):
+        raise ConfigProblem(f'{where}: expected a JSON object like {{"name": ..., "image": ...}}')
+    try:
+        return ContainerSpec(**value)
+    except TypeError as exc:
+        raise ConfigProblem(f"{where}: {exc}") from exc
+
+
+def load(argv: Optional[Sequence[str]] = None) -> tuple[AgentConfig, str]:
+    """Parse flags (+ the config file); returns (config, log level)."""
+    args = parser().parse_args(argv)
+    values: Dict[str, Any] = {}
+    if args.config:
+        try:
+            data = json.loads(args.config.read_text())
+        except OSError as exc:
+            raise ConfigProblem(f"--config {args.config}: {exc.strerror}") from exc
+        except ValueError as exc:
+            raise ConfigProblem(f"--config {args.config}: not valid JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ConfigProblem(f"--config {args.config}: expected a JSON object")
+        for key, value in data.items():
+            if key not in _FILE_KEYS:
+                continue  # keys for other readers of the file are fine
+            attr, kind = _FILE_KEYS[key]
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ConfigProblem(f"{args.config}: {key}={value!r} has the wrong type")
+            values[attr] = value
+    for attr in (
+        "mux_url", "secret_file", "ship_id", "zone", "address", "port_base", "volumes_root",
+        "state_dir", "heartbeat", "runtime", "poll_timeout", "start_timeout", "volume_timeout",
+        "imds_url",
+    ):  # fmt: skip
+        if getattr(args, attr) is not None:
+            values[attr] = getattr(args, attr)
+    if args.probe:
+        try:
+            values["probe"] = json.loads(args.probe)
+        except ValueError as exc:
+            raise ConfigProblem(f"--probe: not valid JSON ({exc})") from exc
+    values["images"] = list(values.get("images", [])) + list(args.image)
+
+    if not values.get("mux_url"):
+        raise ConfigProblem("no mux URL: pass --mux http://HOST:PORT or set muxUrl in --config")
+    secret_file = Path(values.pop("secret_file", "/etc/campfleet/fleet-secret"))
+    try:
+        secret = secret_file.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigProblem(
+            f"secret file {secret_file}: {exc.strerror}; pass --secret-file"
+        ) from exc
+    if not secret:
+        raise ConfigProblem(f"secret file {secret_file} is empty")
+    content: Dict[str, Path] = {}
+    for item in args.content:
+        image, sep, directory = item.partition("=")
+        if not sep or not image or not Path(directory).is_dir():
+            raise ConfigProblem(f"--content {item!r}: expected IMAGE=DIR with an existing DIR")
+        content[image] = Path(directory)
+    cfg = AgentConfig(
+        mux_url=values.pop("mux_url"),
+        fleet_secret=secret,
+        local=args.local,
+        content=content,
+        probe=_spec(values.pop("probe"), "probe") if values.get("probe") else None,
+        **{k: v for k, v in values.items() if k != "probe"},
+    )
+    cfg.volumes_root, cfg.state_dir = Path(cfg.volumes_root), Path(cfg.state_dir)
+    if cfg.local:
+        cfg.runtime = args.runtime or "local"
+        cfg.zone = cfg.zone or "local"
+        cfg.address = cfg.address or "127.0.0.1"
+        if not cfg.ship_id:
+            raise ConfigProblem("--local needs --ship-id (a unique name for this ship)")
+    if cfg.runtime not in ("local", "docker"):
+        raise ConfigProblem(f"runtime {cfg.runtime!r}: use local or docker")
+    for name in ("heartbeat", "poll_timeout", "start_timeout", "volume_timeout"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigProblem(f"{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
+    if not 1 <= cfg.port_base <= 65535:
+        raise ConfigProblem(f"port-base {cfg.port_base} is not a TCP port")
+    return cfg, args.log_level

@@ -1,0 +1,75 @@
+"""EC2 instance metadata with IMDSv2 (session token first, then GETs with the token)."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from typing import Optional, Tuple
+
+IMDS_URL = "http://169.254.169.254"
+TOKEN_TTL = 21600
+
+
+class ImdsFailure(Exception):
+    pass
+
+
+class Imds:
+    def __init__(self, base: str = IMDS_URL, timeout: float = 2.0) -> None:
+        self.base = base.rstrip("/")
+        self.timeout = timeout
+        self._token = ""
+        self._token_expires = 0.0
+
+    def _open(self, req: urllib.request.Request) -> str:
+        with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            return resp.read().decode()
+
+    def token(self) -> str:
+        if not self._token or time.monotonic() > self._token_expires:
+            req = urllib.request.Request(
+                self.base + "/latest/api/token",
+                method="PUT",
+                headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL)},
+            )
+            try:
+                self._token = self._open(req)
+            except (OSError, urllib.error.URLError) as exc:
+                raise ImdsFailure(f"IMDSv2 token request to {self.base} failed: {exc}") from exc
+            self._token_expires = time.monotonic() + TOKEN_TTL - 60
+        return self._token
+
+    def get(self, path: str) -> Optional[str]:
+        """A meta-data item, or None when it does not exist (404)."""
+        for attempt in (1, 2):
+            req = urllib.request.Request(
+                f"{self.base}/latest/meta-data/{path}",
+                headers={"X-aws-ec2-metadata-token": self.token()},
+            )
+            try:
+                return self._open(req).strip()
+            except urllib.error.HTTPError as exc:
+                if exc.code == 404:
+                    return None
+                if exc.code == 401 and attempt == 1:  # token expired: get a new one once
+                    self._token = ""
+                    continue
+                raise ImdsFailure(f"IMDS {path}: HTTP {exc.code}") from exc
+            except (OSError, urllib.error.URLError) as exc:
+                raise ImdsFailure(f"IMDS {path} failed: {exc}") from exc
+        raise ImdsFailure(f"IMDS {path}: token refused twice")
+
+    def identity(self) -> Tuple[str, str, str]:
+        """(instance id, availability zone, private IPv4)."""
+        values = [self.get(p) for p in ("instance-id", "placement/availability-zone", "local-ipv4")]
+        if not all(values):
+            raise ImdsFailure("IMDS has no instance-id/availability-zone/local-ipv4: not on EC2?")
+        return values[0], values[1], values[2]  # type: ignore[return-value]
+
+    def lifecycle_state(self) -> Optional[str]:
+        """Auto Scaling's target lifecycle state ("InService", "Terminated", ...), if any.
+
+        While a termination lifecycle hook holds the instance in Terminating:Wait, this reads
+        "Terminated" (the state it is heading to)."""
+        return self.get("autoscaling/target-lifecycle-state")

@@ -1,0 +1,345 @@
+"""The control API ships report to: verify, apply to the registry, answer the desired state.
+
+Runs on a tornado HTTPServer in whatever asyncio loop is current (JupyterHub's, in the mux), bound
+to the mux's private address. Every request goes through protocol.validate (size, signature,
+schema, timestamp, sequence) before the registry is touched; every rejection is answered with a
+status per kind, a JSON reason {"error": kind, "reason": ...}, and counted in `.rejections`.
+
+  POST /v1/report  signed Report -> signed Desired (the answer to the request's seq)
+  POST /v1/poll    signed Poll   -> signed Desired once its generation differs from the poll's,
+                   or after poll_timeout: how an agent learns of a change at once.
+
+Reports are the hot path (every ship, every heartbeat), so they skip tornado.web and are handled
+as raw HTTP messages; the verified reports that arrive in one loop iteration are applied in one
+registry transaction (group commit) and each is answered only after that commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from functools import lru_cache, partial
+from typing import Optional
+
+import tornado.httpserver
+import tornado.httputil
+import tornado.ioloop
+import tornado.netutil
+import tornado.web
+
+from campfleet.mux.registry import Registry, Rejected
+from campfleet.protocol import (
+    FORGED,
+    HEADER_SHIP,
+    HEADER_SIGNATURE,
+    ILLEGAL,
+    MALFORMED,
+    MAX_BODY,
+    OVERSIZED,
+    REPLAY,
+    STALE,
+    Desired,
+    Verdict,
+    derive_key,
+    encode_desired,
+    validate,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS = {MALFORMED: 400, FORGED: 401, STALE: 403, REPLAY: 409, OVERSIZED: 413, ILLEGAL: 422}
+# Bodies above this never reach a handler: tornado drops the connection (nothing is stored).
+# Between MAX_BODY and this they are answered 413 and counted.
+_TRANSPORT_LIMIT = 16 * MAX_BODY
+
+
+class ControlServer:
+    """Control API + lost checker; `start` in the loop that should serve it."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        fleet_secret: bytes,
+        heartbeat: float = 5.0,
+        lost_after: int = 3,
+        poll_timeout: float = 25.0,
+    ) -> None:
+        if not fleet_secret:
+            raise ValueError("fleet_secret is empty: the control API cannot verify any ship")
+        self.registry = registry
+        self.fleet_secret = fleet_secret
+        self.heartbeat = heartbeat
+        self.lost_after = lost_after
+        self.poll_timeout = poll_timeout
+        self.rejections: dict[str, int] = dict.fromkeys(STATUS, 0)
+        self.port: Optional[int] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._http: Optional[tornado.httpserver.HTTPServer] = None
+        self._lost_checker: Optional[tornado.ioloop.PeriodicCallback] = None
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._batch: list[tuple[Verdict, _Exchange]] = []
+        # Last accepted seq per ship: this server is the registry's only writer of seq, so the
+        # replay check needs no query (filled from the registry on a ship's first report).
+        self._seqs: dict[str, int] = {}
+        self._last_check = 0.0  # monotonic time of the lost checker's previous run
+        self._grace_until = 0.0  # no ship is marked lost before this (monotonic)
+        # bounded, so made-up ship ids cannot grow it; a fleet's keys all fit
+        self._keys = lru_cache(maxsize=65536)(partial(derive_key, fleet_secret))
+
+    async def start(self, address: str, port: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        app = tornado.web.Application([(r"/v1/poll", _PollHandler, {"server": self})])
+        self._http = tornado.httpserver.HTTPServer(
+            _Router(self, app),
+            max_body_size=_TRANSPORT_LIMIT,
+            idle_connection_timeout=4 * self.poll_timeout,
+        )
+        sockets = tornado.netutil.bind_sockets(port, address)
+        self._http.add_sockets(sockets)
+        self.port = sockets[0].getsockname()[1]
+        self.registry.add_listener(self._on_change)
+        self._last_check = time.monotonic()
+        self._grace_until = self._last_check + self.heartbeat * self.lost_after
+        self._lost_checker = tornado.ioloop.PeriodicCallback(self.check_lost, self.heartbeat * 1000)
+        self._lost_checker.start()
+        log.info("control API on %s:%s", address, self.port)
+
+    def stop(self) -> None:
+        """Stop listening and checking, release held long-polls and close keep-alive
+        connections, so agents notice at once (connection refused) instead of timing out."""
+        if self._http is None:
+            return
+        http, self._http = self._http, None
+        http.stop()
+        if self._lost_checker is not None:
+            self._lost_checker.stop()
+        self.registry.remove_listener(self._on_change)
+        for ship_id in list(self._waiters):
+            self._wake(ship_id)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(
+                lambda: self._loop.create_task(http.close_all_connections())
+            )
+
+    def check_lost(self) -> list[str]:
+        """Mark ships lost after lost_after silent heartbeats, but only silence the mux could
+        hear: never within that long of start (after a restart every last_seen is old) nor of
+        a stall of the mux's own loop (the reports of that time are still queued). Lost is final.
+        """
+        now = time.monotonic()
+        timeout = self.heartbeat * self.lost_after
+        late = now - self._last_check - self.heartbeat
+        self._last_check = now
+        if late > self.heartbeat / 2:
+            log.warning(
+                "the mux stalled for %.1f s: no ship is marked lost for %.0f s", late, timeout
+            )
+            self._grace_until = max(self._grace_until, now + timeout)
+        if now < self._grace_until:
+            return []
+        lost = self.registry.mark_lost(timeout=timeout)
+        if lost:
+            more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
+            log.warning("%d ships lost (silent for %d heartbeats): %s%s",
+                        len(lost), self.lost_after, ", ".join(lost[:5]), more)  # fmt: skip
+        return lost
+
+    def key(self, ship_id: str) -> bytes:
+        return self._keys(ship_id)
+
+    def verify(self, body: bytes, headers: tornado.httputil.HTTPHeaders, expect: str) -> Verdict:
+        ship_id = headers.get(HEADER_SHIP)
+        after_seq = None
+        if expect == "report" and ship_id:
+            after_seq = self._seqs.get(ship_id)
+            if after_seq is None:
+                last = self.registry.last_seq(ship_id)
+                after_seq = -1 if last is None else last
+        verdict = validate(
+            body,
+            ship_id,
+            headers.get(HEADER_SIGNATURE),
+            self.key(ship_id or ""),
+            expect=expect,
+            now=time.time(),
+            after_seq=after_seq,
+        )
+        if not verdict.ok:
+            self.count(verdict.kind, verdict.reason, ship_id)
+        return verdict
+
+    def count(self, kind: str, reason: str, ship_id: Optional[str]) -> None:
+        self.rejections[kind] += 1
+        log.info("rejected %s from %s: %s", kind, (ship_id or "?")[:64], reason)
+
+    def signed_answer(self, desired: Desired, ship_id: str, reply_to: int) -> tuple[bytes, dict]:
+        return encode_desired(desired, ship_id, reply_to, time.time(), self.key(ship_id))
+
+    # -- reports: verified now, applied in the next group commit -------------------------------
+
+    def ingest(self, exchange: _Exchange) -> None:
+        verdict = self.verify(exchange.body, exchange.headers, "report")
+        if not verdict.ok:
+            exchange.reject(verdict.kind, verdict.reason)
+            return
+        if not self._batch:
+            asyncio.get_running_loop().call_soon(self._commit)
+        self._batch.append((verdict, exchange))
+
+    def _commit(self) -> None:
+        batch, self._batch = self._batch, []
+        try:
+            results = self.registry.apply_reports([verdict.message for verdict, _ in batch])
+        except Exception:  # e.g. disk full: the agents retry; never leave them hanging
+            log.exception("applying %d reports failed", len(batch))
+            for _, exchange in batch:
+                exchange.send(503, b'{"error": "unavailable", "reason": "registry error"}', {})
+            return
+        for (verdict, exchange), result in zip(batch, results):
+            ship_id = verdict.message.ship_id
+            if isinstance(result, Rejected):
+                self.count(result.kind, result.reason, ship_id)
+                exchange.reject(result.kind, result.reason, result.ship_state)
+            else:
+                self._seqs[ship_id] = verdict.seq
+                exchange.send(200, *self.signed_answer(result, ship_id, verdict.seq))
+
+    # -- long-poll -----------------------------------------------------------------------------
+
+    # Registry listeners may run in any thread: hop onto the loop before touching futures.
+    def _on_change(self, ship_id: str) -> None:
+        if ship_id in self._waiters and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake, ship_id)
+
+    def _wake(self, ship_id: str) -> None:
+        for fut in self._waiters.pop(ship_id, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait_change(self, ship_id: str, generation: int, deadline: float) -> Desired:
+        """The ship's desired state once its generation != `generation`, or at the deadline."""
+        while True:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(ship_id, set()).add(fut)
+            record = self.registry.get(ship_id)
+            desired = record.desired if record else Desired()
+            remaining = deadline - time.monotonic()
+            if desired.generation != generation or remaining <= 0 or self._http is None:
+                self._waiters.get(ship_id, set()).discard(fut)
+                return desired
+            try:
+                await asyncio.wait_for(fut, remaining)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                waiters = self._waiters.get(ship_id)
+                if waiters is not None:
+                    waiters.discard(fut)
+                    if not waiters:
+                        del self._waiters[ship_id]
+
+
+class _Router(tornado.httputil.HTTPServerConnectionDelegate):
+    """POST /v1/report -> _Exchange (raw, fast); everything else -> the tornado Application."""
+
+    def __init__(self, server: ControlServer, app: tornado.web.Application) -> None:
+        self.server, self.app = server, app
+
+    def start_request(
+        self, server_conn: object, request_conn: tornado.httputil.HTTPConnection
+    ) -> tornado.httputil.HTTPMessageDelegate:
+        return _Exchange(self, server_conn, request_conn)
+
+    def on_close(self, server_conn: object) -> None:
+        self.app.on_close(server_conn)
+
+
+class _Exchange(tornado.httputil.HTTPMessageDelegate):
+    """One request on a connection: a report handled here, or passed on to the Application."""
+
+    def __init__(
+        self, router: _Router, server_conn: object, conn: tornado.httputil.HTTPConnection
+    ) -> None:
+        self.router, self.server_conn, self.conn = router, server_conn, conn
+        self.inner: Optional[tornado.httputil.HTTPMessageDelegate] = None
+        self.chunks: list[bytes] = []
+        self.body = b""
+        self.headers = tornado.httputil.HTTPHeaders()
+        self.closed = False
+
+    def headers_received(self, start_line, headers):  # type: ignore[no-untyped-def]
+        if start_line.method == "POST" and start_line.path == "/v1/report":
+            self.headers = headers
+            return None
+        self.inner = self.router.app.start_request(self.server_conn, self.conn)
+        return self.inner.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes):  # type: ignore[no-untyped-def]
+        if self.inner is not None:
+            return self.inner.data_received(chunk)
+        self.chunks.append(chunk)
+        return None
+
+    def finish(self) -> None:
+        if self.inner is not None:
+            self.inner.finish()
+            return
+        self.body = b"".join(self.chunks)
+        self.router.server.ingest(self)
+
+    def on_connection_close(self) -> None:
+        if self.inner is not None:
+            self.inner.on_connection_close()
+        self.closed = True
+
+    def send(self, status: int, body: bytes, headers: dict) -> None:
+        if self.closed:
+            return
+        out = tornado.httputil.HTTPHeaders(headers)
+        out["Content-Type"] = "application/json"
+        out["Content-Length"] = str(len(body))
+        reason = tornado.httputil.responses.get(status, "Error")
+        start = tornado.httputil.ResponseStartLine("HTTP/1.1", status, reason)
+        self.conn.write_headers(start, out, body)
+        self.conn.finish()
+
+    def reject(self, kind: str, reason: str, ship_state: str = "") -> None:
+        """JSON {"error", "reason"}; for illegal transitions also "ship_state", the state the
+        registry holds, so an agent whose ship was declared lost knows to stand down."""
+        answer = {"error": kind, "reason": reason}
+        if ship_state:
+            answer["ship_state"] = ship_state
+        self.send(STATUS[kind], json.dumps(answer).encode(), {})
+
+
+class _PollHandler(tornado.web.RequestHandler):
+    _gone = False
+
+    def initialize(self, server: ControlServer) -> None:
+        self.server = server
+
+    def check_xsrf_cookie(self) -> None:  # signed machine API, no cookies
+        pass
+
+    def on_connection_close(self) -> None:
+        self._gone = True
+
+    async def post(self) -> None:
+        verdict = self.server.verify(self.request.body, self.request.headers, "poll")
+        if not verdict.ok:
+            self.set_status(STATUS[verdict.kind])
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"error": verdict.kind, "reason": verdict.reason}))
+            return
+        poll = verdict.message
+        deadline = time.monotonic() + self.server.poll_timeout
+        desired = await self.server.wait_change(poll.ship_id, poll.generation, deadline)
+        if self._gone:
+            return
+        body, headers = self.server.signed_answer(desired, poll.ship_id, poll.seq)
+        for name, value in headers.items():
+            self.set_header(name, value)
+        self.set_header("Content-Type", "application/json")
+        self.finish(body)

@@ -1,0 +1,526 @@
+"""The ship registry: what every ship is (its last report) and should be (desired state).
+
+SQLite in WAL mode, one connection guarded by a lock, so the control API, the spawner and the
+fleet view share it from any thread; writes use BEGIN IMMEDIATE so `claim` and `volume_for` are
+atomic even between processes. Everything lives in the file: reopening it after a mux restart
+gives back every ship, claim, volume assignment and each ship's last sequence number (replay
+protection survives the restart).
+
+Durability: synchronous=NORMAL in WAL mode survives a crash of the mux process (the case that
+matters: hub restarts, OOM kills); a power loss may drop the last few commits, which the next
+heartbeat of every ship re-sends in full, and a replayed old report is still refused by the
+±60 s timestamp window.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+from campfleet.protocol import (
+    ILLEGAL,
+    LIVE,
+    REPLAY,
+    REPORTABLE,
+    ContainerSpec,
+    ContainerStatus,
+    Desired,
+    Report,
+    ShipState,
+    can_transition,
+    transition_error,
+)
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ships (
+    ship_id TEXT PRIMARY KEY,
+    zone TEXT NOT NULL,
+    address TEXT NOT NULL,
+    port_base INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    owner TEXT,
+    claimed_at REAL,
+    containers TEXT NOT NULL DEFAULT '[]',
+    mounted_volume TEXT,
+    error TEXT NOT NULL DEFAULT '',
+    last_seen REAL NOT NULL,
+    agent_version TEXT NOT NULL DEFAULT '',
+    applied_generation INTEGER NOT NULL DEFAULT 0,
+    seq INTEGER NOT NULL DEFAULT -1,
+    generation INTEGER NOT NULL DEFAULT 0,
+    desired_containers TEXT NOT NULL DEFAULT '[]',
+    volume_id TEXT,
+    drain INTEGER NOT NULL DEFAULT 0,
+    terminate INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS ships_free ON ships(state, zone) WHERE owner IS NULL;
+CREATE INDEX IF NOT EXISTS ships_owner ON ships(owner);
+CREATE TABLE IF NOT EXISTS volumes (
+    volume_id TEXT PRIMARY KEY,
+    zone TEXT NOT NULL,
+    owner TEXT UNIQUE,
+    assigned_at REAL
+);
+"""
+
+_SHIP_COLUMNS = (
+    "ship_id, zone, address, port_base, state, owner, claimed_at, containers, mounted_volume, "
+    "error, last_seen, agent_version, applied_generation, seq, generation, desired_containers, "
+    "volume_id, drain, terminate"
+)
+# apply_report is the hot path (every heartbeat of every ship): fixed statements, positional.
+_OBSERVED = (
+    "zone, address, port_base, state, containers, mounted_volume, error, agent_version, "
+    "applied_generation"
+)
+_APPLY_SELECT = (
+    f"SELECT {_OBSERVED}, seq, generation, desired_containers, volume_id, drain, terminate "
+    "FROM ships WHERE ship_id=?"
+)
+_APPLY_INSERT = (
+    f"INSERT INTO ships (ship_id, {_OBSERVED}, seq, last_seen) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_APPLY_UPDATE = (
+    "UPDATE ships SET zone=?, address=?, port_base=?, state=?, containers=?, mounted_volume=?, "
+    "error=?, agent_version=?, applied_generation=?, seq=?, last_seen=? WHERE ship_id=?"
+)
+_LIVE_SQL = "(" + ",".join(f"'{s.value}'" for s in sorted(LIVE)) + ")"  # constants only
+
+
+class RegistryError(Exception):
+    """A registry call that cannot be done; the text says what and what to do."""
+
+
+class UnknownShip(RegistryError):
+    pass
+
+
+class Rejected(RegistryError):
+    """A report refused by the registry (illegal transition or stale seq); nothing changed."""
+
+    def __init__(self, kind: str, reason: str, ship_state: str = "") -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+        self.ship_state = ship_state  # the state the registry holds (illegal transitions)
+
+
+@dataclass(frozen=True)
+class ShipRecord:
+    ship_id: str
+    zone: str
+    address: str
+    port_base: int
+    state: ShipState
+    owner: Optional[str]
+    volume_id: Optional[str]  # the volume the mux assigned (desired.volume)
+    containers: list[ContainerStatus]  # observed, from the last report
+    error: str
+    last_seen: float
+    generation: int  # desired generation
+    applied_generation: int  # last generation the agent applied
+    agent_version: str
+    mounted_volume: Optional[str]  # the volume the agent says is mounted
+    claimed_at: Optional[float]
+    seq: int
+    desired: Desired
+
+    def container(self, name: str) -> Optional[ContainerStatus]:
+        return next((c for c in self.containers if c.name == name), None)
+
+
+@dataclass(frozen=True)
+class VolumeRecord:
+    volume_id: str
+    zone: str
+    owner: Optional[str]
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: int  # ships available or running
+    needed: int  # ceil(expected * ready_percent / 100)
+    expected: int
+    open: bool
+
+
+def _specs(text: str) -> list[ContainerSpec]:
+    return [ContainerSpec(**d) for d in json.loads(text)]
+
+
+def _record(row: sqlite3.Row) -> ShipRecord:
+    desired = Desired(
+        generation=row["generation"],
+        containers=_specs(row["desired_containers"]),
+        volume=row["volume_id"],
+        drain=bool(row["drain"]),
+        terminate=bool(row["terminate"]),
+    )
+    return ShipRecord(
+        ship_id=row["ship_id"],
+        zone=row["zone"],
+        address=row["address"],
+        port_base=row["port_base"],
+        state=ShipState(row["state"]),
+        owner=row["owner"],
+        volume_id=row["volume_id"],
+        containers=[ContainerStatus(**d) for d in json.loads(row["containers"])],
+        error=row["error"],
+        last_seen=row["last_seen"],
+        generation=row["generation"],
+        applied_generation=row["applied_generation"],
+        agent_version=row["agent_version"],
+        mounted_volume=row["mounted_volume"],
+        claimed_at=row["claimed_at"],
+        seq=row["seq"],
+        desired=desired,
+    )
+
+
+class Registry:
+    """Thread-safe ship registry; every public method is one transaction."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._listeners: list[Callable[[str], None]] = []
+        self._db = sqlite3.connect(
+            str(self.path), isolation_level=None, check_same_thread=False, timeout=30
+        )
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        with self._write():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    class _Tx:
+        def __init__(self, registry: Registry) -> None:
+            self.r = registry
+            self.changed: list[str] = []
+
+        def __enter__(self) -> Registry._Tx:
+            self.r._lock.acquire()
+            try:
+                self.r._db.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self.r._lock.release()
+                raise
+            return self
+
+        def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+            try:
+                self.r._db.execute("ROLLBACK" if exc_type else "COMMIT")
+            finally:
+                self.r._lock.release()
+            if exc_type is None:
+                for ship_id in self.changed:
+                    self.r._notify(ship_id)
+
+    def _write(self) -> Registry._Tx:
+        return Registry._Tx(self)
+
+    def _notify(self, ship_id: str) -> None:
+        for cb in list(self._listeners):
+            try:
+                cb(ship_id)
+            except Exception:
+                log.exception("registry listener %r failed for %s", cb, ship_id)
+
+    def add_listener(self, cb: Callable[[str], None]) -> None:
+        """Call cb(ship_id) after each committed change of that ship, in the changing thread.
+
+        Heartbeats that change nothing but last_seen/seq do not call it. Changes made by another
+        process on the same file are not seen.
+        """
+        self._listeners.append(cb)
+
+    def remove_listener(self, cb: Callable[[str], None]) -> None:
+        self._listeners.remove(cb)
+
+    def _row(self, ship_id: str) -> Optional[sqlite3.Row]:
+        return self._db.execute(
+            f"SELECT {_SHIP_COLUMNS} FROM ships WHERE ship_id=?", (ship_id,)
+        ).fetchone()
+
+    def _rows(
+        self, where: str = "", args: Sequence[object] = (), order: str = "ship_id"
+    ) -> Iterator[sqlite3.Row]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_SHIP_COLUMNS} FROM ships {where} ORDER BY {order}", args
+            ).fetchall()
+        return iter(rows)
+
+    # -- reports ------------------------------------------------------------------------------
+
+    def apply_report(self, report: Report, now: Optional[float] = None) -> Desired:
+        """Store a verified report if its transition and seq are legal; return the desired state.
+
+        Raises Rejected(kind="illegal"|"replay") and leaves the registry unchanged otherwise.
+        The seq check repeats the control API's so two racing copies cannot both be applied.
+        """
+        result = self.apply_reports([report], now)[0]
+        if isinstance(result, Rejected):
+            raise result
+        return result
+
+    def apply_reports(
+        self, reports: Sequence[Report], now: Optional[float] = None
+    ) -> list[Desired | Rejected]:
+        """apply_report for many reports in ONE transaction (group commit): per report, the
+        desired state or the Rejected that left its ship unchanged. The control API batches the
+        reports that arrive together and answers each only after this commit."""
+        now = time.time() if now is None else now
+        results: list[Desired | Rejected] = []
+        with self._write() as tx:
+            for report in reports:
+                results.append(self._apply(report, now, tx))
+        return results
+
+    def _apply(self, report: Report, now: float, tx: Registry._Tx) -> Desired | Rejected:
+        containers = json.dumps([c.__dict__ for c in report.containers], separators=(",", ":"))
+        state = ShipState(report.state)
+        new = (
+            report.zone,
+            report.address,
+            report.port_base,
+            state.value,
+            containers,
+            report.volume,
+            report.error,
+            report.agent_version,
+            report.generation,
+        )
+        row = self._db.execute(_APPLY_SELECT, (report.ship_id,)).fetchone()
+        old_state = ShipState(row[3]) if row else ShipState.PENDING
+        if state not in REPORTABLE:
+            why = f"ship {report.ship_id}: a ship cannot report {state.value}"
+            return Rejected(ILLEGAL, why, old_state.value)
+        if not can_transition(old_state, state):
+            why = f"ship {report.ship_id}: {transition_error(old_state, state)}"
+            return Rejected(ILLEGAL, why, old_state.value)
+        if row is not None and report.seq <= row[9]:
+            return Rejected(REPLAY, f"seq {report.seq} is not above the last accepted {row[9]}")
+        if row is None:
+            self._db.execute(_APPLY_INSERT, (report.ship_id, *new, report.seq, now))
+            tx.changed.append(report.ship_id)
+            return Desired()
+        self._db.execute(_APPLY_UPDATE, (*new, report.seq, now, report.ship_id))
+        if tuple(row[:9]) != new:
+            tx.changed.append(report.ship_id)
+        return Desired(
+            generation=row[10],
+            containers=_specs(row[11]),
+            volume=row[12],
+            drain=bool(row[13]),
+            terminate=bool(row[14]),
+        )
+
+    def last_seq(self, ship_id: str) -> Optional[int]:
+        """The last accepted seq of a ship (None if never seen): the control API's replay check."""
+        with self._lock:
+            row = self._db.execute("SELECT seq FROM ships WHERE ship_id=?", (ship_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def mark_lost(self, now: Optional[float] = None, timeout: float = 15.0) -> list[str]:
+        """Mark live ships not heard from for `timeout` seconds as lost; return their ids."""
+        now = time.time() if now is None else now
+        with self._write() as tx:
+            rows = self._db.execute(
+                f"UPDATE ships SET state='lost', error=? WHERE state IN {_LIVE_SQL}"
+                " AND last_seen < ? RETURNING ship_id",
+                (f"no report for more than {timeout:g} s", now - timeout),
+            ).fetchall()
+            tx.changed.extend(sorted(r[0] for r in rows))
+        return tx.changed
+
+    # -- desired state ------------------------------------------------------------------------
+
+    def desired(self, ship_id: str) -> Desired:
+        return self._get(ship_id).desired
+
+    def _change(self, ship_id: str, assignments: str, args: Sequence[object] = ()) -> int:
+        with self._write() as tx:
+            row = self._db.execute(
+                f"UPDATE ships SET {assignments}, generation=generation+1 WHERE ship_id=? "
+                "RETURNING generation",
+                (*args, ship_id),
+            ).fetchone()
+            if row is None:
+                raise UnknownShip(f"unknown ship {ship_id!r}: it has never reported")
+            tx.changed.append(ship_id)
+        return row[0]
+
+    def set_container(self, ship_id: str, spec: ContainerSpec) -> int:
+        """Add or replace (by name) a desired container; returns the new desired generation."""
+        with self._lock:
+            specs = [c for c in self._get(ship_id).desired.containers if c.name != spec.name]
+            specs.append(spec)
+            return self._set_specs(ship_id, specs)
+
+    def remove_container(self, ship_id: str, name: str) -> int:
+        with self._lock:
+            specs = [c for c in self._get(ship_id).desired.containers if c.name != name]
+            return self._set_specs(ship_id, specs)
+
+    def _set_specs(self, ship_id: str, specs: list[ContainerSpec]) -> int:
+        text = json.dumps([asdict(c) for c in specs], separators=(",", ":"))
+        return self._change(ship_id, "desired_containers=?", (text,))
+
+    def set_volume(self, ship_id: str, volume_id: Optional[str]) -> int:
+        return self._change(ship_id, "volume_id=?", (volume_id,))
+
+    def set_drain(self, ship_id: str, drain: bool) -> int:
+        """Drained ships stop their containers, unmount, and are never claimed."""
+        return self._change(ship_id, "drain=?", (int(drain),))
+
+    def set_terminate(self, ship_id: str, terminate: bool) -> int:
+        """Ask the agent to stop everything and report terminated (scale-in of a known ship)."""
+        return self._change(ship_id, "terminate=?", (int(terminate),))
+
+    # -- claims -------------------------------------------------------------------------------
+
+    def claim(self, owner: str, zone: Optional[str] = None) -> Optional[ShipRecord]:
+        """Hand one available, unowned, undrained ship to `owner` (in `zone` if given).
+
+        Idempotent: an owner already holding a live ship gets that ship back. None when no ship
+        is free (in that zone).
+        """
+        with self._write() as tx:
+            held = self._db.execute(
+                f"SELECT ship_id FROM ships WHERE owner=? AND state IN {_LIVE_SQL}"
+                " ORDER BY claimed_at DESC LIMIT 1",
+                (owner,),
+            ).fetchone()
+            if held is None:
+                query = "SELECT ship_id FROM ships WHERE owner IS NULL AND state='available' "
+                query += "AND drain=0 AND terminate=0 "
+                args: tuple[object, ...] = ()
+                if zone is not None:
+                    query += "AND zone=? "
+                    args = (zone,)
+                free = self._db.execute(query + "ORDER BY ship_id LIMIT 1", args).fetchone()
+                if free is None:
+                    return None
+                self._db.execute(
+                    "UPDATE ships SET owner=?, claimed_at=? WHERE ship_id=?",
+                    (owner, time.time(), free[0]),
+                )
+                tx.changed.append(free[0])
+                held = free
+            return _record(self._row(held[0]))
+
+    def release(self, ship_id: str) -> int:
+        """Free a ship: no owner, no containers, no volume; the agent stops and unmounts.
+        A drained ship stays drained (that is the organizer's call, not the attendee's)."""
+        return self._change(
+            ship_id, "owner=NULL, claimed_at=NULL, desired_containers='[]', volume_id=NULL"
+        )
+
+    def owned_by(self, owner: str) -> Optional[ShipRecord]:
+        """The ship most recently claimed by `owner` (whatever its state), or None."""
+        row = next(self._rows("WHERE owner=?", (owner,), "claimed_at DESC LIMIT 1"), None)
+        return None if row is None else _record(row)
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def _get(self, ship_id: str) -> ShipRecord:
+        record = self.get(ship_id)
+        if record is None:
+            raise UnknownShip(f"unknown ship {ship_id!r}: it has never reported")
+        return record
+
+    def get(self, ship_id: str) -> Optional[ShipRecord]:
+        with self._lock:
+            row = self._row(ship_id)
+        return None if row is None else _record(row)
+
+    def ships(self) -> list[ShipRecord]:
+        return [_record(r) for r in self._rows()]
+
+    def counts(self) -> dict[str, int]:
+        """Ships per state, every state present (0 when none)."""
+        counts = {s.value: 0 for s in ShipState}
+        with self._lock:
+            for state, n in self._db.execute("SELECT state, count(*) FROM ships GROUP BY state"):
+                counts[state] = n
+        return counts
+
+    def counts_by_zone(self) -> dict[str, dict[str, int]]:
+        """{zone: {state: ships}}, every state present for each zone that has a ship."""
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT zone, state, count(*) FROM ships GROUP BY zone, state"
+            ).fetchall()
+        for zone, state, n in rows:
+            out.setdefault(zone, {s.value: 0 for s in ShipState})[state] = n
+        return out
+
+    def readiness(self, expected: int, ready_percent: int) -> Readiness:
+        """The gate: open once ready (available + running) ships reach ready_percent of expected."""
+        counts = self.counts()
+        ready = counts[ShipState.AVAILABLE.value] + counts[ShipState.RUNNING.value]
+        needed = math.ceil(expected * ready_percent / 100)
+        return Readiness(ready=ready, needed=needed, expected=expected, open=ready >= needed)
+
+    # -- volumes ------------------------------------------------------------------------------
+
+    def add_volumes(self, volumes: Sequence[tuple[str, str]]) -> None:
+        """Register pool volumes (volume_id, zone); already-known ids are left as they are."""
+        with self._write():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO volumes (volume_id, zone) VALUES (?, ?)", volumes
+            )
+
+    def volume_for(self, owner: str, prefer_zone: Optional[str] = None) -> VolumeRecord:
+        """The owner's home volume: the same one forever; a new one from the pool the first time,
+        in prefer_zone when one is free there, else in the zone with the most free volumes."""
+        with self._write():
+            row = self._db.execute(
+                "SELECT volume_id, zone, owner FROM volumes WHERE owner=?", (owner,)
+            ).fetchone()
+            if row is None:
+                row = self._db.execute(
+                    "SELECT volume_id, zone, owner FROM volumes v WHERE owner IS NULL "
+                    "ORDER BY zone IS NOT ?, (SELECT count(*) FROM volumes w WHERE w.zone=v.zone "
+                    "AND w.owner IS NULL) DESC, volume_id LIMIT 1",
+                    (prefer_zone,),
+                ).fetchone()
+                if row is None:
+                    total = self._db.execute("SELECT count(*) FROM volumes").fetchone()[0]
+                    raise RegistryError(
+                        f"no free home volume for {owner!r}: all {total} pool volumes are "
+                        "assigned; raise campfleet:ships (the pool size) and run pulumi up"
+                    )
+                self._db.execute(
+                    "UPDATE volumes SET owner=?, assigned_at=? WHERE volume_id=?",
+                    (owner, time.time(), row[0]),
+                )
+                return VolumeRecord(volume_id=row[0], zone=row[1], owner=owner)
+        return VolumeRecord(volume_id=row[0], zone=row[1], owner=row[2])
+
+    def volumes(self) -> list[VolumeRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT volume_id, zone, owner FROM volumes ORDER BY volume_id"
+            ).fetchall()
+        return [VolumeRecord(*r) for r in rows]

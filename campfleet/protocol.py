@@ -1,0 +1,379 @@
+"""Ship states, control-channel messages and their signing.
+
+Shared by the ship agent (Python 3.9, stdlib only) and the mux, so both sides accept and refuse
+exactly the same messages: every message goes through `validate`, which returns a `Verdict`
+with the rejection kind and a one-line reason instead of raising.
+
+Wire format: the HTTP body is a JSON object (at most MAX_BODY bytes) with a "type" ("report",
+"poll" or "desired"), "ship_id", "seq" and "ts"; the signature is HMAC-SHA256 over the exact
+body bytes with the ship's key, hex in the X-Campfleet-Signature header, the ship id in
+X-Campfleet-Ship (so the key can be derived before the body is parsed).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple, Union
+
+PROTOCOL_VERSION = 1
+MAX_BODY = 64 * 1024  # bytes; a report with a dozen containers is ~2 KiB
+TIME_WINDOW = 60.0  # seconds either side of the receiver's clock (ships run chrony)
+HEADER_SHIP = "X-Campfleet-Ship"
+HEADER_SIGNATURE = "X-Campfleet-Signature"
+CONTAINER_STATES = ("starting", "running", "failed", "stopped")
+_MAX_SEQ = 2**63 - 1
+
+# Rejection kinds (the control API maps each to an HTTP status and counts it).
+OVERSIZED = "oversized"
+FORGED = "forged"
+MALFORMED = "malformed"
+STALE = "stale"
+REPLAY = "replay"
+ILLEGAL = "illegal"
+
+
+class ShipState(str, Enum):
+    PENDING = "pending"
+    BOOTING = "booting"
+    AVAILABLE = "available"
+    RUNNING = "running"
+    TERMINATED = "terminated"
+    FAILED = "failed"
+    LOST = "lost"
+
+
+_S = ShipState
+_IN_SERVICE = frozenset({_S.AVAILABLE, _S.RUNNING, _S.BOOTING, _S.FAILED, _S.TERMINATED, _S.LOST})
+# Staying in the same state is a heartbeat. `booting` is reachable again from available/running
+# because systemd restarts a crashed agent, which boots again. `lost` is set only by the mux; a
+# lost ship may only report `terminated`: the Auto Scaling group replaces lost ships and their
+# attendees have been moved, so letting one come back would hand a volume to two ships.
+# `failed` is final for the same reason (the ship is replaced); `terminated` is final.
+TRANSITIONS: Dict[ShipState, FrozenSet[ShipState]] = {
+    _S.PENDING: frozenset({_S.BOOTING, _S.FAILED, _S.TERMINATED, _S.LOST}),
+    _S.BOOTING: frozenset({_S.BOOTING, _S.AVAILABLE, _S.FAILED, _S.TERMINATED, _S.LOST}),
+    _S.AVAILABLE: _IN_SERVICE,
+    _S.RUNNING: _IN_SERVICE,
+    _S.FAILED: frozenset({_S.FAILED, _S.TERMINATED}),
+    _S.LOST: frozenset({_S.TERMINATED}),
+    _S.TERMINATED: frozenset({_S.TERMINATED}),
+}
+REPORTABLE = frozenset({_S.BOOTING, _S.AVAILABLE, _S.RUNNING, _S.FAILED, _S.TERMINATED})
+_REPORTABLE_VALUES = frozenset(s.value for s in REPORTABLE)
+LIVE = frozenset({_S.PENDING, _S.BOOTING, _S.AVAILABLE, _S.RUNNING})
+
+
+def can_transition(old: ShipState, new: ShipState) -> bool:
+    return ShipState(new) in TRANSITIONS[ShipState(old)]
+
+
+def transition_error(old: ShipState, new: ShipState) -> str:
+    """One line saying why old -> new is refused ("" when it is allowed)."""
+    old, new = ShipState(old), ShipState(new)
+    if can_transition(old, new):
+        return ""
+    allowed = ", ".join(sorted(s.value for s in TRANSITIONS[old])) or "nothing"
+    return f"illegal transition {old.value} -> {new.value} (from {old.value} only: {allowed})"
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """One project container the mux wants on a ship ("" name = the default server)."""
+
+    name: str
+    image: str
+    cmd: List[str] = field(default_factory=list)
+    env: Dict[str, str] = field(default_factory=dict)
+    port: int = 8888
+    health_path: str = "/"
+
+
+@dataclass(frozen=True)
+class ContainerStatus:
+    """What the agent observes of one container; digest identifies what really runs."""
+
+    name: str
+    image: str
+    digest: str
+    state: str
+    port: int
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Report:
+    ship_id: str
+    zone: str
+    address: str
+    port_base: int
+    state: ShipState
+    containers: List[ContainerStatus] = field(default_factory=list)
+    volume: Optional[str] = None
+    error: str = ""
+    agent_version: str = ""
+    generation: int = 0
+    seq: int = 0
+    ts: float = 0.0
+
+
+@dataclass(frozen=True)
+class Desired:
+    """The whole desired state of a ship; resent every time so a lost message loses nothing."""
+
+    generation: int = 0
+    containers: List[ContainerSpec] = field(default_factory=list)
+    volume: Optional[str] = None
+    drain: bool = False
+    terminate: bool = False
+
+
+@dataclass(frozen=True)
+class Poll:
+    """A long-poll request: answer when the desired generation differs from `generation`."""
+
+    ship_id: str
+    generation: int
+    seq: int
+    ts: float
+
+
+Message = Union[Report, Poll, Desired]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome of `validate`: `message` when ok, else a rejection `kind` and a one-line reason."""
+
+    ok: bool
+    kind: str = ""
+    reason: str = ""
+    message: Optional[Message] = None
+    seq: int = 0
+
+
+def derive_key(fleet_secret: bytes, ship_id: str) -> bytes:
+    """Per-ship key: a signature binds the message to its ship id, and the mux derives any key
+    from the one fleet secret. (Ships read the fleet secret itself today, so this does not yet
+    contain a ship whose root is compromised; that needs the key handed out per ship.)"""
+    return hmac.digest(fleet_secret, b"campfleet-ship-key:" + ship_id.encode(), "sha256")
+
+
+def sign(body: bytes, key: bytes) -> str:
+    return hmac.digest(key, body, "sha256").hex()
+
+
+def _plain(message: Union[Report, Desired]) -> Dict[str, Any]:
+    """The message as JSON-ready dicts (dataclasses.asdict deep-copies: too slow per heartbeat)."""
+    obj = dict(message.__dict__)
+    obj["containers"] = [dict(c.__dict__) for c in message.containers]
+    return obj
+
+
+def _encode(obj: Dict[str, Any], ship_id: str, key: bytes) -> Tuple[bytes, Dict[str, str]]:
+    body = json.dumps(obj, separators=(",", ":")).encode()
+    return body, {HEADER_SHIP: ship_id, HEADER_SIGNATURE: sign(body, key)}
+
+
+def encode_report(report: Report, key: bytes) -> Tuple[bytes, Dict[str, str]]:
+    obj = _plain(report)
+    obj["state"] = ShipState(report.state).value
+    obj["type"] = "report"
+    obj["v"] = PROTOCOL_VERSION
+    return _encode(obj, report.ship_id, key)
+
+
+def encode_poll(poll: Poll, key: bytes) -> Tuple[bytes, Dict[str, str]]:
+    obj = dict(poll.__dict__)
+    obj["type"] = "poll"
+    obj["v"] = PROTOCOL_VERSION
+    return _encode(obj, poll.ship_id, key)
+
+
+def encode_desired(
+    desired: Desired, ship_id: str, reply_to: int, ts: float, key: bytes
+) -> Tuple[bytes, Dict[str, str]]:
+    """The mux's answer; `reply_to` is the seq of the request it answers (binds the two)."""
+    obj = _plain(desired)
+    obj.update(type="desired", v=PROTOCOL_VERSION, ship_id=ship_id, seq=reply_to, ts=ts)
+    return _encode(obj, ship_id, key)
+
+
+class _Bad(Exception):
+    """Schema violation; its text is the reason sent back."""
+
+
+def _get(obj: Dict[str, Any], name: str, kind: Any, where: str = "") -> Any:
+    """obj[name] if its JSON type is `kind` (a type or tuple; bool is never an int here)."""
+    try:
+        value = obj[name]
+    except KeyError:
+        raise _Bad(f"{where}{name}: missing") from None
+    kinds = kind if type(kind) is tuple else (kind,)
+    t = type(value)  # json.loads gives exact types, so `in` is both fast and bool-safe
+    if t not in kinds:
+        raise _Bad(f"{where}{name}: expected {kinds[0].__name__}, got {t.__name__}")
+    if t is int and not 0 <= value <= _MAX_SEQ:
+        raise _Bad(f"{where}{name}: {value} is out of range")
+    if t is float and not math.isfinite(value):
+        raise _Bad(f"{where}{name}: not a finite number")
+    return value
+
+
+def _opt_str(obj: Dict[str, Any], name: str) -> Optional[str]:
+    return None if obj.get(name) is None else _get(obj, name, str)
+
+
+def _str_list(value: Any, where: str) -> List[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Bad(f"{where}: expected a list of strings")
+    return list(value)
+
+
+def _str_dict(value: Any, where: str) -> Dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise _Bad(f"{where}: expected an object of strings")
+    return dict(value)
+
+
+def _objects(obj: Dict[str, Any], name: str) -> List[Dict[str, Any]]:
+    items = _get(obj, name, list)
+    if not all(isinstance(i, dict) for i in items):
+        raise _Bad(f"{name}: expected a list of objects")
+    return items
+
+
+def _port(value: int, where: str) -> int:
+    if not 1 <= value <= 65535:
+        raise _Bad(f"{where}: {value} is not a TCP port")
+    return value
+
+
+def _spec(d: Dict[str, Any], i: int) -> ContainerSpec:
+    w = f"containers[{i}]."
+    path = _get(d, "health_path", str, w)
+    if not path.startswith("/"):
+        raise _Bad(f"{w}health_path: must start with /")
+    return ContainerSpec(
+        name=_get(d, "name", str, w),
+        image=_get(d, "image", str, w),
+        cmd=_str_list(_get(d, "cmd", list, w), w + "cmd"),
+        env=_str_dict(_get(d, "env", dict, w), w + "env"),
+        port=_port(_get(d, "port", int, w), w + "port"),
+        health_path=path,
+    )
+
+
+def _status(d: Dict[str, Any], i: int) -> ContainerStatus:
+    w = f"containers[{i}]."
+    state = _get(d, "state", str, w)
+    if state not in CONTAINER_STATES:
+        raise _Bad(f"{w}state: {state!r} is not one of {', '.join(CONTAINER_STATES)}")
+    return ContainerStatus(
+        name=_get(d, "name", str, w),
+        image=_get(d, "image", str, w),
+        digest=_get(d, "digest", str, w),
+        state=state,
+        port=_port(_get(d, "port", int, w), w + "port"),
+        error=_get(d, "error", str, w),
+    )
+
+
+def _unique(names: List[str]) -> None:
+    if len(set(names)) != len(names):
+        raise _Bad("containers: duplicate container name")
+
+
+def _parse(obj: Dict[str, Any], expect: str, ship_id: str, seq: int, ts: float) -> Message:
+    if expect == "report":
+        state = _get(obj, "state", str)
+        if state not in _REPORTABLE_VALUES:
+            allowed = ", ".join(sorted(s.value for s in REPORTABLE))
+            raise _Bad(f"state: {state!r} cannot be reported by a ship (one of {allowed})")
+        containers = [_status(c, i) for i, c in enumerate(_objects(obj, "containers"))]
+        _unique([c.name for c in containers])
+        return Report(
+            ship_id=ship_id,
+            zone=_get(obj, "zone", str),
+            address=_get(obj, "address", str),
+            port_base=_port(_get(obj, "port_base", int), "port_base"),
+            state=ShipState(state),
+            containers=containers,
+            volume=_opt_str(obj, "volume"),
+            error=_get(obj, "error", str),
+            agent_version=_get(obj, "agent_version", str),
+            generation=_get(obj, "generation", int),
+            seq=seq,
+            ts=ts,
+        )
+    if expect == "poll":
+        return Poll(ship_id=ship_id, generation=_get(obj, "generation", int), seq=seq, ts=ts)
+    specs = [_spec(c, i) for i, c in enumerate(_objects(obj, "containers"))]
+    _unique([c.name for c in specs])
+    return Desired(
+        generation=_get(obj, "generation", int),
+        containers=specs,
+        volume=_opt_str(obj, "volume"),
+        drain=_get(obj, "drain", bool),
+        terminate=_get(obj, "terminate", bool),
+    )
+
+
+def validate(
+    body: bytes,
+    ship_id: Optional[str],
+    signature: Optional[str],
+    key: bytes,
+    *,
+    expect: str,
+    now: float,
+    after_seq: Optional[int] = None,
+    reply_to: Optional[int] = None,
+    window: float = TIME_WINDOW,
+) -> Verdict:
+    """Check one received message: size, signature, schema, timestamp, then sequence.
+
+    `key` is derive_key(fleet_secret, ship_id-from-header). The receiver passes `after_seq` (the
+    last accepted seq of that ship: this one must be greater) or `reply_to` (the seq of the
+    request this answers: must be equal).
+    """
+    if expect not in ("report", "poll", "desired"):
+        raise ValueError(f"expect must be report, poll or desired, not {expect!r}")
+    if len(body) > MAX_BODY:
+        return Verdict(False, OVERSIZED, f"body is {len(body)} bytes; the limit is {MAX_BODY}")
+    if not ship_id or not signature:
+        return Verdict(False, FORGED, f"missing {HEADER_SHIP} or {HEADER_SIGNATURE} header")
+    if not hmac.compare_digest(sign(body, key), signature.lower()):
+        return Verdict(False, FORGED, f"bad signature for ship {ship_id[:64]!r}")
+    try:
+        obj = json.loads(body)
+        if not isinstance(obj, dict):
+            raise _Bad("body: expected a JSON object")
+        if obj.get("v") != PROTOCOL_VERSION:
+            raise _Bad(f"v: expected protocol version {PROTOCOL_VERSION}, got {obj.get('v')!r}")
+        if obj.get("type") != expect:
+            raise _Bad(f"type: expected {expect!r}, got {obj.get('type')!r}")
+        if _get(obj, "ship_id", str) != ship_id:
+            raise _Bad(f"ship_id: body says {obj['ship_id'][:64]!r}, header says {ship_id[:64]!r}")
+        seq = _get(obj, "seq", int)
+        ts = float(_get(obj, "ts", (float, int)))
+        message = _parse(obj, expect, ship_id, seq, ts)
+    except (ValueError, _Bad) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return Verdict(False, MALFORMED, str(exc).splitlines()[0][:300])
+    if abs(ts - now) > window:
+        return Verdict(
+            False,
+            STALE,
+            f"timestamp is {ts - now:+.0f} s from the receiver's clock "
+            f"(allowed ±{window:.0f} s): check the clocks (chrony)",
+        )
+    if after_seq is not None and seq <= after_seq:
+        return Verdict(
+            False, REPLAY, f"seq {seq} is not greater than the last accepted {after_seq}"
+        )
+    if reply_to is not None and seq != reply_to:
+        return Verdict(False, REPLAY, f"answer is for request seq {seq}, not {reply_to}")
+    return Verdict(True, message=message, seq=seq)

@@ -1,0 +1,344 @@
+"""Control API on loopback HTTP: status per rejection, counters, long-poll, lost checker."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from campfleet import protocol as p
+from campfleet.mux.control import ControlServer
+from campfleet.mux.registry import Registry
+from campfleet.protocol import ShipState as S
+
+SECRET = b"s3cret"
+
+
+class Running:
+    """A ControlServer in its own thread and loop (as a test client sees it)."""
+
+    def __init__(self, tmp: Path, **kw: float) -> None:
+        self.registry = Registry(tmp / "fleet.sqlite")
+        self.server = ControlServer(self.registry, SECRET, **kw)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start("127.0.0.1", 0), self.loop).result(5)
+        self.seqs: dict[str, int] = {}
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.stop)
+        time.sleep(0.05)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.registry.close()
+
+    def post(self, path: str, body: bytes, headers: dict[str, str], timeout: float = 5):
+        conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=timeout)
+        try:
+            conn.request("POST", path, body=body, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, dict(resp.getheaders()), resp.read()
+        finally:
+            conn.close()
+
+    def next_seq(self, ship: str) -> int:
+        self.seqs[ship] = self.seqs.get(ship, 0) + 1
+        return self.seqs[ship]
+
+    def report(self, ship: str, state: S, **kw: object):
+        seq = self.next_seq(ship)
+        r = p.Report(ship, "z1", "127.0.0.1", 9000, state, seq=seq, ts=time.time(), **kw)
+        return (*self.post("/v1/report", *p.encode_report(r, p.derive_key(SECRET, ship))), seq)
+
+    def snapshot(self):
+        return self.registry.ships(), self.registry.counts()
+
+
+@pytest.fixture
+def srv(tmp_path: Path):
+    r = Running(tmp_path, heartbeat=5.0, lost_after=3, poll_timeout=3.0)
+    yield r
+    r.close()
+
+
+def desired_of(headers: dict[str, str], body: bytes, ship: str, seq: int) -> p.Desired:
+    v = p.validate(
+        body,
+        headers.get(p.HEADER_SHIP),
+        headers.get(p.HEADER_SIGNATURE),
+        p.derive_key(SECRET, ship),
+        expect="desired",
+        now=time.time(),
+        reply_to=seq,
+    )
+    assert v.ok, v.reason
+    return v.message
+
+
+def test_report_answers_signed_desired(srv: Running) -> None:
+    status, headers, body, seq = srv.report("i-1", S.BOOTING)
+    assert status == 200
+    assert desired_of(headers, body, "i-1", seq) == p.Desired()
+    srv.report("i-1", S.AVAILABLE)
+    srv.registry.set_container("i-1", p.ContainerSpec("", "img", ["x"], {"A": "b"}, 9000, "/"))
+    status, headers, body, seq = srv.report("i-1", S.AVAILABLE)
+    d = desired_of(headers, body, "i-1", seq)
+    assert d.generation == 1 and d.containers[0].env == {"A": "b"}
+    assert srv.registry.get("i-1").state is S.AVAILABLE
+
+
+def test_each_rejection_kind_status_counter_and_no_change(srv: Running) -> None:
+    srv.report("i-1", S.BOOTING)
+    key = p.derive_key(SECRET, "i-1")
+    now = time.time()
+
+    def rep(seq: int, ts: float = now, state: S = S.AVAILABLE) -> tuple[bytes, dict[str, str]]:
+        return p.encode_report(p.Report("i-1", "z1", "127.0.0.1", 9000, state, seq=seq, ts=ts), key)
+
+    body, h = rep(50)
+    bad_json = b'{"v": 1'
+    cases = [
+        ("oversized", 413, b" " * (p.MAX_BODY + 1), h),
+        ("forged", 401, body, {**h, p.HEADER_SIGNATURE: "ab" * 32}),
+        ("forged", 401, body, {p.HEADER_SHIP: "i-1"}),
+        (
+            "forged",
+            401,
+            *p.encode_report(
+                p.Report("i-1", "z1", "a", 9000, S.AVAILABLE, seq=60, ts=now),
+                p.derive_key(b"x", "i-1"),
+            ),
+        ),
+        (
+            "malformed",
+            400,
+            bad_json,
+            {p.HEADER_SHIP: "i-1", p.HEADER_SIGNATURE: p.sign(bad_json, key)},
+        ),
+        ("stale", 403, *rep(51, ts=now - 3600)),
+        ("replay", 409, *rep(1)),
+        ("illegal", 422, *rep(52, state=S.RUNNING)),
+    ]
+    before = srv.snapshot()
+    for kind, status, b, hh in cases:
+        (
+            code,
+            _,
+            resp,
+        ) = srv.post("/v1/report", b, hh)
+        assert code == status, (kind, resp)
+        assert json.loads(resp)["error"] == kind and json.loads(resp)["reason"]
+        if kind == "illegal":  # tells the agent what the registry holds
+            assert json.loads(resp)["ship_state"] == "booting"
+        assert srv.snapshot() == before, kind
+    assert srv.server.rejections == {
+        "oversized": 1,
+        "forged": 3,
+        "malformed": 1,
+        "stale": 1,
+        "replay": 1,
+        "illegal": 1,
+    }
+    assert srv.post("/v1/report", *rep(53))[0] == 200  # a good one still goes through
+
+
+def test_replay_of_accepted_report_is_refused(srv: Running) -> None:
+    key = p.derive_key(SECRET, "i-1")
+    msg = p.encode_report(p.Report("i-1", "z1", "a", 9000, S.BOOTING, seq=7, ts=time.time()), key)
+    assert srv.post("/v1/report", *msg)[0] == 200
+    assert srv.post("/v1/report", *msg)[0] == 409
+
+
+def poll(srv: Running, ship: str, generation: int, timeout: float = 10):
+    seq = srv.next_seq(ship)
+    msg = p.encode_poll(p.Poll(ship, generation, seq, time.time()), p.derive_key(SECRET, ship))
+    start = time.monotonic()
+    status, headers, body = srv.post("/v1/poll", *msg, timeout=timeout)
+    assert status == 200, body
+    return desired_of(headers, body, ship, seq), time.monotonic() - start
+
+
+@pytest.mark.slow
+def test_long_poll_answers_at_once_on_change(srv: Running) -> None:
+    srv.report("i-1", S.BOOTING)
+    srv.report("i-1", S.AVAILABLE)
+    d, took = poll(srv, "i-1", generation=5)  # differs already
+    assert d.generation == 0 and took < 0.5
+    threading.Timer(0.3, srv.registry.set_volume, ("i-1", "vol-1")).start()  # another thread
+    d, took = poll(srv, "i-1", generation=0)
+    assert d.volume == "vol-1" and d.generation == 1 and 0.25 < took < 2.0  # not at timeout
+    d, took = poll(srv, "i-1", generation=1)  # nothing changes: answered at poll_timeout
+    assert d.generation == 1 and 2.9 < took < 4.5
+
+
+def test_poll_is_verified(srv: Running) -> None:
+    seq = srv.next_seq("i-1")
+    body, h = p.encode_poll(p.Poll("i-1", 0, seq, time.time()), p.derive_key(b"wrong", "i-1"))
+    assert srv.post("/v1/poll", body, h)[0] == 401
+    assert srv.server.rejections["forged"] == 1
+
+
+def test_lost_checker_marks_silent_ships(tmp_path: Path) -> None:
+    srv = Running(tmp_path, heartbeat=0.1, lost_after=3, poll_timeout=1.0)
+    try:
+        srv.report("i-1", S.BOOTING)
+        srv.report("i-2", S.BOOTING)
+        deadline = time.monotonic() + 1.0
+        while srv.registry.get("i-1").state is not S.LOST and time.monotonic() < deadline:
+            srv.report("i-2", S.BOOTING)
+            time.sleep(0.05)
+        assert srv.registry.get("i-1").state is S.LOST
+        assert srv.registry.get("i-2").state is S.BOOTING
+    finally:
+        srv.close()
+
+
+# -- property: random and mutated messages never change the registry unless valid ------------
+
+_mutations = st.one_of(
+    st.tuples(st.just("flip"), st.integers(0, 10_000), st.integers(1, 255)),
+    st.tuples(st.just("cut"), st.integers(0, 10_000), st.just(0)),
+    st.tuples(st.just("insert"), st.integers(0, 10_000), st.integers(0, 255)),
+)
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=20),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+)
+
+
+@pytest.mark.slow
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    mutation=_mutations,
+    field=st.sampled_from(
+        [
+            "state",
+            "seq",
+            "ts",
+            "zone",
+            "port_base",
+            "containers",
+            "generation",
+            "volume",
+            "v",
+            "type",
+        ]
+    ),
+    value=_values,
+    resign=st.booleans(),
+    raw=st.binary(max_size=300),
+)
+def test_random_and_mutated_messages_change_nothing(
+    tmp_path_factory, mutation, field, value, resign, raw
+) -> None:
+    srv = _shared(tmp_path_factory)
+    key = p.derive_key(SECRET, "i-h")
+    seq = srv.next_seq("i-h") + 1000
+    good = json.loads(
+        p.encode_report(
+            p.Report("i-h", "z1", "a", 9000, S.AVAILABLE, seq=seq, ts=time.time()), key
+        )[0]
+    )
+    good[field] = value  # a signed but schema-breaking (or still valid) message
+    bodies = [json.dumps(good).encode(), raw]
+    body, h = p.encode_report(
+        p.Report("i-h", "z1", "a", 9000, S.AVAILABLE, seq=seq + 1, ts=time.time()), key
+    )
+    kind, at, byte = mutation
+    at %= len(body)
+    mutated = {
+        "flip": body[:at] + bytes([body[at] ^ byte]) + body[at + 1 :],
+        "cut": body[:at],
+        "insert": body[:at] + bytes([byte]) + body[at:],
+    }[kind]
+    for b in [*bodies, mutated]:
+        headers = {
+            p.HEADER_SHIP: "i-h",
+            p.HEADER_SIGNATURE: p.sign(b, key) if resign else h[p.HEADER_SIGNATURE],
+        }
+        before = srv.snapshot()
+        verdict = p.validate(
+            b,
+            "i-h",
+            headers[p.HEADER_SIGNATURE],
+            key,
+            expect="report",
+            now=time.time(),
+            after_seq=srv.registry.last_seq("i-h"),
+        )
+        status, _, _ = srv.post("/v1/report", b, headers)
+        if status != 200:
+            assert srv.snapshot() == before
+        assert (status == 200) <= verdict.ok  # never accepted unless the shared validator says ok
+
+
+_SHARED: dict[str, Running] = {}
+
+
+def _shared(factory) -> Running:
+    if "srv" not in _SHARED:
+        srv = Running(factory.mktemp("hyp"), heartbeat=60.0, poll_timeout=1.0)
+        srv.report("i-h", S.BOOTING)
+        srv.report("i-h", S.AVAILABLE)
+        _SHARED["srv"] = srv
+    return _SHARED["srv"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_shared():
+    yield
+    if "srv" in _SHARED:
+        _SHARED.pop("srv").close()
+
+
+def test_no_ship_is_lost_right_after_a_restart(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "fleet.sqlite")
+    reg.apply_report(p.Report("i-old", "z1", "a", 9000, S.BOOTING, seq=1), now=time.time() - 3600)
+    reg.close()
+    srv = Running(tmp_path, heartbeat=0.2, lost_after=3, poll_timeout=1.0)  # reopens the file
+    try:
+        assert srv.server.check_lost() == []  # grace: ships get lost_after heartbeats to report
+        assert srv.registry.get("i-old").state is S.BOOTING
+        time.sleep(0.7)
+        assert srv.registry.get("i-old").state is S.LOST
+    finally:
+        srv.close()
+
+
+@pytest.mark.slow
+def test_a_stalled_mux_loop_loses_no_ship(tmp_path: Path) -> None:
+    """JupyterHub can block the shared loop for seconds: queued reports are not silence."""
+    srv = Running(tmp_path, heartbeat=0.2, lost_after=3, poll_timeout=1.0)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            assert srv.report("i-1", S.BOOTING)[0] == 200
+            time.sleep(0.05)
+
+    beater = threading.Thread(target=beat)
+    try:
+        srv.report("i-1", S.BOOTING)
+        beater.start()
+        time.sleep(1.0)  # past the start-up grace, heartbeats flowing
+        srv.loop.call_soon_threadsafe(time.sleep, 1.5)  # the loop stalls for 1.5 s
+        time.sleep(2.5)
+        assert srv.registry.get("i-1").state is S.BOOTING
+        assert srv.server.rejections["illegal"] == 0
+    finally:
+        stop.set()
+        beater.join(10)
+        srv.close()

@@ -1,0 +1,181 @@
+"""Protocol: transitions, signing, and every rejection kind of the one validate()."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from campfleet import protocol as p
+from campfleet.protocol import ShipState as S
+
+SECRET = b"fleet-secret"
+SHIP = "i-0123456789abcdef0"
+KEY = p.derive_key(SECRET, SHIP)
+NOW = 1_700_000_000.0
+
+LEGAL = {
+    (S.PENDING, S.BOOTING),
+    (S.PENDING, S.FAILED),
+    (S.PENDING, S.TERMINATED),
+    (S.PENDING, S.LOST),
+    (S.BOOTING, S.BOOTING),
+    (S.BOOTING, S.AVAILABLE),
+    (S.BOOTING, S.FAILED),
+    (S.BOOTING, S.TERMINATED),
+    (S.BOOTING, S.LOST),
+    (S.FAILED, S.FAILED),
+    (S.FAILED, S.TERMINATED),
+    (S.LOST, S.TERMINATED),
+    (S.TERMINATED, S.TERMINATED),
+}
+for _old in (S.AVAILABLE, S.RUNNING):
+    LEGAL |= {
+        (_old, n) for n in (S.AVAILABLE, S.RUNNING, S.BOOTING, S.FAILED, S.TERMINATED, S.LOST)
+    }
+
+
+@pytest.mark.parametrize("old", list(S))
+@pytest.mark.parametrize("new", list(S))
+def test_every_transition(old: S, new: S) -> None:
+    assert p.can_transition(old, new) == ((old, new) in LEGAL)
+    reason = p.transition_error(old, new)
+    if (old, new) in LEGAL:
+        assert reason == ""
+    else:
+        assert reason.startswith(f"illegal transition {old.value} -> {new.value}")
+
+
+def report(**kw: object) -> p.Report:
+    base = dict(
+        ship_id=SHIP,
+        zone="eu-west-1a",
+        address="10.0.1.5",
+        port_base=8888,
+        state=S.AVAILABLE,
+        containers=[p.ContainerStatus("", "img:1", "sha256:ab", "running", 8888)],
+        volume="vol-1",
+        agent_version="1.0",
+        generation=3,
+        seq=10,
+        ts=NOW,
+    )
+    base.update(kw)
+    return p.Report(**base)  # type: ignore[arg-type]
+
+
+def check(body: bytes, headers: dict[str, str], **kw: object) -> p.Verdict:
+    args: dict = dict(expect="report", now=NOW, after_seq=5)
+    args.update(kw)
+    return p.validate(
+        body, headers.get(p.HEADER_SHIP), headers.get(p.HEADER_SIGNATURE), KEY, **args
+    )
+
+
+def test_report_round_trip() -> None:
+    r = report()
+    v = check(*p.encode_report(r, KEY))
+    assert v.ok and v.message == r and v.seq == 10
+
+
+def test_poll_and_desired_round_trip() -> None:
+    poll = p.Poll(ship_id=SHIP, generation=4, seq=11, ts=NOW)
+    v = check(*p.encode_poll(poll, KEY), expect="poll", after_seq=None)
+    assert v.ok and v.message == poll
+    d = p.Desired(
+        generation=5,
+        containers=[p.ContainerSpec("", "img:2", ["run", "x"], {"A": "1"}, 8889, "/api")],
+        volume="vol-9",
+        drain=True,
+    )
+    v = check(
+        *p.encode_desired(d, SHIP, 11, NOW, KEY), expect="desired", after_seq=None, reply_to=11
+    )
+    assert v.ok and v.message == d
+
+
+def test_desired_for_another_request_is_a_replay() -> None:
+    body, h = p.encode_desired(p.Desired(), SHIP, 11, NOW, KEY)
+    v = check(body, h, expect="desired", after_seq=None, reply_to=12)
+    assert (v.ok, v.kind) == (False, p.REPLAY)
+
+
+def test_keys_differ_per_ship_and_secret() -> None:
+    assert p.derive_key(SECRET, "i-1") != p.derive_key(SECRET, "i-2")
+    assert p.derive_key(b"other", SHIP) != KEY
+
+
+def test_rejections_have_kind_and_reason() -> None:
+    body, h = p.encode_report(report(), KEY)
+    cases = {
+        "oversized": (b"x" * (p.MAX_BODY + 1), h, {}),
+        "no header": (body, {p.HEADER_SHIP: SHIP}, {}),
+        "bad sig": (body, {**h, p.HEADER_SIGNATURE: "00" * 32}, {}),
+        "other ship key": (
+            body,
+            {**h, p.HEADER_SIGNATURE: p.sign(body, p.derive_key(SECRET, "i-x"))},
+            {},
+        ),
+        "tampered": (body.replace(b"available", b"running__"), h, {}),
+        "stale": (body, h, {"now": NOW + 61}),
+        "future": (body, h, {"now": NOW - 61}),
+        "replay": (body, h, {"after_seq": 10}),
+    }
+    kinds = {name: check(b, hh, **kw) for name, (b, hh, kw) in cases.items()}
+    assert {n: v.kind for n, v in kinds.items()} == {
+        "oversized": p.OVERSIZED,
+        "no header": p.FORGED,
+        "bad sig": p.FORGED,
+        "other ship key": p.FORGED,
+        "tampered": p.FORGED,
+        "stale": p.STALE,
+        "future": p.STALE,
+        "replay": p.REPLAY,
+    }
+    assert all(not v.ok and v.reason and "\n" not in v.reason for v in kinds.values())
+
+
+def signed(obj: object) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps(obj).encode()
+    return body, {p.HEADER_SHIP: SHIP, p.HEADER_SIGNATURE: p.sign(body, KEY)}
+
+
+def good_obj() -> dict:
+    return json.loads(p.encode_report(report(), KEY)[0])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda o: o.update(state="lost"), "cannot be reported"),
+        (lambda o: o.update(state="pending"), "cannot be reported"),
+        (lambda o: o.update(state="bogus"), "cannot be reported"),
+        (lambda o: o.pop("zone"), "zone: missing"),
+        (lambda o: o.update(seq="1"), "seq: expected int"),
+        (lambda o: o.update(seq=True), "got bool"),
+        (lambda o: o.update(seq=-1), "out of range"),
+        (lambda o: o.update(port_base=70000), "not a TCP port"),
+        (lambda o: o.update(type="poll"), "type"),
+        (lambda o: o.update(v=2), "protocol version"),
+        (lambda o: o.update(ship_id="i-other"), "header says"),
+        (lambda o: o["containers"][0].update(state="zombie"), "containers[0].state"),
+        (lambda o: o["containers"].append(dict(o["containers"][0])), "duplicate"),
+        (lambda o: o.update(containers="x"), "containers"),
+    ],
+)
+def test_malformed_messages(mutate, needle: str) -> None:
+    obj = good_obj()
+    mutate(obj)
+    v = check(*signed(obj))
+    assert (v.ok, v.kind) == (False, p.MALFORMED) and needle in v.reason
+
+
+def test_non_json_and_non_object_are_malformed() -> None:
+    for body in (b"\xff\xfe", b"[1,2]", b"{", b"NaN"):
+        v = check(body, {p.HEADER_SHIP: SHIP, p.HEADER_SIGNATURE: p.sign(body, KEY)})
+        assert (v.ok, v.kind) == (False, p.MALFORMED), body
+
+
+def test_validate_refuses_unknown_expectation() -> None:
+    with pytest.raises(ValueError, match="expect"):
+        check(b"{}", {}, expect="nope")

@@ -1,0 +1,97 @@
+"""protocol.py and the agent run on the ship AMI's Python 3.9, stdlib only."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+SHIP_CODE = [
+    ROOT / "campfleet" / "protocol.py",
+    *sorted((ROOT / "campfleet" / "agent").glob("*.py")),
+]
+PYENV_39 = Path("/root/.pyenv/versions/3.9.18/bin/python3.9")
+
+
+def vermin(*paths: Path) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("vermin")
+    return subprocess.run(
+        [str(exe), "-t=3.9-", "--no-tips", "--violations", *map(str, paths)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_vermin_finds_nothing_newer_than_39() -> None:
+    done = vermin(*SHIP_CODE)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_vermin_would_catch_a_310_feature(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f(x):\n    match x:\n        case 1:\n            return int | None\n")
+    assert vermin(bad).returncode != 0
+
+
+def test_stdlib_only() -> None:
+    allowed = set(sys.stdlib_module_names) | {"campfleet"}
+    for path in SHIP_CODE:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            for name in names:
+                assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
+
+
+ROUND_TRIP = """
+import sys, time
+assert sys.version_info[:2] == (3, 9), sys.version
+from campfleet import protocol as p
+import campfleet.agent.agent, campfleet.agent.__main__, campfleet.agent.docker  # noqa
+key = p.derive_key(b"secret", "i-1")
+c = p.ContainerStatus("", "img", "sha256:x", "running", 8888)
+r = p.Report("i-1", "z", "10.0.0.1", 8888, p.ShipState.RUNNING, [c], "vol-1", seq=5, ts=time.time())
+body, h = p.encode_report(r, key)
+sig = h[p.HEADER_SIGNATURE]
+v = p.validate(body, "i-1", sig, key, expect="report", now=time.time(), after_seq=4)
+assert v.ok and v.message == r, v
+d = p.Desired(3, [p.ContainerSpec("", "img", ["x"], {"A": "1"}, 8888, "/")], "vol-1")
+body, h = p.encode_desired(d, "i-1", 5, time.time(), key)
+sig = h[p.HEADER_SIGNATURE]
+v = p.validate(body, "i-1", sig, key, expect="desired", now=time.time(), reply_to=5)
+assert v.ok and v.message == d, v
+print("ok")
+"""
+
+
+def python39() -> str:
+    """A working python3.9 (a pyenv shim on PATH may exist without one behind it)."""
+    for exe in (str(PYENV_39), shutil.which("python3.9")):
+        if exe and Path(exe).exists():
+            probe = subprocess.run(
+                [exe, "-c", "import sys; print(sys.version_info[:2] == (3, 9))"],
+                capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            if probe.stdout.strip() == "True":
+                return exe
+    pytest.skip("python3.9 interpreter not installed (the vermin check still ran)")
+
+
+def test_runs_under_python39() -> None:
+    exe = python39()
+    done = subprocess.run(
+        [exe, "-I", "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r})\n" + ROUND_TRIP],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}  # as the systemd unit runs it
+    done = subprocess.run(
+        [exe, "-s", "-m", "campfleet.agent", "--help"],
+        capture_output=True, text=True, timeout=60, env=env, cwd="/",
+    )  # fmt: skip
+    assert done.returncode == 0 and "--local" in done.stdout, done.stderr

@@ -252,13 +252,20 @@ def _port(value: int, where: str) -> int:
     return value
 
 
+def _plain_name(value: Optional[str], where: str) -> Optional[str]:
+    """The agent makes file names of these (volume directory, container log): one component."""
+    if value is not None and ("/" in value or "\0" in value or value in (".", "..")):
+        raise _Bad(f"{where}: {value[:64]!r} must be a plain name (no '/', not '.' or '..')")
+    return value
+
+
 def _spec(d: Dict[str, Any], i: int) -> ContainerSpec:
     w = f"containers[{i}]."
     path = _get(d, "health_path", str, w)
     if not path.startswith("/"):
         raise _Bad(f"{w}health_path: must start with /")
     return ContainerSpec(
-        name=_get(d, "name", str, w),
+        name=_plain_name(_get(d, "name", str, w), w + "name"),
         image=_get(d, "image", str, w),
         cmd=_str_list(_get(d, "cmd", list, w), w + "cmd"),
         env=_str_dict(_get(d, "env", dict, w), w + "env"),
@@ -316,7 +323,7 @@ def _parse(obj: Dict[str, Any], expect: str, ship_id: str, seq: int, ts: float) 
     return Desired(
         generation=_get(obj, "generation", int),
         containers=specs,
-        volume=_opt_str(obj, "volume"),
+        volume=_plain_name(_opt_str(obj, "volume"), "volume"),
         drain=_get(obj, "drain", bool),
         terminate=_get(obj, "terminate", bool),
     )
@@ -346,7 +353,8 @@ def validate(
         return Verdict(False, OVERSIZED, f"body is {len(body)} bytes; the limit is {MAX_BODY}")
     if not ship_id or not signature:
         return Verdict(False, FORGED, f"missing {HEADER_SHIP} or {HEADER_SIGNATURE} header")
-    if not hmac.compare_digest(sign(body, key), signature.lower()):
+    given = signature.strip().lower().encode("utf-8", "replace")  # bytes: any header compares
+    if not hmac.compare_digest(sign(body, key).encode(), given):
         return Verdict(False, FORGED, f"bad signature for ship {ship_id[:64]!r}")
     try:
         obj = json.loads(body)

@@ -177,11 +177,25 @@ class Agent:
         self.offer(desired)
         return True
 
-    def offer(self, desired: Desired) -> None:
-        """Take a desired state from any thread; only a newer generation replaces the current."""
+    def offer(self, desired: Desired, polled: Optional[int] = None) -> None:
+        """Take a desired state from any thread; only a newer generation replaces the current.
+
+        Except: a long-poll sent with generation `polled` (what the agent knew, so the registry
+        had it) answered with an older one proves the mux's registry went back (a new or
+        restored file); that answer is then the truth, else the ship would ignore every order
+        until the generations caught up, and poll in a tight loop meanwhile.
+        """
         with self._lock:
             if desired.generation <= self.known_generation:
-                return
+                stale = polled is None or desired.generation >= polled
+                if stale or self.known_generation != polled:
+                    return
+                log.warning(
+                    "the mux's desired generation went back from %d to %d (new registry?): "
+                    "following it",
+                    polled,
+                    desired.generation,
+                )
             self.known_generation = desired.generation
             self.desired = desired
             self.converged = False
@@ -193,7 +207,8 @@ class Agent:
         backoff = Backoff(min(0.25, self.cfg.heartbeat), self.cfg.heartbeat)
         while not self._stop.is_set():
             try:
-                self.offer(self.client.poll(max(self.known_generation, 0), self.cfg.poll_timeout))
+                known = max(self.known_generation, 0)
+                self.offer(self.client.poll(known, self.cfg.poll_timeout), polled=known)
                 if backoff.failures:  # the mux is back: tell it what this ship is right now
                     self._report_due = 0.0
                     self._wake.set()
@@ -207,6 +222,11 @@ class Agent:
     def request_stop(self, *_: object) -> None:
         self._stop.set()
         self._wake.set()
+
+    def _on_signal(self, *_: object) -> None:
+        """SIGTERM/SIGINT. A handler runs between two bytecodes of the main thread, which may be
+        inside one of the Events' locks (non-reentrant): setting them here could deadlock."""
+        threading.Thread(target=self.request_stop, name="agent-signal", daemon=True).start()
 
     # -- boot ---------------------------------------------------------------------------------
 
@@ -392,8 +412,8 @@ class Agent:
             log.error("this ship was terminated before (%s exists); not starting again", marker)
             return EXIT_TERMINATED_BEFORE
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
         log.info(
             "ship %s (%s, %s) booting; mux %s",
             self.cfg.ship_id,

@@ -117,8 +117,11 @@ class DockerRuntime(Runtime):
 
     def start(self, spec: ContainerSpec, workdir: Path) -> None:
         for key, value in spec.env.items():
-            if "\n" in value or "\n" in key or "=" in key:
-                raise RuntimeFailure(f"env {key!r}: names must not contain '=' or newlines")
+            if "\n" in value or "\n" in key or "=" in key or not key:
+                raise RuntimeFailure(
+                    f"env {key!r}: docker --env-file needs a non-empty name without '=' or "
+                    "newlines, and a value without newlines"
+                )
         self._run("rm", "-f", self.cname(spec.name))
         fd, env_file = tempfile.mkstemp(prefix="env-", dir=str(self.state_dir))  # mode 0600
         try:

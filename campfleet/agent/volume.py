@@ -89,7 +89,9 @@ class EbsVolumes:
                 f"blkid {device} failed ({probe.returncode}): {probe.stderr.strip()}"
             )
         path.mkdir(parents=True, exist_ok=True)
-        _check(["mount", "-o", "noatime", str(device), str(path)])
+        # The attendee controls what is on the volume: no set-uid programs or device nodes
+        # from it on the ship's host.
+        _check(["mount", "-o", "noatime,nosuid,nodev", str(device), str(path)])
         return path
 
     def unmount(self, volume_id: str) -> None:

@@ -83,8 +83,12 @@ class ControlServer:
         # Last accepted seq per ship: this server is the registry's only writer of seq, so the
         # replay check needs no query (filled from the registry on a ship's first report).
         self._seqs: dict[str, int] = {}
+        # Seq of each ship's newest long-poll: an older one (a replay, or a poll its agent gave
+        # up on) is refused or answered at once, so a ship holds at most one poll open.
+        self._poll_seqs: dict[str, int] = {}
         self._last_check = 0.0  # monotonic time of the lost checker's previous run
         self._grace_until = 0.0  # no ship is marked lost before this (monotonic)
+        self._wall_offset = 0.0  # time.time() - time.monotonic() at the previous check
         # bounded, so made-up ship ids cannot grow it; a fleet's keys all fit
         self._keys = lru_cache(maxsize=65536)(partial(derive_key, fleet_secret))
 
@@ -101,6 +105,7 @@ class ControlServer:
         self.port = sockets[0].getsockname()[1]
         self.registry.add_listener(self._on_change)
         self._last_check = time.monotonic()
+        self._wall_offset = time.time() - self._last_check
         self._grace_until = self._last_check + self.heartbeat * self.lost_after
         self._lost_checker = tornado.ioloop.PeriodicCallback(self.check_lost, self.heartbeat * 1000)
         self._lost_checker.start()
@@ -125,16 +130,25 @@ class ControlServer:
 
     def check_lost(self) -> list[str]:
         """Mark ships lost after lost_after silent heartbeats, but only silence the mux could
-        hear: never within that long of start (after a restart every last_seen is old) nor of
-        a stall of the mux's own loop (the reports of that time are still queued). Lost is final.
+        hear: never within that long of start (after a restart every last_seen is old), of a
+        stall of the mux's own loop (the reports of that time are still queued), nor of a step
+        of the wall clock last_seen is measured with (chrony stepping it forward would otherwise
+        make every ship look silent). Lost is final.
         """
         now = time.monotonic()
         timeout = self.heartbeat * self.lost_after
         late = now - self._last_check - self.heartbeat
-        self._last_check = now
+        wall_offset = time.time() - now
+        step = wall_offset - self._wall_offset
+        self._last_check, self._wall_offset = now, wall_offset
         if late > self.heartbeat / 2:
             log.warning(
                 "the mux stalled for %.1f s: no ship is marked lost for %.0f s", late, timeout
+            )
+            self._grace_until = max(self._grace_until, now + timeout)
+        if abs(step) > self.heartbeat / 2:
+            log.warning(
+                "the wall clock stepped %+.1f s: no ship is marked lost for %.0f s", step, timeout
             )
             self._grace_until = max(self._grace_until, now + timeout)
         if now < self._grace_until:
@@ -218,15 +232,33 @@ class ControlServer:
             if not fut.done():
                 fut.set_result(None)
 
-    async def wait_change(self, ship_id: str, generation: int, deadline: float) -> Desired:
-        """The ship's desired state once its generation != `generation`, or at the deadline."""
+    def open_poll(self, ship_id: str, seq: int) -> bool:
+        """Register a verified long-poll as the ship's newest (False: an older one, refused)
+        and answer the one it supersedes at once."""
+        if seq < self._poll_seqs.get(ship_id, -1):
+            return False
+        self._poll_seqs[ship_id] = seq
+        self._wake(ship_id)
+        return True
+
+    async def wait_change(
+        self, ship_id: str, generation: int, deadline: float, seq: Optional[int] = None
+    ) -> Desired:
+        """The ship's desired state once its generation != `generation`, or at the deadline,
+        or (for the long-poll `seq`) once a newer long-poll of that ship arrived."""
         while True:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(ship_id, set()).add(fut)
             record = self.registry.get(ship_id)
             desired = record.desired if record else Desired()
             remaining = deadline - time.monotonic()
-            if desired.generation != generation or remaining <= 0 or self._http is None:
+            superseded = seq is not None and self._poll_seqs.get(ship_id, seq) != seq
+            if (
+                desired.generation != generation
+                or remaining <= 0
+                or superseded
+                or self._http is None
+            ):
                 self._waiters.get(ship_id, set()).discard(fut)
                 return desired
             try:
@@ -327,18 +359,23 @@ class _PollHandler(tornado.web.RequestHandler):
         self._gone = True
 
     async def post(self) -> None:
-        verdict = self.server.verify(self.request.body, self.request.headers, "poll")
+        server = self.server
+        verdict = server.verify(self.request.body, self.request.headers, "poll")
+        if verdict.ok and not server.open_poll(verdict.message.ship_id, verdict.seq):
+            reason = f"poll seq {verdict.seq} is older than this ship's newest long-poll"
+            server.count(REPLAY, reason, verdict.message.ship_id)
+            verdict = Verdict(False, REPLAY, reason)
         if not verdict.ok:
             self.set_status(STATUS[verdict.kind])
             self.set_header("Content-Type", "application/json")
             self.finish(json.dumps({"error": verdict.kind, "reason": verdict.reason}))
             return
         poll = verdict.message
-        deadline = time.monotonic() + self.server.poll_timeout
-        desired = await self.server.wait_change(poll.ship_id, poll.generation, deadline)
+        deadline = time.monotonic() + server.poll_timeout
+        desired = await server.wait_change(poll.ship_id, poll.generation, deadline, poll.seq)
         if self._gone:
             return
-        body, headers = self.server.signed_answer(desired, poll.ship_id, poll.seq)
+        body, headers = server.signed_answer(desired, poll.ship_id, poll.seq)
         for name, value in headers.items():
             self.set_header(name, value)
         self.set_header("Content-Type", "application/json")

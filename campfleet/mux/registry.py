@@ -226,8 +226,17 @@ class Registry:
             return self
 
         def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+            db = self.r._db
             try:
-                self.r._db.execute("ROLLBACK" if exc_type else "COMMIT")
+                if exc_type is None:
+                    try:
+                        db.execute("COMMIT")
+                    except BaseException:  # e.g. disk full: never leave the transaction open
+                        if db.in_transaction:
+                            db.execute("ROLLBACK")
+                        raise
+                else:
+                    db.execute("ROLLBACK")
             finally:
                 self.r._lock.release()
             if exc_type is None:
@@ -371,19 +380,31 @@ class Registry:
 
     def set_container(self, ship_id: str, spec: ContainerSpec) -> int:
         """Add or replace (by name) a desired container; returns the new desired generation."""
-        with self._lock:
-            specs = [c for c in self._get(ship_id).desired.containers if c.name != spec.name]
-            specs.append(spec)
-            return self._set_specs(ship_id, specs)
+        return self._edit_specs(ship_id, spec.name, spec)
 
     def remove_container(self, ship_id: str, name: str) -> int:
-        with self._lock:
-            specs = [c for c in self._get(ship_id).desired.containers if c.name != name]
-            return self._set_specs(ship_id, specs)
+        return self._edit_specs(ship_id, name, None)
 
-    def _set_specs(self, ship_id: str, specs: list[ContainerSpec]) -> int:
-        text = json.dumps([asdict(c) for c in specs], separators=(",", ":"))
-        return self._change(ship_id, "desired_containers=?", (text,))
+    def _edit_specs(self, ship_id: str, name: str, spec: Optional[ContainerSpec]) -> int:
+        """Read, edit and write the desired containers in ONE transaction, so two spawners (or
+        two hub processes) editing different projects of a ship never lose each other's edit."""
+        with self._write() as tx:
+            row = self._db.execute(
+                "SELECT desired_containers FROM ships WHERE ship_id=?", (ship_id,)
+            ).fetchone()
+            if row is None:
+                raise UnknownShip(f"unknown ship {ship_id!r}: it has never reported")
+            specs = [c for c in _specs(row[0]) if c.name != name]
+            if spec is not None:
+                specs.append(spec)
+            text = json.dumps([asdict(c) for c in specs], separators=(",", ":"))
+            generation = self._db.execute(
+                "UPDATE ships SET desired_containers=?, generation=generation+1 WHERE ship_id=? "
+                "RETURNING generation",
+                (text, ship_id),
+            ).fetchone()[0]
+            tx.changed.append(ship_id)
+        return generation
 
     def set_volume(self, ship_id: str, volume_id: Optional[str]) -> int:
         return self._change(ship_id, "volume_id=?", (volume_id,))

@@ -23,7 +23,9 @@ from campfleet.protocol import ContainerSpec, ShipState
 
 ROOT = Path(__file__).parents[2]
 SECRET = b"integration-secret"
-HEARTBEAT = 0.2
+# Lost after HEARTBEAT * LOST_AFTER = 1.5 s of silence (final): short, yet far above what a
+# loaded 2-core CI machine delays an agent process.
+HEARTBEAT = 0.5
 LOST_AFTER = 3
 
 # The "container": answers GET with its cwd, an env var and its argv[2] (the "version").
@@ -198,7 +200,7 @@ def test_boot_claim_start_redeploy_and_sigterm(tmp_path: Path, mux: Mux, agents:
     volume = agents.volumes / "vol-alice"
     assert get(port) == f"{volume}|hi alice|v1"
     assert rec.state is ShipState.RUNNING and rec.mounted_volume == "vol-alice"
-    assert started < 3.0, f"start took {started:.2f} s"
+    assert started < 5.0, f"start took {started:.2f} s"
     assert (volume / "lessons" / "intro.ipynb").read_text() == "intro v1"
     first_digest = rec.container("").digest
 
@@ -229,11 +231,11 @@ def test_kill_9_agent_turns_ship_lost_in_time(mux: Mux, agents: Agents) -> None:
     mux.wait_container("ship-k", mux.registry.set_container("ship-k", server_spec(port, "v1")))
     os.killpg(proc.pid, signal.SIGKILL)
     killed = time.monotonic()
-    mux.wait_state("ship-k", ShipState.LOST, timeout=10)
+    mux.wait_state("ship-k", ShipState.LOST, timeout=20)
     took = time.monotonic() - killed
     # lost after LOST_AFTER silent heartbeats, found by a checker running every heartbeat
-    # (+1 s for scheduling on a busy CI machine)
-    assert took <= HEARTBEAT * (LOST_AFTER + 1) + 1.0, took
+    # (+2 s for scheduling on a busy CI machine)
+    assert took <= HEARTBEAT * (LOST_AFTER + 1) + 2.0, took
     wait_for(lambda: get(port) is None, 5, "the container to die with its agent")
     assert mux.ship("ship-k").owner == "bob"  # the spawner decides what to do with the claim
 
@@ -310,3 +312,30 @@ def test_ship_booted_while_the_mux_was_down_registers(mux: Mux, agents: Agents) 
     mux.wait_state("ship-early", ShipState.AVAILABLE, timeout=10)
     assert mux.states["ship-early"] == ["booting", "available"]
     assert mux.server.rejections == dict.fromkeys(mux.server.rejections, 0)
+
+
+def test_a_new_registry_is_obeyed_from_generation_zero(
+    tmp_path: Path, mux: Mux, agents: Agents
+) -> None:
+    """The mux came back with a new registry file (generations restart at 0): the ship registers
+    again, drops the claim nobody knows of any more, and obeys the new registry's orders."""
+    agents.start("ship-r")
+    mux.wait_state("ship-r", ShipState.AVAILABLE)
+    mux.registry.claim("gina")
+    old_port = free_port()
+    for version in ("v1", "v2", "v3"):
+        gen = mux.registry.set_container("ship-r", server_spec(old_port, version))
+    mux.wait_container("ship-r", gen)
+    assert gen == 3
+
+    mux.stop()
+    mux.db = tmp_path / "new-fleet.sqlite"
+    mux.start()
+    mux.wait_state("ship-r", ShipState.AVAILABLE)
+    wait_for(lambda: get(old_port) is None, 10, "the unknown claim's container to stop")
+    assert mux.registry.claim("hugo").ship_id == "ship-r"
+    port = free_port()
+    gen = mux.registry.set_container("ship-r", server_spec(port, "v1", greeting="hi hugo"))
+    assert gen == 1  # below what the agent knew from the old registry
+    mux.wait_container("ship-r", gen)
+    assert (get(port) or "").endswith("|hi hugo|v1")

@@ -128,6 +128,7 @@ def test_ebs_mount_formats_only_blank_volumes(tools, tmp_path: Path, monkeypatch
     assert path == tmp_path / "mnt" / "vol-0123abcd"
     names = [c[0] for c in calls()]
     assert names == ["blkid", "mkfs.ext4", "mount"]
+    assert calls()[2][1:3] == ["-o", "noatime,nosuid,nodev"]
     assert calls()[1][-1] == str(dev) and "root_owner=1000:100" in calls()[1]
     assert vols.mount("vol-0123abcd") == path and len(calls()) == 3  # already mounted
     vols.unmount("vol-0123abcd")
@@ -142,7 +143,7 @@ def test_ebs_mount_failure_is_reported(tools, monkeypatch) -> None:
     (by_id / "nvme-Amazon_Elastic_Block_Store_vol09").write_text("")
     monkeypatch.setenv("FAKE_FS", "ext4")
     monkeypatch.setenv("FAKE_FAIL_mount", "32")
-    with pytest.raises(VolumeFailure, match=r"mount -o noatime .* failed \(32\)"):
+    with pytest.raises(VolumeFailure, match=r"mount -o noatime,nosuid,nodev .* failed \(32\)"):
         vols.mount("vol-09")
 
 

@@ -52,3 +52,25 @@ def test_corrupt_manifest_treats_files_as_the_attendees(tmp_path: Path) -> None:
     src = write(tmp_path / "src", {"a.txt": "x"})
     result = sync_content(src, home)
     assert result.kept == ["a.txt"] and (home / "a.txt").read_text() == "edited"
+
+
+def test_symlinks_planted_by_the_attendee_are_never_followed(tmp_path: Path) -> None:
+    """The agent runs as root on a ship: a symlink in the volume must not redirect a write."""
+    home = tmp_path / "home"
+    home.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = write(outside, {"victim": "precious"}) / "victim"
+    (home / "lessons").symlink_to(outside)  # a directory of the content, redirected
+    (home / ".top.txt.campfleet-tmp").symlink_to(victim)  # the temporary of a file
+    (home / f"{MANIFEST}.campfleet-tmp").symlink_to(victim)  # the manifest's temporary
+    (home / "link.txt").symlink_to(victim)  # a content file itself
+    src = write(tmp_path / "src", {"lessons/l1.ipynb": "x", "top.txt": "t", "link.txt": "l"})
+
+    result = sync_content(src, home)
+
+    assert sorted(result.kept) == ["lessons/l1.ipynb", "link.txt"]
+    assert result.copied == ["top.txt"] and (home / "top.txt").read_text() == "t"
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"]
+    assert victim.read_text() == "precious"
+    assert not (home / MANIFEST).is_symlink() and (home / "link.txt").is_symlink()

@@ -174,3 +174,18 @@ def test_unknown_to_the_registry_the_ship_steps_through_booting(tmp_path: Path) 
     agent.containers.clear()
     agent.accepted = None
     assert agent.wire_state() is ShipState.BOOTING  # e.g. the first report never arrived
+
+
+def test_only_newer_desired_states_replace_unless_a_poll_proves_the_registry_went_back(
+    tmp_path: Path,
+) -> None:
+    agent = make_agent(tmp_path, FakeRuntime())
+    agent.offer(Desired(generation=3, volume="vol-a"))
+    agent.offer(Desired(generation=2))  # a late answer (e.g. to a report): ignored
+    assert agent.known_generation == 3 and agent.desired.volume == "vol-a"
+    agent.offer(Desired(generation=2), polled=2)  # a poll sent before 3 was known: no proof
+    assert agent.known_generation == 3
+    agent.offer(Desired(generation=0), polled=3)  # the registry had 3, now says 0: new registry
+    assert agent.known_generation == 0 and agent.desired == Desired() and not agent.converged
+    agent.offer(Desired(generation=1, volume="vol-b"))  # and its orders are followed
+    assert agent.desired.volume == "vol-b"

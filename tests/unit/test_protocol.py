@@ -111,6 +111,7 @@ def test_rejections_have_kind_and_reason() -> None:
         "oversized": (b"x" * (p.MAX_BODY + 1), h, {}),
         "no header": (body, {p.HEADER_SHIP: SHIP}, {}),
         "bad sig": (body, {**h, p.HEADER_SIGNATURE: "00" * 32}, {}),
+        "non-ascii sig": (body, {**h, p.HEADER_SIGNATURE: "\u00e9" * 64}, {}),
         "other ship key": (
             body,
             {**h, p.HEADER_SIGNATURE: p.sign(body, p.derive_key(SECRET, "i-x"))},
@@ -126,6 +127,7 @@ def test_rejections_have_kind_and_reason() -> None:
         "oversized": p.OVERSIZED,
         "no header": p.FORGED,
         "bad sig": p.FORGED,
+        "non-ascii sig": p.FORGED,
         "other ship key": p.FORGED,
         "tampered": p.FORGED,
         "stale": p.STALE,
@@ -168,6 +170,24 @@ def test_malformed_messages(mutate, needle: str) -> None:
     mutate(obj)
     v = check(*signed(obj))
     assert (v.ok, v.kind) == (False, p.MALFORMED) and needle in v.reason
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("volume", "../../etc"), ("volume", ".."), ("name", "a/b"), ("name", "."), ("name", "x\0")],
+)
+def test_desired_names_that_would_escape_a_directory_are_malformed(field: str, value: str) -> None:
+    """The agent (root on a ship) makes paths of the volume id and the container name."""
+    spec = p.ContainerSpec("proj", "img", ["x"])
+    desired = p.Desired(1, [spec], "vol-1")
+    obj = json.loads(p.encode_desired(desired, SHIP, 5, NOW, KEY)[0])
+    (obj["containers"][0] if field == "name" else obj)[field] = value
+    v = check(*signed(obj), expect="desired", reply_to=5, after_seq=None)
+    assert (v.ok, v.kind) == (False, p.MALFORMED) and "plain name" in v.reason
+    obj = json.loads(p.encode_desired(desired, SHIP, 5, NOW, KEY)[0])
+    assert check(
+        *signed(obj), expect="desired", reply_to=5, after_seq=None
+    ).ok  # the unmodified one passes
 
 
 def test_non_json_and_non_object_are_malformed() -> None:

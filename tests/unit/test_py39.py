@@ -65,6 +65,14 @@ body, h = p.encode_desired(d, "i-1", 5, time.time(), key)
 sig = h[p.HEADER_SIGNATURE]
 v = p.validate(body, "i-1", sig, key, expect="desired", now=time.time(), reply_to=5)
 assert v.ok and v.message == d, v
+import pathlib, tempfile
+from campfleet.agent.content import sync_content
+with tempfile.TemporaryDirectory() as t:  # the dir_fd / O_NOFOLLOW file operations
+    src, home = pathlib.Path(t, "src"), pathlib.Path(t, "home")
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "f.txt").write_text("x")
+    home.mkdir()
+    assert sync_content(src, home).copied == ["a/f.txt"] and (home / "a/f.txt").read_text() == "x"
 print("ok")
 """
 

@@ -184,6 +184,32 @@ def test_concurrent_claims_processes(tmp_path: Path) -> None:
     assert sorted(r.owner for r in reg.ships()) == sorted(u for u, s in pairs if s)
 
 
+def _add_projects(path: str, prefix: str, out) -> None:
+    r = Registry(path)
+    out.put([r.set_container("i-1", ContainerSpec(f"{prefix}{n}", "img")) for n in range(15)])
+    r.close()
+
+
+def test_concurrent_container_edits_from_processes_lose_nothing(tmp_path: Path) -> None:
+    """Two hub processes adding projects to one ship: every edit survives (read+write atomic)."""
+    path = str(tmp_path / "f.sqlite")
+    reg = Registry(path)
+    Ship(reg, "i-1").to(S.AVAILABLE)
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_add_projects, args=(path, f"p{k}-", out)) for k in range(4)]
+    for proc in procs:
+        proc.start()
+    generations = [g for _ in procs for g in out.get(timeout=60)]
+    for proc in procs:
+        proc.join(10)
+    desired = reg.desired("i-1")
+    assert sorted(generations) == list(range(1, 61)) and desired.generation == 60
+    assert sorted(c.name for c in desired.containers) == sorted(
+        f"p{k}-{n}" for k in range(4) for n in range(15)
+    )
+
+
 def test_mark_lost_and_lost_can_only_terminate(reg: Registry) -> None:
     a = Ship(reg, "i-a").to(S.RUNNING)
     Ship(reg, "i-f").to(S.FAILED)

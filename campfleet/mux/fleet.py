@@ -1,0 +1,278 @@
+"""One Fleet per hub process: the registry, the control API, the cloud and the readiness gate.
+
+The ShipSpawner, the fleet view and the redeploy all act through this object. It turns the
+registry's change callbacks into asyncio wake-ups, so a spawner waiting for a ship or for its
+container learns of a report the moment the control API applies it (no polling), and it asks
+the cloud to replace every ship that goes `failed` or `lost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from campfleet.mux.cloud import Cloud
+from campfleet.mux.registry import Readiness, Registry, ShipRecord
+from campfleet.protocol import ShipState
+
+if TYPE_CHECKING:  # the control API is only started here, never imported at run time
+    from campfleet.mux.control import ControlServer
+
+log = logging.getLogger("campfleet.fleet")
+
+UNHEALTHY = (ShipState.FAILED, ShipState.LOST)
+COUNTS_INTERVAL = 60.0
+
+_current: Optional[Fleet] = None
+
+
+def current() -> Fleet:
+    """The hub's Fleet (set by `Fleet.install`); spawners and handlers find it here."""
+    if _current is None:
+        raise RuntimeError("no campfleet Fleet in this process; configure the hub with hubconfig")
+    return _current
+
+
+class Fleet:
+    """The mux's view of the ships; see the module docstring for why it exists."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        cloud: Cloud,
+        control: ControlServer,
+        *,
+        expected: int,
+        ready_percent: int,
+        ship_image: str,
+        state_file: Path,
+        control_address: str = "127.0.0.1",
+        control_port: int = 8700,
+    ) -> None:
+        self.registry = registry
+        self.cloud = cloud
+        self.control = control
+        self.expected = expected
+        self.ready_percent = ready_percent
+        self.control_address = control_address
+        self.control_port = control_port
+        self._state_file = Path(state_file)
+        saved = self._load_state()
+        self._ship_image: str = saved.get("shipImage", ship_image)
+        self._gate_forced: bool = bool(saved.get("gateOpened", False))
+        self._gate_reached: bool = bool(saved.get("gateReached", False))
+        self._waiters: dict[Optional[str], set[asyncio.Event]] = {}
+        self._listeners: list[Callable[[str], None]] = []
+        self._watchers: dict[str, list[Callable[[], None]]] = {}
+        self._marked_unhealthy: set[str] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._counts_task: Optional[asyncio.Task] = None
+        self.started = time.time()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop_thread: Optional[int] = None
+        registry.add_listener(self._on_change_any_thread)
+
+    def __deepcopy__(self, memo: dict) -> Fleet:
+        """One fleet per process: traitlets deep-copies config values (handler kwargs)."""
+        return self
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def install(self) -> Fleet:
+        """Make this the process's Fleet (one hub, one fleet)."""
+        global _current
+        _current = self
+        return self
+
+    async def start(self) -> None:
+        """Register the cloud's home volumes, start the control API and the counts publisher."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        volumes = await self.cloud.list_volumes()
+        if volumes:
+            self.registry.add_volumes(volumes)
+        await self.control.start(self.control_address, self.control_port)
+        self._counts_task = asyncio.ensure_future(self._publish_counts())
+        log.info(
+            "fleet: control API on %s:%d, %d ships expected, gate at %d%%, %d home volumes",
+            self.control_address,
+            self.control_port,
+            self.expected,
+            self.ready_percent,
+            len(volumes),
+        )
+
+    def stop(self) -> None:
+        """Stop the control API and background tasks (the registry stays on disk)."""
+        if self._counts_task:
+            self._counts_task.cancel()
+        self.control.stop()
+
+    async def _publish_counts(self) -> None:
+        while True:
+            try:
+                await self.cloud.publish_counts(self.registry.counts())
+            except Exception as e:  # a metrics hiccup must never stop the mux
+                log.warning("fleet: publishing counts failed: %s", e)
+            await asyncio.sleep(COUNTS_INTERVAL)
+
+    # -- readiness gate ----------------------------------------------------------------------
+
+    def readiness(self) -> Readiness:
+        """Available ships against the gate.
+
+        Once open (readyPercent reached, or an admin opened it) it stays open for the event:
+        ships dying later must not lock out the attendees being moved to new ships.
+        """
+        r = self.registry.readiness(self.expected, self.ready_percent)
+        if r.open and not self._gate_reached:
+            self._gate_reached = True
+            self._save_state()
+        if (self._gate_forced or self._gate_reached) and not r.open:
+            return Readiness(ready=r.ready, needed=r.needed, expected=r.expected, open=True)
+        return r
+
+    @property
+    def gate_forced(self) -> bool:
+        return self._gate_forced
+
+    def open_gate(self) -> None:
+        """Admin override: hand out ships now even below readyPercent (kept across restarts)."""
+        self._gate_forced = True
+        self._save_state()
+        self._wake(None)
+
+    # -- ship image (redeploy) ---------------------------------------------------------------
+
+    @property
+    def ship_image(self) -> str:
+        """The image new default-project containers get; the redeploy changes it."""
+        return self._ship_image
+
+    def set_ship_image(self, image: str) -> None:
+        """Record a new ship image (kept across restarts); running containers are not touched."""
+        self._ship_image = image
+        self._save_state()
+
+    # -- change notification -----------------------------------------------------------------
+
+    def add_listener(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(ship_id)` after every registry change (in the hub's loop thread)."""
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[str], None]) -> None:
+        if callback in self._listeners:
+            self._listeners.remove(callback)
+
+    def watch(self, ship_id: str, callback: Callable[[], None]) -> None:
+        """Call `callback()` after every change of one ship (cheap with thousands of watchers)."""
+        self._watchers.setdefault(ship_id, []).append(callback)
+
+    def unwatch(self, ship_id: str, callback: Callable[[], None]) -> None:
+        callbacks = self._watchers.get(ship_id, [])
+        if callback in callbacks:
+            callbacks.remove(callback)
+        if not callbacks:
+            self._watchers.pop(ship_id, None)
+
+    async def wait_for(
+        self,
+        predicate: Callable[[], bool],
+        timeout: float,
+        ship_id: Optional[str] = None,
+    ) -> bool:
+        """Wait until `predicate()` holds, re-checking only when the registry changes.
+
+        `ship_id` narrows the wake-ups to changes of that ship; None wakes on any change.
+        Returns False on timeout.
+        """
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            event = asyncio.Event()
+            self._waiters.setdefault(ship_id, set()).add(event)
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except asyncio.TimeoutError:
+                return predicate()
+            finally:
+                self._waiters.get(ship_id, set()).discard(event)
+        return True
+
+    def _wake(self, ship_id: Optional[str]) -> None:
+        for key in {ship_id, None}:
+            for event in self._waiters.get(key, ()):
+                event.set()
+
+    def _on_change_any_thread(self, ship_id: str) -> None:
+        """Registry callbacks come from the changing thread; handle them in the hub's loop."""
+        if self._loop is not None and threading.get_ident() != self._loop_thread:
+            self._loop.call_soon_threadsafe(self._on_change, ship_id)
+        else:
+            self._on_change(ship_id)
+
+    def _on_change(self, ship_id: str) -> None:
+        if not self._gate_reached:
+            self.readiness()  # latch the gate the moment the room is ready, not at the next start
+        self._wake(ship_id)
+        record = self.registry.get(ship_id)
+        if record is not None:
+            self._check_health(record)
+        for callback in list(self._listeners):
+            try:
+                callback(ship_id)
+            except Exception:
+                log.exception("fleet listener failed for %s", ship_id)
+        for watcher in list(self._watchers.get(ship_id, ())):
+            try:
+                watcher()
+            except Exception:
+                log.exception("fleet watcher failed for %s", ship_id)
+
+    def _check_health(self, record: ShipRecord) -> None:
+        """A failed or lost ship is marked unhealthy once, so the group replaces it."""
+        state = ShipState(record.state)
+        if state not in UNHEALTHY:
+            self._marked_unhealthy.discard(record.ship_id)
+            return
+        if record.ship_id in self._marked_unhealthy:
+            return
+        self._marked_unhealthy.add(record.ship_id)
+        reason = f"{state.value}: {record.error or 'no reason reported'}"
+        log.warning("fleet: ship %s is %s; asking the cloud to replace it", record.ship_id, reason)
+        task = asyncio.ensure_future(self._mark_unhealthy(record.ship_id, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _mark_unhealthy(self, ship_id: str, reason: str) -> None:
+        try:
+            await self.cloud.mark_unhealthy(ship_id, reason)
+        except Exception as e:
+            log.error("fleet: could not mark %s unhealthy: %s", ship_id, e)
+
+    # -- persistence of the two organizer decisions ------------------------------------------
+
+    def _load_state(self) -> dict:
+        try:
+            data = json.loads(self._state_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _save_state(self) -> None:
+        data = {
+            "shipImage": self._ship_image,
+            "gateOpened": self._gate_forced,
+            "gateReached": self._gate_reached,
+        }
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self._state_file)

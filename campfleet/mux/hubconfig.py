@@ -1,0 +1,214 @@
+"""Build the JupyterHub configuration of the mux, for AWS and for a local event alike.
+
+`configure(c, settings_path)` is the whole `jupyterhub_config.py`: it reads the settings and
+secrets, creates the process's Fleet (registry, control API, cloud) and schedules the control
+API in the hub's own event loop (JupyterHub loads its config file inside that loop), and sets
+every hub, proxy, spawner and authenticator option a room of attendees starting at once needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+from jupyterhub.authenticators.shared import SharedPasswordAuthenticator
+from tornado import web
+
+from campfleet.mux.cloud import AwsCloud, Cloud, LocalCloud
+from campfleet.mux.control import ControlServer
+from campfleet.mux.fleet import Fleet
+from campfleet.mux.registry import Registry
+from campfleet.mux.settings import Secrets, Settings, SettingsError, load, load_secrets
+
+log = logging.getLogger("campfleet.hubconfig")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CLAIM_COOKIE = "campfleet-name"
+NODE_MAX_OLD_SPACE_MB = 1024
+PROXY_TIMEOUT_MS = 5 * 60 * 1000  # long-running notebook requests (uploads, big outputs)
+CLAIM_DAYS = 30
+ADMIN_SERVICE = "campfleet-admin"
+# What organizer tools need: manage users and servers, reach servers, read metrics.
+ADMIN_SCOPES = ["admin:users", "admin:servers", "access:servers", "read:metrics", "read:hub"]
+
+
+class WorkshopAuthenticator(SharedPasswordAuthenticator):
+    """Shared-password login where a name, once used, belongs to the browser that took it.
+
+    JupyterHub's SharedPasswordAuthenticator lets anyone with the password log in as any
+    user; at a workshop that means one attendee can open another's notebook by typing their
+    name. Here a name that has logged in before only logs in again from a browser holding that
+    name's claim cookie (kept across logout); an organizer frees a name by deleting the user.
+    """
+
+    async def authenticate(self, handler: web.RequestHandler, data: dict) -> Optional[dict]:
+        result = await super().authenticate(handler, data)
+        if not result or result.get("admin"):
+            return result
+        name = result["name"]
+        existing = handler.find_user(name)
+        claimed_by = handler.get_secure_cookie(CLAIM_COOKIE, max_age_days=CLAIM_DAYS)
+        if (
+            existing is not None
+            and existing.orm_user.last_activity is not None
+            and (claimed_by or b"").decode("utf8", "replace") != name
+        ):
+            self.log.warning("refused login as %r: the name is in use by another browser", name)
+            raise web.HTTPError(
+                403,
+                f"The name {name!r} is already in use. Pick another name, "
+                "or ask an organizer to free it.",
+            )
+        handler.set_secure_cookie(
+            CLAIM_COOKIE, name, expires_days=CLAIM_DAYS, path=handler.hub.base_url, httponly=True
+        )
+        return result
+
+
+def _chp_script() -> Path:
+    """The pinned configurable-http-proxy: the checkout's node_modules (make local), else the
+    one on PATH (the mux image puts its npm-ci'd node_modules/.bin there)."""
+    checkout = REPO_ROOT / "node_modules" / "configurable-http-proxy" / "bin"
+    on_path = shutil.which("configurable-http-proxy")
+    for candidate in (checkout / "configurable-http-proxy", Path(on_path) if on_path else None):
+        if candidate is not None and candidate.exists():
+            return candidate.resolve()
+    raise SettingsError(
+        "configurable-http-proxy not found: run `npm ci` in the project (package.json pins it)"
+    )
+
+
+def proxy_command() -> list[str]:
+    """configurable-http-proxy under node with its heap and timeouts set for hundreds of users."""
+    node = shutil.which("node") or "node"
+    return [
+        node,
+        f"--max-old-space-size={NODE_MAX_OLD_SPACE_MB}",
+        str(_chp_script()),
+        f"--timeout={PROXY_TIMEOUT_MS}",
+        f"--proxy-timeout={PROXY_TIMEOUT_MS}",
+        "--keep-alive-timeout=65000",
+    ]
+
+
+def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
+    """The Fleet for this hub: registry on disk, the right cloud, the control API."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    registry = Registry(settings.state_dir / "registry.sqlite")
+    cloud: Cloud
+    if settings.local:
+        cloud = LocalCloud(settings.local.volumes_root, settings.local.volumes)
+    else:
+        cloud = AwsCloud(settings.region, settings.stack, settings.ship_group_name)
+    control = ControlServer(
+        registry, secrets.fleet_secret, heartbeat=settings.heartbeat, lost_after=settings.lost_after
+    )
+    return Fleet(
+        registry,
+        cloud,
+        control,
+        expected=settings.ships,
+        ready_percent=settings.ready_percent,
+        ship_image=settings.ship_image,
+        state_file=settings.state_dir / "fleet-state.json",
+        control_address=settings.control_address,
+        control_port=settings.control_port,
+    ).install()
+
+
+def _start_in_hub_loop(fleet: Fleet) -> None:
+    """Start the control API in the loop JupyterHub is loading its config in.
+
+    Failing to listen is fatal: a hub whose ships cannot report would hand out nothing.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # e.g. `jupyterhub --show-config`: no server, nothing to start
+        return
+
+    def done(task: asyncio.Task) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        log.critical(
+            "campfleet: control API could not start on %s:%d: %s",
+            fleet.control_address,
+            fleet.control_port,
+            task.exception(),
+        )
+        logging.shutdown()
+        os._exit(3)
+
+    task = loop.create_task(fleet.start())
+    task.add_done_callback(done)
+
+
+def configure(c: Any, settings_path: Path | str) -> Fleet:
+    """Fill JupyterHub config `c` from the settings file; return the Fleet it runs."""
+    settings = load(Path(settings_path))
+    secrets = load_secrets(settings)
+    fleet = build_fleet(settings, secrets)
+    _start_in_hub_loop(fleet)
+    state = settings.state_dir
+
+    hub = c.JupyterHub
+    hub.ip = settings.public_ip
+    hub.port = settings.public_port
+    hub.hub_ip = settings.control_address
+    hub.hub_port = settings.hub_port
+    hub.hub_connect_url = f"http://{settings.control_address}:{settings.hub_port}"
+    hub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
+    hub.cookie_secret = secrets.cookie_secret
+    hub.pid_file = str(state / "jupyterhub.pid")
+    # Ships outlive a hub restart: every attendee keeps their ship and container.
+    hub.cleanup_servers = False
+    # A whole room starts at once and a start is cheap (the ship is already up).
+    hub.concurrent_spawn_limit = max(settings.ships, 10)
+    hub.init_spawners_timeout = 60
+    hub.authenticate_prometheus = True  # /hub/metrics needs a token with read:metrics
+    hub.spawner_class = "campfleet.mux.spawner.ShipSpawner"
+    hub.authenticator_class = WorkshopAuthenticator
+    hub.admin_access = False
+    if importlib.util.find_spec("campfleet.mux.fleetview") is not None:
+        from campfleet.mux import fleetview
+
+        hub.extra_handlers = list(fleetview.handlers(fleet))
+
+    proxy = c.ConfigurableHTTPProxy
+    proxy.command = proxy_command()
+    proxy.auth_token = secrets.proxy_token
+    proxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
+    proxy.pid_file = str(state / "jupyterhub-proxy.pid")
+
+    auth = c.WorkshopAuthenticator
+    auth.user_password = secrets.shared_password or None
+    auth.admin_password = secrets.admin_password or None
+    auth.admin_users = set(settings.admin_users)
+    auth.allow_all = True  # anyone in the room with the password
+    c.Authenticator.admin_users = set(settings.admin_users)
+
+    # Set on Spawner, not ShipSpawner, so a replacement spawner gets the same room settings.
+    spawner = c.Spawner
+    spawner.default_url = "/lab"
+    # The start includes waiting at the readiness gate for the room to open.
+    spawner.start_timeout = 600
+    spawner.http_timeout = 120
+    spawner.poll_interval = 60  # ShipSpawner deaths are pushed by the Fleet; this is a backstop
+    if settings.local:
+        c.ShipSpawner.cmd = list(settings.local.singleuser_cmd)
+    if settings.projects:
+        # Projects are named servers: one container per project on the attendee's ship.
+        c.ShipSpawner.projects = settings.projects
+        hub.allow_named_servers = True
+        hub.named_server_limit_per_user = len(settings.projects)
+    if secrets.api_token:
+        # An admin token for organizer tools (`campfleet status/redeploy`, benchmarks).
+        hub.services = [{"name": ADMIN_SERVICE, "api_token": secrets.api_token}]
+        hub.load_roles = [
+            {"name": ADMIN_SERVICE, "scopes": ADMIN_SCOPES, "services": [ADMIN_SERVICE]}
+        ]
+    return fleet

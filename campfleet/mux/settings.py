@@ -1,0 +1,258 @@
+"""The mux's settings: one JSON file, the same keys on AWS and on a laptop.
+
+On AWS the mux user data writes `/etc/campfleet/mux.json` (keys in the team contract) and the
+secrets stay in SSM Parameter Store: the file only names the parameters. A local event writes
+the same file into its state directory with a `local` block, and its `parameters` name files
+in that directory instead. Everything downstream (hub config, Fleet, ShipSpawner) reads only
+`Settings`, so there is one code path for both.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Tuple
+
+AWS_SETTINGS_PATH = Path("/etc/campfleet/mux.json")
+AWS_STATE_DIR = Path("/var/lib/campfleet")
+SECRET_NAMES = (
+    "fleetSecret",
+    "proxyToken",
+    "cookieSecret",
+    "sharedPassword",
+    "adminPassword",
+    "apiToken",
+)
+IMDS = "http://169.254.169.254/latest"
+MAX_PROJECTS = 9  # ship ports port_base .. port_base + 9 (8888-8897 on AWS)
+
+
+class SettingsError(Exception):
+    """The settings file is missing or wrong; the message says which key and what to do."""
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Values fetched at start, never written to the settings file."""
+
+    fleet_secret: bytes
+    proxy_token: str
+    cookie_secret: bytes
+    shared_password: str
+    admin_password: str
+    api_token: str
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """What only a local event has: loopback ports, directories as volumes, a local command."""
+
+    volumes_root: Path
+    volumes: int
+    public_port: int
+    hub_port: int
+    proxy_api_port: int
+    singleuser_cmd: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Parsed mux.json: fleet shape, addresses, where state lives and which secrets to read."""
+
+    stack: str
+    event: str
+    region: str
+    ships: int
+    ready_percent: int
+    admin_users: Tuple[str, ...]
+    control_address: str
+    control_port: int
+    ship_image: str
+    ship_group_name: str
+    volume_tag_key: str
+    parameters: dict
+    state_dir: Path
+    heartbeat: float
+    lost_after: int
+    projects: dict
+    public_ip: str
+    public_port: int
+    hub_port: int
+    proxy_api_port: int
+    local: Optional[LocalSettings]
+
+    @property
+    def is_local(self) -> bool:
+        return self.local is not None
+
+
+def _require(data: dict, key: str, kind: type) -> Any:
+    if key not in data:
+        raise SettingsError(f"mux settings: key {key!r} is missing; add it to the settings file")
+    value = data[key]
+    if kind is float and isinstance(value, int):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SettingsError(
+            f"mux settings: {key!r} must be a {kind.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _projects(raw: Any) -> dict:
+    """Named servers attendees may start: {name: {"image": str, "cmd": [str, ...] optional}}."""
+    if not isinstance(raw, dict):
+        raise SettingsError("mux settings: 'projects' must be an object of name -> {image, cmd}")
+    if len(raw) > MAX_PROJECTS:
+        raise SettingsError(
+            f"mux settings: {len(raw)} projects; a ship has ports for the default server and "
+            f"{MAX_PROJECTS} projects"
+        )
+    for name, project in raw.items():
+        if not name.replace("-", "").isalnum() or not isinstance(project, dict):
+            raise SettingsError(
+                f"mux settings: project {name!r} needs a name of letters, digits or - and an "
+                'object like {"image": "repo/img:tag"}'
+            )
+        if not isinstance(project.get("image"), str) or not project["image"]:
+            raise SettingsError(f"mux settings: project {name!r} has no 'image'")
+    return dict(raw)
+
+
+def parse(data: dict, private_ip: str = "") -> Settings:
+    """Validate the settings dict; `private_ip` is the control address on AWS (from IMDS)."""
+    ships = _require(data, "ships", int)
+    ready = _require(data, "readyPercent", int)
+    if ships < 0:
+        raise SettingsError(f"mux settings: 'ships' must be >= 0, got {ships}")
+    if not 0 <= ready <= 100:
+        raise SettingsError(f"mux settings: 'readyPercent' must be 0..100, got {ready}")
+    admins = _require(data, "adminUsers", list)
+    params = _require(data, "parameters", dict)
+    missing = [n for n in SECRET_NAMES[:4] if n not in params]
+    if missing:
+        raise SettingsError(f"mux settings: 'parameters' lacks {', '.join(missing)}")
+    raw_local = data.get("local")
+    local = None
+    if raw_local is not None:
+        local = LocalSettings(
+            volumes_root=Path(_require(raw_local, "volumesRoot", str)),
+            volumes=_require(raw_local, "volumes", int),
+            public_port=_require(raw_local, "publicPort", int),
+            hub_port=_require(raw_local, "hubPort", int),
+            proxy_api_port=_require(raw_local, "proxyApiPort", int),
+            singleuser_cmd=tuple(_require(raw_local, "singleuserCmd", list)),
+        )
+        control_address = raw_local.get("controlAddress", "127.0.0.1")
+        state_dir = Path(_require(raw_local, "stateDir", str))
+    else:
+        if not private_ip:
+            raise SettingsError("mux settings: no private address for the control API")
+        control_address = private_ip
+        state_dir = Path(data.get("stateDir", str(AWS_STATE_DIR)))
+    return Settings(
+        stack=_require(data, "stack", str),
+        event=_require(data, "event", str),
+        region=_require(data, "region", str),
+        ships=ships,
+        ready_percent=ready,
+        admin_users=tuple(str(a) for a in admins),
+        control_address=control_address,
+        control_port=_require(data, "controlPort", int),
+        ship_image=_require(data, "shipImage", str),
+        ship_group_name=data.get("shipGroupName", ""),
+        volume_tag_key=data.get("volumeTagKey", "campfleet:stack"),
+        parameters=dict(params),
+        state_dir=state_dir,
+        heartbeat=float(data.get("heartbeat", 5.0)),
+        lost_after=int(data.get("lostAfter", 3)),
+        projects=_projects(data.get("projects", {})),
+        public_ip="127.0.0.1" if local else "0.0.0.0",
+        public_port=local.public_port if local else int(data.get("publicPort", 80)),
+        hub_port=local.hub_port if local else int(data.get("hubPort", 8081)),
+        proxy_api_port=local.proxy_api_port if local else int(data.get("proxyApiPort", 8001)),
+        local=local,
+    )
+
+
+def imds_private_ip(timeout: float = 2.0) -> str:
+    """The instance's private IPv4 via IMDSv2 (token first), where ships reach the mux."""
+    token_req = urllib.request.Request(
+        f"{IMDS}/api/token",
+        method="PUT",
+        headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"},
+    )
+    with urllib.request.urlopen(token_req, timeout=timeout) as r:
+        token = r.read().decode()
+    ip_req = urllib.request.Request(
+        f"{IMDS}/meta-data/local-ipv4", headers={"X-aws-ec2-metadata-token": token}
+    )
+    with urllib.request.urlopen(ip_req, timeout=timeout) as r:
+        return r.read().decode().strip()
+
+
+def load(path: Path) -> Settings:
+    """Read and validate a settings file; on AWS the control address comes from IMDSv2."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SettingsError(
+            f"mux settings: {path} does not exist; run `campfleet local` or check the mux user data"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise SettingsError(f"mux settings: {path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"mux settings: {path} must hold a JSON object")
+    private_ip = "" if "local" in data else imds_private_ip()
+    return parse(data, private_ip)
+
+
+def _local_secret(settings: Settings, name: str) -> Optional[str]:
+    ref = settings.parameters.get(name)
+    if ref is None:
+        return None
+    path = Path(ref)
+    if not path.is_absolute():
+        path = settings.state_dir / path
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        raise SettingsError(f"mux settings: secret file {path} for {name} is missing") from None
+
+
+def _ssm_secrets(settings: Settings) -> dict:
+    import boto3  # only on AWS
+
+    names = {settings.parameters[n]: n for n in SECRET_NAMES if n in settings.parameters}
+    ssm = boto3.client("ssm", region_name=settings.region)
+    answer = ssm.get_parameters(Names=sorted(names), WithDecryption=True)
+    if answer.get("InvalidParameters"):
+        raise SettingsError(
+            "mux settings: SSM parameters not found: " + ", ".join(answer["InvalidParameters"])
+        )
+    return {names[p["Name"]]: p["Value"] for p in answer["Parameters"]}
+
+
+def load_secrets(settings: Settings) -> Secrets:
+    """Fetch the secrets: from SSM (SecureString, instance role) on AWS, from files locally."""
+    if settings.is_local:
+        values = {n: _local_secret(settings, n) for n in SECRET_NAMES}
+    else:
+        values = _ssm_secrets(settings)
+    cookie = values.get("cookieSecret") or ""
+    try:
+        cookie_bytes = bytes.fromhex(cookie)
+    except ValueError:
+        raise SettingsError(
+            "mux settings: cookieSecret must be hex (e.g. openssl rand -hex 32)"
+        ) from None
+    return Secrets(
+        fleet_secret=(values.get("fleetSecret") or "").encode(),
+        proxy_token=values.get("proxyToken") or "",
+        cookie_secret=cookie_bytes,
+        shared_password=values.get("sharedPassword") or "",
+        admin_password=values.get("adminPassword") or "",
+        api_token=values.get("apiToken") or "",
+    )

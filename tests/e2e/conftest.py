@@ -1,0 +1,53 @@
+"""Browser tests: Debian's chromium driven by playwright against a real local event."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from campfleet.local import LocalEvent
+from tests.integration.conftest import make_event, stop_and_check
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    from playwright.sync_api import Error, sync_playwright
+
+    with sync_playwright() as p:
+        try:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=60_000
+            )
+        except Error as e:
+            pytest.skip(f"chromium cannot start: {str(e).splitlines()[0]}")
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def event(tmp_path: Path) -> Iterator[LocalEvent]:
+    event = make_event(tmp_path, ships=1, heartbeat=1.0)
+    try:
+        event.start()
+        event.wait_ready(timeout=180)
+        yield event
+    finally:
+        stop_and_check(event)

@@ -1,0 +1,145 @@
+"""The hub configuration built from a settings file, and the settings' own validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from traitlets.config import Config
+
+from campfleet.mux import fleet as fleet_mod
+from campfleet.mux.hubconfig import WorkshopAuthenticator, configure
+from campfleet.mux.settings import SettingsError, load, load_secrets, parse
+
+
+def write_settings(tmp_path: Path, **overrides) -> Path:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for name, value in {
+        "fleet": "f" * 64,
+        "proxy": "p" * 64,
+        "cookie": "ab" * 32,
+        "password": "room-password",
+        "admin": "A" * 40,
+        "token": "t" * 64,
+    }.items():
+        (secrets / name).write_text(value + "\n")
+    data = {
+        "stack": "local",
+        "event": "test",
+        "region": "local",
+        "ships": 40,
+        "readyPercent": 80,
+        "adminUsers": ["organizer"],
+        "controlPort": 18703,
+        "shipGroupName": "",
+        "shipImage": "ship:1",
+        "volumeTagKey": "campfleet:stack",
+        "parameters": {
+            "fleetSecret": "secrets/fleet",
+            "proxyToken": "secrets/proxy",
+            "cookieSecret": "secrets/cookie",
+            "sharedPassword": "secrets/password",
+            "adminPassword": "secrets/admin",
+            "apiToken": "secrets/token",
+        },
+        "local": {
+            "stateDir": str(tmp_path),
+            "volumesRoot": str(tmp_path / "volumes"),
+            "volumes": 3,
+            "publicPort": 18700,
+            "hubPort": 18702,
+            "proxyApiPort": 18701,
+            "singleuserCmd": ["/venv/bin/jupyterhub-singleuser"],
+        },
+    }
+    data.update(overrides)
+    path = tmp_path / "mux.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_configure_sets_room_hub_proxy_and_spawner(tmp_path: Path) -> None:
+    c = Config()
+    fleet = configure(c, write_settings(tmp_path))
+    try:
+        assert fleet_mod.current() is fleet
+        assert (fleet.expected, fleet.ready_percent, fleet.ship_image) == (40, 80, "ship:1")
+        assert (fleet.control_address, fleet.control_port) == ("127.0.0.1", 18703)
+        hub = c.JupyterHub
+        assert (hub.ip, hub.port, hub.hub_port) == ("127.0.0.1", 18700, 18702)
+        assert hub.hub_connect_url == "http://127.0.0.1:18702"
+        assert hub.cleanup_servers is False
+        assert hub.concurrent_spawn_limit == 40
+        assert hub.authenticate_prometheus is True
+        assert hub.cookie_secret == bytes.fromhex("ab" * 32)
+        assert hub.spawner_class == "campfleet.mux.spawner.ShipSpawner"
+        assert hub.authenticator_class is WorkshopAuthenticator
+        assert hub.services == [{"name": "campfleet-admin", "api_token": "t" * 64}]
+        assert "access:servers" in hub.load_roles[0]["scopes"]
+        proxy = c.ConfigurableHTTPProxy
+        assert proxy.auth_token == "p" * 64
+        assert "--max-old-space-size=1024" in proxy.command
+        assert proxy.command[2].endswith(
+            "node_modules/configurable-http-proxy/bin/configurable-http-proxy"
+        )
+        assert Path(proxy.command[2]).exists()
+        assert any(a.startswith("--proxy-timeout=") for a in proxy.command)
+        auth = c.WorkshopAuthenticator
+        assert auth.user_password == "room-password" and auth.admin_password == "A" * 40
+        assert auth.admin_users == {"organizer"}
+        assert c.ShipSpawner.cmd == ["/venv/bin/jupyterhub-singleuser"]
+        assert c.Spawner.start_timeout >= 300
+        assert (tmp_path / "volumes" / "vol-local-0003").is_dir()
+        assert "allow_named_servers" not in hub  # no projects configured
+    finally:
+        fleet.registry.close()
+
+
+def test_projects_become_named_servers(tmp_path: Path) -> None:
+    c = Config()
+    projects = {"intro": {"image": "ship-intro:1"}, "gpu-lab": {"image": "lab:2", "cmd": ["x"]}}
+    fleet = configure(c, write_settings(tmp_path, projects=projects))
+    fleet.registry.close()
+    assert c.ShipSpawner.projects == projects
+    assert c.JupyterHub.allow_named_servers is True
+    assert c.JupyterHub.named_server_limit_per_user == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"ships": "many"}, "'ships' must be a int, got str 'many'"),
+        ({"readyPercent": 120}, "'readyPercent' must be 0..100, got 120"),
+        ({"parameters": {"fleetSecret": "x"}}, "'parameters' lacks proxyToken, cookieSecret"),
+        ({"projects": {"intro": {"cmd": []}}}, "project 'intro' has no 'image'"),
+    ],
+)
+def test_bad_settings_name_the_key(tmp_path: Path, change: dict, message: str) -> None:
+    path = write_settings(tmp_path, **change)
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load(path)
+
+
+def test_missing_file_and_bad_cookie_secret_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="does not exist"):
+        load(tmp_path / "nope.json")
+    settings = load(write_settings(tmp_path))
+    (tmp_path / "secrets" / "cookie").write_text("not-hex")
+    with pytest.raises(SettingsError, match="cookieSecret must be hex"):
+        load_secrets(settings)
+
+
+def test_aws_settings_need_the_private_address() -> None:
+    data = json.loads(json.dumps({
+        "stack": "prod", "event": "e", "region": "eu-west-1", "ships": 3, "readyPercent": 90,
+        "adminUsers": [], "controlPort": 8700, "shipImage": "x",
+        "parameters": {"fleetSecret": "/a", "proxyToken": "/b", "cookieSecret": "/c",
+                       "sharedPassword": "/d"},
+    }))  # fmt: skip
+    with pytest.raises(SettingsError, match="no private address"):
+        parse(data, "")
+    settings = parse(data, "10.0.1.5")
+    assert settings.control_address == "10.0.1.5"
+    assert (settings.public_ip, settings.public_port, settings.is_local) == ("0.0.0.0", 80, False)

@@ -1,0 +1,134 @@
+"""`campfleet local`: the whole event on this machine, for tutorial authors and tests.
+
+Wraps campfleet.local.LocalEvent (hub, proxy, control API and N local ships on 127.0.0.1):
+shows ships by state until the readiness gate opens, prints the URL and passwords, then runs
+until Ctrl-C (or SIGTERM) and stops everything it started, leaving no process behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from campfleet.cli import CliError, console
+
+READY_LINE = "campfleet local is ready:"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "local",
+        help="run a whole event on 127.0.0.1: hub, proxy and local ships",
+        description="Start the mux (JupyterHub, proxy, control API) and N local ships on "
+        "127.0.0.1, wait until enough ships are available, print the URL and passwords, and "
+        "run until Ctrl-C, which stops everything.",
+    )
+    parser.add_argument("--ships", type=int, default=3, help="local ships (default 3)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="the event's port on 127.0.0.1 (default 8000; the next few are used too)",
+    )
+    parser.add_argument("--password", help="attendee password (default: a generated one)")
+    parser.add_argument("--admin", default="admin", help="admin user name (default admin)")
+    parser.add_argument(
+        "--state-dir",
+        default=".campfleet/local",
+        metavar="DIR",
+        help="where the hub database, ship volumes and logs live (default .campfleet/local)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=180.0,
+        metavar="SECONDS",
+        help="give up if the ships are not ready in time (default 180)",
+    )
+    parser.set_defaults(run=run)
+
+
+def _describe(counts: dict[str, int], ready: int, needed: int) -> str:
+    states = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()) if n)
+    return f"ships: {states or 'none reporting yet'} (ready {ready}/{needed})"
+
+
+def _wait_with_progress(event: Any, timeout: float) -> None:
+    con = console()
+    if not con.is_terminal:  # a log line per change, so piped output tells the story
+        last = [""]
+
+        def log(counts: dict[str, int], ready: int, needed: int) -> None:
+            line = _describe(counts, ready, needed)
+            if line != last[0]:
+                last[0] = line
+                print(line, flush=True)
+
+        event.wait_ready(progress=log, timeout=timeout)
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=con, transient=True) as progress:
+        task = progress.add_task("starting ships", total=None)
+
+        def show(counts: dict[str, int], ready: int, needed: int) -> None:
+            progress.update(
+                task, description=_describe(counts, ready, needed), completed=ready, total=needed
+            )
+
+        event.wait_ready(progress=show, timeout=timeout)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    from campfleet.local import LocalEvent, LocalEventError
+
+    # SIGTERM, or the terminal going away (SIGHUP), stops the event the same way as Ctrl-C:
+    # through the finally below.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _raise_interrupt)
+    try:
+        event = LocalEvent(
+            ships=args.ships,
+            port=args.port,
+            password=args.password,
+            admin=args.admin,
+            state_dir=Path(args.state_dir),
+        )
+    except LocalEventError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        event.start()
+        _wait_with_progress(event, args.timeout)
+        print(f"{READY_LINE} {event.url}", flush=True)
+        print(f"  attendee password: {event.password}  (any user name)", flush=True)
+        print(f"  admin: {event.admin}  password: {event.admin_password}", flush=True)
+        status = f"campfleet status --url {event.url.rstrip('/')} --token {event.api_token}"
+        print(f"  organizer: {status}", flush=True)
+        print(f"  logs: {event.log_dir}", flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+        threading.Event().wait()
+    except LocalEventError as exc:
+        raise CliError(str(exc)) from None
+    except KeyboardInterrupt:
+        print("stopping campfleet local ...", flush=True)
+    finally:
+        # A second Ctrl-C while stopping would abandon processes half-way: finish first.
+        for signum in (signal.SIGINT, *STOP_SIGNALS):
+            signal.signal(signum, signal.SIG_IGN)
+        event.stop()
+    print("stopped; no process left running", flush=True)
+    return 0

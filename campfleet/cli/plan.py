@@ -1,0 +1,399 @@
+"""`campfleet plan`: what a stack config creates, holds and costs — offline.
+
+Reviewers audit stack-config changes in pull requests without cloud credentials, so this runs
+the infra program in-process under Pulumi mocks (no CLI, no plugins, no AWS), counts resources
+and capacity, prices them from campfleet/data/aws.json and runs the policy checks. With
+`--base REF` it does the same for the stack file at that git ref and prints the difference,
+as a markdown block fit for a PR comment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.table import Table
+
+from campfleet.cli import (
+    CliError,
+    add_project_dir,
+    console,
+    evaluate_stack,
+    find_project_dir,
+    stack_values,
+    table_box,
+)
+from campfleet.needs import Needs, aws_data, needs_for
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One stack's plan; `exists=False` is the empty base of a stack file new in a change."""
+
+    stack: str
+    exists: bool
+    region: str
+    price_region: str
+    ships: int = 0
+    vcpus: int = 0
+    memory_gib: float = 0.0
+    ebs_gib: int = 0
+    resources: dict[str, int] = field(default_factory=dict)
+    cost_lines: list[tuple[str, float]] = field(default_factory=list)  # (item, USD/hour)
+    findings: list[str] = field(default_factory=list)
+    mandatory_findings: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def cost_per_hour(self) -> float:
+        return sum(usd for _, usd in self.cost_lines)
+
+    def to_json(self) -> dict[str, Any]:
+        hours = aws_data()["eventDayHours"]
+        return {
+            "stack": self.stack,
+            "exists": self.exists,
+            "region": self.region,
+            "priceRegion": self.price_region,
+            "pricesReadOn": aws_data()["prices"]["readOn"],
+            "ships": self.ships,
+            "vcpus": self.vcpus,
+            "memoryGiB": self.memory_gib,
+            "ebsGiB": self.ebs_gib,
+            "resources": dict(sorted(self.resources.items())),
+            "costPerHourUsd": round(self.cost_per_hour, 6),
+            "costPerDayUsd": round(self.cost_per_hour * 24, 6),
+            "costPerEventDayUsd": round(self.cost_per_hour * hours, 6),
+            "eventDayHours": hours,
+            "costLines": [
+                {"item": item, "usdPerHour": round(usd, 6)} for item, usd in self.cost_lines
+            ],
+            "policyFindings": self.findings,
+            "notes": self.notes,
+        }
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "plan",
+        help="offline: resources, capacity, cost and policy findings of a stack config",
+        description="Evaluate the Pulumi program in-process under mocks (no credentials, no "
+        "Pulumi CLI) and report resources by type, capacity, estimated cost and policy findings.",
+    )
+    parser.add_argument("--stack", required=True, help="stack name (reads Pulumi.<stack>.yaml)")
+    parser.add_argument(
+        "--base",
+        metavar="GIT_REF",
+        help="also plan the stack file at this git ref and show the difference",
+    )
+    parser.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 when a mandatory policy is violated"
+    )
+    parser.add_argument(
+        "--max-ships",
+        type=int,
+        metavar="N",
+        help="ship-count ceiling for the policy check (default: the policy pack's)",
+    )
+    add_project_dir(parser)
+    parser.set_defaults(run=run)
+
+
+def price_table(region: str) -> tuple[str, dict[str, Any]]:
+    """(region priced, its table); the fallback region's when the data file lacks `region`."""
+    prices = aws_data()["prices"]
+    if region in prices["regions"]:
+        return region, prices["regions"][region]
+    fallback = prices["fallbackRegion"]
+    return fallback, prices["regions"][fallback]
+
+
+def cost_lines(needs: Needs, table: dict[str, Any]) -> list[tuple[str, float]]:
+    """Hourly on-demand cost per item: instances, EBS, public IPv4, NAT, interface endpoints."""
+    hours_per_month = aws_data()["hoursPerMonth"]
+    lines: list[tuple[str, float]] = []
+    for itype, count in sorted(needs.instances.items()):
+        price = table["ec2UsdPerHour"].get(itype)
+        if price is None:
+            raise CliError(
+                f"instance type {itype!r} has no price in campfleet/data/aws.json; add it"
+            )
+        lines.append((f"EC2 {itype} x {count}", price * count))
+    for vtype, gib in sorted(needs.ebs_gib.items()):
+        per_month = table["ebsUsdPerGBMonth"].get(vtype)
+        if per_month is None:
+            raise CliError(f"EBS volume type {vtype!r} has no price in campfleet/data/aws.json")
+        lines.append((f"EBS {vtype} {gib:,} GiB", per_month * gib / hours_per_month))
+    if needs.elastic_ips:
+        lines.append(
+            (
+                f"public IPv4 (Elastic IP) x {needs.elastic_ips}",
+                table["publicIpv4UsdPerHour"] * needs.elastic_ips,
+            )
+        )
+    if needs.nat_gateways:
+        lines.append(
+            (
+                f"NAT gateway x {needs.nat_gateways} (+ per GB processed)",
+                table["natGatewayUsdPerHour"] * needs.nat_gateways,
+            )
+        )
+    if needs.interface_endpoint_azs:
+        lines.append(
+            (
+                f"interface endpoint-AZs x {needs.interface_endpoint_azs} (+ per GB)",
+                table["interfaceEndpointUsdPerHourPerAz"] * needs.interface_endpoint_azs,
+            )
+        )
+    return lines
+
+
+def summarize(
+    project_dir: Path, stack: str, values: dict[str, Any], max_ships: int | None
+) -> Summary:
+    from campfleet import policies
+
+    evaluation = evaluate_stack(project_dir, stack, values)
+    needs = needs_for(evaluation)
+    region = str(values.get("aws:region") or "")
+    notes = list(needs.notes)
+    if not region:
+        region = aws_data()["prices"]["fallbackRegion"]
+        notes.append(f"the stack file sets no aws:region; priced as {region}")
+    price_region, table = price_table(region)
+    if price_region != region:
+        notes.append(
+            f"campfleet/data/aws.json has no prices for {region}; showing {price_region} prices"
+        )
+    findings = policies.check(
+        evaluation, max_ships=policies.DEFAULT_MAX_SHIPS if max_ships is None else max_ships
+    )
+    return Summary(
+        stack=stack,
+        exists=True,
+        region=region,
+        price_region=price_region,
+        ships=needs.ships,
+        vcpus=needs.vcpus,
+        memory_gib=needs.memory_gib,
+        ebs_gib=needs.total_ebs_gib,
+        resources=evaluation.counts(),
+        cost_lines=cost_lines(needs, table),
+        findings=[str(f) for f in findings],
+        mandatory_findings=sum(1 for f in findings if f.level == "mandatory"),
+        notes=notes,
+    )
+
+
+def _git(project_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=project_dir, capture_output=True, text=True, timeout=30
+        )
+    except FileNotFoundError:
+        raise CliError("--base needs git, and git is not on PATH") from None
+
+
+def base_values(project_dir: Path, stack: str, ref: str) -> dict[str, Any] | None:
+    """The stack file's `config:` at `ref`, or None when the file did not exist there."""
+    if _git(project_dir, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").returncode:
+        raise CliError(f"--base {ref}: not a commit in the git repository at {project_dir}")
+    shown = _git(project_dir, "show", f"{ref}:./Pulumi.{stack}.yaml")
+    if shown.returncode:
+        return None
+    try:
+        doc = yaml.safe_load(shown.stdout) or {}
+    except yaml.YAMLError:
+        raise CliError(f"--base {ref}: Pulumi.{stack}.yaml there is not valid YAML") from None
+    config = doc.get("config", {}) if isinstance(doc, dict) else None
+    if not isinstance(config, dict):
+        raise CliError(f"--base {ref}: Pulumi.{stack}.yaml there has no `config:` mapping")
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    project_dir = find_project_dir(args.project_dir)
+    head_values = stack_values(project_dir, args.stack)
+    head = summarize(project_dir, args.stack, head_values, args.max_ships)
+    base: Summary | None = None
+    if args.base:
+        values = base_values(project_dir, args.stack, args.base)
+        if values is None:
+            base = Summary(
+                stack=args.stack, exists=False, region=head.region, price_region=head.price_region
+            )
+        else:
+            try:
+                base = summarize(project_dir, args.stack, values, args.max_ships)
+            except CliError as exc:
+                raise CliError(
+                    f"the stack config at --base {args.base} is not valid:", *exc.lines
+                ) from None
+    if args.format == "json":
+        out = head.to_json()
+        if base is not None:
+            out["base"] = {"ref": args.base, **base.to_json()}
+            out["change"] = _change(base, head)
+        print(json.dumps(out, indent=2))
+    elif args.format == "markdown":
+        print(markdown(head, base, args.base))
+    else:
+        print_text(head, base, args.base)
+    if args.strict and head.mandatory_findings:
+        return 1
+    return 0
+
+
+_METRICS = (
+    ("ships", "ships", "{:,.0f}"),
+    ("vcpus", "vCPUs", "{:,.0f}"),
+    ("memory_gib", "memory GiB", "{:,.0f}"),
+    ("ebs_gib", "EBS GiB", "{:,.0f}"),
+    ("cost_per_hour", "cost USD/hour", "{:,.2f}"),
+    ("cost_per_day", "cost USD/day (24 h)", "{:,.2f}"),
+    ("cost_per_event_day", "cost USD/event-day", "{:,.2f}"),
+)
+
+
+def _metric(summary: Summary, attr: str) -> float:
+    hours = {"cost_per_day": 24, "cost_per_event_day": aws_data()["eventDayHours"]}
+    if attr in hours:
+        return summary.cost_per_hour * hours[attr]
+    return float(getattr(summary, attr))
+
+
+def _signed(value: float, fmt: str) -> str:
+    text = fmt.format(abs(value))
+    if round(value, 2) == 0:
+        return "0"
+    return ("+" if value > 0 else "-") + text
+
+
+def _change(base: Summary, head: Summary) -> dict[str, Any]:
+    types = sorted(set(base.resources) | set(head.resources))
+    return {
+        "ships": head.ships - base.ships,
+        "vcpus": head.vcpus - base.vcpus,
+        "memoryGiB": head.memory_gib - base.memory_gib,
+        "ebsGiB": head.ebs_gib - base.ebs_gib,
+        "costPerHourUsd": round(head.cost_per_hour - base.cost_per_hour, 6),
+        "resources": {
+            t: head.resources.get(t, 0) - base.resources.get(t, 0)
+            for t in types
+            if head.resources.get(t, 0) != base.resources.get(t, 0)
+        },
+    }
+
+
+def _footer(head: Summary) -> list[str]:
+    prices = aws_data()["prices"]
+    lines = [
+        f"Estimated on-demand cost in {head.price_region}, prices read {prices['readOn']} "
+        f"(campfleet/data/aws.json; sources: {', '.join(prices['sources'].values())}). "
+        f"Event-day = {aws_data()['eventDayHours']} h. Data transfer and per-GB charges "
+        "not included."
+    ]
+    return lines + [f"Note: {note}" for note in head.notes]
+
+
+MAX_FINDINGS_SHOWN = 20
+
+
+def _shown_findings(head: Summary) -> list[str]:
+    """The first findings, then a count of the rest (a PR comment must stay readable)."""
+    shown = head.findings[:MAX_FINDINGS_SHOWN]
+    rest = len(head.findings) - len(shown)
+    return shown + ([f"... and {rest} more (--format json lists all)"] if rest else [])
+
+
+def markdown(head: Summary, base: Summary | None, ref: str | None) -> str:
+    """A markdown block fit for a pull-request comment."""
+    out = [f"### campfleet plan: stack `{head.stack}`" + (f" vs `{ref}`" if ref else "")]
+    if base is not None and not base.exists:
+        out.append(f"\nPulumi.{head.stack}.yaml did not exist at `{ref}`: the base is empty.")
+    if base is None:
+        out += ["", "| | this config |", "|---|---:|"]
+        for attr, label, fmt in _METRICS:
+            out.append(f"| {label} | {fmt.format(_metric(head, attr))} |")
+    else:
+        out += ["", f"| | base (`{ref}`) | this change | change |", "|---|---:|---:|---:|"]
+        for attr, label, fmt in _METRICS:
+            b, h = _metric(base, attr), _metric(head, attr)
+            out.append(f"| {label} | {fmt.format(b)} | {fmt.format(h)} | {_signed(h - b, fmt)} |")
+    out += ["", "<details><summary>Resources by type</summary>", ""]
+    types = sorted(set(head.resources) | set(base.resources if base else {}))
+    if base is None:
+        out += ["| type | count |", "|---|---:|"]
+        out += [f"| `{t}` | {head.resources[t]} |" for t in types]
+    else:
+        out += ["| type | base | this change | change |", "|---|---:|---:|---:|"]
+        for t in types:
+            b, h = base.resources.get(t, 0), head.resources.get(t, 0)
+            out.append(f"| `{t}` | {b} | {h} | {_signed(h - b, '{:,.0f}')} |")
+    out += ["", "</details>", "", "**Cost per hour**", "", "| item | USD/hour |", "|---|---:|"]
+    out += [f"| {item} | {usd:,.4f} |" for item, usd in head.cost_lines]
+    out += ["", "**Policy**", ""]
+    if head.findings:
+        out.append(f"{len(head.findings)} violation(s):")
+        out += [f"- :x: {line}" for line in _shown_findings(head)]
+    else:
+        out.append("- :white_check_mark: every policy passes")
+    out += [""] + [f"<sub>{line}</sub>" for line in _footer(head)]
+    return "\n".join(out)
+
+
+def print_text(head: Summary, base: Summary | None, ref: str | None) -> None:
+    con = console()
+    style = table_box(con)
+    con.print(f"campfleet plan: stack {head.stack}, region {head.region}", markup=False)
+    if base is not None and not base.exists:
+        con.print(f"Pulumi.{head.stack}.yaml did not exist at {ref}: the base is empty.")
+    capacity = Table(title="capacity and cost", box=style, title_justify="left")
+    capacity.add_column("")
+    if base is not None:
+        capacity.add_column(f"base ({ref})", justify="right")
+    capacity.add_column("this config", justify="right")
+    if base is not None:
+        capacity.add_column("change", justify="right")
+    for attr, label, fmt in _METRICS:
+        h = _metric(head, attr)
+        if base is None:
+            capacity.add_row(label, fmt.format(h))
+        else:
+            b = _metric(base, attr)
+            capacity.add_row(label, fmt.format(b), fmt.format(h), _signed(h - b, fmt))
+    con.print(capacity)
+
+    resources = Table(title="resources by type", box=style, title_justify="left")
+    resources.add_column("type")
+    resources.add_column("count", justify="right")
+    if base is not None:
+        resources.add_column("change", justify="right")
+    for t in sorted(set(head.resources) | set(base.resources if base else {})):
+        row = [t, str(head.resources.get(t, 0))]
+        if base is not None:
+            row.append(_signed(head.resources.get(t, 0) - base.resources.get(t, 0), "{:,.0f}"))
+        resources.add_row(*row)
+    con.print(resources)
+
+    cost = Table(title="cost per hour", box=style, title_justify="left")
+    cost.add_column("item")
+    cost.add_column("USD/hour", justify="right")
+    for item, usd in head.cost_lines:
+        cost.add_row(item, f"{usd:,.4f}")
+    con.print(cost)
+
+    if head.findings:
+        con.print(f"policy: {len(head.findings)} violation(s)", markup=False)
+        for line in _shown_findings(head):
+            con.print(f"  {line}", markup=False, soft_wrap=True)
+    else:
+        con.print("policy: every policy passes", markup=False)
+    for line in _footer(head):
+        con.print(line, markup=False, soft_wrap=True)

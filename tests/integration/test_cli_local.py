@@ -1,0 +1,239 @@
+"""`campfleet local` as a user runs it: a subprocess that reaches the ready line, serves a
+login, and on SIGINT stops with no process of its own left behind (checked in /proc)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from campfleet.local import find_free_port
+
+CAMPFLEET = Path(sys.executable).parent / "campfleet"
+READY = "campfleet local is ready:"
+
+pytestmark = pytest.mark.slow
+
+
+def _children() -> dict[int, int]:
+    """pid -> parent pid of every process visible in /proc."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # the command name may hold spaces/parens: the fields after the last ')' are fixed
+        out[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return out
+
+
+def descendants(pid: int) -> set[int]:
+    parents = _children()
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def mentioning(text: str) -> set[int]:
+    """Live processes whose command line mentions `text` (catches re-parented leftovers)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmdline and int(entry.name) != os.getpid():
+                found.add(int(entry.name))
+    return found
+
+
+class Lines:
+    """Reads a pipe in a thread so the test can wait for a line with a deadline."""
+
+    def __init__(self, stream) -> None:
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream) -> None:
+        for line in stream:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, prefix: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                raise AssertionError(f"exited before {prefix!r}; output: {self.seen}")
+            self.seen.append(line)
+            if line.startswith(prefix):
+                return line
+        raise AssertionError(f"no {prefix!r} within {timeout}s; output: {self.seen}")
+
+
+def _run(tmp_path: Path, port: int, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            str(CAMPFLEET),
+            "local",
+            "--ships",
+            "2",
+            "--port",
+            str(port),
+            "--password",
+            "let-me-in-please",
+            "--admin",
+            "boss",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--timeout",
+            "150",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+
+
+def test_local_event_serves_a_login_and_stops_clean_on_sigint(tmp_path: Path) -> None:
+    if not CAMPFLEET.exists():
+        pytest.skip("campfleet console script not installed in this environment")
+    port = find_free_port(2)
+    proc = _run(tmp_path, port)
+    out = Lines(proc.stdout)
+    try:
+        ready = out.wait_for(READY, timeout=200)
+        url = ready.split(READY, 1)[1].strip()
+        assert url == f"http://127.0.0.1:{port}/"
+        assert out.wait_for("  attendee password:", 5).split()[2] == "let-me-in-please"
+        assert out.wait_for("  admin:", 5).split()[1] == "boss"
+        organizer = out.wait_for("  organizer: campfleet status", 5).split("organizer: ", 1)[1]
+        running = descendants(proc.pid)
+        assert running, "campfleet local started no processes"
+
+        # the printed organizer line works as is
+        status = subprocess.run(
+            [str(CAMPFLEET), *organizer.split()[1:]], capture_output=True, text=True, timeout=30
+        )
+        assert status.returncode == 0, status.stderr
+        assert f"http://127.0.0.1:{port}" in status.stdout
+
+        with requests.Session() as web:
+            form = web.get(f"{url}hub/login", timeout=10)
+            assert form.status_code == 200
+            xsrf = re.search(r'name="_xsrf"\s+value="([^"]+)"', form.text)
+            data = {"username": "alice", "password": "let-me-in-please"}
+            if xsrf:
+                data["_xsrf"] = xsrf.group(1)
+            login = web.post(f"{url}hub/login", data=data, allow_redirects=False, timeout=30)
+            assert login.status_code == 302, login.text[:500]
+            assert "login" not in login.headers["Location"]
+            home = web.get(f"{url}hub/home", timeout=30)
+            assert home.status_code == 200
+            assert "alice" in home.text
+            bad = requests.post(
+                f"{url}hub/login",
+                data={
+                    "username": "mallory",
+                    "password": "wrong",
+                    **({"_xsrf": xsrf.group(1)} if xsrf else {}),
+                },
+                cookies=form.cookies,
+                allow_redirects=False,
+                timeout=30,
+            )
+            assert bad.status_code != 302 or "login" in bad.headers.get("Location", "")
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+        out.wait_for("stopped; no process left running", 5)
+        time.sleep(0.5)
+        left = {pid for pid in running if alive(pid)} | mentioning(str(tmp_path / "state"))
+        assert not left, f"processes left after SIGINT: {left}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
+    if not CAMPFLEET.exists():
+        pytest.skip("campfleet console script not installed in this environment")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = _run(tmp_path, port)
+        try:
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("campfleet: ")
+    assert str(port) in lines[0] and "in use" in lines[0]
+    assert "Traceback" not in err
+    assert not mentioning(str(tmp_path / "state"))
+
+
+def test_second_run_after_a_crash_starts_clean(tmp_path: Path) -> None:
+    if not CAMPFLEET.exists():
+        pytest.skip("campfleet console script not installed in this environment")
+    port = find_free_port(2)
+    crashed = _run(tmp_path, port)
+    again = None
+    try:
+        Lines(crashed.stdout).wait_for(READY, timeout=200)
+        orphans = descendants(crashed.pid)
+        crashed.kill()  # no clean-up at all: hub, proxy and ships are orphaned
+        crashed.wait(timeout=10)
+        assert any(alive(pid) for pid in orphans)
+
+        again = _run(tmp_path, port)
+        out = Lines(again.stdout)
+        assert out.wait_for(READY, timeout=200).endswith(f"http://127.0.0.1:{port}/")
+        assert not any(alive(pid) for pid in orphans), "the crashed run's processes survived"
+        running = descendants(again.pid)
+        again.send_signal(signal.SIGINT)
+        assert again.wait(timeout=60) == 0, again.stderr.read()
+        time.sleep(0.5)
+        left = {pid for pid in running if alive(pid)} | mentioning(str(tmp_path / "state"))
+        assert not left, f"processes left after SIGINT: {left}"
+    finally:
+        for proc in (crashed, again):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)

@@ -1,0 +1,61 @@
+"""The `campfleet` entry point: subcommands, usage errors, project discovery."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from rich import box
+from rich.console import Console
+
+from campfleet.cli import CliError, console, find_project_dir, main, table_box
+
+
+def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("local", "preflight", "plan", "status", "redeploy"):
+        assert re.search(rf"^ +{command}\b", out, re.MULTILINE), command
+
+
+def test_no_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "usage: campfleet" in err
+    assert "the following arguments are required: COMMAND" in err
+
+
+def test_plan_requires_a_stack(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan"]) == 2
+    assert "the following arguments are required: --stack" in capsys.readouterr().err
+
+
+def test_project_dir_is_found_upwards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "Pulumi.yaml").write_text("name: campfleet\n")
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    assert find_project_dir(None) == tmp_path.resolve()
+    assert find_project_dir(str(tmp_path)) == tmp_path.resolve()
+    with pytest.raises(CliError, match=r"--project-dir .*/a: no Pulumi.yaml there"):
+        find_project_dir(str(tmp_path / "a"))
+
+
+def _render(con: Console) -> str:
+    with con.capture() as captured:
+        con.print("[bold red]alert[/]")
+    return captured.get()
+
+
+def test_console_is_plain_when_piped_and_honours_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    piped = console()
+    assert not piped.is_terminal
+    assert _render(piped) == "alert\n"
+    assert table_box(piped) is box.ASCII
+    monkeypatch.setenv("FORCE_COLOR", "1")  # as if on a terminal
+    assert "\x1b[1;31m" in _render(console())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert _render(console()) == "\x1b[1malert\x1b[0m\n"  # bold stays, colour goes

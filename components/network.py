@@ -9,6 +9,7 @@ docs/network.md (one NAT gateway, or VPC endpoints only).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import pulumi
@@ -173,33 +174,26 @@ class Network(pulumi.ComponentResource):
             opts=child,
         )
 
-        def ingress(
-            rule: str, group: aws.ec2.SecurityGroup, ports: tuple[int, int], **source: object
+        def rule(
+            kind: type[aws.vpc.SecurityGroupIngressRule] | type[aws.vpc.SecurityGroupEgressRule],
+            name: str,
+            group: aws.ec2.SecurityGroup,
+            ports: tuple[int, int],
+            **peer: object,
         ) -> None:
-            aws.vpc.SecurityGroupIngressRule(
-                label(rule),
+            kind(
+                label(name),
                 security_group_id=group.id,
                 ip_protocol="tcp",
                 from_port=ports[0],
                 to_port=ports[1],
-                tags=tags(rule),
+                tags=tags(name),
                 opts=child,
-                **source,
+                **peer,
             )
 
-        def egress(
-            rule: str, group: aws.ec2.SecurityGroup, ports: tuple[int, int], **target: object
-        ) -> None:
-            aws.vpc.SecurityGroupEgressRule(
-                label(rule),
-                security_group_id=group.id,
-                ip_protocol="tcp",
-                from_port=ports[0],
-                to_port=ports[1],
-                tags=tags(rule),
-                opts=child,
-                **target,
-            )
+        ingress = functools.partial(rule, aws.vpc.SecurityGroupIngressRule)
+        egress = functools.partial(rule, aws.vpc.SecurityGroupEgressRule)
 
         for index, cidr in enumerate(args.allowed_cidrs):
             for port in WEB_PORTS:

@@ -8,9 +8,13 @@ AWS error) into one clear line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from rich import box
 from rich.console import Console
@@ -86,6 +90,24 @@ def stack_values(project_dir: Path, stack: str) -> dict[str, Any]:
         raise CliError(*str(exc).splitlines()) from None
 
 
+@contextmanager
+def _ctrl_c_exits_at_once() -> Iterator[None]:
+    """Ctrl-C ends the process with 130 at once.
+
+    The Pulumi SDK catches KeyboardInterrupt inside its resource callbacks, so an interrupt
+    during an evaluation was ignored (or left the run waiting on an output that never
+    resolved). The evaluation only builds objects in memory, so exiting at once loses nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda _sig, _frame: os._exit(130))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def evaluate_stack(project_dir: Path, stack: str, values: dict[str, Any]) -> Any:
     """Run the infra program in-process under mocks; a bad config becomes a CliError."""
     _on_path(project_dir)
@@ -93,7 +115,8 @@ def evaluate_stack(project_dir: Path, stack: str, values: dict[str, Any]) -> Any
     from components.config import ConfigError
 
     try:
-        return evaluate(project_dir, stack, values)
+        with _ctrl_c_exits_at_once():
+            return evaluate(project_dir, stack, values)
     except ConfigError as exc:
         raise CliError(*str(exc).splitlines()) from None
 
@@ -120,7 +143,7 @@ def _error(lines: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `campfleet` console script; returns the exit status."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     from campfleet.needs import DataError
 
@@ -140,6 +163,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClientError as exc:
         err = exc.response.get("Error", {})
         _error([f"AWS refused {exc.operation_name}: {err.get('Code')}: {err.get('Message')}"])
+        return 2
+    except NoCredentialsError:
+        _error(
+            [
+                "no AWS credentials: run `aws configure` or `aws sso login`, or set AWS_PROFILE "
+                "or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (`campfleet plan` needs none)"
+            ]
+        )
         return 2
     except BotoCoreError as exc:
         _error([f"AWS: {exc}"])

@@ -18,7 +18,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from campfleet.cli import CliError, console
 
 READY_LINE = "campfleet local is ready:"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+# SIGINT too: a shell that starts a job in the background hands it SIGINT ignored, and Python
+# then installs no Ctrl-C handler of its own; the event must stop all the same.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def register(subparsers: Any) -> None:
@@ -96,8 +98,7 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from campfleet.local import LocalEvent, LocalEventError
 
-    # SIGTERM, or the terminal going away (SIGHUP), stops the event the same way as Ctrl-C:
-    # through the finally below.
+    # Ctrl-C, SIGTERM or the terminal going away (SIGHUP) stop the event through the finally below.
     for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_interrupt)
     try:
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         event.start()
         _wait_with_progress(event, args.timeout)
         print(f"{READY_LINE} {event.url}", flush=True)
-        print(f"  attendee password: {event.password}  (any user name)", flush=True)
+        print(f"  attendee password: {event.password}  (any new user name)", flush=True)
         print(f"  admin: {event.admin}  password: {event.admin_password}", flush=True)
         status = f"campfleet status --url {event.url.rstrip('/')} --token {event.api_token}"
         print(f"  organizer: {status}", flush=True)
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         print("stopping campfleet local ...", flush=True)
     finally:
         # A second Ctrl-C while stopping would abandon processes half-way: finish first.
-        for signum in (signal.SIGINT, *STOP_SIGNALS):
+        for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
         event.stop()
     print("stopped; no process left running", flush=True)

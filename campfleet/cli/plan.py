@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,21 +193,36 @@ def summarize(
 
 
 def _git(project_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """git with English messages (base_values tells a missing file from a failure by them)."""
     try:
         return subprocess.run(
-            ["git", *args], cwd=project_dir, capture_output=True, text=True, timeout=30
+            ["git", *args],
+            cwd=project_dir,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "LC_ALL": "C"},
         )
     except FileNotFoundError:
         raise CliError("--base needs git, and git is not on PATH") from None
 
 
 def base_values(project_dir: Path, stack: str, ref: str) -> dict[str, Any] | None:
-    """The stack file's `config:` at `ref`, or None when the file did not exist there."""
+    """The stack file's `config:` at `ref`, or None when the file did not exist there.
+
+    Any other git failure is an error: an empty base would make the diff claim the whole
+    stack is new.
+    """
+    if _git(project_dir, "rev-parse", "--git-dir").returncode:
+        raise CliError(f"--base {ref}: {project_dir} is not in a git repository; drop --base")
     if _git(project_dir, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").returncode:
         raise CliError(f"--base {ref}: not a commit in the git repository at {project_dir}")
     shown = _git(project_dir, "show", f"{ref}:./Pulumi.{stack}.yaml")
     if shown.returncode:
-        return None
+        if "does not exist in" in shown.stderr or "exists on disk, but not in" in shown.stderr:
+            return None
+        reason = (shown.stderr.strip().splitlines() or ["no reason given"])[0]
+        raise CliError(f"--base {ref}: git could not read Pulumi.{stack}.yaml there: {reason}")
     try:
         doc = yaml.safe_load(shown.stdout) or {}
     except yaml.YAMLError:

@@ -81,14 +81,18 @@ def _connection(args: argparse.Namespace) -> Mux:
     url = (args.url or os.environ.get("CAMPFLEET_URL", "")).strip().rstrip("/")
     token = (args.token or os.environ.get("CAMPFLEET_TOKEN", "")).strip()
     if not url:
-        raise CliError("no mux URL: pass --url https://<mux> or set CAMPFLEET_URL")
+        raise CliError(
+            "no mux URL: pass --url (the stack's muxUrl output, e.g. http://203.0.113.7) "
+            "or set CAMPFLEET_URL"
+        )
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise CliError(f"--url {url!r} is not an http(s) URL: use e.g. https://mux.example.org")
+        raise CliError(f"--url {url!r} is not an http(s) URL: use e.g. http://mux.example.org")
     if not token:
         raise CliError(
             f"no API token: pass --token or set CAMPFLEET_TOKEN "
-            f"(an admin makes one at {url}/hub/token)"
+            f"(an admin makes one at {url}/hub/token; on AWS it is the SSM parameter "
+            "/campfleet/<stack>/api-token)"
         )
     return Mux(url, token)
 
@@ -207,6 +211,8 @@ def run_redeploy(args: argparse.Namespace) -> int:
         batch = check_batch(args.batch)
     except RedeployError as e:
         raise CliError(str(e)) from None
+    if not 0.1 <= args.interval <= 60:  # checked before the rollout starts, not mid-way
+        raise CliError(f"--interval must be from 0.1 to 60 seconds, got {args.interval:g}")
     mux = _connection(args)
     rollout = mux.call("POST", "/redeploy", {"image": image, "batch": batch})
     con = console()

@@ -71,7 +71,7 @@ def test_progress_ready_lines_and_clean_stop(
         "ships: available 1, booting 1 (ready 1/2)",
         "ships: available 2 (ready 2/2)",
         "campfleet local is ready: http://127.0.0.1:8123/",
-        "  attendee password: generated-pw  (any user name)",
+        "  attendee password: generated-pw  (any new user name)",
         "  admin: admin  password: admin-pw",
         "  organizer: campfleet status --url http://127.0.0.1:8123 --token tok",
         f"  logs: {tmp_path / 'logs'}",

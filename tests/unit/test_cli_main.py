@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,8 @@ from rich import box
 from rich.console import Console
 
 from campfleet.cli import CliError, console, find_project_dir, main, table_box
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
@@ -59,3 +64,32 @@ def test_console_is_plain_when_piped_and_honours_no_color(monkeypatch: pytest.Mo
     assert "\x1b[1;31m" in _render(console())
     monkeypatch.setenv("NO_COLOR", "1")
     assert _render(console()) == "\x1b[1malert\x1b[0m\n"  # bold stays, colour goes
+
+
+def test_ctrl_c_during_an_evaluation_exits_130_at_once(tmp_path: Path) -> None:
+    """The Pulumi SDK swallows KeyboardInterrupt in its callbacks; the fake evaluation below
+    does the same, so only the CLI's own SIGINT handling can end the run with 130."""
+    script = tmp_path / "interrupted.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, signal, sys, time
+            import campfleet.evaluate
+            from campfleet.cli import main
+
+            def swallowing_evaluate(*args, **kwargs):
+                try:
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(5)
+                except KeyboardInterrupt:
+                    pass
+                print("interrupt ignored")
+                sys.exit(0)
+
+            campfleet.evaluate.evaluate = swallowing_evaluate
+            sys.exit(main(["plan", "--stack", "dev", "--project-dir", {str(ROOT)!r}]))
+            """
+        )
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", "")

@@ -307,3 +307,14 @@ def test_instance_type_missing_from_the_data_file_is_one_clear_error(
         "add its vCPUs, memory and prices, or pick one of: c5.large, "
     )
     assert err.count("\n") == 1
+
+
+def test_base_outside_a_git_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    copy = tmp_path / "project"
+    shutil.copytree(ROOT, copy, ignore=IGNORE)
+    argv = ["plan", "--stack", "dev", "--project-dir", str(copy), "--base", "main"]
+    code, out, err = run(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert err == f"campfleet: --base main: {copy} is not in a git repository; drop --base\n"

@@ -291,7 +291,10 @@ def test_no_credentials_is_exit_2_without_reaching_aws(
     code = main(["preflight", "--stack", "dev", "--project-dir", str(ROOT)])
     _out, err = capsys.readouterr()
     assert code == 2
-    assert err.strip() == "campfleet: AWS: Unable to locate credentials"
+    assert err.strip() == (
+        "campfleet: no AWS credentials: run `aws configure` or `aws sso login`, or set "
+        "AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (`campfleet plan` needs none)"
+    )
 
 
 def test_region_comes_from_flag_then_stack_then_environment(

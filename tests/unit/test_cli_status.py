@@ -76,18 +76,24 @@ async def test_status_shows_gate_zones_attendees_failures_and_rejections(hub: Hu
 async def test_status_and_redeploy_fail_with_one_clear_line(hub: Hub) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     cases = [
-        (("status",), {}, "campfleet: no mux URL: pass --url https://<mux> or set CAMPFLEET_URL"),
+        (
+            ("status",),
+            {},
+            "campfleet: no mux URL: pass --url (the stack's muxUrl output, "
+            "e.g. http://203.0.113.7) or set CAMPFLEET_URL",
+        ),
         (
             ("status", "--url", hub.url),
             {},
             "campfleet: no API token: pass --token or set CAMPFLEET_TOKEN "
-            f"(an admin makes one at {hub.url}/hub/token)",
+            f"(an admin makes one at {hub.url}/hub/token; on AWS it is the SSM parameter "
+            "/campfleet/<stack>/api-token)",
         ),
         (
             ("status", "--url", "mux.example.org", "--token", "t"),
             {},
             "campfleet: --url 'mux.example.org' is not an http(s) URL: "
-            "use e.g. https://mux.example.org",
+            "use e.g. http://mux.example.org",
         ),
         (
             ("status", "--url", closed, "--token", "t"),
@@ -117,6 +123,11 @@ async def test_status_and_redeploy_fail_with_one_clear_line(hub: Hub) -> None:
             ("redeploy", "--image", NEW, "--batch", "0", "--url", hub.url),
             {},
             "campfleet: batch must be a whole number from 1 to 1000, got 0",
+        ),
+        (
+            ("redeploy", "--image", NEW, "--interval", "-1", "--url", hub.url),
+            {},
+            "campfleet: --interval must be from 0.1 to 60 seconds, got -1",
         ),
         (
             ("redeploy", "--image", NEW, "--url", hub.url, "--token", hub.reader_token),

@@ -62,14 +62,27 @@ def _listening(port: int) -> bool:
 
 
 def find_free_port(ships: int) -> int:
-    """A base port whose event ports (P..P+3) and every ship's first port are free."""
+    """A base port whose event ports (P..P+3) and every ship's port block are free.
+
+    Picked below the kernel's ephemeral range, so that no outbound connection's source port
+    can take a ship's (project) port after this check.
+    """
+    top = _ephemeral_low() - SHIP_PORT_OFFSET - PORTS_PER_SHIP * (ships + 1)
     for _ in range(200):
-        port = random.randrange(20000, 50000, 10)
+        port = random.randrange(10000, max(top, 10010), 10)
         wanted = [*range(port, port + 4)]
-        wanted += [port + SHIP_PORT_OFFSET + PORTS_PER_SHIP * i for i in range(ships)]
+        wanted += range(port + SHIP_PORT_OFFSET, port + SHIP_PORT_OFFSET + PORTS_PER_SHIP * ships)
         if all(_port_free(p) for p in wanted):
             return port
     raise LocalEventError("no free block of ports on 127.0.0.1; stop other events")
+
+
+def _ephemeral_low() -> int:
+    """First port of the kernel's ephemeral (outbound source) range; Linux default 32768."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _alive(pid: int) -> bool:
@@ -264,10 +277,12 @@ class LocalEvent:
 
     def _secret(self, name: str, make: Callable[[], str], given: Optional[str] = None) -> str:
         path = self.state_dir / "secrets" / name
-        if given is not None:
-            path.write_text(given)
-        elif not path.exists():
-            path.write_text(make())
+        path.parent.chmod(0o700)
+        if given is not None or not path.exists():
+            # Created owner-only: never readable by others, not even between write and chmod.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(given if given is not None else make())
         path.chmod(0o600)
         return path.read_text().strip()
 

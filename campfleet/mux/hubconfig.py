@@ -99,6 +99,8 @@ def proxy_command() -> list[str]:
 def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
     """The Fleet for this hub: registry on disk, the right cloud, the control API."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    # Owner only: the registry holds each attendee server's hub API token (its desired env).
+    settings.state_dir.chmod(0o700)
     registry = Registry(settings.state_dir / "registry.sqlite")
     cloud: Cloud
     if settings.local:

@@ -26,6 +26,7 @@ SECRET_NAMES = (
     "apiToken",
 )
 IMDS = "http://169.254.169.254/latest"
+MIN_SECRET_CHARS = 32  # fleetSecret, proxyToken: openssl rand -hex 16 at the least
 MAX_PROJECTS = 9  # ship ports port_base .. port_base + 9 (8888-8897 on AWS)
 
 
@@ -241,6 +242,13 @@ def load_secrets(settings: Settings) -> Secrets:
         values = {n: _local_secret(settings, n) for n in SECRET_NAMES}
     else:
         values = _ssm_secrets(settings)
+    for name in ("fleetSecret", "proxyToken"):
+        # An empty fleet secret would let anyone sign control messages as any ship.
+        if len(values.get(name) or "") < MIN_SECRET_CHARS:
+            raise SettingsError(
+                f"mux settings: {name} is empty or shorter than {MIN_SECRET_CHARS} characters; "
+                "set it to a random value (e.g. openssl rand -hex 32)"
+            )
     cookie = values.get("cookieSecret") or ""
     try:
         cookie_bytes = bytes.fromhex(cookie)

@@ -69,6 +69,12 @@ class ShipSpawner(Spawner):
         help="""Give the ship back to the pool when the attendee's last server stops.
         Default False: the ship stays the attendee's for the event, so a restart is instant.""",
     )
+    pool_wait = Float(
+        180.0,
+        config=True,
+        help="""Seconds a start waits for a free ship in the attendee's zone before it fails
+        with a message saying so (instead of a silent wait until start_timeout).""",
+    )
     stop_wait = Float(
         15.0, config=True, help="Seconds stop() waits for the agent to report the container gone."
     )
@@ -201,6 +207,15 @@ class ShipSpawner(Spawner):
         self._start_done = False
         try:
             return await self._start()
+        except (Exception, asyncio.CancelledError):
+            # Failed, timed out or cancelled by the attendee: no idle claimed ship is left behind.
+            held = self.fleet.registry.owned_by(self.user.name)
+            if self.release_on_stop and held is not None:
+                try:
+                    await self._release_idle(held.ship_id)
+                except Exception:
+                    self.log.exception("%s: could not release ship %s", self._log_name, held)
+            raise
         finally:
             self._start_done = True
             self._event_added.set()
@@ -243,15 +258,22 @@ class ShipSpawner(Spawner):
             self.log.warning("%s: leaving ship %s (%s)", self._log_name, held.ship_id, _state(held))
             registry.release(held.ship_id)
         record = registry.claim(owner, zone=volume.zone)  # idempotent: a held live ship
+        give_up = time.monotonic() + self.pool_wait
         while record is None or _state(record) not in USABLE:
             if record is None:
                 counts = registry.counts()
+                if time.monotonic() >= give_up:
+                    raise ShipError(
+                        f"no ship is free in {volume.zone}, where your files are "
+                        f"({counts.get('available', 0)} available fleet-wide, all taken or "
+                        "elsewhere); ask an organizer to add ships, then start again"
+                    )
                 self._emit(
                     10,
                     f"waiting for a ship in {volume.zone}: none available "
                     f"({counts.get('available', 0)} available fleet-wide)",
                 )
-                await fleet.wait_for(lambda: registry.counts().get("available", 0) > 0, 5.0)
+                await self._next_change(min(5.0, max(give_up - time.monotonic(), 0.0)))
             else:
                 self._emit(10, f"waiting for your ship {record.ship_id} ({_state(record)})")
                 await fleet.wait_for(
@@ -269,6 +291,21 @@ class ShipSpawner(Spawner):
         await fleet.cloud.set_protected(record.ship_id, True)
         self._emit(50, f"home volume {volume.volume_id} attached")
         return registry.get(record.ship_id)
+
+    async def _next_change(self, timeout: float) -> None:
+        """Sleep until the registry next changes (or `timeout`), then let the caller re-claim.
+
+        Not a predicate on counts: "some ship is available" can hold while none is claimable
+        here (other zone, claimed, draining), and a predicate already true never yields.
+        """
+        woken = False
+
+        def second_check() -> bool:
+            nonlocal woken
+            was, woken = woken, True
+            return was
+
+        await self.fleet.wait_for(second_check, timeout)
 
     def _roomiest_zone(self) -> Optional[str]:
         by_zone = self.fleet.registry.counts_by_zone()
@@ -353,10 +390,22 @@ class ShipSpawner(Spawner):
 
         if not now:
             await fleet.wait_for(gone, self.stop_wait, ship_id=ship_id)
-        if self.release_on_stop and not registry.desired(ship_id).containers:
+        if self.release_on_stop:
+            await self._release_idle(ship_id)
+
+    async def _release_idle(self, ship_id: str) -> None:
+        """Give the ship back to the pool (release_on_stop) once none of the attendee's
+        servers runs on it."""
+        fleet = self.fleet
+        registry = fleet.registry
+        # Under the owner lock: a sibling project's start may be between claim and container.
+        async with _owner_locks.setdefault(self.user.name, asyncio.Lock()):
+            if registry.desired(ship_id).containers:
+                return
             registry.set_volume(ship_id, None)
             if self.volume_id:
                 await fleet.cloud.detach_volume(self.volume_id, ship_id)
             await fleet.cloud.set_protected(ship_id, False)
             registry.release(ship_id)
+        if self.ship_id == ship_id:
             self.ship_id = ""

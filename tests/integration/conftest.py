@@ -60,6 +60,8 @@ def event_factory(tmp_path: Path) -> Iterator[Callable[..., LocalEvent]]:
 
     yield start
     for event in events:
+        event.stop()  # every event first, so one failing check cannot leave another running
+    for event in events:
         stop_and_check(event)
 
 

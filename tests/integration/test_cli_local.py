@@ -3,6 +3,7 @@ login, and on SIGINT stops with no process of its own left behind (checked in /p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -200,6 +201,9 @@ def test_local_event_serves_a_login_and_stops_clean_on_sigint(tmp_path: Path) ->
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+        for pid in mentioning(str(tmp_path / "state")):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
@@ -252,3 +256,7 @@ def test_second_run_after_a_crash_starts_clean(tmp_path: Path) -> None:
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
+        # hub, proxy and ships run in their own process groups: sweep what a failure left
+        for pid in mentioning(str(tmp_path / "state")):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

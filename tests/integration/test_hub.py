@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from campfleet.protocol import Report, ShipState, derive_key, encode_report
-from tests.integration.conftest import Admin, Attendee, registry_of
+from tests.integration.conftest import Admin, Attendee, registry_of, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -92,3 +92,18 @@ def test_refusals_change_nothing(event_factory) -> None:
     finally:
         registry.close()
     assert alice.server_get("api/status").status_code == 200
+
+    # Alice switched browser: an organizer frees her name by deleting the hub user; her ship
+    # and home volume live in the registry, so the new browser lands on the same ship.
+    assert admin.api("DELETE", "/users/alice/server").status_code in (202, 204)
+    wait_until(lambda: not admin.user("alice")["servers"], 60, "alice's server to stop")
+    assert admin.api("DELETE", "/users/alice").status_code == 204
+    new_browser = Attendee(event, "alice")
+    assert new_browser.login().status_code == 302
+    new_browser.start_server()
+    assert new_browser.server_get("api/status").status_code == 200
+    registry = registry_of(event)
+    try:
+        assert registry.owned_by("alice").ship_id == ship.ship_id
+    finally:
+        registry.close()

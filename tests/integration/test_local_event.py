@@ -49,6 +49,8 @@ def test_port_in_use_is_one_clear_line_and_starts_nothing(tmp_path: Path) -> Non
 @pytest.mark.slow
 def test_second_run_after_a_crash_starts_clean(tmp_path: Path) -> None:
     state, port = tmp_path / "event", find_free_port(2)
+    # Made first so that its stop() sweeps the crashed run's processes whatever fails below.
+    event = LocalEvent(ships=2, port=port, state_dir=state, heartbeat=1.0, singleuser_cmd=STANDIN)
     crashed = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import time
@@ -64,17 +66,16 @@ def test_second_run_after_a_crash_starts_clean(tmp_path: Path) -> None:
         text=True,
     )  # fmt: skip
     try:
-        assert crashed.stdout.readline().strip() == "READY"
-    finally:
-        crashed.send_signal(signal.SIGKILL)  # the launcher dies; hub, proxy, agents live on
-        crashed.wait(timeout=10)
-    orphans = _processes_under(state)
-    assert orphans, "the crashed run should have left its processes"
-    proxy_pid = int((state / "hub" / "jupyterhub-proxy.pid").read_text())
-    assert _alive(proxy_pid)
+        try:
+            assert crashed.stdout.readline().strip() == "READY"
+        finally:
+            crashed.send_signal(signal.SIGKILL)  # the launcher dies; hub, proxy, agents live on
+            crashed.wait(timeout=10)
+        orphans = _processes_under(state)
+        assert orphans, "the crashed run should have left its processes"
+        proxy_pid = int((state / "hub" / "jupyterhub-proxy.pid").read_text())
+        assert _alive(proxy_pid)
 
-    event = LocalEvent(ships=2, port=port, state_dir=state, heartbeat=1.0, singleuser_cmd=STANDIN)
-    try:
         event.start()
         event.wait_ready(timeout=120)
         assert not any(_alive(p) for p in orphans)

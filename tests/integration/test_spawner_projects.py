@@ -50,7 +50,8 @@ def test_broken_project_fails_with_its_own_error_ship_and_others_keep_running(
     assert "project broken failed to start" in message
     assert "init.sh: tutorial data missing" in message
 
-    assert admin.api("POST", "/users/alice/servers/intro").status_code in (201, 202)
+    r = admin.api("POST", "/users/alice/servers/intro")
+    assert r.status_code in (201, 202), r.text
     wait_until(lambda: admin.user("alice")["servers"].get("intro", {}).get("ready"), 60, "intro")
     assert admin.server_get("alice", "intro/api/status").json() == {"standin": True}
     assert admin.server_ready("alice")  # the default server never noticed

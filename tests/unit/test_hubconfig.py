@@ -65,6 +65,7 @@ def test_configure_sets_room_hub_proxy_and_spawner(tmp_path: Path) -> None:
     fleet = configure(c, write_settings(tmp_path))
     try:
         assert fleet_mod.current() is fleet
+        assert tmp_path.stat().st_mode & 0o777 == 0o700  # registry holds server API tokens
         assert (fleet.expected, fleet.ready_percent, fleet.ship_image) == (40, 80, "ship:1")
         assert (fleet.control_address, fleet.control_port) == ("127.0.0.1", 18703)
         hub = c.JupyterHub
@@ -128,6 +129,14 @@ def test_missing_file_and_bad_cookie_secret_are_one_line_errors(tmp_path: Path) 
     settings = load(write_settings(tmp_path))
     (tmp_path / "secrets" / "cookie").write_text("not-hex")
     with pytest.raises(SettingsError, match="cookieSecret must be hex"):
+        load_secrets(settings)
+
+
+@pytest.mark.parametrize("name, file", [("fleetSecret", "fleet"), ("proxyToken", "proxy")])
+def test_empty_or_short_signing_secrets_are_refused(tmp_path: Path, name: str, file: str) -> None:
+    settings = load(write_settings(tmp_path))
+    (tmp_path / "secrets" / file).write_text("short\n")
+    with pytest.raises(SettingsError, match=f"{name} is empty or shorter than 32 characters"):
         load_secrets(settings)
 
 

@@ -251,3 +251,68 @@ async def test_release_on_stop_returns_the_ship(fleet: Fleet) -> None:
     assert volume_id not in fleet.cloud.attachments
     assert ship_id not in fleet.cloud.protected
     assert fleet.registry.volume_for("gina").volume_id == volume_id  # the volume stays hers
+
+
+async def test_full_zone_waits_without_spinning_then_says_so(fleet: Fleet) -> None:
+    """Ships that are 'available' but claimed must not make the wait return at once forever
+    (that spun the hub's event loop); after pool_wait the attendee reads why."""
+    agents = FakeAgents(fleet.registry)
+    for i, ship_id in enumerate(ships(agents, 4)):
+        assert fleet.registry.claim(f"taken{i}").ship_id == ship_id  # claimed, still "available"
+    spawner = make_spawner("hank", pool_wait=1.0)
+    emitted = []
+
+    def emit(progress: int, message: str) -> None:
+        emitted.append(message)
+        if len(emitted) > 20:
+            raise RuntimeError(f"spinning: {len(emitted)} progress events")
+
+    spawner._emit = emit
+    with pytest.raises(ShipError, match=r"no ship is free in local-a, where your files are"):
+        await asyncio.wait_for(spawner.start(), 5)
+    assert emitted[0] == "waiting for a ship in local-a: none available (4 available fleet-wide)"
+    assert fleet.registry.owned_by("hank") is None
+
+
+async def test_waiting_attendee_gets_a_ship_freed_meanwhile(fleet: Fleet) -> None:
+    agents = FakeAgents(fleet.registry)
+    for i, _ship_id in enumerate(ships(agents, 4)):
+        fleet.registry.claim(f"taken{i}")
+    spawner = make_spawner("ivy")
+    start = asyncio.ensure_future(spawner.start())
+    await asyncio.sleep(0.3)
+    assert not start.done()
+    fleet.registry.release(fleet.registry.owned_by("taken2").ship_id)
+    assert (await asyncio.wait_for(start, 5)).startswith("http://127.0.0.1:")
+    assert fleet.registry.owned_by("ivy").ship_id == spawner.ship_id
+
+
+@pytest.mark.parametrize("release_on_stop", [False, True])
+async def test_cancelled_start_leaves_no_idle_claim_when_ships_go_back(
+    fleet: Fleet, release_on_stop: bool
+) -> None:
+    """JupyterHub cancels start() on start_timeout or when the attendee cancels the spawn."""
+    agents = FakeAgents(fleet.registry)
+    ships(agents, 4)
+    attaching = asyncio.Event()
+
+    async def slow_attach(volume_id: str, instance_id: str) -> str:
+        attaching.set()
+        await asyncio.sleep(60)
+        return ""
+
+    fleet.cloud.attach_volume = slow_attach
+    spawner = make_spawner("jack", release_on_stop=release_on_stop)
+    start = asyncio.ensure_future(spawner.start())
+    await asyncio.wait_for(attaching.wait(), 5)
+    held = fleet.registry.owned_by("jack")
+    assert held is not None  # claimed, volume not attached yet
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    assert fleet.registry.desired(held.ship_id).containers == []  # nothing half-applied
+    if release_on_stop:
+        assert fleet.registry.owned_by("jack") is None
+        assert fleet.registry.get(held.ship_id).owner is None
+    else:
+        assert fleet.registry.owned_by("jack").ship_id == held.ship_id  # kept for the event

@@ -143,6 +143,20 @@ def _run(tmp_path: Path, port: int, *extra: str, sigint_ignored: bool = False) -
     )
 
 
+def _kill_all(tmp_path: Path, *procs: subprocess.Popen | None) -> None:
+    """After a failure: hub, proxy and ships run in their own process groups, so kill the
+    descendants too (the proxy's command line does not name the state dir) and sweep the rest."""
+    leftovers = mentioning(str(tmp_path / "state"))
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            leftovers |= descendants(proc.pid)
+            proc.kill()
+            proc.wait(timeout=10)
+    for pid in leftovers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_local_event_serves_a_login_and_stops_clean_on_sigint(tmp_path: Path) -> None:
     if not CAMPFLEET.exists():
         pytest.skip("campfleet console script not installed in this environment")
@@ -198,12 +212,7 @@ def test_local_event_serves_a_login_and_stops_clean_on_sigint(tmp_path: Path) ->
         left = survivors(running, tmp_path / "state")
         assert not left, f"processes left after SIGINT: {left}"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        for pid in mentioning(str(tmp_path / "state")):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        _kill_all(tmp_path, proc)
 
 
 def test_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
@@ -252,11 +261,4 @@ def test_second_run_after_a_crash_starts_clean(tmp_path: Path) -> None:
         left = survivors(running, tmp_path / "state")
         assert not left, f"processes left after SIGINT: {left}"
     finally:
-        for proc in (crashed, again):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
-        # hub, proxy and ships run in their own process groups: sweep what a failure left
-        for pid in mentioning(str(tmp_path / "state")):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        _kill_all(tmp_path, crashed, again)

@@ -15,6 +15,7 @@ import pulumi_aws as aws
 from components import userdata
 from components.iam import ecr_statements, instance_role
 from components.network import CONTROL_PORT, HUB_API_PORT
+from components.ships import HEARTBEAT_SECONDS
 from components.tags import ROLE_TAG, STACK_TAG, tagged
 
 METRICS_NAMESPACE = "campfleet"  # campfleet.mux.cloud.AwsCloud's default namespace
@@ -22,7 +23,6 @@ METRICS_NAMESPACE = "campfleet"  # campfleet.mux.cloud.AwsCloud's default namesp
 # volume, so replacing the mux instance (new user data, new type) keeps every attendee's claim.
 STATE_VOLUME_GIB = 10
 STATE_DEVICE = "/dev/sdf"
-HEARTBEAT_SECONDS = 5
 LOST_AFTER_HEARTBEATS = 3
 
 
@@ -213,7 +213,7 @@ class Mux(pulumi.ComponentResource):
             f"{name}-eip",
             domain="vpc",
             instance=instance.id,
-            tags=tagged(args.tags, f"campfleet-{args.stack}-{name}", {ROLE_TAG: "mux"}),
+            tags=tags,
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.public_ip = eip.public_ip

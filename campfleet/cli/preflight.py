@@ -27,8 +27,8 @@ from campfleet.cli import (
     table_box,
 )
 from campfleet.needs import DataError, Needs, aws_data, instance_spec, needs_for, vcpu_quota_key
+from campfleet.policies import STACK_TAG
 
-STACK_TAG = "campfleet:stack"
 LIVE_INSTANCE_STATES = ["pending", "running", "stopping"]
 
 

@@ -9,7 +9,6 @@ every hub, proxy, spawner and authenticator option a room of attendees starting 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import os
 import shutil
@@ -19,6 +18,7 @@ from typing import Any, Optional
 from jupyterhub.authenticators.shared import SharedPasswordAuthenticator
 from tornado import web
 
+from campfleet.mux import fleetview
 from campfleet.mux.cloud import AwsCloud, Cloud, LocalCloud
 from campfleet.mux.control import ControlServer
 from campfleet.mux.fleet import Fleet
@@ -175,10 +175,7 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
     hub.spawner_class = "campfleet.mux.spawner.ShipSpawner"
     hub.authenticator_class = WorkshopAuthenticator
     hub.admin_access = False
-    if importlib.util.find_spec("campfleet.mux.fleetview") is not None:
-        from campfleet.mux import fleetview
-
-        hub.extra_handlers = list(fleetview.handlers(fleet))
+    hub.extra_handlers = fleetview.handlers(fleet)
 
     proxy = c.ConfigurableHTTPProxy
     proxy.command = proxy_command()

@@ -21,7 +21,7 @@ from traitlets import Bool, Dict, Float, Unicode
 
 from campfleet.mux import fleet as fleet_mod
 from campfleet.mux.registry import ShipRecord
-from campfleet.protocol import ContainerSpec, ContainerStatus, ShipState
+from campfleet.protocol import ContainerSpec, ShipState
 
 GONE = (ShipState.FAILED.value, ShipState.LOST.value, ShipState.TERMINATED.value)
 USABLE = (ShipState.AVAILABLE.value, ShipState.RUNNING.value)
@@ -41,12 +41,6 @@ class ShipError(Exception):
 
 def _state(record: ShipRecord) -> str:
     return getattr(record.state, "value", record.state)
-
-
-def _status(record: Optional[ShipRecord], name: str) -> Optional[ContainerStatus]:
-    if record is None:
-        return None
-    return next((c for c in record.containers if c.name == name), None)
 
 
 class ShipSpawner(Spawner):
@@ -155,7 +149,7 @@ class ShipSpawner(Spawner):
             return 1
         if not self._desired(self.ship_id):
             return 0
-        status = _status(record, self.container_name)
+        status = record.container(self.container_name)
         # "failed" only: a desired container is briefly stopped/starting during a redeploy.
         if status is not None and status.state == "failed":
             return 1
@@ -344,7 +338,7 @@ class ShipSpawner(Spawner):
             now = registry.get(record.ship_id)
             if now is None or _state(now) in GONE or now.owner != self.user.name:
                 return True
-            status = _status(now, name)
+            status = now.container(name)
             return (
                 now.applied_generation >= generation
                 and status is not None
@@ -357,7 +351,7 @@ class ShipSpawner(Spawner):
             state = _state(now) if now else "gone"
             self._emit(30, f"ship {record.ship_id} is {state}; moving you to another ship")
             return None
-        status = _status(now, name)
+        status = now.container(name)
         if status is None or status.state != "running":
             registry.remove_container(record.ship_id, name)
             error = status.error if status is not None else "it did not start in time"
@@ -386,7 +380,7 @@ class ShipSpawner(Spawner):
 
         def gone() -> bool:
             rec = registry.get(ship_id)
-            return rec is None or _state(rec) in GONE or _status(rec, name) is None
+            return rec is None or _state(rec) in GONE or rec.container(name) is None
 
         if not now:
             await fleet.wait_for(gone, self.stop_wait, ship_id=ship_id)

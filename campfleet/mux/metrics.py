@@ -151,6 +151,11 @@ class FleetCollector(Collector):
             "campfleet_ships_expected", "Ships the stack asks for (the room size).", sample.expected
         )
         yield GaugeMetricFamily(
+            "campfleet_ships_live",
+            "Ships pending, booting, available or running (0 too when none has reported).",
+            sample.live,
+        )
+        yield GaugeMetricFamily(
             "campfleet_ships_ready",
             "Ships available or running (the gate counts these).",
             sample.ready,

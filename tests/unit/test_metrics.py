@@ -91,6 +91,7 @@ async def test_ships_gate_attendees_and_down_ships(fleet: Fleet) -> None:
     assert values[("campfleet_ships", ("state", "lost"), ("zone", "local-b"))] == 1
     assert values[("campfleet_ships", ("state", "available"), ("zone", "local-b"))] == 0
     assert values[("campfleet_ships_expected",)] == 4
+    assert values[("campfleet_ships_live",)] == 2
     assert values[("campfleet_ships_ready",)] == 2
     assert values[("campfleet_readiness_gate_needed_ships",)] == 3
     # 2 ready of 3 needed, but the gate latched open when all four were available.
@@ -118,6 +119,9 @@ async def test_ships_gate_attendees_and_down_ships(fleet: Fleet) -> None:
 
 async def test_gate_closed_until_the_room_is_ready(tmp_path: Path) -> None:
     fleet = await make_fleet(tmp_path, expected=4)
+    empty = scrape(fleet)  # no ship has reported: the alerts still have numbers to compare
+    assert (empty[("campfleet_ships_live",)], empty[("campfleet_ships_expected",)]) == (0, 4)
+    assert empty[("campfleet_readiness_gate_open",)] == 0
     agents = FakeAgents(fleet.registry)
     for ship in ("i-1", "i-2", "i-3"):
         agents.report(ship, ShipState.BOOTING)

@@ -86,7 +86,8 @@ def test_documented_rules_fire_on_their_conditions_and_not_before(
         ),
         *fires(
             "CampfleetMuxDown", "3m", {}, "the mux's /hub/metrics does not answer",
-            "The hub or the proxy is down, or the token was revoked.",
+            "The hub or the proxy is down, the token was revoked, or the fleet's metrics cannot "
+            "be read (the scrape then fails as a whole; see the hub's log).",
         ),
     ]  # fmt: skip
     test = {

@@ -219,3 +219,14 @@ async def test_start_histogram_has_every_outcome_and_install_replaces(fleet: Fle
     second = metrics.install(fleet, registry=registry)
     assert first is not second
     assert registry.get_sample_value("campfleet_ships_expected") == 4
+
+
+async def test_an_unreadable_fleet_fails_the_scrape_instead_of_reporting_nothing(
+    fleet: Fleet,
+) -> None:
+    """Empty fleet metrics would silence every alert; a failed scrape makes `up` 0 instead."""
+    registry = CollectorRegistry()
+    metrics.install(fleet, registry=registry)
+    fleet.registry.close()
+    with pytest.raises(Exception, match="closed database"):
+        generate_latest(registry)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from campfleet.mux.fleet import Fleet
 from campfleet.mux.metrics import DownShip, FleetSample
 from campfleet.mux.registry import Registry
 from campfleet.protocol import ShipState
+from tests.unit.test_metrics import report_at
 from tests.unit.test_redeploy import FakeAgents
 
 REGION = "us-east-1"
@@ -217,7 +219,7 @@ async def test_the_fleet_publishes_lost_and_failed_ships_with_their_ids(
         agents.report(ship, ShipState.BOOTING)
         agents.report(ship, ShipState.AVAILABLE)
     agents.report(failed, ShipState.FAILED, error="container init failed: exit 3")
-    registry._db.execute("UPDATE ships SET last_seen=last_seen-100 WHERE ship_id=?", (lost,))
+    report_at(fleet, agents, lost, time.time() - 100)  # then silent
     assert registry.mark_lost(timeout=50) == [lost]
 
     publisher = asyncio.ensure_future(fleet._publish_metrics())

@@ -3,7 +3,7 @@
 Run: .venv/bin/python benchmarks/alert_latency.py [--rounds 3]
 
 Each round starts a local event (2 ships, 1 s heartbeat, lost after 3 silent heartbeats),
-Debian's `prometheus` scraping its /hub/metrics every 1 s with the rules of docs/monitoring.md
+Debian's `prometheus` scraping its /hub/metrics every 2 s with the rules of docs/monitoring.md
 (evaluated every 1 s) and `prometheus-alertmanager` (group_wait 0 s) delivering to a webhook on
 127.0.0.1; then SIGKILLs an idle ship's agent and measures the time until the webhook receives
 CampfleetShipDown for that ship, starts a replacement ship and measures the time until the
@@ -81,7 +81,7 @@ def main() -> int:
         "benchmark": "alert_latency",
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "setup": f"local event, 2 ships, heartbeat {HEARTBEAT:g} s, lost after {LOST_AFTER}; "
-        "Prometheus scrape and evaluation every 1 s; Alertmanager group_wait 0 s, "
+        "Prometheus scrape every 2 s, evaluation every 1 s; Alertmanager group_wait 0 s, "
         "group_interval 1 s; webhook on 127.0.0.1",
         "rounds": rounds,
         "kill_to_firing_webhook_s": {"median": statistics.median(fired), "max": max(fired)},

@@ -29,6 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "monitoring.md"
 PROMETHEUS = "prometheus"
+SCRAPE_INTERVAL = "2s"
 ALERTMANAGER = "prometheus-alertmanager"
 
 
@@ -132,11 +133,12 @@ class Monitoring:
         (w / "campfleet.rules.yml").write_text(doc_block("rules"))
         documented = yaml.safe_load(doc_block("scrape-config"))
         (job,) = documented["scrape_configs"]
-        job["scrape_interval"] = "1s"
+        # A scrape may take as long as its interval: 2 s leaves a loaded machine's hub room.
+        job["scrape_interval"] = job["scrape_timeout"] = SCRAPE_INTERVAL
         job["authorization"]["credentials_file"] = str(token_file)
         job["static_configs"] = [{"targets": [self.target]}]
         prometheus = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": "1s"},
             "alerting": {
                 "alertmanagers": [
                     {"static_configs": [{"targets": [f"127.0.0.1:{self.alertmanager_port}"]}]}
@@ -236,6 +238,13 @@ class Monitoring:
         with urllib.request.urlopen(url, timeout=10) as r:
             return json.loads(r.read())["data"]["result"]
 
+    def targets(self) -> list[tuple[str, str, str]]:
+        """(url, health, last error) of every scrape target: why a scrape fails."""
+        url = f"http://127.0.0.1:{self.prometheus_port}/api/v1/targets"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            active = json.loads(r.read())["data"]["activeTargets"]
+        return [(t["scrapeUrl"], t["health"], t["lastError"]) for t in active]
+
     def stop(self) -> None:
         """SIGTERM both (their own process groups), then SIGKILL what did not exit."""
         for process in self.processes:
@@ -254,11 +263,14 @@ def ship_down_round_trip(event: Any, monitoring: Monitoring, timeout: float = 60
     resolved notification; return the ship and the two delays in seconds."""
     from tests.integration.conftest import registry_of, wait_until
 
-    wait_until(
-        lambda: monitoring.query('campfleet_ships_awaiting_replacement{job="campfleet"} == 0'),
-        60,
-        "Prometheus to scrape the event",
-    )
+    try:
+        wait_until(
+            lambda: monitoring.query('campfleet_ships_awaiting_replacement{job="campfleet"} == 0'),
+            60,
+            "Prometheus to scrape the event",
+        )
+    except AssertionError as e:
+        raise AssertionError(f"{e}; Prometheus' targets: {monitoring.targets()}") from None
     registry = registry_of(event)
     try:
         ship = next(s.ship_id for s in registry.ships() if s.owner is None)

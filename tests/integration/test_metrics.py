@@ -25,7 +25,7 @@ def samples(text: str) -> dict[tuple, float]:
 
 
 def test_hub_metrics_show_the_fleet_to_a_metrics_token_only(event_factory) -> None:
-    event = event_factory(ships=2, heartbeat=1.0, lost_after=3)
+    event = event_factory(ships=2, heartbeat=2.0, lost_after=3)
     assert scrape(event, None).status_code == 403  # authenticate_prometheus
     alice = Attendee(event, "alice")
     assert alice.login().status_code == 302
@@ -40,7 +40,7 @@ def test_hub_metrics_show_the_fleet_to_a_metrics_token_only(event_factory) -> No
     assert values[("campfleet_start_duration_seconds_count", ("outcome", "ok"))] == 1
     assert values[("campfleet_ship_reports_total",)] > 2
     assert values[("campfleet_volumes", ("state", "mounted"), ("zone", "local-a"))] == 1
-    assert 0 <= values[("campfleet_ship_report_age_max_seconds",)] < 3
+    assert 0 <= values[("campfleet_ship_report_age_max_seconds",)] < 5
     assert ("jupyterhub_active_users", ("period", "24h")) in values  # the hub's own, same page
 
     # A ship dies: the next scrape names it, with the lost state and the reason.
@@ -56,9 +56,9 @@ def test_hub_metrics_show_the_fleet_to_a_metrics_token_only(event_factory) -> No
             for k in samples(scrape(event, event.api_token).text)
             if k[0] == "campfleet_ship_down_info"
         ],
-        30,
+        60,
         "the dead ship in /hub/metrics",
     )
     assert down == [
-        {"ship": free, "zone": "local-a", "state": "lost", "reason": "no report for more than 3 s"}
+        {"ship": free, "zone": "local-a", "state": "lost", "reason": "no report for more than 6 s"}
     ]

@@ -3,6 +3,7 @@
 import pulumi
 import pulumi_aws as aws
 
+from components.alerts import Alerts, AlertsArgs
 from components.config import load
 from components.images import ContainerImage, ContainerImageArgs
 from components.mux import Mux, MuxArgs
@@ -91,6 +92,22 @@ mux = Mux(
         tags=tags,
     ),
 )
+
+if config.alert_email:
+    alerts = Alerts(
+        "alerts",
+        AlertsArgs(
+            stack=config.stack,
+            email=config.alert_email,
+            monthly_budget_usd=config.monthly_budget_usd,
+            ships=config.ships,
+            region=region,
+            mux_instance_id=mux.instance_id,
+            ship_group_name=ships.group_name,
+            tags=tags,
+        ),
+    )
+    pulumi.export("alertTopicArn", alerts.topic_arn)
 
 pulumi.export("muxUrl", mux.url)
 pulumi.export("muxPublicIp", mux.public_ip)

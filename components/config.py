@@ -38,6 +38,9 @@ _ARM_FAMILY = re.compile(r"^[a-z-]+[0-9]+[a-z-]*g[a-z-]*$")
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
 _EGRESS = ("nat", "endpoints")
 # What every AWS service accepts in a tag value (EC2 allows more; ECR, SSM and IAM do not).
+# What SNS accepts as an email endpoint, roughly: one @, a dot in the domain, no spaces.
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MAX_BUDGET_USD = 1_000_000
 _TAG_VALUE = re.compile(r"^[\w .:/=+\-@]{0,256}$")
 
 
@@ -70,6 +73,8 @@ class FleetConfig:
     event_name: str
     protect_home_volumes: bool
     ship_egress: str
+    alert_email: str  # "" = no alarms
+    monthly_budget_usd: int  # 0 = no budget alert
     # A secret given by the organizer (None = generate one). Never printed.
     shared_password: Optional[str] = field(default=None, repr=False)
 
@@ -243,6 +248,19 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
     if egress not in _EGRESS:
         check.bad("shipEgress", egress, " or ".join(f'"{e}"' for e in _EGRESS))
 
+    alert_email = raw["alertEmail"]
+    if not isinstance(alert_email, str) or (alert_email and not _EMAIL.fullmatch(alert_email)):
+        check.bad(
+            "alertEmail", alert_email, 'an email address like ops@example.org, or "" for none'
+        )
+        alert_email = ""
+    budget = check.integer("monthlyBudgetUsd", raw["monthlyBudgetUsd"], 0, MAX_BUDGET_USD)
+    if budget and raw["alertEmail"] == "":
+        check.problems.append(
+            f"{PROJECT}:monthlyBudgetUsd: {budget} needs {PROJECT}:alertEmail, the address the "
+            "budget alert goes to; set it or set monthlyBudgetUsd to 0"
+        )
+
     config = FleetConfig(
         stack=stack,
         ships=ships,
@@ -258,6 +276,8 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
         event_name=event or stack,
         protect_home_volumes=protect,
         ship_egress=egress if egress in _EGRESS else _EGRESS[0],
+        alert_email=alert_email,
+        monthly_budget_usd=budget,
         shared_password=shared_password,
     )
     if check.problems:

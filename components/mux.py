@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from campfleet.mux import cloudwatch
 from components import userdata
 from components.iam import ecr_statements, instance_role
 from components.network import CONTROL_PORT, HUB_API_PORT
 from components.ships import HEARTBEAT_SECONDS
 from components.tags import ROLE_TAG, STACK_TAG, tagged
 
-METRICS_NAMESPACE = "campfleet"  # campfleet.mux.cloud.AwsCloud's default namespace
 # The hub database, ship registry and volume assignments (/var/lib/campfleet) live on their own
 # volume, so replacing the mux instance (new user data, new type) keeps every attendee's claim.
 STATE_VOLUME_GIB = 10
@@ -77,6 +77,7 @@ class Mux(pulumi.ComponentResource):
     """IAM role, instance (IMDSv2, encrypted root, fixed private IP), state volume, Elastic IP."""
 
     public_ip: pulumi.Output[str]
+    instance_id: pulumi.Output[str]
     url: pulumi.Output[str]
     control_endpoint: str
 
@@ -142,7 +143,7 @@ class Mux(pulumi.ComponentResource):
                 # PutMetricData has no resources; the namespace condition is the scope AWS offers.
                 "Action": "cloudwatch:PutMetricData",
                 "Resource": "*",
-                "Condition": {"StringEquals": {"cloudwatch:namespace": METRICS_NAMESPACE}},
+                "Condition": {"StringEquals": {"cloudwatch:namespace": cloudwatch.NAMESPACE}},
             },
         ]
         profile, policy = instance_role(name, self, statements, args.tags)
@@ -217,6 +218,7 @@ class Mux(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.public_ip = eip.public_ip
+        self.instance_id = instance.id
         self.url = eip.public_ip.apply(lambda ip: f"http://{ip}/")
         self.control_endpoint = f"http://{args.private_ip}:{CONTROL_PORT}"
         self.register_outputs(

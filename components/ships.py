@@ -26,6 +26,12 @@ HEALTH_CHECK_GRACE_SECONDS = 300
 # Instance refresh keeps 90% of ships serving and may launch 10% extra while it replaces.
 REFRESH_MIN_HEALTHY_PERCENT = 90
 REFRESH_MAX_HEALTHY_PERCENT = 110
+GROUP_METRICS = [
+    "GroupDesiredCapacity",
+    "GroupInServiceInstances",
+    "GroupPendingInstances",
+    "GroupTerminatingInstances",
+]
 
 
 def max_size(ships: int) -> int:
@@ -163,6 +169,9 @@ class ShipFleet(pulumi.ComponentResource):
                 id=template.id, version=template.latest_version.apply(str)
             ),
             health_check_type="EC2",
+            # Free at 1-minute granularity; the "ships below room size" alarm watches one.
+            enabled_metrics=GROUP_METRICS,
+            metrics_granularity="1Minute",
             health_check_grace_period=HEALTH_CHECK_GRACE_SECONDS,
             # The mux gates logins on readiness; `pulumi up` need not wait for every ship.
             wait_for_capacity_timeout="0",

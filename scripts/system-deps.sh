@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian tools some tests use: cloud-init (user-data schema check),
-# chromium (browser test) and shellcheck. Needs apt-get and root (or passwordless sudo); otherwise it says what is
+# chromium (browser test), shellcheck, and prometheus + prometheus-alertmanager (the alerting
+# test of docs/monitoring.md). Needs apt-get and root (or passwordless sudo); otherwise it says what is
 # missing and the tests that need a tool skip, naming it.
 set -euo pipefail
 
@@ -8,6 +9,8 @@ need=()
 command -v cloud-init >/dev/null 2>&1 || need+=(cloud-init)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=()

@@ -17,6 +17,9 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -109,12 +112,22 @@ def register(subparsers: Any) -> None:
         "status",
         help="the fleet of a running mux: ships by state and zone, failures, the gate",
         description="Show the fleet of a running mux: ships by state and zone, attendees, "
-        "failures with their reasons, the readiness gate and the last rollout.",
+        "failures with their reasons, the readiness gate and the last rollout. With --watch "
+        "the view stays on screen and refreshes until Ctrl-C.",
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_connection(status)
     status.add_argument("--ships", action="store_true", help="also list every ship")
+    status.add_argument(
+        "--watch", action="store_true", help="keep the view on screen, refreshed, until Ctrl-C"
+    )
+    status.add_argument(
+        "--interval",
+        type=float,
+        default=5.0,
+        help="seconds between refreshes with --watch (default 5)",
+    )
     status.set_defaults(run=run_status)
 
     redeploy = subparsers.add_parser(
@@ -135,17 +148,88 @@ def register(subparsers: Any) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    if not 0.5 <= args.interval <= 600:
+        raise CliError(f"--interval must be from 0.5 to 600 seconds, got {args.interval:g}")
     mux = _connection(args)
-    fleet = mux.call("GET", "")
+    fleet = mux.call("GET", "")  # a bad URL or token fails here, once, with exit 2
     con = console()
+    if not args.watch:
+        con.print(fleet_view(fleet, mux.url, con, ships=args.ships))
+        return 0
+    return watch(mux, fleet, con, args.interval, ships=args.ships)
+
+
+def watch(
+    mux: Mux,
+    fleet: dict[str, Any],
+    con: Console,
+    interval: float,
+    *,
+    ships: bool = False,
+    rounds: int | None = None,
+) -> int:
+    """Refresh the view every `interval` s until Ctrl-C (or `rounds` refreshes, for tests).
+
+    On a terminal the view is redrawn in place (rich Live); piped, each refresh is printed
+    below the last with its time, so a log of the event builds up. A mux that stops answering
+    does not end the watch (it may be rebooting): the last view stays, with the error on top.
+    """
+
+    def view(error: str = "") -> RenderableType:
+        stamp = time.strftime("%H:%M:%S", time.localtime(fleet["time"]))
+        head = f"[bold]{stamp}[/] · refreshing every {interval:g} s · Ctrl-C to stop"
+        if error:
+            head += f"\n[red]{escape(error)} (retrying; showing the view of {stamp})[/]"
+        return Group(head, fleet_view(fleet, mux.url, con, ships=ships))
+
+    first = view()
+    live = Live(first, console=con, auto_refresh=False) if con.is_terminal else _Printer(con, first)
+    done = 0
+    try:
+        with live:
+            while rounds is None or done < rounds:
+                time.sleep(interval)
+                done += 1
+                try:
+                    fleet = mux.call("GET", "")
+                    live.update(view(), refresh=True)
+                except CliError as e:
+                    live.update(view(str(e)), refresh=True)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+class _Printer:
+    """Live's interface for a console that is not a terminal: print each view below the last."""
+
+    def __init__(self, con: Console, first: RenderableType) -> None:
+        self.con = con
+        self.first = first
+
+    def __enter__(self) -> _Printer:
+        self.con.print(self.first)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def update(self, renderable: RenderableType, refresh: bool = True) -> None:
+        self.con.print()
+        self.con.print(renderable)
+
+
+def fleet_view(fleet: dict[str, Any], url: str, con: Console, *, ships: bool) -> Group:
+    """The fleet as organizers read it: gate, ships by zone and state, failures, rejections."""
+    parts: list[RenderableType] = []
     gate = fleet["gate"]
     gate_text = "open" if gate["open"] else "closed"
     if gate["open"] and gate["forced"] and gate["ready"] < gate["needed"]:
         gate_text = "open (opened by an admin)"
-    con.print(
-        f"Fleet at {mux.url} · ship image {fleet['shipImage']} · {fleet['attendees']} attendees"
+    parts.append(
+        f"Fleet at {url} · ship image {fleet['shipImage']} · {fleet['attendees']} attendees"
     )
-    con.print(
+    parts.append(
         f"Gate: {gate_text} · {gate['ready']} of {gate['expected']} ships ready, "
         f"{gate['needed']} needed ({gate['readyPercent']}%)"
     )
@@ -156,16 +240,16 @@ def run_status(args: argparse.Namespace) -> int:
     zones.add_row(
         "all", *(str(fleet["counts"][s]) for s in states), str(sum(fleet["counts"].values()))
     )
-    con.print(zones)
-    if args.ships:
-        ships = Table(
+    parts.append(zones)
+    if ships:
+        table = Table(
             "ship", "zone", "state", "attendee", "volume", "containers", "seen", box=table_box(con)
         )
         for s in fleet["ships"]:
             containers = ", ".join(
                 f"{c['name'] or 'default'} {c['state']} {c['image']}" for c in s["containers"]
             )
-            ships.add_row(
+            table.add_row(
                 s["id"],
                 s["zone"],
                 s["state"],
@@ -174,23 +258,23 @@ def run_status(args: argparse.Namespace) -> int:
                 containers,
                 f"{s['lastSeen']}s",
             )
-        con.print(ships)
+        parts.append(table)
     if fleet["failures"]:
         failures = Table("ship", "zone", "attendee", "reason", title="Failures", box=table_box(con))
         for f in fleet["failures"]:
             failures.add_row(f["ship"], f["zone"], f["attendee"] or "", f["reason"])
-        con.print(failures)
+        parts.append(failures)
     else:
-        con.print("Failures: none")
+        parts.append("Failures: none")
     rejected = {k: n for k, n in fleet["rejections"].items() if n}
-    con.print(
+    parts.append(
         "Control API rejections: "
         + (", ".join(f"{k} {n}" for k, n in sorted(rejected.items())) or "none")
     )
     rollout = fleet["redeploy"]
     if rollout:
-        con.print(f"Last rollout: {_rollout_line(rollout)}")
-    return 0
+        parts.append(f"Last rollout: {_rollout_line(rollout)}")
+    return Group(*parts)
 
 
 def _rollout_line(r: dict[str, Any]) -> str:

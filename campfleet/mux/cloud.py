@@ -13,14 +13,18 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 import boto3
 import botocore.config
 import botocore.exceptions
+
+from campfleet.mux import cloudwatch
+
+if TYPE_CHECKING:
+    from campfleet.mux.metrics import FleetSample
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +82,8 @@ class Cloud(abc.ABC):
         """Tell the group a ship is broken so it replaces it."""
 
     @abc.abstractmethod
-    async def publish_counts(self, counts: Mapping[str, int]) -> None:
-        """Publish ships per state so alarms and dashboards see the fleet."""
+    async def publish_metrics(self, sample: FleetSample) -> None:
+        """Publish the fleet's numbers (campfleet.mux.cloudwatch) for alarms and dashboards."""
 
     @abc.abstractmethod
     async def list_volumes(self) -> list[tuple[str, str]]:
@@ -104,7 +108,7 @@ class LocalCloud(Cloud):
         self.attachments: dict[str, str] = {}
         self.protected: set[str] = set()
         self.unhealthy: dict[str, str] = {}
-        self.published: dict[str, int] = {}
+        self.published: Optional[FleetSample] = None
         for volume_id, _zone in self._volumes:
             (self.volumes_root / volume_id).mkdir(parents=True, exist_ok=True)
 
@@ -135,8 +139,8 @@ class LocalCloud(Cloud):
         self.unhealthy[instance_id] = reason
         self._record("unhealthy", instance_id, reason)
 
-    async def publish_counts(self, counts: Mapping[str, int]) -> None:
-        self.published = dict(counts)
+    async def publish_metrics(self, sample: FleetSample) -> None:
+        self.published = sample  # a local event has no CloudWatch: kept for the tests
 
     async def list_volumes(self) -> list[tuple[str, str]]:
         return list(self._volumes)
@@ -154,7 +158,7 @@ class AwsCloud(Cloud):
         region: str,
         stack: str,
         group_name: str,
-        namespace: str = "campfleet",
+        namespace: str = cloudwatch.NAMESPACE,
         *,
         max_attempts: int = 8,
         detach_timeout: float = 60.0,
@@ -331,27 +335,14 @@ class AwsCloud(Cloud):
         log.warning("ship %s marked unhealthy: %s", instance_id, reason)
         self._record("unhealthy", instance_id, reason)
 
-    async def publish_counts(self, counts: Mapping[str, int]) -> None:
-        data = [
-            {
-                "MetricName": "Ships",
-                "Dimensions": [
-                    {"Name": "Stack", "Value": self.stack},
-                    {"Name": "State", "Value": state},
-                ],
-                "Value": float(n),
-                "Unit": "Count",
-            }
-            for state, n in sorted(counts.items())
-        ]
-        # PutMetricData takes at most 1000 metrics per call; a fleet has a handful of states.
-        if data:
+    async def publish_metrics(self, sample: FleetSample) -> None:
+        for batch in cloudwatch.batches(cloudwatch.metric_data(self.stack, sample)):
             await self._call(
                 "publish metrics",
                 self.namespace,
                 self._cloudwatch.put_metric_data,
                 Namespace=self.namespace,
-                MetricData=data,
+                MetricData=batch,
             )
 
     async def list_volumes(self) -> list[tuple[str, str]]:

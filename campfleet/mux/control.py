@@ -74,6 +74,7 @@ class ControlServer:
         self.lost_after = lost_after
         self.poll_timeout = poll_timeout
         self.rejections: dict[str, int] = dict.fromkeys(STATUS, 0)
+        self.accepted = 0  # reports applied to the registry (a Prometheus counter)
         self.port: Optional[int] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._http: Optional[tornado.httpserver.HTTPServer] = None
@@ -217,6 +218,7 @@ class ControlServer:
                 self.count(result.kind, result.reason, ship_id)
                 exchange.reject(result.kind, result.reason, result.ship_state)
             else:
+                self.accepted += 1
                 self._seqs[ship_id] = verdict.seq
                 exchange.send(200, *self.signed_answer(result, ship_id, verdict.seq))
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from campfleet.mux.cloud import Cloud
+from campfleet.mux.cloudwatch import PUBLISH_SECONDS
+from campfleet.mux.metrics import fleet_sample
 from campfleet.mux.registry import Readiness, Registry, ShipRecord
 from campfleet.protocol import ShipState
 
@@ -27,7 +29,6 @@ if TYPE_CHECKING:  # the control API is only started here, never imported at run
 log = logging.getLogger("campfleet.fleet")
 
 UNHEALTHY = (ShipState.FAILED, ShipState.LOST)
-COUNTS_INTERVAL = 60.0
 
 _current: Optional[Fleet] = None
 
@@ -72,7 +73,7 @@ class Fleet:
         self._watchers: dict[str, list[Callable[[], None]]] = {}
         self._marked_unhealthy: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
-        self._counts_task: Optional[asyncio.Task] = None
+        self._metrics_task: Optional[asyncio.Task] = None
         self.started = time.time()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._loop_thread: Optional[int] = None
@@ -98,7 +99,7 @@ class Fleet:
         if volumes:
             self.registry.add_volumes(volumes)
         await self.control.start(self.control_address, self.control_port)
-        self._counts_task = asyncio.ensure_future(self._publish_counts())
+        self._metrics_task = asyncio.ensure_future(self._publish_metrics())
         log.info(
             "fleet: control API on %s:%d, %d ships expected, gate at %d%%, %d home volumes",
             self.control_address,
@@ -110,17 +111,18 @@ class Fleet:
 
     def stop(self) -> None:
         """Stop the control API and background tasks (the registry stays on disk)."""
-        if self._counts_task:
-            self._counts_task.cancel()
+        if self._metrics_task:
+            self._metrics_task.cancel()
         self.control.stop()
 
-    async def _publish_counts(self) -> None:
+    async def _publish_metrics(self) -> None:
+        """Every minute, the numbers the CloudWatch alarms watch (a no-op for a local event)."""
         while True:
             try:
-                await self.cloud.publish_counts(self.registry.counts())
+                await self.cloud.publish_metrics(fleet_sample(self))
             except Exception as e:  # a metrics hiccup must never stop the mux
-                log.warning("fleet: publishing counts failed: %s", e)
-            await asyncio.sleep(COUNTS_INTERVAL)
+                log.warning("fleet: publishing metrics failed: %s", e)
+            await asyncio.sleep(PUBLISH_SECONDS)
 
     # -- readiness gate ----------------------------------------------------------------------
 

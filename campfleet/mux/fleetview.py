@@ -170,9 +170,11 @@ class FleetPageHandler(_FleetMixin, BaseHandler):
         self.finish(html)
 
 
-def handlers(fleet: Fleet) -> list[tuple[str, type, dict[str, Any]]]:
+def handlers(
+    fleet: Fleet, redeployer: Redeployer | None = None
+) -> list[tuple[str, type, dict[str, Any]]]:
     """Tornado handler specs for `c.JupyterHub.extra_handlers` (paths relative to /hub/)."""
-    kwargs = {"fleet": fleet, "redeployer": Redeployer(fleet)}
+    kwargs = {"fleet": fleet, "redeployer": redeployer or Redeployer(fleet)}
     return [
         (r"/fleet", FleetPageHandler, kwargs),
         (r"/api/fleet", FleetAPIHandler, kwargs),

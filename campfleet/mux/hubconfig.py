@@ -18,10 +18,11 @@ from typing import Any, Optional
 from jupyterhub.authenticators.shared import SharedPasswordAuthenticator
 from tornado import web
 
-from campfleet.mux import fleetview
+from campfleet.mux import fleetview, metrics
 from campfleet.mux.cloud import AwsCloud, Cloud, LocalCloud
 from campfleet.mux.control import ControlServer
 from campfleet.mux.fleet import Fleet
+from campfleet.mux.redeploy import Redeployer
 from campfleet.mux.registry import Registry
 from campfleet.mux.settings import Secrets, Settings, SettingsError, load, load_secrets
 
@@ -175,7 +176,9 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
     hub.spawner_class = "campfleet.mux.spawner.ShipSpawner"
     hub.authenticator_class = WorkshopAuthenticator
     hub.admin_access = False
-    hub.extra_handlers = fleetview.handlers(fleet)
+    redeployer = Redeployer(fleet)
+    hub.extra_handlers = fleetview.handlers(fleet, redeployer)
+    metrics.install(fleet, redeployer)  # into the registry /hub/metrics serves
 
     proxy = c.ConfigurableHTTPProxy
     proxy.command = proxy_command()

@@ -20,6 +20,7 @@ from jupyterhub.spawner import Spawner
 from traitlets import Bool, Dict, Float, Unicode
 
 from campfleet.mux import fleet as fleet_mod
+from campfleet.mux.metrics import START_SECONDS
 from campfleet.mux.registry import ShipRecord
 from campfleet.protocol import ContainerSpec, ShipState
 
@@ -199,9 +200,15 @@ class ShipSpawner(Spawner):
     async def start(self) -> str:
         self._events = []
         self._start_done = False
+        began = time.monotonic()
+        outcome = "failed"
         try:
-            return await self._start()
-        except (Exception, asyncio.CancelledError):
+            url = await self._start()
+            outcome = "ok"
+            return url
+        except (Exception, asyncio.CancelledError) as e:
+            if isinstance(e, asyncio.CancelledError):
+                outcome = "cancelled"
             # Failed, timed out or cancelled by the attendee: no idle claimed ship is left behind.
             held = self.fleet.registry.owned_by(self.user.name)
             if self.release_on_stop and held is not None:
@@ -211,6 +218,7 @@ class ShipSpawner(Spawner):
                     self.log.exception("%s: could not release ship %s", self._log_name, held)
             raise
         finally:
+            START_SECONDS.labels(outcome).observe(time.monotonic() - began)
             self._start_done = True
             self._event_added.set()
 

@@ -4,12 +4,15 @@ the fleet API on loopback (see test_fleetview.running_hub); checks the text orga
 from __future__ import annotations
 
 import asyncio
+import io
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from campfleet.protocol import ShipState
 from tests.unit.test_fleetview import Hub, free_port, running_hub
@@ -196,3 +199,68 @@ async def test_redeploy_that_halts_exits_1_naming_ship_and_reason(hub: Hub) -> N
     )
     other = next(s for s in hub.fleet.registry.ships() if s.owner and s.ship_id != first)
     assert other.container("").image == OLD and other.state == ShipState.RUNNING
+
+
+async def test_watch_refreshes_until_ctrl_c(hub: Hub) -> None:
+    """Piped, every refresh is printed below the last; a new failure shows up; Ctrl-C exits 0."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CAMPFLEET_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from campfleet.cli import main; raise SystemExit(main())",
+        *("status", "--watch", "--interval", "0.5", "--url", hub.url, "--token", hub.admin_token),
+        env={**clean, "NO_COLOR": "1"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    seen: list[str] = []
+
+    async def read_until(text: str) -> None:
+        while not any(text in line for line in seen):
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert line, f"output ended before {text!r}: {''.join(seen)}"
+            seen.append(line.decode())
+
+    try:
+        await read_until("Control API rejections: forged 2")
+        assert sum("refreshing every 0.5 s" in line for line in seen) == 1
+        hub.agents.report("i-a2", ShipState.FAILED, error="disk full on /var/lib/docker")
+        await read_until("ship failed: disk full on /var/lib/docker")
+        assert sum("refreshing every 0.5 s" in line for line in seen) >= 2
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert err == b""
+
+
+async def test_watch_on_a_terminal_redraws_and_survives_an_unreachable_mux(hub: Hub) -> None:
+    from campfleet.cli.status import Mux, watch
+
+    mux = Mux(hub.url, hub.admin_token)
+    first = await asyncio.to_thread(mux.call, "GET", "")
+    hub.agents.report("i-a2", ShipState.FAILED, error="disk full on /var/lib/docker")
+    screen = io.StringIO()
+    con = Console(file=screen, force_terminal=True, width=160, color_system=None)
+    code = await asyncio.to_thread(watch, mux, first, con, 0.01, rounds=1)
+    assert code == 0
+    frames = screen.getvalue()
+    # The first frame (from `first`) had no such failure; the redrawn one has it.
+    assert frames.count("Control API rejections") >= 2
+    assert frames.index("disk full") > frames.index("Control API rejections")
+    assert "\x1b[" in frames  # cursor movement: redrawn in place, not appended
+
+    gone = Mux(f"http://127.0.0.1:{free_port()}", hub.admin_token)
+    screen = io.StringIO()
+    con = Console(file=screen, force_terminal=True, width=300, color_system=None)
+    assert await asyncio.to_thread(watch, gone, first, con, 0.01, rounds=1) == 0
+    assert "cannot reach the mux at http://127.0.0.1:" in screen.getvalue()
+    assert "(retrying; showing the view of " in screen.getvalue()
+
+
+async def test_watch_interval_is_checked(hub: Hub) -> None:
+    code, out, err = await campfleet(
+        "status", "--watch", "--interval", "0", "--url", hub.url, "--token", hub.admin_token
+    )
+    assert (code, out) == (2, "")
+    assert err == "campfleet: --interval must be from 0.5 to 600 seconds, got 0\n"

@@ -7,9 +7,12 @@ needs botocore's Stubber: it answers above the retry layer, so it could not show
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -17,11 +20,22 @@ import pytest
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 from moto import mock_aws
 
+from campfleet.mux import cloudwatch
 from campfleet.mux.cloud import AwsCloud, CloudError, LocalCloud
+from campfleet.mux.control import ControlServer
+from campfleet.mux.fleet import Fleet
+from campfleet.mux.metrics import DownShip, FleetSample
+from campfleet.mux.registry import Registry
+from campfleet.protocol import ShipState
+from tests.unit.test_metrics import report_at
+from tests.unit.test_redeploy import FakeAgents
 
 REGION = "us-east-1"
 STACK = "dev"
 GROUP = "campfleet-dev-ships"
+SAMPLE = FleetSample(
+    expected=1, counts={"running": 1}, live=1, ready=1, needed=1, gate_open=True, down=()
+)
 AMI = "ami-12c6146b"  # in moto's built-in image list (looking one up costs a second per test)
 
 
@@ -185,26 +199,92 @@ async def test_protection_and_health_reach_the_group(world: World) -> None:
     assert world.cloud.calls[-1].detail == "container init failed: exit 3"
 
 
-async def test_counts_are_published_per_state(world: World) -> None:
-    await world.cloud.publish_counts({"available": 3, "running": 5, "failed": 1})
-    metrics = world.cloudwatch.list_metrics(Namespace="campfleet", MetricName="Ships")["Metrics"]
-    dims = sorted(tuple(sorted((d["Name"], d["Value"]) for d in m["Dimensions"])) for m in metrics)
-    assert dims == [(("Stack", STACK), ("State", s)) for s in ("available", "failed", "running")]
-    assert samples(world, "running", "Maximum") == [5.0]
+async def test_the_fleet_publishes_lost_and_failed_ships_with_their_ids(
+    world: World, tmp_path: Path
+) -> None:
+    """The hub's own publisher loop, on a fleet of 4 with one ship lost and one failed."""
+    registry = Registry(tmp_path / "registry.sqlite")
+    fleet = Fleet(
+        registry,
+        world.cloud,
+        ControlServer(registry, b"fleet-secret"),
+        expected=4,
+        ready_percent=100,
+        ship_image="ship:1",
+        state_file=tmp_path / "fleet.json",
+    )
+    lost, failed = world.instances
+    agents = FakeAgents(registry)
+    for ship in (lost, failed, "i-healthy1", "i-healthy2"):
+        agents.report(ship, ShipState.BOOTING)
+        agents.report(ship, ShipState.AVAILABLE)
+    agents.report(failed, ShipState.FAILED, error="container init failed: exit 3")
+    report_at(fleet, agents, lost, time.time() - 100)  # then silent
+    assert registry.mark_lost(timeout=50) == [lost]
+
+    publisher = asyncio.ensure_future(fleet._publish_metrics())
+    try:
+        for _ in range(200):
+            if "publish metrics" in {c.action for c in world.cloud.calls}:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        publisher.cancel()
+    # Both broken ships were also handed to the Auto Scaling group for replacement.
+    health = {
+        i["InstanceId"]: i["HealthStatus"].lower()
+        for i in world.autoscaling.describe_auto_scaling_instances(InstanceIds=[lost, failed])[
+            "AutoScalingInstances"
+        ]
+    }
+    assert health == {lost: "unhealthy", failed: "unhealthy"}
+
+    assert stat(world, cloudwatch.SHIPS_DOWN) == 2.0
+    assert stat(world, cloudwatch.SHIPS, State="lost") == 1.0
+    assert stat(world, cloudwatch.SHIPS, State="failed") == 1.0
+    assert stat(world, cloudwatch.SHIPS, State="available") == 2.0
+    assert stat(world, cloudwatch.SHIPS, State="running") == 0.0  # zeros are sent too
+    assert stat(world, cloudwatch.SHIPS_READY) == 2.0
+    assert stat(world, cloudwatch.GATE_OPEN) == 1.0  # latched open when all 4 were available
+    listed = world.cloudwatch.list_metrics(Namespace="campfleet", MetricName=cloudwatch.SHIP_DOWN)
+    ids = sorted(
+        tuple(sorted((d["Name"], d["Value"]) for d in m["Dimensions"])) for m in listed["Metrics"]
+    )
+    assert ids == sorted(
+        [
+            (("InstanceId", lost), ("Stack", STACK), ("State", "lost")),
+            (("InstanceId", failed), ("Stack", STACK), ("State", "failed")),
+        ]
+    )
+    assert stat(world, cloudwatch.SHIP_DOWN, InstanceId=lost, State="lost") == 1.0
 
 
-def samples(w: World, state: str, statistic: str) -> list[float]:
+def stat(w: World, metric: str, **dims: str) -> float:
+    """The one Maximum CloudWatch holds for a metric of this stack in the last minutes."""
     now = dt.datetime.now(dt.timezone.utc)
-    stats = w.cloudwatch.get_metric_statistics(
+    answer = w.cloudwatch.get_metric_statistics(
         Namespace="campfleet",
-        MetricName="Ships",
-        Dimensions=[{"Name": "Stack", "Value": STACK}, {"Name": "State", "Value": state}],
+        MetricName=metric,
+        Dimensions=[{"Name": "Stack", "Value": STACK}]
+        + [{"Name": k, "Value": v} for k, v in dims.items()],
         StartTime=now - dt.timedelta(minutes=5),
         EndTime=now + dt.timedelta(minutes=5),
         Period=600,
-        Statistics=[statistic],
+        Statistics=["Maximum"],
     )
-    return [p[statistic] for p in stats["Datapoints"]]
+    (point,) = answer["Datapoints"]
+    return point["Maximum"]
+
+
+def test_a_large_fleet_is_sent_in_calls_of_at_most_1000_metrics() -> None:
+    down = tuple(DownShip(f"i-{n:05d}", "a", "lost", "silent") for n in range(1500))
+    sample = FleetSample(
+        expected=3000, counts={"lost": 1500}, live=1500, ready=1500, needed=2700,
+        gate_open=True, down=down,
+    )  # fmt: skip
+    data = cloudwatch.metric_data(STACK, sample)
+    assert len(data) == 1 + 3 + 1500
+    assert [len(b) for b in cloudwatch.batches(data)] == [1000, 504]
 
 
 async def test_aws_errors_become_one_line_with_id_and_code(world: World) -> None:
@@ -230,7 +310,7 @@ async def test_a_transient_aws_failure_is_retried(world: World) -> None:
         return AWSResponse(request.url, 503, {}, _Raw(b"")) if len(sent) == 1 else None
 
     cloud._cloudwatch.meta.events.register_first("before-send.cloudwatch", unavailable_once)
-    await cloud.publish_counts({"running": 1})
+    await cloud.publish_metrics(SAMPLE)
     assert len(sent) == 2  # the 503, then the retry that succeeded
 
     cloud = AwsCloud(REGION, STACK, GROUP, max_attempts=2)
@@ -239,7 +319,7 @@ async def test_a_transient_aws_failure_is_retried(world: World) -> None:
         lambda request, **_: AWSResponse(request.url, 503, {}, _Raw(b"")),
     )
     with pytest.raises(CloudError, match=r"^publish metrics failed on campfleet: "):
-        await cloud.publish_counts({"running": 1})
+        await cloud.publish_metrics(SAMPLE)
 
 
 class _Raw:
@@ -268,12 +348,12 @@ async def test_local_cloud_uses_directories_and_records_calls(tmp_path: Any) -> 
     await cloud.attach_volume("vol-local-0002", "ship-2")
     await cloud.set_protected("ship-2", True)
     await cloud.mark_unhealthy("ship-1", "lost: no report for 15 s")
-    await cloud.publish_counts({"running": 1})
+    await cloud.publish_metrics(SAMPLE)
     await cloud.detach_volume("vol-local-0002", "ship-1")  # not there any more: no-op
     assert cloud.attachments == {"vol-local-0002": "ship-2"}
     assert cloud.protected == {"ship-2"}
     assert cloud.unhealthy == {"ship-1": "lost: no report for 15 s"}
-    assert cloud.published == {"running": 1}
+    assert cloud.published is SAMPLE
     assert [(c.action, c.target, c.detail) for c in cloud.calls] == [
         ("attach", "vol-local-0002", "to ship-1"),
         ("attach", "vol-local-0002", "to ship-2 (moved from ship-1)"),

@@ -182,6 +182,7 @@ class LocalEvent:
         singleuser_cmd: Optional[list[str]] = None,
         extra_config: str = "",
         projects: Optional[dict] = None,
+        fleet: Optional[dict] = None,
     ) -> None:
         if ships < 1:
             raise LocalEventError(f"--ships must be at least 1, got {ships}")
@@ -206,6 +207,8 @@ class LocalEvent:
         self.singleuser_cmd = singleuser_cmd or [_bin("jupyterhub-singleuser"), *root]
         self.extra_config = extra_config
         self.projects = projects or {}
+        # mux.json's `fleet` block (campfleet.mux.settings.parse_fleet): mode, culler, ...
+        self.fleet = fleet or {}
         self._password_arg = password
         self.password = ""
         self.admin_password = ""
@@ -315,6 +318,7 @@ class LocalEvent:
             "heartbeat": self.heartbeat,
             "lostAfter": self.lost_after,
             "projects": self.projects,
+            "fleet": self.fleet,
             "parameters": {
                 "fleetSecret": "secrets/fleet-secret",
                 "proxyToken": "secrets/proxy-token",

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,6 +36,9 @@ CLAIM_DAYS = 30
 ADMIN_SERVICE = "campfleet-admin"
 # What organizer tools need: manage users and servers, reach servers, read metrics.
 ADMIN_SCOPES = ["admin:users", "admin:servers", "access:servers", "read:metrics", "read:hub"]
+CULLER_SERVICE = "idle-culler"
+# What jupyterhub-idle-culler needs to find idle servers and stop them (its README's role).
+CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
 
 
 class WorkshopAuthenticator(SharedPasswordAuthenticator):
@@ -94,6 +98,20 @@ def proxy_command() -> list[str]:
         f"--proxy-timeout={PROXY_TIMEOUT_MS}",
         "--keep-alive-timeout=65000",
     ]
+
+
+def culler_service(idle_seconds: int, cull_every_seconds: int) -> dict[str, Any]:
+    """jupyterhub-idle-culler as a hub-managed service: stops servers idle this long."""
+    return {
+        "name": CULLER_SERVICE,
+        "command": [
+            sys.executable,
+            "-m",
+            "jupyterhub_idle_culler",
+            f"--timeout={idle_seconds}",
+            f"--cull-every={cull_every_seconds}",
+        ],
+    }
 
 
 def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
@@ -204,10 +222,24 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
         c.ShipSpawner.projects = settings.projects
         hub.allow_named_servers = True
         hub.named_server_limit_per_user = len(settings.projects)
+    services: list[dict[str, Any]] = []
+    roles: list[dict[str, Any]] = []
     if secrets.api_token:
         # An admin token for organizer tools (`campfleet status/redeploy`, benchmarks).
-        hub.services = [{"name": ADMIN_SERVICE, "api_token": secrets.api_token}]
-        hub.load_roles = [
-            {"name": ADMIN_SERVICE, "scopes": ADMIN_SCOPES, "services": [ADMIN_SERVICE]}
-        ]
+        services.append({"name": ADMIN_SERVICE, "api_token": secrets.api_token})
+        roles.append({"name": ADMIN_SERVICE, "scopes": ADMIN_SCOPES, "services": [ADMIN_SERVICE]})
+    fleet_settings = settings.fleet
+    if fleet_settings.idle_seconds > 0:
+        services.append(
+            culler_service(fleet_settings.idle_seconds, fleet_settings.cull_every_seconds)
+        )
+        roles.append(
+            {"name": CULLER_SERVICE, "scopes": CULLER_SCOPES, "services": [CULLER_SERVICE]}
+        )
+    if fleet_settings.idle_seconds > 0 or fleet_settings.demand:
+        # A stopped (culled) attendee's ship goes back to the pool; the volume stays theirs.
+        c.ShipSpawner.release_on_stop = True
+    if services:
+        hub.services = services
+        hub.load_roles = roles
     return fleet

@@ -208,14 +208,20 @@ class Policy:
 
 @dataclass(frozen=True)
 class Counts:
-    """The fleet as the mux sees it: ships holding an attendee, starting, free and ready."""
+    """The fleet as the mux sees it.
+
+    held: ships holding an attendee; waiting: attendees whose start waits for a ship (demand
+    they add before they hold one); starting: ships launched, not yet ready (and free ships
+    still busy unmounting); available: free, ready, idle ships.
+    """
 
     held: int
     starting: int = 0
     available: int = 0
+    waiting: int = 0
 
     def __post_init__(self) -> None:
-        if min(self.held, self.starting, self.available) < 0:
+        if min(self.held, self.starting, self.available, self.waiting) < 0:
             raise PolicyError(f"fleet counts must not be negative: {self}")
 
     @property
@@ -227,13 +233,13 @@ def desired_capacity(policy: Policy, counts: Counts, now: datetime) -> int:
     """The group's desired capacity at `now`.
 
     fixed: the schedule's size (the room in a session, idle ships outside).
-    demand: held + spare ships, at least the schedule's size, at most the room size, and
-    never below the ships attendees hold, which are scale-in protected anyway.
+    demand: held + waiting + spare ships, at least the schedule's size, at most the room
+    size, and never below the ships attendees hold, which are scale-in protected anyway.
     """
     floor = policy.scheduled(now)
     if policy.mode == "fixed":
         return floor
-    want = max(counts.held + policy.spare_ships, floor)
+    want = max(counts.held + counts.waiting + policy.spare_ships, floor)
     return max(min(want, policy.ships), min(counts.held, policy.ships))
 
 

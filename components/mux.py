@@ -134,8 +134,16 @@ class Mux(pulumi.ComponentResource):
                 "Action": [
                     "autoscaling:SetInstanceHealth",
                     "autoscaling:SetInstanceProtection",
-                    # Demand mode: the mux keeps the group at held + spare ships.
-                    *(["autoscaling:SetDesiredCapacity"] if args.demand else []),
+                    # Demand mode: the mux keeps the group at held + spare ships and removes
+                    # only the free, ready ships it chose.
+                    *(
+                        [
+                            "autoscaling:SetDesiredCapacity",
+                            "autoscaling:TerminateInstanceInAutoScalingGroup",
+                        ]
+                        if args.demand
+                        else []
+                    ),
                 ],
                 "Resource": args.ship_group_arn,
             },

@@ -82,9 +82,13 @@ def scheduled_actions(
 ) -> list[aws.autoscaling.Schedule]:
     """Two scheduled actions per session: to `ships` before it, to `idle_ships` after it.
 
-    Only the desired capacity moves (min and max stay, -1 = unchanged), so a session start
-    never fights the mux's demand floor nor an organizer's `pulumi up`.
+    Only the desired capacity moves (min and max stay, -1 = unchanged). In demand mode there
+    are none: the mux applies the same sessions through the same policy function, and a
+    scheduled scale-in would let AWS pick which ships go, where the mux removes only free,
+    ready ones.
     """
+    if args.demand:
+        return []
     lead = timedelta(minutes=args.lead_minutes)
     actions = []
     for index, session in enumerate(fleetpolicy.parse_sessions(list(args.sessions))):

@@ -209,9 +209,6 @@ class ShipFleet(pulumi.ComponentResource):
                 ),
             ],
             warm_pool=warm_pool,
-            # Demand mode: new ships start protected; the mux lifts the protection only from
-            # the free, ready ships it chooses to scale in (campfleet.fleetpolicy).
-            protect_from_scale_in=args.scaling.demand,
             tags=[
                 aws.autoscaling.GroupTagArgs(key=key, value=value, propagate_at_launch=True)
                 for key, value in ship_tags.items()

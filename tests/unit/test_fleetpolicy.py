@@ -200,6 +200,9 @@ def test_demand_is_held_plus_spares_bounded_by_the_room() -> None:
     assert desired_capacity(policy, Counts(held=40, starting=3, available=1), SAT_NOON) == 45
     assert desired_capacity(policy, Counts(held=97), SAT_NOON) == 100
     assert desired_capacity(policy, Counts(held=100), SAT_NOON) == 100
+    # Attendees waiting for a ship are demand before they hold one.
+    assert desired_capacity(policy, Counts(held=40, waiting=7), SAT_NOON) == 52
+    assert desired_capacity(Policy(ships=9, mode="demand"), Counts(0, waiting=1), SAT_NOON) == 1
 
 
 def test_demand_never_below_the_schedule_or_the_held_ships() -> None:

@@ -26,14 +26,18 @@ CLASS = {
     "campfleet:sessionLeadMinutes": 20,
     "campfleet:idleShips": 4,
     "campfleet:warmPool": 40,
-    "campfleet:fleetMode": "demand",
-    "campfleet:spareShips": 6,
 }
+DEMAND = {**CLASS, "campfleet:fleetMode": "demand", "campfleet:spareShips": 6}
 
 
 @pytest.fixture(scope="module")
 def scheduled() -> Evaluation:
     return evaluate(ROOT, "prod", CLASS)
+
+
+@pytest.fixture(scope="module")
+def demand() -> Evaluation:
+    return evaluate(ROOT, "prod", DEMAND)
 
 
 @pytest.fixture(scope="module")
@@ -68,16 +72,26 @@ def test_schedules_in_the_stack_time_zone_with_the_lead(scheduled: Evaluation) -
     assert all(r.parent and "ShipFleet" in r.parent for r in scheduled.of_type(SCHEDULE))
 
 
-def test_capacity_is_left_to_schedules_and_the_mux(scheduled: Evaluation) -> None:
-    group = scheduled.one(GROUP)
+@pytest.mark.parametrize("fixture", ["scheduled", "demand"])
+def test_capacity_is_left_to_schedules_and_the_mux(
+    fixture: str, request: pytest.FixtureRequest
+) -> None:
+    evaluation: Evaluation = request.getfixturevalue(fixture)
+    group = evaluation.one(GROUP)
     assert group.ignore_changes == ("desiredCapacity",)
     assert group.inputs["minSize"] == 4  # idleShips: the schedule may go down to it
     assert group.inputs["maxSize"] == 165
-    policy = scheduled.config.policy()
+    policy = evaluation.config.policy()
     # Created at the schedule's size of the moment (this test and the program run within
     # the same minute; a session edge in between would show here as 150 vs 4).
     assert group.inputs["desiredCapacity"] == policy.scheduled(datetime.now(timezone.utc))
-    assert group.inputs["protectFromScaleIn"] is True  # demand: the mux unprotects to scale in
+    # Never protected at launch: instance refresh skips protected ships (the mux protects
+    # exactly the ships attendees hold).
+    assert group.inputs.get("protectFromScaleIn") in (None, False)
+
+
+def test_demand_mode_leaves_sessions_to_the_mux(demand: Evaluation) -> None:
+    assert demand.of_type(SCHEDULE) == []
 
 
 def test_fixed_stack_keeps_todays_group(fixed: Evaluation) -> None:
@@ -125,15 +139,16 @@ def test_warm_pool_settings(scheduled: Evaluation) -> None:
 
 
 def test_mux_gets_the_fleet_settings_and_desired_capacity_permission(
-    scheduled: Evaluation, fixed: Evaluation
+    demand: Evaluation, scheduled: Evaluation
 ) -> None:
     def statements(ev: Evaluation) -> dict:
         doc = next(r for r in ev.resources if r.name == "mux-policy").inputs["policy"]
         return {s["Sid"]: s for s in json.loads(doc)["Statement"]}
 
-    assert "autoscaling:SetDesiredCapacity" in statements(scheduled)["ShipGroup"]["Action"]
-    assert "autoscaling:SetDesiredCapacity" not in statements(fixed)["ShipGroup"]["Action"]
-    mux = next(r for r in scheduled.resources if r.name == "mux-instance").inputs
+    scaling = {"autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"}
+    assert scaling <= set(statements(demand)["ShipGroup"]["Action"])
+    assert not scaling & set(statements(scheduled)["ShipGroup"]["Action"])
+    mux = next(r for r in demand.resources if r.name == "mux-instance").inputs
     cloud_config = yaml.safe_load(gzip.decompress(base64.b64decode(mux["userDataBase64"])))
     (settings,) = [f for f in cloud_config["write_files"] if f["path"].endswith("mux.json")]
     fleet = json.loads(settings["content"])["fleet"]
@@ -148,5 +163,6 @@ def test_mux_gets_the_fleet_settings_and_desired_capacity_permission(
     }
 
 
-def test_policy_pack_still_green(scheduled: Evaluation) -> None:
+def test_policy_pack_still_green(scheduled: Evaluation, demand: Evaluation) -> None:
     assert [str(f) for f in policies.check(scheduled)] == []
+    assert [str(f) for f in policies.check(demand)] == []

@@ -22,9 +22,17 @@ from tornado import web
 from campfleet.mux import fleetview
 from campfleet.mux.cloud import AwsCloud, Cloud, LocalCloud
 from campfleet.mux.control import ControlServer
+from campfleet.mux.demand import DemandController
 from campfleet.mux.fleet import Fleet
 from campfleet.mux.registry import Registry
-from campfleet.mux.settings import Secrets, Settings, SettingsError, load, load_secrets
+from campfleet.mux.settings import (
+    LOCAL_GROUP_FILE,
+    Secrets,
+    Settings,
+    SettingsError,
+    load,
+    load_secrets,
+)
 
 log = logging.getLogger("campfleet.hubconfig")
 
@@ -122,23 +130,34 @@ def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
     registry = Registry(settings.state_dir / "registry.sqlite")
     cloud: Cloud
     if settings.local:
-        cloud = LocalCloud(settings.local.volumes_root, settings.local.volumes)
+        cloud = LocalCloud(
+            settings.local.volumes_root,
+            settings.local.volumes,
+            group_file=settings.state_dir / LOCAL_GROUP_FILE,
+        )
     else:
         cloud = AwsCloud(settings.region, settings.stack, settings.ship_group_name)
     control = ControlServer(
         registry, secrets.fleet_secret, heartbeat=settings.heartbeat, lost_after=settings.lost_after
     )
-    return Fleet(
+    demand = settings.fleet.demand
+    fleet = Fleet(
         registry,
         cloud,
         control,
-        expected=settings.ships,
+        # Demand mode has no room to wait for: each attendee waits for their own ship.
+        expected=0 if demand else settings.ships,
         ready_percent=settings.ready_percent,
         ship_image=settings.ship_image,
         state_file=settings.state_dir / "fleet-state.json",
         control_address=settings.control_address,
         control_port=settings.control_port,
-    ).install()
+    )
+    if demand:
+        fleet.demand = DemandController(
+            fleet, settings.fleet.policy(settings.ships), interval=settings.fleet.demand_interval
+        )
+    return fleet.install()
 
 
 def _start_in_hub_loop(fleet: Fleet) -> None:
@@ -239,6 +258,9 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
     if fleet_settings.idle_seconds > 0 or fleet_settings.demand:
         # A stopped (culled) attendee's ship goes back to the pool; the volume stays theirs.
         c.ShipSpawner.release_on_stop = True
+    if fleet_settings.demand:
+        # A start may wait for a launch: about 4 minutes cold, half a minute from a warm pool.
+        c.ShipSpawner.pool_wait = 600.0
     if services:
         hub.services = services
         hub.load_roles = roles

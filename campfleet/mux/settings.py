@@ -31,6 +31,9 @@ SECRET_NAMES = (
 IMDS = "http://169.254.169.254/latest"
 MIN_SECRET_CHARS = 32  # fleetSecret, proxyToken: openssl rand -hex 16 at the least
 MAX_PROJECTS = 9  # ship ports port_base .. port_base + 9 (8888-8897 on AWS)
+# A local event's stand-in Auto Scaling group, in the hub's state dir: LocalCloud writes
+# {"desired": n, "remove": [ship ids]}, LocalEvent.follow_group starts and stops ships to match.
+LOCAL_GROUP_FILE = "group.json"
 
 
 class SettingsError(Exception):

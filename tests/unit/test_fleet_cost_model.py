@@ -56,3 +56,33 @@ def test_fixed_sessions_have_the_room_ready_at_the_start() -> None:
     # 3 ships from 08:45 until culled at 10:11:15 (free ships go when the session ends).
     assert out.ship_hours == pytest.approx(3 * (1.25 + (600 + 75) / H), abs=0.05)
     assert always_on(visits, 3, 12 * H).ship_hours == 36
+
+
+def test_docs_table_is_the_saved_run() -> None:
+    """docs/cost.md quotes benchmarks/results/fleet_cost.json, figure for figure."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    saved = json.loads((root / "benchmarks/results/fleet_cost.json").read_text())["traces"]
+    doc = (root / "docs/cost.md").read_text()
+    quoted = 0
+    for trace, data in saved.items():
+        for label, o in data["fleets"].items():
+            row = next(
+                line
+                for line in doc.splitlines()
+                if line.startswith(f"| {trace} | {label}") and "|" in line[len(trace) + 4 :]
+            )
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            assert cells[2:6] == [
+                f"{o['ship_hours']:,.0f}",
+                f"{o['cost_usd']:,.2f}",
+                f"{o['used_hours']:,.0f}",
+                f"{o['efficiency']:.2f}",
+            ], row
+            assert cells[6] == (
+                f"{o['wait_p50_s']:.0f} / {o['wait_p95_s']:.0f} / {o['wait_max_s']:.0f}"
+            )
+            quoted += 1
+    assert quoted == 5

@@ -93,3 +93,39 @@ def test_plan_prices_the_schedule(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert plan["vcpus"] == 150 * 2 + 2
     # The always-on figures stay what they were (README's table and PR comments use them).
     assert plan["costPerDayUsd"] == pytest.approx(plan["costPerHourUsd"] * 24)
+
+
+SESSIONS = {"campfleet:sessions": ["Mon-Fri 08:30-17:30"], "campfleet:timeZone": "Europe/Dublin"}
+README_VARIANTS = {
+    "always on": {},
+    "sessions": SESSIONS,
+    "sessions + warm pool of 15": {**SESSIONS, "campfleet:warmPool": 15},
+    "demand, 2 spares, nobody logged in": {
+        "campfleet:fleetMode": "demand",
+        "campfleet:spareShips": 2,
+    },
+}
+
+
+def test_readme_schedule_table_is_what_plan_computes() -> None:
+    from campfleet.cli.plan import summarize
+    from components.config import read_stack_config
+
+    text = (ROOT / "README.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith(("| dev | ", "| prod | "))]
+    checked = 0
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        if len(cells) != 6 or cells[1] not in README_VARIANTS:
+            continue
+        stack, label = cells[0], cells[1]
+        values = {**read_stack_config(ROOT, stack), **README_VARIANTS[label]}
+        week = summarize(ROOT, stack, values, None).week
+        assert cells[2:] == [
+            f"{week.ship_hours / 7:,.1f}",
+            f"${week.cost / 7:,.2f}",
+            f"${week.cost:,.2f}",
+            f"{week.saving:.0%}",
+        ], row
+        checked += 1
+    assert checked == 7

@@ -37,16 +37,15 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from campfleet.fleetpolicy import (  # noqa: E402
+from campfleet.fleetpolicy import (
     Counts,
     Policy,
     desired_capacity,
     parse_sessions,
     scale_in_count,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TRACES = ROOT / "benchmarks" / "traces"
 RESULTS = ROOT / "benchmarks" / "results" / "fleet_cost.json"

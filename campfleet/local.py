@@ -538,6 +538,9 @@ class LocalEvent:
         """
         deadline = time.monotonic() + timeout
         needed = -(-self.ships * self.ready_percent // 100)
+        if self.fleet.get("mode") == "demand":
+            # Ships start as attendees come: ready once the spares are.
+            needed = min(self.ships, int(self.fleet.get("spareShips", 2)))
         last: Optional[dict] = None
         while True:
             self._check_alive()

@@ -10,7 +10,7 @@ from tests.integration.conftest import Admin, Attendee, registry_of, wait_until
 
 pytestmark = pytest.mark.slow
 
-IDLE_SECONDS = 20  # long enough for the first start and a file write on a busy machine
+IDLE_SECONDS = 30  # long enough for the first start and a file write on a busy machine
 
 
 def test_idle_server_is_culled_ship_returns_and_files_follow(event_factory) -> None:

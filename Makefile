@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/control_ingest.py
 	$(BIN)/python benchmarks/spawn_storm.py
 	$(BIN)/python benchmarks/alert_latency.py
+	$(BIN)/python benchmarks/fleet_cost.py
 
 clean:
 	rm -rf $(VENV) node_modules .campfleet .pytest_cache .ruff_cache

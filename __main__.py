@@ -1,5 +1,7 @@
 """campfleet: read the stack config, build the components, export what organizers need."""
 
+from datetime import datetime, timezone
+
 import pulumi
 import pulumi_aws as aws
 
@@ -8,6 +10,7 @@ from components.config import load
 from components.images import ContainerImage, ContainerImageArgs
 from components.mux import Mux, MuxArgs
 from components.network import MUX_PRIVATE_IP, Network, NetworkArgs
+from components.scaling import ScalingArgs
 from components.secrets import Secrets, SecretsArgs
 from components.ships import ShipFleet, ShipFleetArgs
 from components.tags import base_tags
@@ -63,6 +66,16 @@ ships = ShipFleet(
         region=region,
         account_id=account_id,
         tags=tags,
+        scaling=ScalingArgs(
+            sessions=config.sessions,
+            time_zone=config.time_zone,
+            lead_minutes=config.session_lead_minutes,
+            idle_ships=config.idle_ships,
+            warm_pool=config.warm_pool,
+            demand=config.fleet_mode == "demand",
+            # Created mid-session, the room is there now; created at night, it waits.
+            initial_capacity=config.policy().scheduled(datetime.now(timezone.utc)),
+        ),
     ),
 )
 mux = Mux(
@@ -85,6 +98,7 @@ mux = Mux(
         ship_image=images["ship"].repo_digest,
         ship_group_name=ships.group_name,
         ship_group_arn=ships.group_arn,
+        fleet=config.fleet_settings(),
         parameter_names=secrets.names,
         parameter_arns=secrets.arns,
         region=region,

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from campfleet.mux.registry import Registry
+from campfleet.mux.settings import LOCAL_GROUP_FILE
 
 DEFAULT_STATE_DIR = Path(".campfleet/local")
 SHIP_PORT_OFFSET = 100  # ship i's ports start at port + 100 + 10 * i
@@ -182,6 +184,7 @@ class LocalEvent:
         singleuser_cmd: Optional[list[str]] = None,
         extra_config: str = "",
         projects: Optional[dict] = None,
+        fleet: Optional[dict] = None,
     ) -> None:
         if ships < 1:
             raise LocalEventError(f"--ships must be at least 1, got {ships}")
@@ -206,12 +209,19 @@ class LocalEvent:
         self.singleuser_cmd = singleuser_cmd or [_bin("jupyterhub-singleuser"), *root]
         self.extra_config = extra_config
         self.projects = projects or {}
+        # mux.json's `fleet` block (campfleet.mux.settings.parse_fleet): mode, culler, ...
+        self.fleet = fleet or {}
         self._password_arg = password
         self.password = ""
         self.admin_password = ""
         self.api_token = ""
         self.hub: Optional[subprocess.Popen] = None
         self.agents: dict[str, subprocess.Popen] = {}
+        # Which port block (index) each ship ever started used; guarded with `agents`.
+        self._slots: dict[str, int] = {}
+        self._agents_lock = threading.RLock()
+        self._follow_stop = threading.Event()
+        self._follower: Optional[threading.Thread] = None
         self.url = f"http://127.0.0.1:{port}/"
 
     # -- ports and ids -----------------------------------------------------------------------
@@ -315,6 +325,7 @@ class LocalEvent:
             "heartbeat": self.heartbeat,
             "lostAfter": self.lost_after,
             "projects": self.projects,
+            "fleet": self.fleet,
             "parameters": {
                 "fleetSecret": "secrets/fleet-secret",
                 "proxyToken": "secrets/proxy-token",
@@ -406,15 +417,75 @@ class LocalEvent:
             "--state-dir", str(ship_dir),
             "--heartbeat", str(self.heartbeat),
         ]  # fmt: skip
-        self.agents[ship_id] = self._spawn(cmd, f"ship-{ship_id}.log", ship_dir)
+        with self._agents_lock:
+            self.agents[ship_id] = self._spawn(cmd, f"ship-{ship_id}.log", ship_dir)
+            self._slots[ship_id] = index
 
     def kill_ship(self, ship_id: str) -> None:
         """Crash a ship: SIGKILL its agent and everything it started (fault tests)."""
-        agent = self.agents.pop(ship_id)
+        with self._agents_lock:
+            agent = self.agents.pop(ship_id)
         pids = [agent.pid, *_children(agent.pid)]
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        agent.wait(timeout=5)
+
+    # -- the local Auto Scaling group (demand mode) -------------------------------------------
+
+    @property
+    def group_file(self) -> Path:
+        return self.hub_dir / LOCAL_GROUP_FILE
+
+    def follow_group(self, interval: float = 0.2) -> None:
+        """Act as the Auto Scaling group of a demand-mode event, as AWS would: launch new ships
+        up to the desired capacity the mux sets, and terminate exactly the ships it removes."""
+        self._follow_stop.clear()
+        self._follower = threading.Thread(
+            target=self._follow, args=(interval,), name="local-group", daemon=True
+        )
+        self._follower.start()
+
+    def _follow(self, interval: float) -> None:
+        handled = 0
+        while not self._follow_stop.wait(interval):
+            try:
+                group = json.loads(self.group_file.read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                continue
+            removals = group.get("remove", [])
+            for ship_id in removals[handled:]:
+                self.remove_ship(ship_id)
+            handled = len(removals)
+            with self._agents_lock:
+                live = sum(1 for a in self.agents.values() if a.poll() is None)
+            for _ in range((group.get("desired") or 0) - live):
+                self.launch_ship()
+
+    def launch_ship(self) -> str:
+        """Start a new ship (a new id, like a new instance) in a free port block."""
+        with self._agents_lock:
+            used = {self._slots[s] for s, a in self.agents.items() if a.poll() is None}
+            index = next((i for i in range(self.ships) if i not in used), None)
+            if index is None:
+                raise LocalEventError(f"all {self.ships} ship port blocks are in use")
+            number = len(self._slots) + 1
+            while f"i-local{number:04d}" in self._slots:
+                number += 1
+            ship_id = f"i-local{number:04d}"
+            self.start_ship(ship_id, index)
+        return ship_id
+
+    def remove_ship(self, ship_id: str, timeout: float = 15.0) -> None:
+        """Terminate a ship cleanly (SIGTERM: the agent stops its servers, reports terminated)."""
+        with self._agents_lock:
+            agent = self.agents.pop(ship_id, None)
+        if agent is None:
+            return
+        descendants = _children(agent.pid)
+        _terminate([agent.pid], timeout)
+        if descendants:
+            _terminate(descendants, 5.0)
         agent.wait(timeout=5)
 
     # -- readiness ---------------------------------------------------------------------------
@@ -435,7 +506,7 @@ class LocalEvent:
             raise LocalEventError(
                 f"the hub exited; see {self.log_dir / 'hub.log'}: {self._last_line('hub.log')}"
             )
-        for ship_id, agent in self.agents.items():
+        for ship_id, agent in list(self.agents.items()):
             if agent.poll() is not None:
                 log_name = f"ship-{ship_id}.log"
                 raise LocalEventError(
@@ -467,6 +538,9 @@ class LocalEvent:
         """
         deadline = time.monotonic() + timeout
         needed = -(-self.ships * self.ready_percent // 100)
+        if self.fleet.get("mode") == "demand":
+            # Ships start as attendees come: ready once the spares are.
+            needed = min(self.ships, int(self.fleet.get("spareShips", 2)))
         last: Optional[dict] = None
         while True:
             self._check_alive()
@@ -507,6 +581,10 @@ class LocalEvent:
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM hub and ships (each process group), wait, SIGKILL; no process is left."""
+        if self._follower is not None:
+            self._follow_stop.set()
+            self._follower.join(timeout=30)
+            self._follower = None
         self.stop_hub(timeout)
         agents = [a.pid for a in self.agents.values()]
         descendants = [c for pid in agents for c in _children(pid)]

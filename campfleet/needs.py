@@ -180,14 +180,19 @@ def needs_from_resources(ships: int, resources_: Iterable[ResourceLike]) -> Need
     templates = by_type.get(LAUNCH_TEMPLATE, [])
     for group in by_type.get(AUTOSCALING_GROUP, []):
         count = int(group.inputs.get("desiredCapacity") or group.inputs.get("minSize") or 0)
-        extra = max(0, int(group.inputs.get("maxSize") or count) - count)
+        top = int(group.inputs.get("maxSize") or count)
+        # Sessions and demand mode start the group small; the room is what it must hold.
+        count = max(count, min(ships, top))
+        extra = max(0, top - count)
         lt = _template_for(group, templates)
         itype = lt.inputs.get("instanceType")
         if not itype:
             raise DataError(f"launch template {lt.name} sets no instanceType")
         vtype, gib = _launch_template_root(lt, notes)
         instances[itype] += count
-        ebs[vtype] += gib * count
+        # Stopped warm-pool ships hold no vCPUs, only their root volumes.
+        warm = int((group.inputs.get("warmPool") or {}).get("minSize") or 0)
+        ebs[vtype] += gib * (count + warm)
         enis += count
         if extra:
             surge[itype] += extra

@@ -14,11 +14,14 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+from campfleet import fleetpolicy
 
 PROJECT = "campfleet"
 PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
@@ -77,6 +80,44 @@ class FleetConfig:
     monthly_budget_usd: int  # 0 = no budget alert
     # A secret given by the organizer (None = generate one). Never printed.
     shared_password: Optional[str] = field(default=None, repr=False)
+    # When the room is in use and how the fleet follows it (campfleet.fleetpolicy).
+    sessions: tuple[str, ...] = ()
+    time_zone: str = "UTC"
+    session_lead_minutes: int = fleetpolicy.DEFAULT_LEAD_MINUTES
+    idle_ships: int = 0
+    warm_pool: int = 0
+    fleet_mode: str = "fixed"
+    spare_ships: int = 2
+    idle_minutes: int = 60
+
+    @property
+    def scheduled(self) -> bool:
+        """Does anything but Pulumi move the group's desired capacity (schedules, the mux)?"""
+        return bool(self.sessions) or self.fleet_mode == "demand"
+
+    def fleet_settings(self) -> dict[str, Any]:
+        """The mux's `fleet` settings block (campfleet.mux.settings parses it)."""
+        return {
+            "mode": self.fleet_mode,
+            "spareShips": self.spare_ships,
+            "idleShips": self.idle_ships,
+            "sessions": list(self.sessions),
+            "timeZone": self.time_zone,
+            "sessionLeadMinutes": self.session_lead_minutes,
+            "idleMinutes": self.idle_minutes,
+        }
+
+    def policy(self) -> fleetpolicy.Policy:
+        """The fleet policy the mux, `campfleet plan` and the cost simulator share."""
+        return fleetpolicy.Policy(
+            ships=self.ships,
+            mode=self.fleet_mode,
+            idle_ships=self.idle_ships,
+            spare_ships=self.spare_ships,
+            sessions=fleetpolicy.parse_sessions(list(self.sessions)),
+            time_zone=fleetpolicy.parse_time_zone(self.time_zone),
+            lead=timedelta(minutes=self.session_lead_minutes),
+        )
 
 
 @dataclass(frozen=True)
@@ -260,6 +301,22 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
             f"{PROJECT}:monthlyBudgetUsd: {budget} needs {PROJECT}:alertEmail, the address the "
             "budget alert goes to; set it or set monthlyBudgetUsd to 0"
         )
+    sessions = check.string_list("sessions", raw["sessions"])
+    try:
+        fleetpolicy.parse_sessions(sessions)
+    except fleetpolicy.PolicyError as e:
+        check.problems.append(f"{PROJECT}:{e}")
+        sessions = []
+    zone = raw["timeZone"]
+    try:
+        fleetpolicy.parse_time_zone(zone)
+    except fleetpolicy.PolicyError as e:
+        check.problems.append(f"{PROJECT}:timeZone: {e}")
+        zone = "UTC"
+    mode = raw["fleetMode"]
+    if mode not in fleetpolicy.MODES:
+        check.bad("fleetMode", mode, " or ".join(f'"{m}"' for m in fleetpolicy.MODES))
+        mode = fleetpolicy.MODES[0]
 
     config = FleetConfig(
         stack=stack,
@@ -279,6 +336,14 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
         alert_email=alert_email,
         monthly_budget_usd=budget,
         shared_password=shared_password,
+        sessions=tuple(sessions),
+        time_zone=zone if isinstance(zone, str) else "UTC",
+        session_lead_minutes=check.integer("sessionLeadMinutes", raw["sessionLeadMinutes"], 0, 240),
+        idle_ships=check.integer("idleShips", raw["idleShips"], 0, ships),
+        warm_pool=check.integer("warmPool", raw["warmPool"], 0, ships),
+        fleet_mode=mode,
+        spare_ships=check.integer("spareShips", raw["spareShips"], 0, 5000),
+        idle_minutes=check.integer("idleMinutes", raw["idleMinutes"], 0, 7 * 24 * 60),
     )
     if check.problems:
         raise ConfigError(stack, check.problems)

@@ -7,7 +7,7 @@ ships of this group, read its own SSM parameters, pull its image, publish fleet 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
@@ -50,6 +50,12 @@ class MuxArgs:
     region: pulumi.Input[str]
     account_id: pulumi.Input[str]
     tags: dict[str, str]
+    # How the fleet follows the room (FleetConfig.fleet_settings); empty = fixed, no culler.
+    fleet: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def demand(self) -> bool:
+        return self.fleet.get("mode") == "demand"
 
 
 def mux_settings(args: MuxArgs, region: str, ship_image: str) -> dict[str, object]:
@@ -70,6 +76,7 @@ def mux_settings(args: MuxArgs, region: str, ship_image: str) -> dict[str, objec
         "shipImage": ship_image,
         "volumeTagKey": STACK_TAG,
         "parameters": dict(args.parameter_names),
+        "fleet": dict(args.fleet),
     }
 
 
@@ -125,7 +132,20 @@ class Mux(pulumi.ComponentResource):
             {
                 "Sid": "ShipGroup",
                 "Effect": "Allow",
-                "Action": ["autoscaling:SetInstanceHealth", "autoscaling:SetInstanceProtection"],
+                "Action": [
+                    "autoscaling:SetInstanceHealth",
+                    "autoscaling:SetInstanceProtection",
+                    # Demand mode: the mux keeps the group at held + spare ships and removes
+                    # only the free, ready ships it chose.
+                    *(
+                        [
+                            "autoscaling:SetDesiredCapacity",
+                            "autoscaling:TerminateInstanceInAutoScalingGroup",
+                        ]
+                        if args.demand
+                        else []
+                    ),
+                ],
                 "Resource": args.ship_group_arn,
             },
             {

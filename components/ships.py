@@ -8,12 +8,12 @@ spread round-robin over the zones: the only resources that grow with the fleet.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
 
-from components import userdata
+from components import scaling, userdata
 from components.iam import ecr_statements, instance_role
 from components.network import CONTROL_PORT
 from components.tags import ROLE_TAG, tagged
@@ -58,6 +58,7 @@ class ShipFleetArgs:
     region: pulumi.Input[str]
     account_id: pulumi.Input[str]
     tags: dict[str, str]
+    scaling: scaling.ScalingArgs = field(default_factory=scaling.ScalingArgs)
 
 
 class ShipFleet(pulumi.ComponentResource):
@@ -74,6 +75,8 @@ class ShipFleet(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         self.group_name = f"campfleet-{args.stack}-{name}"
         hook_name = f"{self.group_name}-terminating"
+        launch_hook_name = f"{self.group_name}-launching"
+        warm_pool = scaling.warm_pool(args.scaling)
         ship_tags = tagged(args.tags, self.group_name, {ROLE_TAG: "ship"})
         # The group's ARN holds an id AWS assigns, unknown before the group exists, but the
         # ships need this permission from their first boot: scope by the group's name.
@@ -111,6 +114,8 @@ class ShipFleet(pulumi.ComponentResource):
                 "shipGroupName": self.group_name,
                 "lifecycleHookName": hook_name,
             }
+            if warm_pool is not None:
+                agent["launchHookName"] = launch_hook_name
             return userdata.pack(
                 userdata.ship_user_data(agent, image, region, args.fleet_secret_parameter)
             )
@@ -161,8 +166,8 @@ class ShipFleet(pulumi.ComponentResource):
         group = aws.autoscaling.Group(
             f"{name}-group",
             name=self.group_name,
-            desired_capacity=args.ships,
-            min_size=args.ships,
+            desired_capacity=args.scaling.desired(args.ships),
+            min_size=args.scaling.min_size(args.ships),
             max_size=max_size(args.ships),
             vpc_zone_identifiers=args.subnet_ids,
             launch_template=aws.autoscaling.GroupLaunchTemplateArgs(
@@ -196,14 +201,35 @@ class ShipFleet(pulumi.ComponentResource):
                     lifecycle_transition="autoscaling:EC2_INSTANCE_TERMINATING",
                     heartbeat_timeout=TERMINATION_HOOK_SECONDS,
                     default_result="CONTINUE",
-                )
+                ),
+                # With a warm pool: held in Pending:Wait until the agent has pulled the image
+                # (into the pool) and again until it reports to the mux (out of the pool).
+                *(
+                    [
+                        aws.autoscaling.GroupInitialLifecycleHookArgs(
+                            name=launch_hook_name,
+                            lifecycle_transition="autoscaling:EC2_INSTANCE_LAUNCHING",
+                            heartbeat_timeout=scaling.LAUNCH_HOOK_SECONDS,
+                            default_result="CONTINUE",
+                        )
+                    ]
+                    if warm_pool is not None
+                    else []
+                ),
             ],
+            warm_pool=warm_pool,
             tags=[
                 aws.autoscaling.GroupTagArgs(key=key, value=value, propagate_at_launch=True)
                 for key, value in ship_tags.items()
             ],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[policy]),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[policy],
+                # Schedules and the mux own the capacity: `pulumi up` must not reset it.
+                ignore_changes=scaling.MOVING_PROPERTIES if args.scaling.moves_capacity else None,
+            ),
         )
+        scaling.scheduled_actions(name, group.name, args.ships, args.scaling, child)
 
         zones = len(args.zone_names)
         home_opts = pulumi.ResourceOptions(parent=self, protect=args.protect_home_volumes)

@@ -33,6 +33,9 @@ log = logging.getLogger("campfleet.agent")
 # Registry states after which the only report a ship may send is `terminated`.
 STAND_DOWN = (ShipState.LOST.value, ShipState.TERMINATED.value)
 _STATE_VALUES = frozenset(s.value for s in ShipState)
+# Auto Scaling target lifecycle states (IMDS autoscaling/target-lifecycle-state).
+WARMED = "Warmed:"  # Warmed:Stopped, Warmed:Running, Warmed:Hibernated
+IN_SERVICE = "InService"
 EXIT_TERMINATED_BEFORE = 3  # the unit file's RestartPreventExitStatus: do not restart a dead ship
 TERMINATED_MARKER = "terminated"
 
@@ -414,6 +417,49 @@ class Agent:
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        state = self._target_state()
+        if state is not None and state.startswith(WARMED):
+            return self.warm_up(state)
+        return self.serve()
+
+    def _target_state(self) -> Optional[str]:
+        """Auto Scaling's target lifecycle state (AWS only; None locally or when unknown)."""
+        if self.imds is None:
+            return None
+        try:
+            return self.imds.lifecycle_state()
+        except ImdsFailure as exc:
+            log.warning("lifecycle state unknown: %s", exc)
+            return None
+
+    def warm_up(self, state: str) -> int:
+        """Launched into a warm pool: prepare, tell AWS, report nothing, wait to be stopped.
+
+        The images are pulled now so that leaving the pool costs a start, not a download.
+        The mux never hears of this ship until it leaves the pool and boots again (a stopped
+        ship that had reported would turn `lost`). A stop (SIGTERM) ends the agent without the
+        terminated marker and without a report: the next boot serves as a new ship. A pool
+        that keeps ships running moves them in service without a reboot: then serve at once.
+        """
+        log.info("launched into the warm pool (%s): preparing, not reporting", state)
+        try:
+            self.runtime.check()
+            for image in dict.fromkeys(self.cfg.images):
+                self._pull(image)
+        except Exception as exc:  # the boot out of the pool pulls again and reports failures
+            log.error("warm-up: %s", exc)
+        self.complete_lifecycle_action(self.cfg.launch_hook_name)
+        while not self._stop.wait(self.cfg.heartbeat):
+            state = self._target_state() or state
+            if state == IN_SERVICE:
+                log.info("moved in service from the warm pool without a reboot")
+                return self.serve()
+        log.info("stopped in the warm pool; the next boot serves")
+        self._worker.shutdown(wait=False)
+        return 0
+
+    def serve(self) -> int:
+        """Boot, report and converge until terminated (or stopped by a signal)."""
         log.info(
             "ship %s (%s, %s) booting; mux %s",
             self.cfg.ship_id,
@@ -435,6 +481,11 @@ class Agent:
                     log.error("%s", self.failure)
                 else:
                     log.info("boot done: available")
+                    if self.imds is not None and self.cfg.launch_hook_name:
+                        # Out of the warm pool (or launched straight in): in service now.
+                        self._worker.submit(
+                            self.complete_lifecycle_action, self.cfg.launch_hook_name
+                        )
             with self._lock:
                 desired, converged = self.desired, self.converged
             if desired is not None and desired.terminate:
@@ -494,13 +545,15 @@ class Agent:
         self._worker.shutdown(wait=False)
         log.info("terminated")
 
-    def complete_lifecycle_action(self) -> None:
-        if not (self.cfg.ship_group_name and self.cfg.lifecycle_hook_name):
-            log.warning("shipGroupName/lifecycleHookName not configured: not completing the hook")
+    def complete_lifecycle_action(self, hook_name: Optional[str] = None) -> None:
+        """CONTINUE a lifecycle hook (the termination hook unless another is named)."""
+        hook_name = self.cfg.lifecycle_hook_name if hook_name is None else hook_name
+        if not (self.cfg.ship_group_name and hook_name):
+            log.warning("shipGroupName/lifecycle hook name not configured: not completing it")
             return
         argv: List[str] = [
             "aws", "autoscaling", "complete-lifecycle-action",
-            "--lifecycle-hook-name", self.cfg.lifecycle_hook_name,
+            "--lifecycle-hook-name", hook_name,
             "--auto-scaling-group-name", self.cfg.ship_group_name,
             "--instance-id", self.cfg.ship_id,
             "--lifecycle-action-result", "CONTINUE",

@@ -40,6 +40,7 @@ class AgentConfig:
     region: str = ""
     ship_group_name: str = ""
     lifecycle_hook_name: str = ""
+    launch_hook_name: str = ""  # warm pool: completed once prepared (into and out of the pool)
     mount_path: str = "/home/jovyan"
     imds_url: str = "http://169.254.169.254"
 
@@ -58,6 +59,7 @@ _FILE_KEYS = {
     "probe": ("probe", dict),
     "shipGroupName": ("ship_group_name", str),
     "lifecycleHookName": ("lifecycle_hook_name", str),
+    "launchHookName": ("launch_hook_name", str),
     "mountPath": ("mount_path", str),
     "imdsUrl": ("imds_url", str),
     "pollTimeout": ("poll_timeout", (int, float)),

@@ -47,6 +47,27 @@ def register(subparsers: Any) -> None:
         help="where the hub database, ship volumes and logs live (default .campfleet/local)",
     )
     parser.add_argument(
+        "--fleet-mode",
+        choices=("fixed", "demand"),
+        default="fixed",
+        help="fixed: all --ships run; demand: ships start as attendees come, plus "
+        "--spare-ships, up to --ships (like campfleet:fleetMode)",
+    )
+    parser.add_argument(
+        "--spare-ships",
+        type=int,
+        default=1,
+        metavar="N",
+        help="demand mode: free ready ships kept beyond those attendees hold (default 1)",
+    )
+    parser.add_argument(
+        "--idle-minutes",
+        type=float,
+        default=0.0,
+        metavar="M",
+        help="stop servers idle this long; their ship returns to the pool (default 0: never)",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=180.0,
@@ -99,6 +120,16 @@ def run(args: argparse.Namespace) -> int:
     from campfleet.local import LocalEvent, LocalEventError
 
     # Ctrl-C, SIGTERM or the terminal going away (SIGHUP) stop the event through the finally below.
+    if args.spare_ships < 0:
+        raise CliError(f"--spare-ships must be 0 or more, got {args.spare_ships}")
+    if args.idle_minutes < 0:
+        raise CliError(f"--idle-minutes must be 0 or more, got {args.idle_minutes:g}")
+    demand = args.fleet_mode == "demand"
+    fleet: dict[str, Any] = {}
+    if demand:
+        fleet.update(mode="demand", spareShips=args.spare_ships, demandInterval=2)
+    if args.idle_minutes:
+        fleet["idleSeconds"] = max(1, round(args.idle_minutes * 60))
     for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_interrupt)
     try:
@@ -108,11 +139,17 @@ def run(args: argparse.Namespace) -> int:
             password=args.password,
             admin=args.admin,
             state_dir=Path(args.state_dir),
+            **({"fleet": fleet} if fleet else {}),  # fixed, no culler: as before
         )
     except LocalEventError as exc:
         raise CliError(str(exc)) from None
     try:
-        event.start()
+        if demand:
+            # No ship until the mux asks: the event follows its group like AWS would.
+            event.start(launch=0)
+            event.follow_group()
+        else:
+            event.start()
         _wait_with_progress(event, args.timeout)
         print(f"{READY_LINE} {event.url}", flush=True)
         print(f"  attendee password: {event.password}  (any new user name)", flush=True)

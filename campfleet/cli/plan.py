@@ -29,6 +29,7 @@ from campfleet.cli import (
     stack_values,
     table_box,
 )
+from campfleet.fleetcost import ShipPrices, WeekCost, week_cost
 from campfleet.needs import Needs, aws_data, needs_for
 
 
@@ -49,6 +50,8 @@ class Summary:
     findings: list[str] = field(default_factory=list)
     mandatory_findings: int = 0
     notes: list[str] = field(default_factory=list)
+    # The week under the stack's sessions, warm pool and fleet mode (None: no such stack).
+    week: WeekCost | None = None
 
     @property
     def cost_per_hour(self) -> float:
@@ -76,6 +79,7 @@ class Summary:
             ],
             "policyFindings": self.findings,
             "notes": self.notes,
+            "schedule": self.week.to_json() if self.week else None,
         }
 
 
@@ -155,6 +159,17 @@ def cost_lines(needs: Needs, table: dict[str, Any]) -> list[tuple[str, float]]:
     return lines
 
 
+def scheduled_week(config: Any, table: dict[str, Any], cost_per_hour: float) -> WeekCost:
+    """The week's ship-hours and cost under the stack's sessions, warm pool and fleet mode."""
+    per_month = table["ebsUsdPerGBMonth"]["gp3"] * config.ship_root_volume_gib
+    root = per_month / aws_data()["hoursPerMonth"]
+    instance = table["ec2UsdPerHour"][config.ship_instance_type]
+    ship = ShipPrices(running=instance + root, stopped=root)
+    # The always-on price holds every ship running and the warm pool's root volumes.
+    rest = cost_per_hour - config.ships * ship.running - config.warm_pool * ship.stopped
+    return week_cost(config.policy(), config.warm_pool, ship, rest)
+
+
 def summarize(
     project_dir: Path, stack: str, values: dict[str, Any], max_ships: int | None
 ) -> Summary:
@@ -175,20 +190,30 @@ def summarize(
     findings = policies.check(
         evaluation, max_ships=policies.DEFAULT_MAX_SHIPS if max_ships is None else max_ships
     )
+    # Instance specs before prices: an unknown type is reported as such, not as "no price".
+    vcpus, memory_gib = needs.vcpus, needs.memory_gib
+    lines = cost_lines(needs, table)
+    week = scheduled_week(evaluation.config, table, sum(usd for _, usd in lines))
+    if week.mode == "demand":
+        notes.append(
+            "demand mode: priced with nobody logged in (spares and the schedule); each "
+            "attendee-hour adds about one ship-hour"
+        )
     return Summary(
         stack=stack,
         exists=True,
         region=region,
         price_region=price_region,
         ships=needs.ships,
-        vcpus=needs.vcpus,
-        memory_gib=needs.memory_gib,
+        vcpus=vcpus,
+        memory_gib=memory_gib,
         ebs_gib=needs.total_ebs_gib,
         resources=evaluation.counts(),
-        cost_lines=cost_lines(needs, table),
+        cost_lines=lines,
         findings=[str(f) for f in findings],
         mandatory_findings=sum(1 for f in findings if f.level == "mandatory"),
         notes=notes,
+        week=week,
     )
 
 
@@ -321,6 +346,24 @@ def _footer(head: Summary) -> list[str]:
 MAX_FINDINGS_SHOWN = 20
 
 
+def week_rows(week: WeekCost) -> list[tuple[str, str]]:
+    """What the schedule, warm pool and mode make of the week (plan's text and markdown)."""
+    rows = [
+        ("fleet mode", week.mode),
+        ("ship-hours per day (average)", f"{week.ship_hours / 7:,.1f}"),
+        ("ship-hours per week", f"{week.ship_hours:,.0f} of {week.always_on_ship_hours:,.0f}"),
+    ]
+    if week.stopped_ship_hours:
+        rows.append(("stopped warm-pool ship-hours per week", f"{week.stopped_ship_hours:,.0f}"))
+    rows += [
+        ("cost USD/day (average)", f"{week.cost / 7:,.2f}"),
+        ("cost USD/week", f"{week.cost:,.2f}"),
+        ("cost USD/week always on", f"{week.always_on_cost:,.2f}"),
+        ("saved by the schedule", f"{week.saving:.0%}"),
+    ]
+    return rows
+
+
 def _shown_findings(head: Summary) -> list[str]:
     """The first findings, then a count of the rest (a PR comment must stay readable)."""
     shown = head.findings[:MAX_FINDINGS_SHOWN]
@@ -354,6 +397,9 @@ def markdown(head: Summary, base: Summary | None, ref: str | None) -> str:
             out.append(f"| `{t}` | {b} | {h} | {_signed(h - b, '{:,.0f}')} |")
     out += ["", "</details>", "", "**Cost per hour**", "", "| item | USD/hour |", "|---|---:|"]
     out += [f"| {item} | {usd:,.4f} |" for item, usd in head.cost_lines]
+    if head.week is not None:
+        out += ["", "**A week under the schedule**", "", "| | USD or hours |", "|---|---:|"]
+        out += [f"| {label} | {value} |" for label, value in week_rows(head.week)]
     out += ["", "**Policy**", ""]
     if head.findings:
         out.append(f"{len(head.findings)} violation(s):")
@@ -404,6 +450,14 @@ def print_text(head: Summary, base: Summary | None, ref: str | None) -> None:
     for item, usd in head.cost_lines:
         cost.add_row(item, f"{usd:,.4f}")
     con.print(cost)
+
+    if head.week is not None:
+        week = Table(title="a week under the schedule", box=style, title_justify="left")
+        week.add_column("")
+        week.add_column("USD or hours", justify="right")
+        for label, value in week_rows(head.week):
+            week.add_row(label, value)
+        con.print(week)
 
     if head.findings:
         con.print(f"policy: {len(head.findings)} violation(s)", markup=False)

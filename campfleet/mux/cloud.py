@@ -1,15 +1,17 @@
 """The mux's only window onto the cloud: home volumes, scale-in protection, health, metrics.
 
-The mux never launches instances (Pulumi and the Auto Scaling group own capacity); it only
-moves attendee volumes, protects ships that carry an attendee, tells the group to replace a
-broken ship and publishes fleet counts. `AwsCloud` does that with boto3; `LocalCloud` does it
-with directories on one machine so a local event and the tests run the same code paths.
+The mux never launches instances itself (the Auto Scaling group does); it moves attendee
+volumes, protects ships that carry an attendee, tells the group to replace a broken ship,
+publishes fleet counts and, in demand mode, sets the group's desired capacity and removes the
+free ships it chose. `AwsCloud` does that with boto3; `LocalCloud` does it with directories
+and a group file a local event follows, so a local event and the tests run the same code.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import json
 import logging
 import time
 from collections import deque
@@ -89,14 +91,32 @@ class Cloud(abc.ABC):
     async def list_volumes(self) -> list[tuple[str, str]]:
         """The stack's home volumes as (volume id, availability zone), sorted by id."""
 
+    async def set_desired_capacity(self, capacity: int) -> None:
+        """Demand mode: ask the group for this many ships (it launches the difference)."""
+        raise CloudError(f"set desired capacity failed: {type(self).__name__} cannot scale")
+
+    async def remove_ship(self, instance_id: str) -> None:
+        """Demand mode: terminate this (free, ready) ship and lower the desired capacity by one,
+        so the group removes exactly the ship the mux chose and launches no replacement."""
+        raise CloudError(f"remove failed on {instance_id}: {type(self).__name__} cannot scale")
+
 
 class LocalCloud(Cloud):
     """Directories as volumes for a local event; the other actions are recorded and do nothing."""
 
     def __init__(
-        self, volumes_root: Path | str, count: int, zones: tuple[str, ...] = ("local-a",)
+        self,
+        volumes_root: Path | str,
+        count: int,
+        zones: tuple[str, ...] = ("local-a",),
+        group_file: Path | str | None = None,
     ) -> None:
         super().__init__()
+        # The local "Auto Scaling group": {"desired": n, "remove": [ship ids]}, which
+        # LocalEvent.follow_group starts and stops local ships to match.
+        self.group_file = Path(group_file) if group_file else None
+        self.desired: int | None = None
+        self.removed: list[str] = []
         if count < 0:
             raise ValueError(f"volume count must be >= 0, got {count}")
         if not zones:
@@ -144,6 +164,26 @@ class LocalCloud(Cloud):
 
     async def list_volumes(self) -> list[tuple[str, str]]:
         return list(self._volumes)
+
+    def _write_group(self) -> None:
+        if self.group_file is None:
+            return
+        tmp = self.group_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"desired": self.desired, "remove": self.removed}))
+        tmp.replace(self.group_file)
+
+    async def set_desired_capacity(self, capacity: int) -> None:
+        self.desired = capacity
+        self._write_group()
+        self._record("desired capacity", str(capacity))
+
+    async def remove_ship(self, instance_id: str) -> None:
+        if self.desired is None:
+            raise CloudError(f"remove failed on {instance_id}: no desired capacity set yet")
+        self.desired -= 1
+        self.removed.append(instance_id)
+        self._write_group()
+        self._record("remove", instance_id, f"desired now {self.desired}")
 
 
 class AwsCloud(Cloud):
@@ -334,6 +374,30 @@ class AwsCloud(Cloud):
         )
         log.warning("ship %s marked unhealthy: %s", instance_id, reason)
         self._record("unhealthy", instance_id, reason)
+
+    async def set_desired_capacity(self, capacity: int) -> None:
+        await self._call(
+            "set desired capacity",
+            self.group_name,
+            self._autoscaling.set_desired_capacity,
+            AutoScalingGroupName=self.group_name,
+            DesiredCapacity=capacity,
+            HonorCooldown=False,
+        )
+        self._record("desired capacity", self.group_name, str(capacity))
+
+    async def remove_ship(self, instance_id: str) -> None:
+        # Scale-in protection guards held ships against the group's own choices; the mux
+        # removes only a free ship it chose, so lift it first (a no-op when not protected).
+        await self.set_protected(instance_id, False)
+        await self._call(
+            "remove",
+            instance_id,
+            self._autoscaling.terminate_instance_in_auto_scaling_group,
+            InstanceId=instance_id,
+            ShouldDecrementDesiredCapacity=True,
+        )
+        self._record("remove", instance_id, "terminated, desired capacity - 1")
 
     async def publish_metrics(self, sample: FleetSample) -> None:
         for batch in cloudwatch.batches(cloudwatch.metric_data(self.stack, sample)):

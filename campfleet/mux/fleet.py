@@ -25,6 +25,7 @@ from campfleet.protocol import ShipState
 
 if TYPE_CHECKING:  # the control API is only started here, never imported at run time
     from campfleet.mux.control import ControlServer
+    from campfleet.mux.demand import DemandController
 
 log = logging.getLogger("campfleet.fleet")
 
@@ -77,6 +78,10 @@ class Fleet:
         self.started = time.time()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._loop_thread: Optional[int] = None
+        # Attendees whose start waits for a free ship: demand before they hold one.
+        self.waiting: set[str] = set()
+        # Demand mode only: keeps the group's desired capacity (campfleet.mux.demand).
+        self.demand: Optional[DemandController] = None
         registry.add_listener(self._on_change_any_thread)
 
     def __deepcopy__(self, memo: dict) -> Fleet:
@@ -100,6 +105,8 @@ class Fleet:
             self.registry.add_volumes(volumes)
         await self.control.start(self.control_address, self.control_port)
         self._metrics_task = asyncio.ensure_future(self._publish_metrics())
+        if self.demand is not None:
+            self.demand.start()
         log.info(
             "fleet: control API on %s:%d, %d ships expected, gate at %d%%, %d home volumes",
             self.control_address,
@@ -113,6 +120,8 @@ class Fleet:
         """Stop the control API and background tasks (the registry stays on disk)."""
         if self._metrics_task:
             self._metrics_task.cancel()
+        if self.demand is not None:
+            self.demand.stop()
         self.control.stop()
 
     async def _publish_metrics(self) -> None:
@@ -161,6 +170,15 @@ class Fleet:
         """Record a new ship image (kept across restarts); running containers are not touched."""
         self._ship_image = image
         self._save_state()
+
+    # -- demand ------------------------------------------------------------------------------
+
+    def set_waiting(self, owner: str, waiting: bool) -> None:
+        """Count an attendee as waiting for a ship (or not any more); demand mode grows for it."""
+        before = len(self.waiting)
+        (self.waiting.add if waiting else self.waiting.discard)(owner)
+        if len(self.waiting) != before and self.demand is not None:
+            self.demand.kick()
 
     # -- change notification -----------------------------------------------------------------
 

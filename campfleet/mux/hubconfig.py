@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,10 +22,18 @@ from tornado import web
 from campfleet.mux import fleetview, metrics
 from campfleet.mux.cloud import AwsCloud, Cloud, LocalCloud
 from campfleet.mux.control import ControlServer
+from campfleet.mux.demand import DemandController
 from campfleet.mux.fleet import Fleet
 from campfleet.mux.redeploy import Redeployer
 from campfleet.mux.registry import Registry
-from campfleet.mux.settings import Secrets, Settings, SettingsError, load, load_secrets
+from campfleet.mux.settings import (
+    LOCAL_GROUP_FILE,
+    Secrets,
+    Settings,
+    SettingsError,
+    load,
+    load_secrets,
+)
 
 log = logging.getLogger("campfleet.hubconfig")
 
@@ -36,6 +45,9 @@ CLAIM_DAYS = 30
 ADMIN_SERVICE = "campfleet-admin"
 # What organizer tools need: manage users and servers, reach servers, read metrics.
 ADMIN_SCOPES = ["admin:users", "admin:servers", "access:servers", "read:metrics", "read:hub"]
+CULLER_SERVICE = "idle-culler"
+# What jupyterhub-idle-culler needs to find idle servers and stop them (its README's role).
+CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
 
 
 class WorkshopAuthenticator(SharedPasswordAuthenticator):
@@ -97,6 +109,20 @@ def proxy_command() -> list[str]:
     ]
 
 
+def culler_service(idle_seconds: int, cull_every_seconds: int) -> dict[str, Any]:
+    """jupyterhub-idle-culler as a hub-managed service: stops servers idle this long."""
+    return {
+        "name": CULLER_SERVICE,
+        "command": [
+            sys.executable,
+            "-m",
+            "jupyterhub_idle_culler",
+            f"--timeout={idle_seconds}",
+            f"--cull-every={cull_every_seconds}",
+        ],
+    }
+
+
 def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
     """The Fleet for this hub: registry on disk, the right cloud, the control API."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -105,23 +131,34 @@ def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
     registry = Registry(settings.state_dir / "registry.sqlite")
     cloud: Cloud
     if settings.local:
-        cloud = LocalCloud(settings.local.volumes_root, settings.local.volumes)
+        cloud = LocalCloud(
+            settings.local.volumes_root,
+            settings.local.volumes,
+            group_file=settings.state_dir / LOCAL_GROUP_FILE,
+        )
     else:
         cloud = AwsCloud(settings.region, settings.stack, settings.ship_group_name)
     control = ControlServer(
         registry, secrets.fleet_secret, heartbeat=settings.heartbeat, lost_after=settings.lost_after
     )
-    return Fleet(
+    demand = settings.fleet.demand
+    fleet = Fleet(
         registry,
         cloud,
         control,
-        expected=settings.ships,
+        # Demand mode has no room to wait for: each attendee waits for their own ship.
+        expected=0 if demand else settings.ships,
         ready_percent=settings.ready_percent,
         ship_image=settings.ship_image,
         state_file=settings.state_dir / "fleet-state.json",
         control_address=settings.control_address,
         control_port=settings.control_port,
-    ).install()
+    )
+    if demand:
+        fleet.demand = DemandController(
+            fleet, settings.fleet.policy(settings.ships), interval=settings.fleet.demand_interval
+        )
+    return fleet.install()
 
 
 def _start_in_hub_loop(fleet: Fleet) -> None:
@@ -207,10 +244,27 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
         c.ShipSpawner.projects = settings.projects
         hub.allow_named_servers = True
         hub.named_server_limit_per_user = len(settings.projects)
+    services: list[dict[str, Any]] = []
+    roles: list[dict[str, Any]] = []
     if secrets.api_token:
         # An admin token for organizer tools (`campfleet status/redeploy`, benchmarks).
-        hub.services = [{"name": ADMIN_SERVICE, "api_token": secrets.api_token}]
-        hub.load_roles = [
-            {"name": ADMIN_SERVICE, "scopes": ADMIN_SCOPES, "services": [ADMIN_SERVICE]}
-        ]
+        services.append({"name": ADMIN_SERVICE, "api_token": secrets.api_token})
+        roles.append({"name": ADMIN_SERVICE, "scopes": ADMIN_SCOPES, "services": [ADMIN_SERVICE]})
+    fleet_settings = settings.fleet
+    if fleet_settings.idle_seconds > 0:
+        services.append(
+            culler_service(fleet_settings.idle_seconds, fleet_settings.cull_every_seconds)
+        )
+        roles.append(
+            {"name": CULLER_SERVICE, "scopes": CULLER_SCOPES, "services": [CULLER_SERVICE]}
+        )
+    if fleet_settings.idle_seconds > 0 or fleet_settings.demand:
+        # A stopped (culled) attendee's ship goes back to the pool; the volume stays theirs.
+        c.ShipSpawner.release_on_stop = True
+    if fleet_settings.demand:
+        # A start may wait for a launch: about 4 minutes cold, half a minute from a warm pool.
+        c.ShipSpawner.pool_wait = 600.0
+    if services:
+        hub.services = services
+        hub.load_roles = roles
     return fleet

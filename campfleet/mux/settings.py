@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional, Tuple
+
+from campfleet import fleetpolicy
 
 AWS_SETTINGS_PATH = Path("/etc/campfleet/mux.json")
 AWS_STATE_DIR = Path("/var/lib/campfleet")
@@ -28,6 +31,9 @@ SECRET_NAMES = (
 IMDS = "http://169.254.169.254/latest"
 MIN_SECRET_CHARS = 32  # fleetSecret, proxyToken: openssl rand -hex 16 at the least
 MAX_PROJECTS = 9  # ship ports port_base .. port_base + 9 (8888-8897 on AWS)
+# A local event's stand-in Auto Scaling group, in the hub's state dir: LocalCloud writes
+# {"desired": n, "remove": [ship ids]}, LocalEvent.follow_group starts and stops ships to match.
+LOCAL_GROUP_FILE = "group.json"
 
 
 class SettingsError(Exception):
@@ -59,6 +65,74 @@ class LocalSettings:
 
 
 @dataclass(frozen=True)
+class FleetSettings:
+    """How the fleet follows the room: mode, spares, schedule, idle culling (mux.json `fleet`)."""
+
+    mode: str = "fixed"
+    spare_ships: int = 2
+    idle_ships: int = 0
+    sessions: Tuple[str, ...] = ()
+    time_zone: str = "UTC"
+    session_lead_minutes: int = fleetpolicy.DEFAULT_LEAD_MINUTES
+    # Seconds a server may sit idle before the culler stops it; 0 = no culler. From
+    # idleMinutes; a local event may give idleSeconds directly (tests cull in seconds).
+    idle_seconds: int = 0
+    cull_every_seconds: int = 300
+    # Demand mode: how often the mux re-checks the desired capacity besides every claim/release.
+    demand_interval: float = 15.0
+
+    @property
+    def demand(self) -> bool:
+        return self.mode == "demand"
+
+    def policy(self, ships: int) -> fleetpolicy.Policy:
+        return fleetpolicy.Policy(
+            ships=ships,
+            mode=self.mode,
+            idle_ships=self.idle_ships,
+            spare_ships=self.spare_ships,
+            sessions=fleetpolicy.parse_sessions(list(self.sessions)),
+            time_zone=fleetpolicy.parse_time_zone(self.time_zone),
+            lead=timedelta(minutes=self.session_lead_minutes),
+        )
+
+
+def _number(raw: dict, key: str, default: float, low: float) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+        raise SettingsError(f"mux settings: fleet.{key} must be a number >= {low}, got {value!r}")
+    return value
+
+
+def parse_fleet(raw: Any, ships: int) -> FleetSettings:
+    """The `fleet` block; absent = today's fixed fleet without a culler."""
+    if raw is None:
+        return FleetSettings()
+    if not isinstance(raw, dict):
+        raise SettingsError("mux settings: 'fleet' must be an object (see FleetConfig)")
+    idle_minutes = _number(raw, "idleMinutes", 0, 0)
+    idle_seconds = int(_number(raw, "idleSeconds", idle_minutes * 60, 0))
+    # Check often enough that a server is stopped close to its idle time, at most every 5 min.
+    cull_every = int(_number(raw, "cullEverySeconds", min(300, max(1, idle_seconds // 4)), 1))
+    fleet = FleetSettings(
+        mode=str(raw.get("mode", "fixed")),
+        spare_ships=int(_number(raw, "spareShips", 2, 0)),
+        idle_ships=int(_number(raw, "idleShips", 0, 0)),
+        sessions=tuple(raw.get("sessions", ())),
+        time_zone=str(raw.get("timeZone", "UTC")),
+        session_lead_minutes=int(_number(raw, "sessionLeadMinutes", 15, 0)),
+        idle_seconds=idle_seconds,
+        cull_every_seconds=cull_every,
+        demand_interval=float(_number(raw, "demandInterval", 15.0, 0.1)),
+    )
+    try:
+        fleet.policy(ships)
+    except fleetpolicy.PolicyError as e:
+        raise SettingsError(f"mux settings: fleet: {e}") from None
+    return fleet
+
+
+@dataclass(frozen=True)
 class Settings:
     """Parsed mux.json: fleet shape, addresses, where state lives and which secrets to read."""
 
@@ -83,6 +157,7 @@ class Settings:
     hub_port: int
     proxy_api_port: int
     local: Optional[LocalSettings]
+    fleet: FleetSettings = field(default_factory=FleetSettings)
 
     @property
     def is_local(self) -> bool:
@@ -175,6 +250,7 @@ def parse(data: dict, private_ip: str = "") -> Settings:
         hub_port=local.hub_port if local else int(data.get("hubPort", 8081)),
         proxy_api_port=local.proxy_api_port if local else int(data.get("proxyApiPort", 8001)),
         local=local,
+        fleet=parse_fleet(data.get("fleet"), ships),
     )
 
 

@@ -227,7 +227,10 @@ class ShipSpawner(Spawner):
         await self._wait_gate()
         for _attempt in range(MAX_SHIP_ATTEMPTS):
             async with _owner_locks.setdefault(self.user.name, asyncio.Lock()):
-                record = await self._ship()
+                try:
+                    record = await self._ship()
+                finally:
+                    self.fleet.set_waiting(self.user.name, False)
             url = await self._run_container(record, project)
             if url:
                 return url
@@ -263,6 +266,7 @@ class ShipSpawner(Spawner):
         give_up = time.monotonic() + self.pool_wait
         while record is None or _state(record) not in USABLE:
             if record is None:
+                fleet.set_waiting(owner, True)
                 counts = registry.counts()
                 if time.monotonic() >= give_up:
                     raise ShipError(

@@ -115,6 +115,8 @@ def test_failure_while_starting_stops_and_is_one_line(
         (["--ships", "0"], "campfleet: --ships must be at least 1, got 0"),
         (["--password", "short"], "campfleet: --password must be at least 8 characters"),
         (["--port", "80"], "campfleet: --port 80 is out of range"),
+        (["--spare-ships", "-1"], "campfleet: --spare-ships must be 0 or more, got -1"),
+        (["--idle-minutes", "-2"], "campfleet: --idle-minutes must be 0 or more, got -2"),
     ],
 )
 def test_bad_flags_are_one_clear_line(
@@ -126,3 +128,41 @@ def test_bad_flags_are_one_clear_line(
     assert out == ""
     assert err.startswith(message)
     assert err.count("\n") == 1
+
+
+def test_demand_mode_starts_no_ship_and_follows_the_group(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    calls: list[object] = []
+
+    class DemandEvent(FakeEvent):
+        def start(self, launch: object = "all") -> None:
+            calls.append(("start", launch))
+
+        def follow_group(self) -> None:
+            calls.append("follow")
+
+    FakeEvent.instances = []
+    monkeypatch.setattr(campfleet.local, "LocalEvent", DemandEvent)
+    monkeypatch.setattr(cli_local.threading, "Event", CtrlC)
+    argv = ["local", "--state-dir", str(tmp_path), "--fleet-mode", "demand", "--spare-ships", "2"]
+    assert main([*argv, "--idle-minutes", "0.5"]) == 0
+    assert calls == [("start", 0), "follow"]
+    event = FakeEvent.instances[0]
+    assert event.kwargs["fleet"] == {
+        "mode": "demand",
+        "spareShips": 2,
+        "demandInterval": 2,
+        "idleSeconds": 30,
+    }
+    assert event.stopped
+
+
+def test_fixed_mode_passes_no_fleet_settings(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    FakeEvent.instances = []
+    monkeypatch.setattr(campfleet.local, "LocalEvent", FakeEvent)
+    monkeypatch.setattr(cli_local.threading, "Event", CtrlC)
+    assert main(["local", "--state-dir", str(tmp_path)]) == 0
+    assert "fleet" not in FakeEvent.instances[0].kwargs

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse
+from botocore.stub import Stubber
 from moto import mock_aws
 
 from campfleet.mux import cloudwatch
@@ -362,3 +364,60 @@ async def test_local_cloud_uses_directories_and_records_calls(tmp_path: Any) -> 
     ]
     with pytest.raises(CloudError, match=r"^attach failed on vol-nope: no such local volume$"):
         await cloud.attach_volume("vol-nope", "ship-1")
+
+
+async def test_demand_scaling_reaches_the_group(world: World) -> None:
+    """Demand mode: the desired capacity moves and exactly the chosen ship goes."""
+
+    def group() -> dict[str, Any]:
+        answer = world.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])
+        return answer["AutoScalingGroups"][0]
+
+    await world.cloud.set_desired_capacity(4)
+    assert group()["DesiredCapacity"] == 4
+    members = [i["InstanceId"] for i in group()["Instances"]]
+    assert len(members) == 4  # the group launched the difference
+    held, chosen = members[0], members[3]
+    await world.cloud.set_protected(held, True)
+    await world.cloud.set_protected(chosen, True)  # lifted by remove_ship, as it must be
+    await world.cloud.remove_ship(chosen)
+    after = group()
+    assert after["DesiredCapacity"] == 3
+    remaining = {i["InstanceId"]: i for i in after["Instances"]}
+    assert chosen not in remaining and held in remaining
+    assert remaining[held]["ProtectedFromScaleIn"] is True
+    assert [c.action for c in world.cloud.calls[-2:]] == ["unprotect", "remove"]
+
+
+async def test_scaling_errors_are_one_line(world: World) -> None:
+    # moto accepts any size (and crashes on an unknown group): AWS's answer via Stubber.
+    above = "New SetDesiredCapacity value 99 is above max value 4 for the AutoScalingGroup."
+    with Stubber(world.cloud._autoscaling) as stub:
+        stub.add_client_error("set_desired_capacity", "ValidationError", above)
+        with pytest.raises(CloudError) as e:
+            await world.cloud.set_desired_capacity(99)
+    assert str(e.value) == f"set desired capacity failed on {GROUP}: ValidationError: {above}"
+    unknown = "Instance Id not found - No managed instance found for instance ID i-0000000000"
+    with Stubber(world.cloud._autoscaling) as stub:
+        stub.add_response("set_instance_protection", {})
+        stub.add_client_error(
+            "terminate_instance_in_auto_scaling_group", "ValidationError", unknown
+        )
+        with pytest.raises(CloudError) as e:
+            await world.cloud.remove_ship("i-0000000000")
+    assert str(e.value) == f"remove failed on i-0000000000: ValidationError: {unknown}"
+
+
+async def test_local_cloud_writes_the_group_file(tmp_path: Any) -> None:
+    group = tmp_path / "group.json"
+    cloud = LocalCloud(tmp_path / "volumes", 2, group_file=group)
+    with pytest.raises(CloudError, match="no desired capacity set yet"):
+        await cloud.remove_ship("i-local0001")
+    await cloud.set_desired_capacity(3)
+    assert json.loads(group.read_text()) == {"desired": 3, "remove": []}
+    await cloud.remove_ship("i-local0002")
+    assert json.loads(group.read_text()) == {"desired": 2, "remove": ["i-local0002"]}
+    assert [(c.action, c.target) for c in cloud.calls] == [
+        ("desired capacity", "3"),
+        ("remove", "i-local0002"),
+    ]

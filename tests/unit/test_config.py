@@ -273,3 +273,82 @@ def test_load_raises_run_error_with_every_problem() -> None:
         "  campfleet:ships: got true (a boolean); expected an integer from 1 to 5000",
         "  campfleet:readyPercent: got 0 (an integer); expected an integer from 1 to 100",
     ]
+
+
+def test_fleet_keys_default_to_todays_fixed_fleet() -> None:
+    config = parse_config("t", {"campfleet:ships": 5})
+    assert config.sessions == tuple(SCHEMA["sessions"]["default"]) == ()
+    assert config.time_zone == SCHEMA["timeZone"]["default"] == "UTC"
+    assert config.session_lead_minutes == SCHEMA["sessionLeadMinutes"]["default"] == 15
+    assert config.idle_ships == SCHEMA["idleShips"]["default"] == 0
+    assert config.warm_pool == SCHEMA["warmPool"]["default"] == 0
+    assert config.fleet_mode == SCHEMA["fleetMode"]["default"] == "fixed"
+    assert config.spare_ships == SCHEMA["spareShips"]["default"]
+    assert config.idle_minutes == SCHEMA["idleMinutes"]["default"]
+    assert not config.scheduled
+    policy = config.policy()
+    assert (policy.ships, policy.mode, policy.sessions) == (5, "fixed", ())
+
+
+@pytest.mark.parametrize(
+    ("values", "line"),
+    [
+        (
+            {"campfleet:sessions": ["Mon-Fri 08:30-17:30", "Tue 9-10"]},
+            "campfleet:sessions[1]: session 'Tue 9-10': expected DAYS HH:MM-HH:MM, "
+            'e.g. "Mon-Fri 08:30-17:30"',
+        ),
+        (
+            {"campfleet:sessions": "Mon-Fri 08:30-17:30"},
+            'campfleet:sessions: got "Mon-Fri 08:30-17:30" (a string); expected a list of strings',
+        ),
+        (
+            {"campfleet:timeZone": "Europe/Atlantis"},
+            "campfleet:timeZone: time zone 'Europe/Atlantis' is unknown; use an IANA name such "
+            "as Europe/Berlin or America/New_York (see `timedatectl list-timezones`)",
+        ),
+        (
+            {"campfleet:fleetMode": "auto"},
+            'campfleet:fleetMode: got "auto" (a string); expected "fixed" or "demand"',
+        ),
+        (
+            {"campfleet:idleShips": 4},
+            "campfleet:idleShips: got 4 (an integer); expected an integer from 0 to 3",
+        ),
+        (
+            {"campfleet:warmPool": 9},
+            "campfleet:warmPool: got 9 (an integer); expected an integer from 0 to 3",
+        ),
+        (
+            {"campfleet:sessionLeadMinutes": 300},
+            "campfleet:sessionLeadMinutes: got 300 (an integer); expected an integer from 0 to 240",
+        ),
+        (
+            {"campfleet:idleMinutes": -5},
+            "campfleet:idleMinutes: got -5 (an integer); expected an integer from 0 to 10080",
+        ),
+    ],
+)
+def test_each_bad_fleet_value_gives_one_clear_line(values: dict, line: str) -> None:
+    assert problems({"campfleet:ships": 3, **values}) == [line]
+
+
+def test_fleet_keys_build_the_policy() -> None:
+    config = parse_config(
+        "t",
+        {
+            "campfleet:ships": 40,
+            "campfleet:sessions": ["Tue,Thu 07:45-09:30"],
+            "campfleet:timeZone": "Europe/Berlin",
+            "campfleet:sessionLeadMinutes": 10,
+            "campfleet:idleShips": 2,
+            "campfleet:fleetMode": "demand",
+            "campfleet:spareShips": 5,
+        },
+    )
+    assert config.scheduled
+    policy = config.policy()
+    assert policy.mode == "demand" and policy.spare_ships == 5 and policy.idle_ships == 2
+    assert str(policy.time_zone) == "Europe/Berlin"
+    assert policy.lead.total_seconds() == 600
+    assert policy.sessions[0].days == frozenset({1, 3})

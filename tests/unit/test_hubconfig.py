@@ -152,3 +152,47 @@ def test_aws_settings_need_the_private_address() -> None:
     settings = parse(data, "10.0.1.5")
     assert settings.control_address == "10.0.1.5"
     assert (settings.public_ip, settings.public_port, settings.is_local) == ("0.0.0.0", 80, False)
+
+
+def test_idle_culler_is_a_hub_service_and_releases_ships(tmp_path: Path) -> None:
+    c = Config()
+    fleet = configure(c, write_settings(tmp_path, fleet={"idleMinutes": 45}))
+    fleet.registry.close()
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    culler = services["idle-culler"]["command"]
+    assert culler[1:3] == ["-m", "jupyterhub_idle_culler"]
+    assert "--timeout=2700" in culler and "--cull-every=300" in culler
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert roles["idle-culler"]["services"] == ["idle-culler"]
+    assert set(roles["idle-culler"]["scopes"]) == {
+        "list:users",
+        "read:users:activity",
+        "read:servers",
+        "delete:servers",
+    }
+    assert "campfleet-admin" in services  # the organizer token stays
+    assert c.ShipSpawner.release_on_stop is True
+
+
+def test_no_culler_and_ships_kept_without_fleet_settings(tmp_path: Path) -> None:
+    c = Config()
+    fleet = configure(c, write_settings(tmp_path, fleet={"idleMinutes": 0}))
+    fleet.registry.close()
+    assert [s["name"] for s in c.JupyterHub.services] == ["campfleet-admin"]
+    assert "release_on_stop" not in c.ShipSpawner
+
+
+@pytest.mark.parametrize(
+    ("fleet", "message"),
+    [
+        ("demand", "'fleet' must be an object"),
+        ({"idleMinutes": -1}, "fleet.idleMinutes must be a number >= 0, got -1"),
+        ({"spareShips": "2"}, "fleet.spareShips must be a number >= 0, got '2'"),
+        ({"mode": "auto"}, "fleet: fleet mode 'auto': expected one of fixed, demand"),
+        ({"sessions": ["Mon 9-10"]}, "fleet: sessions\\[0\\]: session 'Mon 9-10'"),
+        ({"timeZone": "Mars/Base"}, "fleet: time zone 'Mars/Base' is unknown"),
+    ],
+)
+def test_bad_fleet_settings_are_one_line(tmp_path: Path, fleet: object, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load(write_settings(tmp_path, fleet=fleet))

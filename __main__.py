@@ -22,6 +22,7 @@ network = Network(
         zones=config.availability_zones,
         allowed_cidrs=config.allowed_cidrs,
         ship_egress=config.ship_egress,
+        pinned_zones=config.zone_names,
         region=region,
         tags=tags,
     ),

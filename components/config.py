@@ -37,6 +37,10 @@ _ARM_FAMILY = re.compile(r"^[a-z-]+[0-9]+[a-z-]*g[a-z-]*$")
 # JupyterHub lower-cases names; keep them to what is also safe as a Unix user and a URL part.
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
 _EGRESS = ("nat", "endpoints")
+# A zone name in a region (eu-west-1a); Local and Wavelength Zones are not ship zones.
+_ZONE_NAME = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-[0-9][a-z]$")
+# Intervals Amazon Data Lifecycle Manager accepts for a create rule (CreateRule.Interval, hours).
+SNAPSHOT_INTERVALS = (1, 2, 3, 4, 6, 8, 12, 24)
 # What every AWS service accepts in a tag value (EC2 allows more; ECR, SSM and IAM do not).
 _TAG_VALUE = re.compile(r"^[\w .:/=+\-@]{0,256}$")
 
@@ -70,6 +74,10 @@ class FleetConfig:
     event_name: str
     protect_home_volumes: bool
     ship_egress: str
+    zone_names: tuple[str, ...] = ()  # pinned zones; () = the region's first available ones
+    snapshot_every_hours: int = 0  # 0 = no periodic snapshots
+    snapshots_kept: int = 7
+    restore_from: str = ""  # an archive manifest (file path or ssm:/name); "" = blank volumes
     # A secret given by the organizer (None = generate one). Never printed.
     shared_password: Optional[str] = field(default=None, repr=False)
 
@@ -152,6 +160,23 @@ class _Checker:
             if network.version != 4:
                 self.bad(key, item, f"{allowed} (the mux has only an IPv4 address)")
         return tuple(items)
+
+    def zones(self, key: str, value: Any, count: int, region: Any) -> tuple[str, ...]:
+        allowed = (
+            f"an empty list, or {count} distinct zone names of the stack's region "
+            "(campfleet:availabilityZones), e.g. [eu-west-1a, eu-west-1b]"
+        )
+        names = self.string_list(key, value)
+        if not names:
+            return ()
+        for name in names:
+            if not _ZONE_NAME.fullmatch(name):
+                self.bad(key, name, allowed)
+            elif isinstance(region, str) and region and name[:-1] != region:
+                self.bad(key, name, f"{allowed}; this zone is not in aws:region {region}")
+        if len(names) != count or len(set(names)) != len(names):
+            self.bad(key, value, allowed)
+        return tuple(names)
 
     def admins(self, key: str, value: Any) -> tuple[str, ...]:
         allowed = (
@@ -243,6 +268,20 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
     if egress not in _EGRESS:
         check.bad("shipEgress", egress, " or ".join(f'"{e}"' for e in _EGRESS))
 
+    every = raw["snapshotEveryHours"]
+    if isinstance(every, bool) or every not in (0, *SNAPSHOT_INTERVALS):
+        check.bad(
+            "snapshotEveryHours",
+            every,
+            "0 (off) or " + ", ".join(map(str, SNAPSHOT_INTERVALS)) + " (what DLM accepts)",
+        )
+        every = 0
+    restore = raw["restoreFrom"]
+    if not isinstance(restore, str):
+        check.bad("restoreFrom", restore, "a manifest file path or ssm:/<parameter name>")
+        restore = ""
+    zones = check.integer("availabilityZones", raw["availabilityZones"], 1, 6)
+
     config = FleetConfig(
         stack=stack,
         ships=ships,
@@ -251,13 +290,17 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
         home_volume_gib=check.integer("homeVolumeGiB", raw["homeVolumeGiB"], 1, 16384),
         ship_root_volume_gib=check.integer("shipRootVolumeGiB", raw["shipRootVolumeGiB"], 8, 16384),
         mux_root_volume_gib=check.integer("muxRootVolumeGiB", raw["muxRootVolumeGiB"], 8, 16384),
-        availability_zones=check.integer("availabilityZones", raw["availabilityZones"], 1, 6),
+        availability_zones=zones,
         allowed_cidrs=check.cidrs("allowedCidrs", raw["allowedCidrs"]),
         ready_percent=check.integer("readyPercent", raw["readyPercent"], 1, 100),
         admin_users=check.admins("adminUsers", raw["adminUsers"]),
         event_name=event or stack,
         protect_home_volumes=protect,
         ship_egress=egress if egress in _EGRESS else _EGRESS[0],
+        zone_names=check.zones("zoneNames", raw["zoneNames"], zones, values.get("aws:region")),
+        snapshot_every_hours=every,
+        snapshots_kept=check.integer("snapshotsKept", raw["snapshotsKept"], 1, 1000),
+        restore_from=restore,
         shared_password=shared_password,
     )
     if check.problems:

@@ -97,6 +97,12 @@ def register(subparsers: Any) -> None:
         "--strict", action="store_true", help="exit 1 when a mandatory policy is violated"
     )
     parser.add_argument(
+        "--check-owners",
+        action="store_true",
+        help="also read the stack's home volumes in AWS (needs credentials) and refuse a config "
+        "that deletes or replaces one an attendee owns",
+    )
+    parser.add_argument(
         "--max-ships",
         type=int,
         metavar="N",
@@ -156,8 +162,19 @@ def cost_lines(needs: Needs, table: dict[str, Any]) -> list[tuple[str, float]]:
 
 
 def summarize(
-    project_dir: Path, stack: str, values: dict[str, Any], max_ships: int | None
-) -> Summary:
+    project_dir: Path,
+    stack: str,
+    values: dict[str, Any],
+    max_ships: int | None,
+    *,
+    before: Any = None,
+    owned: list[Any] | None = None,
+) -> tuple[Summary, Any]:
+    """The plan of one stack config, and its evaluation.
+
+    `before` (the base's evaluation) adds a finding for each home volume the change deletes or
+    replaces; `owned` (the home volumes AWS holds) one for each such volume an attendee owns.
+    """
     from campfleet import policies
 
     evaluation = evaluate_stack(project_dir, stack, values)
@@ -175,7 +192,14 @@ def summarize(
     findings = policies.check(
         evaluation, max_ships=policies.DEFAULT_MAX_SHIPS if max_ships is None else max_ships
     )
-    return Summary(
+    after = [policies.subject(r) for r in evaluation.resources]
+    if before is not None:
+        findings += policies.home_change_findings(
+            [policies.subject(r) for r in before.resources], after
+        )
+    if owned is not None:
+        findings += policies.owned_volume_findings(after, owned)
+    summary = Summary(
         stack=stack,
         exists=True,
         region=region,
@@ -190,6 +214,19 @@ def summarize(
         mandatory_findings=sum(1 for f in findings if f.level == "mandatory"),
         notes=notes,
     )
+    return summary, evaluation
+
+
+def owned_volumes(stack: str, values: dict[str, Any]) -> list[Any]:
+    """The stack's home volumes in AWS with their owner tags (`--check-owners`)."""
+    import boto3
+
+    from campfleet.homevolumes import list_home_volumes
+
+    region = values.get("aws:region")
+    if not isinstance(region, str) or not region:
+        raise CliError(f"--check-owners: Pulumi.{stack}.yaml sets no aws:region; set it")
+    return list_home_volumes(boto3.client("ec2", region_name=region), stack)
 
 
 def _git(project_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -236,21 +273,25 @@ def base_values(project_dir: Path, stack: str, ref: str) -> dict[str, Any] | Non
 def run(args: argparse.Namespace) -> int:
     project_dir = find_project_dir(args.project_dir)
     head_values = stack_values(project_dir, args.stack)
-    head = summarize(project_dir, args.stack, head_values, args.max_ships)
+    owned = owned_volumes(args.stack, head_values) if args.check_owners else None
     base: Summary | None = None
+    base_evaluation = None
     if args.base:
         values = base_values(project_dir, args.stack, args.base)
-        if values is None:
-            base = Summary(
-                stack=args.stack, exists=False, region=head.region, price_region=head.price_region
-            )
-        else:
+        if values is not None:
             try:
-                base = summarize(project_dir, args.stack, values, args.max_ships)
+                base, base_evaluation = summarize(project_dir, args.stack, values, args.max_ships)
             except CliError as exc:
                 raise CliError(
                     f"the stack config at --base {args.base} is not valid:", *exc.lines
                 ) from None
+    head, _ = summarize(
+        project_dir, args.stack, head_values, args.max_ships, before=base_evaluation, owned=owned
+    )
+    if args.base and base is None:
+        base = Summary(
+            stack=args.stack, exists=False, region=head.region, price_region=head.price_region
+        )
     if args.format == "json":
         out = head.to_json()
         if base is not None:

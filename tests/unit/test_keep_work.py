@@ -1,0 +1,238 @@
+"""Issue 13, Pulumi side: ordinary config edits never delete or replace an attendee's volume.
+
+Each accident is performed: the program is evaluated before and after an organizer's edit
+(or AWS listing its zones differently) and the home volumes Pulumi would delete or replace are
+computed from the two runs the way Pulumi diffs them (a replacing input that changed and is
+not in ignoreChanges). The policy pack's owner check runs against moto.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from campfleet import evaluate as evaluate_mod
+from campfleet import policies
+from campfleet.evaluate import Evaluation, evaluate
+from campfleet.homevolumes import list_home_volumes
+from components.config import ConfigError, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+VOLUME = "aws:ebs/volume:Volume"
+
+
+def subjects(evaluation: Evaluation) -> list[policies.Subject]:
+    return [policies.subject(r) for r in evaluation.resources]
+
+
+def homes(evaluation: Evaluation) -> dict[int, Any]:
+    return {
+        int(s.props["tags"]["campfleet:slot"]): s
+        for s in policies.home_slots(subjects(evaluation)).values()
+    }
+
+
+def changes(before: Evaluation, after: Evaluation) -> dict[int, str]:
+    return policies.home_volume_changes(subjects(before), subjects(after))
+
+
+def test_adding_a_zone_never_replaces_a_home_volume() -> None:
+    two = evaluate(ROOT, "dev", {"campfleet:ships": 6, "campfleet:availabilityZones": 2})
+    three = evaluate(ROOT, "dev", {"campfleet:ships": 6, "campfleet:availabilityZones": 3})
+    # The program's round-robin puts slot 2 in the new zone; Pulumi must not follow it.
+    assert homes(two)[2].props["availabilityZone"] != homes(three)[2].props["availabilityZone"]
+    assert changes(two, three) == {}
+
+
+def test_aws_listing_zones_differently_never_replaces_a_home_volume(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    before = evaluate(ROOT, "dev", {"campfleet:ships": 4})
+    mocks = evaluate_mod._mocks_class
+
+    def zone_a_gone() -> type:
+        base = mocks()
+
+        class ZoneGone(base):  # type: ignore[misc, valid-type]
+            def call(self, args: Any) -> dict:
+                answer = base.call(self, args)
+                if args.token.endswith("getAvailabilityZones"):
+                    answer = {**answer, "names": answer["names"][1:]}
+                return answer
+
+        return ZoneGone
+
+    monkeypatch.setattr(evaluate_mod, "_mocks_class", zone_a_gone)
+    after = evaluate(ROOT, "dev", {"campfleet:ships": 4})
+    assert homes(after)[0].props["availabilityZone"] == "us-east-1b"  # the list moved
+    assert changes(before, after) == {}
+    # Pinned zone names do not move at all: not the volumes, not the ship subnets.
+    pinned = {"campfleet:ships": 4, "campfleet:zoneNames": ["us-east-1a", "us-east-1b"]}
+    again = evaluate(ROOT, "dev", pinned)
+    assert {s.props["availabilityZone"] for s in homes(again).values()} == {
+        "us-east-1a",
+        "us-east-1b",
+    }
+    subnets = {
+        r.inputs["availabilityZone"]
+        for r in again.of_type("aws:ec2/subnet:Subnet")
+        if r.inputs["tags"]["campfleet:role"] == "ship"
+    }
+    assert subnets == {"us-east-1a", "us-east-1b"}
+
+
+def test_home_volumes_take_a_final_snapshot_and_are_protected_by_default() -> None:
+    default = evaluate(ROOT, "default", {"campfleet:ships": 2})
+    for volume in homes(default).values():
+        assert volume.props["finalSnapshot"] is True
+        assert volume.protect is True
+    assert parse_config("x", {"campfleet:ships": 1}).protect_home_volumes is True
+
+
+def test_plan_base_names_each_home_volume_a_lower_ship_count_deletes() -> None:
+    before = evaluate(ROOT, "dev", {"campfleet:ships": 5})
+    after = evaluate(ROOT, "dev", {"campfleet:ships": 3})
+    found = policies.home_change_findings(subjects(before), subjects(after))
+    assert [f.name for f in found] == ["ships-home-0003", "ships-home-0004"]
+    assert all(f.policy == "home-volumes-kept" and "deleted" in f.message for f in found)
+
+
+def test_zone_change_without_ignore_changes_counts_as_replacement() -> None:
+    """The diff model itself: a zone change Pulumi would act on is a replacement."""
+    tags = {"campfleet:role": "home", "campfleet:slot": "0"}
+    old = policies.Subject(VOLUME, "v", "u", {"availabilityZone": "a", "tags": tags})
+    new = policies.Subject(VOLUME, "v", "u", {"availabilityZone": "b", "tags": tags})
+    assert policies.home_volume_changes([old], [new]) == {
+        0: "replaced (availabilityZone 'a' -> 'b')"
+    }
+    ignoring = policies.Subject(
+        VOLUME, "v", "u", new.props, ignore_changes=frozenset({"availabilityZone"})
+    )
+    assert policies.home_volume_changes([old], [ignoring]) == {}
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        ({"campfleet:zoneNames": ["us-east-1a"]}, "campfleet:zoneNames"),
+        ({"campfleet:zoneNames": ["us-east-1a", "us-east-1a"]}, "campfleet:zoneNames"),
+        (
+            {"aws:region": "eu-west-1", "campfleet:zoneNames": ["us-east-1a", "us-east-1b"]},
+            "not in aws:region eu-west-1",
+        ),
+        ({"campfleet:snapshotEveryHours": 5}, "campfleet:snapshotEveryHours: got 5"),
+        ({"campfleet:snapshotsKept": 0}, "campfleet:snapshotsKept: got 0"),
+    ],
+)
+def test_bad_keep_work_config_is_one_clear_line(values: dict, problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config("x", {"campfleet:ships": 2, **values})
+    assert err.value.problems and all(problem in line for line in err.value.problems)
+
+
+# --- the policy pack's owner check, against moto ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pack() -> Any:
+    spec = importlib.util.spec_from_file_location("campfleet_pack_k", ROOT / "policy/__main__.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def stack_args(evaluation: Evaluation) -> Any:
+    from pulumi_policy import (
+        PolicyCustomTimeouts,
+        PolicyResource,
+        PolicyResourceOptions,
+        StackValidationArgs,
+    )
+
+    resources = [
+        PolicyResource(
+            r.type,
+            r.inputs,
+            r.urn,
+            r.name,
+            PolicyResourceOptions(
+                r.protect,
+                sorted(r.ignore_changes),
+                None,
+                [],
+                PolicyCustomTimeouts(0, 0, 0),
+                [],
+                None,
+            ),
+            None,
+            None,
+            [],
+            {},
+        )
+        for r in evaluation.resources
+    ]
+    return StackValidationArgs(resources)
+
+
+def run_stack_policy(pack: Any, evaluation: Evaluation) -> list[str]:
+    reported: list[str] = []
+    pack.validate_home_volumes_kept(stack_args(evaluation), lambda m, urn=None: reported.append(m))
+    return reported
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Any:
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    with mock_aws():
+        yield boto3.client("ec2", region_name="us-east-1")
+
+
+def make_home(ec2: Any, slot: int, zone: str, owner: str | None) -> str:
+    tags = [
+        {"Key": "campfleet:stack", "Value": "dev"},
+        {"Key": "campfleet:role", "Value": "home"},
+        {"Key": "campfleet:slot", "Value": str(slot)},
+    ]
+    if owner:
+        tags.append({"Key": "campfleet:owner", "Value": owner})
+    volume = ec2.create_volume(
+        AvailabilityZone=zone,
+        Size=10,
+        TagSpecifications=[{"ResourceType": "volume", "Tags": tags}],
+    )
+    return volume["VolumeId"]
+
+
+def test_policy_pack_refuses_deleting_a_volume_an_attendee_owns(aws: Any, pack: Any) -> None:
+    for slot in range(5):
+        make_home(aws, slot, "us-east-1a" if slot % 2 == 0 else "us-east-1b", None)
+    owned = make_home(aws, 5, "us-east-1b", "alice")
+    assert [v.owner for v in list_home_volumes(aws, "dev")] == [None] * 5 + ["alice"]
+    kept = evaluate(ROOT, "dev", {"campfleet:ships": 6})
+    assert run_stack_policy(pack, kept) == []
+    fewer = evaluate(ROOT, "dev", {"campfleet:ships": 5})  # slot 5 (alice's) would go
+    [message] = run_stack_policy(pack, fewer)
+    assert owned in message and "alice's files" in message and "deletes it" in message
+    # Unowned slots may go: lowering to 5 with nobody on slot 5 passes.
+    aws.delete_tags(Resources=[owned], Tags=[{"Key": "campfleet:owner"}])
+    assert run_stack_policy(pack, fewer) == []
+
+
+def test_policy_pack_refuses_when_it_cannot_read_aws(pack: Any, monkeypatch: Any) -> None:
+    def no_credentials(stack: str, region: str) -> list:
+        raise RuntimeError("Unable to locate credentials")
+
+    monkeypatch.setattr(pack, "owned_home_volumes", no_credentials)
+    [message] = run_stack_policy(pack, evaluate(ROOT, "dev", {"campfleet:ships": 2}))
+    assert message.startswith("cannot read the home volumes' owner tags in AWS")

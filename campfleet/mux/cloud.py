@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import json
 import logging
 import time
 from collections import deque
@@ -22,18 +23,67 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
+from campfleet.homevolumes import home_volume_filters
+from campfleet.tags import HOME_ROLE, OWNER_TAG
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 #: Device names offered to home volumes, in order (the root volume uses /dev/xvda or /dev/sda1).
 DEVICE_NAMES = tuple(f"/dev/sd{letter}" for letter in "fghijklmnop")
-VOLUME_ROLE = "home"
+VOLUME_ROLE = HOME_ROLE
 CALL_HISTORY = 200
+# A volume the agent reported mounted less than this ago is never detached from a ship that
+# still runs: a ship silent for a few heartbeats (`lost`) may still be writing to it.
+MOUNTED_GRACE_SECONDS = 1800.0
+# EC2 instance states in which nothing on the instance can write to a volume any more.
+GONE_STATES = ("terminated", "stopped")
+
+#: (mounted, when) from the registry: did the agent on `instance` last report `volume` mounted
+#: (True), not mounted (False), or has that ship never reported (None, None)?
+MountStatus = Callable[[str, str], "tuple[bool | None, float | None]"]
+
+
+def _unknown_mount(volume_id: str, instance_id: str) -> tuple[bool | None, float | None]:
+    return None, None
 
 
 class CloudError(Exception):
     """A cloud call failed; the message is one line: what failed, on which id, AWS's code."""
+
+
+class VolumeBusy(CloudError):
+    """A home volume may still be in use on another ship; moving it now could lose files."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.jupyterhub_message = message  # shown on the attendee's spawn page
+
+
+def detach_verdict(
+    instance_state: str | None,
+    mounted: bool | None,
+    reported_at: float | None,
+    now: float,
+    grace: float,
+) -> tuple[bool, bool, str]:
+    """May a home volume be taken off `instance`? (detach, force allowed, why not).
+
+    Only when nothing there can still write to it: the instance is gone or stopped, or its
+    agent reported the volume unmounted, or reported it mounted longer than `grace` ago.
+    A ship marked `lost` after a few silent heartbeats is usually still running and writing.
+    """
+    if instance_state is None or instance_state in GONE_STATES:
+        return True, True, ""
+    if mounted is False:
+        return True, True, ""
+    if mounted and reported_at is not None and now - reported_at >= grace:
+        return True, True, ""
+    if mounted is None:
+        return False, False, "its agent has not reported to this mux"
+    age = max(now - (reported_at or now), 0.0)
+    return False, False, f"its agent reported it mounted {age:.0f} s ago"
 
 
 @dataclass(frozen=True)
@@ -52,6 +102,9 @@ class Cloud(abc.ABC):
 
     def __init__(self) -> None:
         self._calls: deque[CloudCall] = deque(maxlen=CALL_HISTORY)
+        # What the registry knows of a volume on a ship; the Fleet connects its registry here.
+        self.mount_status: MountStatus = _unknown_mount
+        self.mounted_grace = MOUNTED_GRACE_SECONDS
 
     @property
     def calls(self) -> list[CloudCall]:
@@ -85,6 +138,14 @@ class Cloud(abc.ABC):
     async def list_volumes(self) -> list[tuple[str, str]]:
         """The stack's home volumes as (volume id, availability zone), sorted by id."""
 
+    @abc.abstractmethod
+    async def tag_owner(self, volume_id: str, owner: str) -> None:
+        """Record on the volume itself who owns it (the owner tag; see campfleet/tags.py)."""
+
+    @abc.abstractmethod
+    async def volume_owners(self) -> dict[str, str]:
+        """{volume id: owner} from the home volumes' owner tags."""
+
 
 class LocalCloud(Cloud):
     """Directories as volumes for a local event; the other actions are recorded and do nothing."""
@@ -107,6 +168,8 @@ class LocalCloud(Cloud):
         self.published: dict[str, int] = {}
         for volume_id, _zone in self._volumes:
             (self.volumes_root / volume_id).mkdir(parents=True, exist_ok=True)
+        # The owner tags: a file beside the volumes, so they outlive the mux's state directory.
+        self._owners_file = self.volumes_root / "owner-tags.json"
 
     def _path(self, volume_id: str) -> Path:
         if volume_id not in dict(self._volumes):
@@ -140,6 +203,22 @@ class LocalCloud(Cloud):
 
     async def list_volumes(self) -> list[tuple[str, str]]:
         return list(self._volumes)
+
+    async def tag_owner(self, volume_id: str, owner: str) -> None:
+        self._path(volume_id)
+        owners = await self.volume_owners()
+        owners[volume_id] = owner
+        tmp = self._owners_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(owners, sort_keys=True))
+        tmp.replace(self._owners_file)
+        self._record("tag owner", volume_id, owner)
+
+    async def volume_owners(self) -> dict[str, str]:
+        try:
+            owners = json.loads(self._owners_file.read_text())
+        except FileNotFoundError:
+            return {}
+        return {str(k): str(v) for k, v in owners.items()} if isinstance(owners, dict) else {}
 
 
 class AwsCloud(Cloud):
@@ -239,7 +318,7 @@ class AwsCloud(Cloud):
                     await self._wait_attached(volume_id, instance_id)
                     return att["Device"]
                 if att["State"] in ("attaching", "attached", "busy", "detaching"):
-                    # Still on the attendee's previous (dead) ship: take it back first.
+                    # Still on the attendee's previous ship: take it back, if that is safe.
                     await self.detach_volume(volume_id, att["InstanceId"])
             device = await self._free_device(instance_id)
             await self._call(
@@ -268,6 +347,23 @@ class AwsCloud(Cloud):
                 f"after {self.attach_timeout:.0f}s"
             )
 
+    async def _instance_state(self, instance_id: str) -> str | None:
+        """EC2's state of an instance; None when EC2 no longer knows it (long terminated)."""
+        try:
+            answer = await asyncio.to_thread(
+                self._ec2.describe_instances, InstanceIds=[instance_id]
+            )
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") == "InvalidInstanceID.NotFound":
+                return None
+            code = e.response.get("Error", {}).get("Code", "Unknown")
+            self._record("describe instance", instance_id, code, ok=False)
+            raise CloudError(f"describe instance failed on {instance_id}: {code}") from e
+        reservations = answer.get("Reservations", [])
+        if not reservations or not reservations[0]["Instances"]:
+            return None
+        return reservations[0]["Instances"][0]["State"]["Name"]
+
     async def detach_volume(self, volume_id: str, instance_id: str) -> None:
         volume = await self._volume(volume_id)
         states = [
@@ -275,6 +371,23 @@ class AwsCloud(Cloud):
         ]
         if not states:
             return
+        mounted, reported_at = self.mount_status(volume_id, instance_id)
+        state = await self._instance_state(instance_id)
+        allowed, _force, why = detach_verdict(
+            state,
+            mounted,
+            reported_at,
+            time.time(),
+            self.mounted_grace,
+        )
+        if not allowed:
+            self._record("detach", volume_id, f"refused: {why}", ok=False)
+            log.warning("not detaching %s from %s: %s", volume_id, instance_id, why)
+            raise VolumeBusy(
+                f"your home volume {volume_id} is still attached to ship {instance_id} "
+                f"({state}; {why}); it moves once that ship is gone or after "
+                f"{self.mounted_grace / 60:.0f} min: try again in a few minutes"
+            )
 
         def detached(v: dict[str, Any]) -> bool:
             return not any(a["InstanceId"] == instance_id for a in v.get("Attachments", []))
@@ -357,13 +470,38 @@ class AwsCloud(Cloud):
     async def list_volumes(self) -> list[tuple[str, str]]:
         def collect() -> list[tuple[str, str]]:
             pages = self._ec2.get_paginator("describe_volumes").paginate(
-                Filters=[
-                    {"Name": "tag:campfleet:stack", "Values": [self.stack]},
-                    {"Name": "tag:campfleet:role", "Values": [VOLUME_ROLE]},
-                ]
+                Filters=home_volume_filters(self.stack)
             )
             return sorted(
                 (v["VolumeId"], v["AvailabilityZone"]) for page in pages for v in page["Volumes"]
             )
 
         return await self._call("list volumes", self.stack, collect)
+
+    async def tag_owner(self, volume_id: str, owner: str) -> None:
+        await self._call(
+            "tag owner",
+            volume_id,
+            self._ec2.create_tags,
+            Resources=[volume_id],
+            Tags=[{"Key": OWNER_TAG, "Value": owner}],
+        )
+        self._record("tag owner", volume_id, owner)
+
+    async def volume_owners(self) -> dict[str, str]:
+        def collect() -> dict[str, str]:
+            pages = self._ec2.get_paginator("describe_volumes").paginate(
+                Filters=[
+                    *home_volume_filters(self.stack),
+                    {"Name": "tag-key", "Values": [OWNER_TAG]},
+                ]
+            )
+            return {
+                v["VolumeId"]: t["Value"]
+                for page in pages
+                for v in page["Volumes"]
+                for t in v.get("Tags", [])
+                if t["Key"] == OWNER_TAG and t["Value"]
+            }
+
+        return await self._call("list volume owners", self.stack, collect)

@@ -96,8 +96,26 @@ def proxy_command() -> list[str]:
     ]
 
 
+def state_refusal(settings: Settings) -> str:
+    """Why home volumes must not be handed out from this state directory ("" = they may).
+
+    On AWS the registry of who owns which volume lives on the mux's state volume; an empty
+    directory in its place (the volume did not attach in time) would hand volumes out afresh.
+    """
+    if settings.local or os.path.ismount(settings.state_dir):
+        return ""
+    return (
+        f"the mux state volume is not mounted at {settings.state_dir}, so the registry of who "
+        "owns which home volume is missing; check `systemctl status var-lib-campfleet.mount` "
+        "and restart the mux"
+    )
+
+
 def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
     """The Fleet for this hub: registry on disk, the right cloud, the control API."""
+    refusal = state_refusal(settings)
+    if refusal:
+        log.critical("campfleet: %s", refusal)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     # Owner only: the registry holds each attendee server's hub API token (its desired env).
     settings.state_dir.chmod(0o700)
@@ -120,6 +138,7 @@ def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
         state_file=settings.state_dir / "fleet-state.json",
         control_address=settings.control_address,
         control_port=settings.control_port,
+        refusal=refusal,
     ).install()
 
 

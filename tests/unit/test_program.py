@@ -445,6 +445,12 @@ def test_mux_role_least_privilege(dev: Evaluation) -> None:
         "aws:ResourceTag/campfleet:stack": "dev",
         "aws:ResourceTag/campfleet:role": "home",
     }
+    owner_tag = statements["HomeVolumeOwnerTag"]
+    assert owner_tag["Action"] == "ec2:CreateTags" and owner_tag["Resource"] == volumes["Resource"]
+    assert owner_tag["Condition"] == {
+        "StringEquals": volumes["Condition"]["StringEquals"],
+        "ForAllValues:StringEquals": {"aws:TagKeys": ["campfleet:owner"]},
+    }
     instances = statements["ShipInstances"]
     assert instances["Resource"] == "arn:aws:ec2:eu-west-1:123456789012:instance/*"
     # Ships only: the mux carries the same stack tag and must not get attendee volumes.

@@ -9,6 +9,7 @@ from components.mux import Mux, MuxArgs
 from components.network import MUX_PRIVATE_IP, Network, NetworkArgs
 from components.secrets import Secrets, SecretsArgs
 from components.ships import ShipFleet, ShipFleetArgs
+from components.snapshots import HomeSnapshots, HomeSnapshotsArgs
 from components.tags import base_tags
 
 config = load()
@@ -92,6 +93,19 @@ mux = Mux(
         tags=tags,
     ),
 )
+
+if config.snapshot_every_hours:
+    HomeSnapshots(
+        "snapshots",
+        HomeSnapshotsArgs(
+            stack=config.stack,
+            every_hours=config.snapshot_every_hours,
+            kept=config.snapshots_kept,
+            region=region,
+            account_id=account_id,
+            tags=tags,
+        ),
+    )
 
 pulumi.export("muxUrl", mux.url)
 pulumi.export("muxPublicIp", mux.public_ip)

@@ -19,3 +19,10 @@ PROTECT_TAG = "campfleet:protect"
 OWNER_TAG = "campfleet:owner"
 
 HOME_ROLE = "home"
+# One tag that only this stack's home volumes carry (value: the stack), because Data Lifecycle
+# Manager targets a resource carrying ANY of a policy's target tags: stack + role would also
+# snapshot every other stack's home volumes and this stack's ship root volumes.
+HOME_OF_TAG = "campfleet:home-of"
+# On snapshots: "periodic" (DLM), "archive" (`campfleet archive`); a volume's final snapshot
+# carries the volume's own tags.
+SNAPSHOT_TAG = "campfleet:snapshot"

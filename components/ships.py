@@ -17,7 +17,15 @@ import pulumi_aws as aws
 from components import userdata
 from components.iam import ecr_statements, instance_role
 from components.network import CONTROL_PORT
-from components.tags import HOME_ROLE, OWNER_TAG, PROTECT_TAG, ROLE_TAG, SLOT_TAG, tagged
+from components.tags import (
+    HOME_OF_TAG,
+    HOME_ROLE,
+    OWNER_TAG,
+    PROTECT_TAG,
+    ROLE_TAG,
+    SLOT_TAG,
+    tagged,
+)
 
 HEARTBEAT_SECONDS = 5
 # Time a terminating ship gets to report, stop its containers and unmount the home volume.
@@ -71,7 +79,12 @@ def home_volume_tags(
     base: Mapping[str, str], stack: str, slot: int, protect: bool, owner: str | None
 ) -> dict[str, str]:
     """A home volume's tags; `owner` only for a volume restored for a known attendee."""
-    extra = {ROLE_TAG: HOME_ROLE, SLOT_TAG: str(slot), PROTECT_TAG: "true" if protect else "false"}
+    extra = {
+        ROLE_TAG: HOME_ROLE,
+        HOME_OF_TAG: stack,
+        SLOT_TAG: str(slot),
+        PROTECT_TAG: "true" if protect else "false",
+    }
     if owner:
         extra[OWNER_TAG] = owner
     return tagged(base, f"campfleet-{stack}-home-{slot:04d}", extra)

@@ -10,11 +10,13 @@ from collections.abc import Mapping
 
 from campfleet.tags import (  # noqa: F401 (re-exported: the program imports them from here)
     EVENT_TAG,
+    HOME_OF_TAG,
     HOME_ROLE,
     OWNER_TAG,
     PROTECT_TAG,
     ROLE_TAG,
     SLOT_TAG,
+    SNAPSHOT_TAG,
     STACK_TAG,
 )
 

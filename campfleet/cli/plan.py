@@ -121,8 +121,20 @@ def price_table(region: str) -> tuple[str, dict[str, Any]]:
     return fallback, prices["regions"][fallback]
 
 
-def cost_lines(needs: Needs, table: dict[str, Any]) -> list[tuple[str, float]]:
-    """Hourly on-demand cost per item: instances, EBS, public IPv4, NAT, interface endpoints."""
+def snapshot_gib(config: Any) -> int:
+    """GiB of periodic snapshots to price: one full copy of every home volume.
+
+    That is the most the first snapshot of each volume can store; later ones are incremental
+    (only changed blocks), so with `snapshotsKept` of them the bill grows with what attendees
+    change, which no plan can know.
+    """
+    return config.ships * config.home_volume_gib if config.snapshot_every_hours else 0
+
+
+def cost_lines(
+    needs: Needs, table: dict[str, Any], snapshots_gib: int = 0
+) -> list[tuple[str, float]]:
+    """Hourly on-demand cost per item: instances, EBS, snapshots, public IPv4, NAT, endpoints."""
     hours_per_month = aws_data()["hoursPerMonth"]
     lines: list[tuple[str, float]] = []
     for itype, count in sorted(needs.instances.items()):
@@ -137,6 +149,14 @@ def cost_lines(needs: Needs, table: dict[str, Any]) -> list[tuple[str, float]]:
         if per_month is None:
             raise CliError(f"EBS volume type {vtype!r} has no price in campfleet/data/aws.json")
         lines.append((f"EBS {vtype} {gib:,} GiB", per_month * gib / hours_per_month))
+    if snapshots_gib:
+        lines.append(
+            (
+                f"EBS snapshots {snapshots_gib:,} GiB (a full copy of every home volume; "
+                "+ changed blocks per snapshot kept)",
+                table["ebsSnapshotUsdPerGBMonth"] * snapshots_gib / hours_per_month,
+            )
+        )
     if needs.elastic_ips:
         lines.append(
             (
@@ -209,7 +229,7 @@ def summarize(
         memory_gib=needs.memory_gib,
         ebs_gib=needs.total_ebs_gib,
         resources=evaluation.counts(),
-        cost_lines=cost_lines(needs, table),
+        cost_lines=cost_lines(needs, table, snapshot_gib(evaluation.config)),
         findings=[str(f) for f in findings],
         mandatory_findings=sum(1 for f in findings if f.level == "mandatory"),
         notes=notes,

@@ -53,6 +53,9 @@ def hand_plan(project: Path, stack: str) -> dict[str, float]:
         + (1 + nat) * prices["publicIpv4UsdPerHour"]
         + nat * prices["natGatewayUsdPerHour"]
         + endpoint_azs * prices["interfaceEndpointUsdPerHourPerAz"]
+        # periodic snapshots (issue 13): one full copy of every home volume, priced per GB-month
+        + (ships * c["homeVolumeGiB"] * prices["ebsSnapshotUsdPerGBMonth"] / 730)
+        * (c["snapshotEveryHours"] > 0)
     )
     return {
         "ships": ships,

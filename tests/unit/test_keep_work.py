@@ -236,3 +236,48 @@ def test_policy_pack_refuses_when_it_cannot_read_aws(pack: Any, monkeypatch: Any
     monkeypatch.setattr(pack, "owned_home_volumes", no_credentials)
     [message] = run_stack_policy(pack, evaluate(ROOT, "dev", {"campfleet:ships": 2}))
     assert message.startswith("cannot read the home volumes' owner tags in AWS")
+
+
+# --- periodic snapshots (Data Lifecycle Manager) ------------------------------------------
+
+
+def test_prod_snapshots_its_home_volumes_with_dlm_and_dev_does_not() -> None:
+    import json
+
+    prod = evaluate(ROOT, "prod")
+    assert evaluate(ROOT, "dev").of_type("aws:dlm/lifecyclePolicy:LifecyclePolicy") == []
+    dlm = prod.one("aws:dlm/lifecyclePolicy:LifecyclePolicy").inputs
+    details = dlm["policyDetails"]
+    assert dlm["state"] == "ENABLED" and details["resourceTypes"] == ["VOLUME"]
+    # One target tag that only this stack's home volumes carry (DLM ORs target tags).
+    assert details["targetTags"] == {"campfleet:home-of": "prod"}
+    targeted = [
+        r for r in prod.of_type(VOLUME) if r.inputs["tags"].get("campfleet:home-of") == "prod"
+    ]
+    assert len(targeted) == 150 and all(
+        r.inputs["tags"]["campfleet:role"] == "home" for r in targeted
+    )
+    [schedule] = details["schedules"]
+    assert schedule["createRule"] == {"interval": 12, "intervalUnit": "HOURS"}
+    assert schedule["retainRule"] == {"count": 6}
+    assert schedule["copyTags"] is True  # stack, event, slot, owner onto every snapshot
+    assert schedule["tagsToAdd"] == {"campfleet:snapshot": "periodic"}
+    assert dlm["tags"]["campfleet:stack"] == "prod"
+
+    roles = {r.name: r for r in prod.of_type("aws:iam/role:Role")}
+    trust = json.loads(roles["snapshots-role"].inputs["assumeRolePolicy"])
+    assert trust["Statement"][0]["Principal"] == {"Service": "dlm.amazonaws.com"}
+    [policy] = [
+        r for r in prod.of_type("aws:iam/rolePolicy:RolePolicy") if r.name == "snapshots-policy"
+    ]
+    statements = {s["Sid"]: s for s in json.loads(policy.inputs["policy"])["Statement"]}
+    assert statements["SnapshotHomeVolumes"]["Resource"] == (
+        "arn:aws:ec2:eu-west-1:123456789012:volume/*"
+    )
+    for sid in ("SnapshotHomeVolumes", "PruneSnapshots"):
+        assert statements[sid]["Condition"] == {
+            "StringEquals": {"aws:ResourceTag/campfleet:home-of": "prod"}
+        }
+    wildcard = [s for s in statements.values() if s["Resource"] == "*"]
+    assert [s["Sid"] for s in wildcard] == ["Describe"]
+    assert all(a.startswith("ec2:Describe") for a in wildcard[0]["Action"])

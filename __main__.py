@@ -1,5 +1,7 @@
 """campfleet: read the stack config, build the components, export what organizers need."""
 
+from pathlib import Path
+
 import pulumi
 import pulumi_aws as aws
 
@@ -7,6 +9,7 @@ from components.config import load
 from components.images import ContainerImage, ContainerImageArgs
 from components.mux import Mux, MuxArgs
 from components.network import MUX_PRIVATE_IP, Network, NetworkArgs
+from components.restore import restore_plan
 from components.secrets import Secrets, SecretsArgs
 from components.ships import ShipFleet, ShipFleetArgs
 from components.snapshots import HomeSnapshots, HomeSnapshotsArgs
@@ -40,6 +43,7 @@ images = {
     )
     for role in ("ship", "mux")
 }
+restore = restore_plan(config.restore_from, Path(__file__).parent, config)
 secrets = Secrets(
     "secrets",
     SecretsArgs(stack=config.stack, tags=tags, shared_password=config.shared_password),
@@ -64,6 +68,7 @@ ships = ShipFleet(
         region=region,
         account_id=account_id,
         tags=tags,
+        restore=restore,
     ),
 )
 mux = Mux(

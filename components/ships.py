@@ -17,6 +17,7 @@ import pulumi_aws as aws
 from components import userdata
 from components.iam import ecr_statements, instance_role
 from components.network import CONTROL_PORT
+from components.restore import Restored
 from components.tags import (
     HOME_OF_TAG,
     HOME_ROLE,
@@ -71,8 +72,8 @@ class ShipFleetArgs:
     region: pulumi.Input[str]
     account_id: pulumi.Input[str]
     tags: dict[str, str]
-    # campfleet:restoreFrom: slot -> (snapshot id, owner) the slot's volume is created from.
-    restore: Mapping[int, tuple[str, str]] = field(default_factory=dict)
+    # campfleet:restoreFrom: what each slot's volume is created from (components/restore.py).
+    restore: Mapping[int, Restored] = field(default_factory=dict)
 
 
 def home_volume_tags(
@@ -239,19 +240,23 @@ class ShipFleet(pulumi.ComponentResource):
             ignore_changes=list(HOME_VOLUME_IGNORED_CHANGES),
         )
         for slot in range(args.ships):
-            snapshot, owner = args.restore.get(slot, (None, None))
+            restored = args.restore.get(slot)
             aws.ebs.Volume(
                 f"{name}-home-{slot:04d}",
                 availability_zone=args.zone_names[slot % zones],
-                size=args.home_volume_gib,
+                size=restored.size_gib if restored else args.home_volume_gib,
                 type="gp3",
                 encrypted=True,
-                snapshot_id=snapshot,
+                snapshot_id=restored.snapshot_id if restored else None,
                 # Deleting a home volume (fewer ships, an unprotected destroy) keeps its files
                 # in a snapshot that carries the volume's tags (stack, slot, owner).
                 final_snapshot=True,
                 tags=home_volume_tags(
-                    args.tags, args.stack, slot, args.protect_home_volumes, owner
+                    args.tags,
+                    args.stack,
+                    slot,
+                    args.protect_home_volumes,
+                    restored.owner if restored else None,
                 ),
                 opts=home_opts,
             )

@@ -111,13 +111,15 @@ def _ctrl_c_exits_at_once() -> Iterator[None]:
 def evaluate_stack(project_dir: Path, stack: str, values: dict[str, Any]) -> Any:
     """Run the infra program in-process under mocks; a bad config becomes a CliError."""
     _on_path(project_dir)
+    from pulumi.errors import RunError
+
     from campfleet.evaluate import evaluate
     from components.config import ConfigError
 
     try:
         with _ctrl_c_exits_at_once():
             return evaluate(project_dir, stack, values)
-    except ConfigError as exc:
+    except (ConfigError, RunError) as exc:  # RunError: the program's own one-line refusal
         raise CliError(*str(exc).splitlines()) from None
 
 

@@ -223,3 +223,16 @@ def test_archive_without_volumes_or_region_is_one_clear_line(
     code = main(["archive", "--stack", "gone", "--project-dir", str(ROOT)])
     err = capsys.readouterr().err
     assert code == 2 and "no aws:region in its stack file; pass --region" in err
+
+
+def test_restore_reads_the_manifest_archive_wrote_to_ssm(aws: Any, tmp_path: Path) -> None:
+    from components.restore import load_manifest, plan_restore
+
+    ssm = boto3.client("ssm", region_name=REGION)
+    entries = [archive.Entry("vol-1", 0, "ann", f"{REGION}a", 10, "snap-1", "completed")]
+    written = archive.Manifest("old", "old", "123456789012", REGION, 1.0, entries)
+    path = archive.write_ssm(ssm, written)
+    assert load_manifest(f"ssm:{path}", tmp_path, REGION) == written
+    assert plan_restore(written, 2, 10)[0].owner == "ann"
+    with pytest.raises(archive.ArchiveError, match="no manifest there"):
+        load_manifest("ssm:/campfleet/never/archive-manifest", tmp_path, REGION)

@@ -281,3 +281,82 @@ def test_prod_snapshots_its_home_volumes_with_dlm_and_dev_does_not() -> None:
     wildcard = [s for s in statements.values() if s["Resource"] == "*"]
     assert [s["Sid"] for s in wildcard] == ["Describe"]
     assert all(a.startswith("ec2:Describe") for a in wildcard[0]["Action"])
+
+
+# --- restore (campfleet:restoreFrom) ------------------------------------------------------
+
+
+def write_manifest(path: Path, region: str = "eu-west-1", account: str = "123456789012") -> Path:
+    from campfleet.archive import Entry, Manifest
+
+    entries = [
+        Entry("vol-1", 0, "bob", "eu-west-1a", 20, "snap-1", "completed"),
+        Entry("vol-2", 1, None, "eu-west-1a", 10, "snap-2", "completed"),
+        Entry("vol-3", 2, "ann", "eu-west-1b", 10, "snap-3", "completed"),
+        Entry("vol-4", 3, "cy", "eu-west-1b", 10, "", "error", "rate exceeded"),
+    ]
+    path.write_text(Manifest("old", "old", account, region, 1.0, entries).to_json())
+    return path
+
+
+def test_restore_gives_each_attendee_their_own_snapshot(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "archive-old.json")
+    values = {
+        "aws:region": "eu-west-1",
+        "campfleet:ships": 4,
+        "campfleet:restoreFrom": str(manifest),
+    }
+    new = evaluate(ROOT, "term2", values)
+    # Owned volumes first (ann, bob), then the unused one; the failed snapshot is not used; the
+    # 20 GiB volume stays 20 GiB although homeVolumeGiB is 10.
+    slots = {slot: s.props for slot, s in homes(new).items()}
+    assert slots[0]["snapshotId"] == "snap-3" and slots[0]["tags"]["campfleet:owner"] == "ann"
+    assert slots[1]["snapshotId"] == "snap-1" and slots[1]["size"] == 20
+    assert slots[2]["snapshotId"] == "snap-2" and "campfleet:owner" not in slots[2]["tags"]
+    assert "snapshotId" not in slots[3] or slots[3]["snapshotId"] in (None, "")
+    # The owner tag on a restored volume is what the mux binds on its first start
+    # (tests/unit/test_keep_work_mux.py: a mux on empty state gives each attendee their own).
+
+
+def test_restore_refuses_a_manifest_from_another_region_or_account(tmp_path: Path) -> None:
+    from pulumi.errors import RunError as ArchiveError
+
+    elsewhere = write_manifest(tmp_path / "m.json", region="us-east-1")
+    values = {
+        "aws:region": "eu-west-1",
+        "campfleet:ships": 4,
+        "campfleet:restoreFrom": str(elsewhere),
+    }
+    with pytest.raises(
+        ArchiveError, match="its snapshots are in account 123456789012, region us-east-1"
+    ):
+        evaluate(ROOT, "term2", values)
+    other = write_manifest(tmp_path / "o.json", account="210987654321")
+    values["campfleet:restoreFrom"] = str(other)
+    with pytest.raises(ArchiveError, match="this stack deploys to account 123456789012"):
+        evaluate(ROOT, "term2", values)
+
+
+def test_restore_problems_are_one_line_in_plan(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from campfleet.cli import main
+
+    manifest = write_manifest(tmp_path / "m.json")
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("Pulumi.yaml", "__main__.py"):
+        (project / name).symlink_to(ROOT / name)
+    (project / "components").symlink_to(ROOT / "components")
+    stack = project / "Pulumi.term2.yaml"
+    for restore, ships, needle in (
+        (str(manifest), 1, "holds 2 attendees' volumes but campfleet:ships is 1"),
+        (str(tmp_path / "missing.json"), 4, "campfleet:restoreFrom: cannot read"),
+    ):
+        stack.write_text(
+            f"config:\n  aws:region: eu-west-1\n  campfleet:ships: {ships}\n"
+            f"  campfleet:restoreFrom: {restore}\n"
+        )
+        code = main(["plan", "--stack", "term2", "--project-dir", str(project)])
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and "Traceback" not in err

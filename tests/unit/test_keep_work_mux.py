@@ -252,3 +252,28 @@ async def test_aws_owner_tags_round_trip(ec2: Any) -> None:
     volume, tagged = home_volume(ec2), home_volume(ec2, owner="ann")
     await cloud.tag_owner(volume, "bob")
     assert await cloud.volume_owners() == {volume: "bob", tagged: "ann"}
+
+
+async def test_a_restored_stack_gives_each_attendee_their_own_volume(
+    ec2: Any, tmp_path: Path
+) -> None:
+    """Restored volumes carry their owner tags from creation; the new mux binds them."""
+    mine, theirs = home_volume(ec2, owner="ann"), home_volume(ec2, owner="bob")
+    blank = home_volume(ec2)
+    registry = Registry(tmp_path / "r.sqlite")
+    fleet = Fleet(
+        registry,
+        AwsCloud(REGION, "ev", "group"),
+        Control(),
+        expected=3,
+        ready_percent=50,
+        ship_image="ship:1",
+        state_file=tmp_path / "fleet.json",
+    )
+    await fleet.start()
+    assert (await fleet.assign_volume("newcomer")).volume_id == blank
+    assert (await fleet.assign_volume("bob")).volume_id == theirs
+    assert (await fleet.assign_volume("ann")).volume_id == mine
+    assert await fleet.cloud.volume_owners() == {mine: "ann", theirs: "bob", blank: "newcomer"}
+    fleet.stop()
+    registry.close()

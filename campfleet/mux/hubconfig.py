@@ -195,6 +195,8 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
     hub.authenticator_class = WorkshopAuthenticator
     hub.admin_access = False
     hub.extra_handlers = fleetview.handlers(fleet)
+    # home.html adds "Download my files" (a zip made by jupyter-archive in the user's server).
+    hub.template_paths = [str(fleetview.TEMPLATES)]
 
     proxy = c.ConfigurableHTTPProxy
     proxy.command = proxy_command()

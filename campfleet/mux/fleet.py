@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from campfleet.mux.cloud import Cloud
+from campfleet.mux.cloud import Cloud, CloudError
 from campfleet.mux.registry import Readiness, Registry, RegistryError, ShipRecord, VolumeRecord
 from campfleet.protocol import ShipState
 
@@ -163,7 +163,12 @@ class Fleet:
             raise VolumesRefused(f"the mux is not handing out home volumes: {self.refusal}")
         volume = self.registry.volume_for(owner, prefer_zone)
         if volume.volume_id not in self._owner_tagged:
-            await self.cloud.tag_owner(volume.volume_id, owner)
+            try:
+                await self.cloud.tag_owner(volume.volume_id, owner)
+            except CloudError as e:
+                raise VolumesRefused(
+                    f"could not record your home volume's owner ({e}); try again in a minute"
+                ) from e
             self._owner_tagged.add(volume.volume_id)
         return volume
 

@@ -360,3 +360,85 @@ def test_restore_problems_are_one_line_in_plan(
         code = main(["plan", "--stack", "term2", "--project-dir", str(project)])
         err = capsys.readouterr().err
         assert code == 2 and needle in err and "Traceback" not in err
+
+
+# The pack process as the Pulumi CLI starts it, with moto started inside it first and one
+# owned home volume (slot 2, dana's) created there: the pack's own boto3 calls reach moto.
+SERVED_PACK = """
+import runpy, sys
+import boto3
+from moto import mock_aws
+mock_aws().start()
+ec2 = boto3.client("ec2", region_name="us-east-1")
+tags = {"campfleet:stack": "dev", "campfleet:role": "home", "campfleet:slot": "2",
+        "campfleet:owner": "dana"}
+volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=10, TagSpecifications=[
+    {"ResourceType": "volume", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}])
+sys.stderr.write(volume["VolumeId"] + "\\n")
+sys.stderr.flush()
+sys.argv = ["pulumi.policy", "127.0.0.1:1", sys.argv[1]]
+runpy.run_module("pulumi.policy", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_served_pack_refuses_deleting_an_owned_volume() -> None:
+    """gRPC AnalyzeStack, the way `pulumi preview --policy-pack policy` asks the pack."""
+    import os
+    import select
+    import subprocess
+    import sys
+
+    import grpc
+    from google.protobuf import struct_pb2
+    from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
+
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-c", SERVED_PACK, str(ROOT / "policy")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        port = int(proc.stdout.readline().strip() or 0) if ready else 0
+        assert port, proc.stderr.read() if proc.poll() is not None else "no port printed"
+        owned = proc.stderr.readline().strip()
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=20)
+        stub = analyzer_pb2_grpc.AnalyzerStub(channel)
+
+        def analyze(ships: int) -> list[Any]:
+            evaluation = evaluate(ROOT, "dev", {"campfleet:ships": ships})
+            resources = []
+            for r in evaluation.of_type(VOLUME):
+                props = struct_pb2.Struct()
+                props.update(r.inputs)
+                options = analyzer_pb2.AnalyzerResourceOptions(
+                    protect=r.protect, ignoreChanges=sorted(r.ignore_changes)
+                )
+                resources.append(
+                    analyzer_pb2.AnalyzerResource(
+                        type=r.type, properties=props, urn=r.urn, name=r.name, options=options
+                    )
+                )
+            request = analyzer_pb2.AnalyzeStackRequest(resources=resources)
+            return list(stub.AnalyzeStack(request, timeout=60).diagnostics)
+
+        assert analyze(3) == []  # slot 2 (dana's) stays
+        [diag] = analyze(2)  # slot 2 would be deleted
+        assert diag.policyName == "home-volumes-kept"
+        assert diag.enforcementLevel == analyzer_pb2.MANDATORY
+        assert f"home volume {owned} (slot 2) holds dana's files" in diag.message
+        channel.close()
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

@@ -277,3 +277,20 @@ async def test_a_restored_stack_gives_each_attendee_their_own_volume(
     assert await fleet.cloud.volume_owners() == {mine: "ann", theirs: "bob", blank: "newcomer"}
     fleet.stop()
     registry.close()
+
+
+async def test_fleet_page_says_why_no_volume_is_handed_out(tmp_path: Path) -> None:
+    import asyncio
+
+    from tests.unit.test_fleetview import login, running_hub
+
+    async with running_hub(tmp_path) as hub:
+        admin = await asyncio.to_thread(login, hub, "organizer")
+        page = await asyncio.to_thread(admin.get, f"{hub.url}/hub/fleet", timeout=10)
+        assert 'id="volumes-refused"' not in page.text
+        hub.fleet.refusal = "the mux state volume is not mounted at /var/lib/campfleet"
+        page = await asyncio.to_thread(admin.get, f"{hub.url}/hub/fleet", timeout=10)
+        assert 'id="volumes-refused"' in page.text
+        assert (
+            "No home volume is being handed out: the mux state volume is not mounted" in page.text
+        )

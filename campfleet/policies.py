@@ -412,16 +412,25 @@ def home_volume_changes(before: Iterable[Subject], after: Iterable[Subject]) -> 
     return changes
 
 
-def home_change_findings(before: Iterable[Subject], after: Iterable[Subject]) -> list[Finding]:
-    """`campfleet plan --base`: one finding per home volume the change deletes or replaces."""
+def home_change_findings(
+    before: Iterable[Subject], after: Iterable[Subject], mandatory: bool = True
+) -> list[Finding]:
+    """`campfleet plan --base`: one finding per home volume the change deletes or replaces.
+
+    Mandatory for a stack that protects its home volumes; advisory for a throw-away one (dev),
+    whose organizer may shrink it at will.
+    """
     old = home_slots(before)
     return [
         Finding(
             HOME_VOLUMES_KEPT,
             old[slot].urn,
             old[slot].name,
-            f"this change leaves home volume slot {slot} {what}; it may hold an attendee's files: "
-            "archive first (`campfleet archive`) or keep campfleet:ships and the zones as they are",
+            ("" if mandatory else "advisory: ")
+            + f"this change leaves home volume slot {slot} {what}; it may hold an attendee's "
+            "files: archive first (`campfleet archive`) or keep campfleet:ships and the zones "
+            "as they are",
+            "mandatory" if mandatory else "advisory",
         )
         for slot, what in home_volume_changes(before, after).items()
     ]

@@ -215,7 +215,9 @@ def summarize(
     after = [policies.subject(r) for r in evaluation.resources]
     if before is not None:
         findings += policies.home_change_findings(
-            [policies.subject(r) for r in before.resources], after
+            [policies.subject(r) for r in before.resources],
+            after,
+            mandatory=evaluation.config.protect_home_volumes,
         )
     if owned is not None:
         findings += policies.owned_volume_findings(after, owned)

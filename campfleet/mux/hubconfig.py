@@ -125,6 +125,7 @@ def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
         cloud = LocalCloud(settings.local.volumes_root, settings.local.volumes)
     else:
         cloud = AwsCloud(settings.region, settings.stack, settings.ship_group_name)
+    cloud.mounted_grace = settings.mounted_grace
     control = ControlServer(
         registry, secrets.fleet_secret, heartbeat=settings.heartbeat, lost_after=settings.lost_after
     )

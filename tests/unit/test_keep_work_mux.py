@@ -294,3 +294,26 @@ async def test_fleet_page_says_why_no_volume_is_handed_out(tmp_path: Path) -> No
         assert (
             "No home volume is being handed out: the mux state volume is not mounted" in page.text
         )
+
+
+def test_mounted_grace_is_configurable_and_checked(tmp_path: Path) -> None:
+    from campfleet.mux.settings import SettingsError
+
+    data = {
+        "stack": "ev",
+        "event": "ev",
+        "region": REGION,
+        "ships": 2,
+        "readyPercent": 50,
+        "adminUsers": [],
+        "controlPort": 8700,
+        "shipImage": "ship:1",
+        "parameters": {
+            n: n for n in ("fleetSecret", "proxyToken", "cookieSecret", "sharedPassword")
+        },
+    }
+    assert parse(data, private_ip="10.0.0.10").mounted_grace == 1800.0
+    longer = parse({**data, "mountedGraceSeconds": 7200}, private_ip="10.0.0.10")
+    assert longer.mounted_grace == 7200.0
+    with pytest.raises(SettingsError, match="'mountedGraceSeconds' must be a number of seconds"):
+        parse({**data, "mountedGraceSeconds": 5}, private_ip="10.0.0.10")

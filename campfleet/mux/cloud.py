@@ -61,29 +61,25 @@ class VolumeBusy(CloudError):
         self.jupyterhub_message = message  # shown on the attendee's spawn page
 
 
-def detach_verdict(
+def detach_refusal(
     instance_state: str | None,
     mounted: bool | None,
     reported_at: float | None,
     now: float,
     grace: float,
-) -> tuple[bool, bool, str]:
-    """May a home volume be taken off `instance`? (detach, force allowed, why not).
+) -> str:
+    """Why a home volume must not be taken off `instance` now ("" = it may, forced if stuck).
 
-    Only when nothing there can still write to it: the instance is gone or stopped, or its
-    agent reported the volume unmounted, or reported it mounted longer than `grace` ago.
+    It may only when nothing there can still write to it: the instance is gone or stopped, or
+    its agent reported the volume unmounted, or reported it mounted longer than `grace` ago.
     A ship marked `lost` after a few silent heartbeats is usually still running and writing.
     """
-    if instance_state is None or instance_state in GONE_STATES:
-        return True, True, ""
-    if mounted is False:
-        return True, True, ""
-    if mounted and reported_at is not None and now - reported_at >= grace:
-        return True, True, ""
+    if instance_state is None or instance_state in GONE_STATES or mounted is False:
+        return ""
     if mounted is None:
-        return False, False, "its agent has not reported to this mux"
+        return "its agent has not reported to this mux"
     age = max(now - (reported_at or now), 0.0)
-    return False, False, f"its agent reported it mounted {age:.0f} s ago"
+    return "" if age >= grace else f"its agent reported it mounted {age:.0f} s ago"
 
 
 @dataclass(frozen=True)
@@ -373,14 +369,8 @@ class AwsCloud(Cloud):
             return
         mounted, reported_at = self.mount_status(volume_id, instance_id)
         state = await self._instance_state(instance_id)
-        allowed, _force, why = detach_verdict(
-            state,
-            mounted,
-            reported_at,
-            time.time(),
-            self.mounted_grace,
-        )
-        if not allowed:
+        why = detach_refusal(state, mounted, reported_at, time.time(), self.mounted_grace)
+        if why:
             self._record("detach", volume_id, f"refused: {why}", ok=False)
             log.warning("not detaching %s from %s: %s", volume_id, instance_id, why)
             raise VolumeBusy(

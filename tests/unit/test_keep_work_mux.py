@@ -16,7 +16,7 @@ import pytest
 from moto import mock_aws
 
 from campfleet.mux import hubconfig
-from campfleet.mux.cloud import AwsCloud, LocalCloud, VolumeBusy, detach_verdict
+from campfleet.mux.cloud import AwsCloud, LocalCloud, VolumeBusy, detach_refusal
 from campfleet.mux.fleet import Fleet, VolumesRefused
 from campfleet.mux.registry import Registry
 from campfleet.mux.settings import parse
@@ -144,10 +144,10 @@ async def test_a_volume_silent_longer_than_the_grace_moves(ec2: Any, tmp_path: P
         ("running", None, None, False),  # never reported to this mux
     ],
 )
-def test_detach_verdict(state: str | None, mounted: bool | None, age: Any, allowed: bool) -> None:
+def test_detach_refusal(state: str | None, mounted: bool | None, age: Any, allowed: bool) -> None:
     now = 10_000.0
     at = None if age is None else now - age
-    assert detach_verdict(state, mounted, at, now, 1800.0)[0] is allowed
+    assert (detach_refusal(state, mounted, at, now, 1800.0) == "") is allowed
 
 
 def test_a_volume_seen_mounted_is_never_formattable_again(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ import botocore.config
 import botocore.exceptions
 
 from campfleet.homevolumes import home_volume_filters
-from campfleet.tags import HOME_ROLE, OWNER_TAG
+from campfleet.tags import OWNER_TAG
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,6 @@ T = TypeVar("T")
 
 #: Device names offered to home volumes, in order (the root volume uses /dev/xvda or /dev/sda1).
 DEVICE_NAMES = tuple(f"/dev/sd{letter}" for letter in "fghijklmnop")
-VOLUME_ROLE = HOME_ROLE
 CALL_HISTORY = 200
 # A volume the agent reported mounted less than this ago is never detached from a ship that
 # still runs: a ship silent for a few heartbeats (`lost`) may still be writing to it.

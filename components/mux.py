@@ -16,7 +16,7 @@ from components import userdata
 from components.iam import ecr_statements, instance_role
 from components.network import CONTROL_PORT, HUB_API_PORT
 from components.ships import HEARTBEAT_SECONDS
-from components.tags import OWNER_TAG, ROLE_TAG, STACK_TAG, tagged
+from components.tags import HOME_ROLE, OWNER_TAG, ROLE_TAG, STACK_TAG, tagged
 
 METRICS_NAMESPACE = "campfleet"  # campfleet.mux.cloud.AwsCloud's default namespace
 # The hub database, ship registry and volume assignments (/var/lib/campfleet) live on their own
@@ -116,7 +116,7 @@ class Mux(pulumi.ComponentResource):
                 "Condition": {
                     "StringEquals": {
                         f"aws:ResourceTag/{STACK_TAG}": args.stack,
-                        f"aws:ResourceTag/{ROLE_TAG}": "home",
+                        f"aws:ResourceTag/{ROLE_TAG}": HOME_ROLE,
                     },
                     "ForAllValues:StringEquals": {"aws:TagKeys": [OWNER_TAG]},
                 },

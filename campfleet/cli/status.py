@@ -149,6 +149,8 @@ def run_status(args: argparse.Namespace) -> int:
         f"Gate: {gate_text} · {gate['ready']} of {gate['expected']} ships ready, "
         f"{gate['needed']} needed ({gate['readyPercent']}%)"
     )
+    if fleet.get("volumesRefused"):  # issue 13: the mux hands out no home volume
+        con.print(f"HOME VOLUMES REFUSED: {fleet['volumesRefused']}", markup=False)
     states = [s for s, n in fleet["counts"].items() if n] or list(fleet["counts"])
     zones = Table("zone", *states, "total", title="Ships by state and zone", box=table_box(con))
     for zone, counts in sorted(fleet["zones"].items()):

@@ -317,3 +317,16 @@ def test_mounted_grace_is_configurable_and_checked(tmp_path: Path) -> None:
     assert longer.mounted_grace == 7200.0
     with pytest.raises(SettingsError, match="'mountedGraceSeconds' must be a number of seconds"):
         parse({**data, "mountedGraceSeconds": 5}, private_ip="10.0.0.10")
+
+
+async def test_status_names_the_refusal(tmp_path: Path) -> None:
+    from tests.unit.test_cli_status import campfleet
+    from tests.unit.test_fleetview import running_hub
+
+    async with running_hub(tmp_path) as hub:
+        hub.fleet.refusal = "the mux state volume is not mounted at /var/lib/campfleet"
+        code, out, err = await campfleet("status", "--url", hub.url, "--token", hub.admin_token)
+    assert code == 0, err
+    assert out.splitlines()[2] == (
+        "HOME VOLUMES REFUSED: the mux state volume is not mounted at /var/lib/campfleet"
+    )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
 from campfleet.homevolumes import HomeVolume, list_home_volumes
@@ -175,6 +175,13 @@ def archive_snapshots(ec2: Any, stack: str) -> dict[str, dict[str, Any]]:
             if known is None or snap["StartTime"] > known["StartTime"]:
                 latest[snap["VolumeId"]] = snap
     return latest
+
+
+def owned_volumes(ec2: Any, stack: str) -> list[HomeVolume]:
+    """The stack's home volumes, each marked `archived` when it has a completed archive
+    snapshot: what the Pulumi-side guard needs (an archived volume may be deleted)."""
+    done = {v for v, snap in archive_snapshots(ec2, stack).items() if snap["State"] == "completed"}
+    return [replace(v, archived=v.volume_id in done) for v in list_home_volumes(ec2, stack)]
 
 
 def snapshot_tags(stack: str, event: str, volume: HomeVolume) -> list[dict[str, str]]:

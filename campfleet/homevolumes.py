@@ -23,6 +23,7 @@ class HomeVolume:
     owner: Optional[str]
     state: str = "available"  # EC2's volume state
     attached_to: Optional[str] = None  # instance id
+    archived: bool = False  # has a completed `campfleet archive` snapshot (see with_archives)
 
     @property
     def region(self) -> str:

@@ -448,6 +448,8 @@ def owned_volume_findings(after: Iterable[Subject], owned: Iterable[Any]) -> lis
             continue
         who = f"home volume {volume.volume_id} (slot {volume.slot}) holds {volume.owner}'s files"
         subject = slots.get(volume.slot) if volume.slot is not None else None
+        if subject is None and getattr(volume, "archived", False):
+            continue  # `campfleet archive` took a completed snapshot: deleting it is safe
         if subject is None:
             out.append(
                 Finding(
@@ -455,7 +457,8 @@ def owned_volume_findings(after: Iterable[Subject], owned: Iterable[Any]) -> lis
                     "",
                     volume.volume_id,
                     f"{who} and this update deletes it (campfleet:ships lowered to "
-                    f"{len(slots)}?); archive it (`campfleet archive`) or keep the ship count",
+                    f"{len(slots)}?); archive it first (`campfleet archive`), or keep the ship "
+                    "count",
                 )
             )
             continue

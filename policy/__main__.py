@@ -77,12 +77,13 @@ def validator(policy: policies.Policy) -> Any:
 
 
 def owned_home_volumes(stack: str, region: str) -> list[Any]:
-    """The stack's home volumes in AWS, with their owner tags (the pack's own credentials)."""
+    """The stack's home volumes in AWS with their owner tags and whether each is archived
+    (the pack's own credentials)."""
     import boto3
 
-    from campfleet.homevolumes import list_home_volumes
+    from campfleet.archive import owned_volumes
 
-    return list_home_volumes(boto3.client("ec2", region_name=region), stack)
+    return owned_volumes(boto3.client("ec2", region_name=region), stack)
 
 
 def validate_home_volumes_kept(

@@ -243,12 +243,12 @@ def owned_volumes(stack: str, values: dict[str, Any]) -> list[Any]:
     """The stack's home volumes in AWS with their owner tags (`--check-owners`)."""
     import boto3
 
-    from campfleet.homevolumes import list_home_volumes
+    from campfleet.archive import owned_volumes as with_archives
 
     region = values.get("aws:region")
     if not isinstance(region, str) or not region:
         raise CliError(f"--check-owners: Pulumi.{stack}.yaml sets no aws:region; set it")
-    return list_home_volumes(boto3.client("ec2", region_name=region), stack)
+    return with_archives(boto3.client("ec2", region_name=region), stack)
 
 
 def _git(project_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -442,3 +442,23 @@ def test_served_pack_refuses_deleting_an_owned_volume() -> None:
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_policy_pack_lets_an_archived_volume_go(aws: Any, pack: Any) -> None:
+    owned = make_home(aws, 2, "us-east-1a", "eve")
+    fewer = evaluate(ROOT, "dev", {"campfleet:ships": 2})
+    [message] = run_stack_policy(pack, fewer)
+    assert "eve's files" in message
+    aws.create_snapshot(
+        VolumeId=owned,
+        TagSpecifications=[
+            {
+                "ResourceType": "snapshot",
+                "Tags": [
+                    {"Key": "campfleet:stack", "Value": "dev"},
+                    {"Key": "campfleet:snapshot", "Value": "archive"},
+                ],
+            }
+        ],
+    )  # what `campfleet archive` takes (moto completes it at once)
+    assert run_stack_policy(pack, fewer) == []

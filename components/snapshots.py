@@ -71,8 +71,30 @@ def dlm_statements(stack: str, region: str, account_id: str) -> list[dict]:
             "Sid": "Describe",
             "Effect": "Allow",
             # AWS supports no resource scoping for Describe* calls.
-            "Action": ["ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:DescribeSnapshots"],
+            "Action": [
+                "ec2:DescribeAvailabilityZones",
+                "ec2:DescribeInstances",
+                "ec2:DescribeSnapshots",
+                "ec2:DescribeVolumes",
+            ],
             "Resource": "*",
+        },
+        {
+            # DLM's own managed EventBridge rules (as in AWS's managed service-role policy,
+            # AWSDataLifecycleManagerServiceRole), and no other rule.
+            "Sid": "ManagedRules",
+            "Effect": "Allow",
+            "Action": [
+                "events:PutRule",
+                "events:DeleteRule",
+                "events:DescribeRule",
+                "events:EnableRule",
+                "events:DisableRule",
+                "events:ListTargetsByRule",
+                "events:PutTargets",
+                "events:RemoveTargets",
+            ],
+            "Resource": f"arn:aws:events:{region}:{account_id}:rule/AwsDataLifecycleRule.managed-cwe.*",
         },
     ]
 

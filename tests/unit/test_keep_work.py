@@ -281,6 +281,9 @@ def test_prod_snapshots_its_home_volumes_with_dlm_and_dev_does_not() -> None:
     wildcard = [s for s in statements.values() if s["Resource"] == "*"]
     assert [s["Sid"] for s in wildcard] == ["Describe"]
     assert all(a.startswith("ec2:Describe") for a in wildcard[0]["Action"])
+    assert statements["ManagedRules"]["Resource"] == (
+        "arn:aws:events:eu-west-1:123456789012:rule/AwsDataLifecycleRule.managed-cwe.*"
+    )
 
 
 # --- restore (campfleet:restoreFrom) ------------------------------------------------------

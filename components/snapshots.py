@@ -94,7 +94,8 @@ def dlm_statements(stack: str, region: str, account_id: str) -> list[dict]:
                 "events:PutTargets",
                 "events:RemoveTargets",
             ],
-            "Resource": f"arn:aws:events:{region}:{account_id}:rule/AwsDataLifecycleRule.managed-cwe.*",
+            "Resource": f"arn:aws:events:{region}:{account_id}:rule/"
+            "AwsDataLifecycleRule.managed-cwe.*",
         },
     ]
 

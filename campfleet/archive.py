@@ -119,8 +119,9 @@ def write_ssm(ssm: Any, manifest: Manifest) -> str:
     text = manifest.to_json()
     parts = [text[i : i + SSM_PART_CHARS] for i in range(0, len(text), SSM_PART_CHARS)]
     for index, part in enumerate(parts):
+        # SecureString: the manifest names every attendee (aws/ssm key, no extra cost).
         ssm.put_parameter(
-            Name=f"{path}/part-{index:04d}", Value=part, Type="String", Overwrite=True
+            Name=f"{path}/part-{index:04d}", Value=part, Type="SecureString", Overwrite=True
         )
     # Parts left from a longer, earlier manifest would corrupt the joined text.
     stale = [
@@ -132,7 +133,9 @@ def write_ssm(ssm: Any, manifest: Manifest) -> str:
 
 
 def _parameters(ssm: Any, path: str) -> list[dict[str, Any]]:
-    pages = ssm.get_paginator("get_parameters_by_path").paginate(Path=path, Recursive=False)
+    pages = ssm.get_paginator("get_parameters_by_path").paginate(
+        Path=path, Recursive=False, WithDecryption=True
+    )
     found = [p for page in pages for p in page["Parameters"]]
     return sorted(
         (p for p in found if p["Name"].rsplit("/", 1)[1].startswith("part-")),

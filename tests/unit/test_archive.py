@@ -206,8 +206,9 @@ def test_ssm_manifest_is_split_into_parts_and_stale_parts_go(aws: Any) -> None:
     ]
     big = archive.Manifest("dev", "dev", "123456789012", REGION, 1.0, entries)
     path = archive.write_ssm(ssm, big)
-    parts = ssm.get_parameters_by_path(Path=path, MaxResults=10)
+    parts = ssm.get_parameters_by_path(Path=path, MaxResults=10, WithDecryption=True)
     assert len(json.loads(big.to_json())["entries"]) == 300
+    assert {p["Type"] for p in parts["Parameters"]} == {"SecureString"}
     assert all(len(p["Value"]) <= 4096 for p in parts["Parameters"])
     assert archive.read_ssm(ssm, path) == big
     small = archive.Manifest("dev", "dev", "123456789012", REGION, 2.0, entries[:3])

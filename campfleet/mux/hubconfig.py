@@ -96,13 +96,34 @@ def proxy_command() -> list[str]:
     ]
 
 
-def state_refusal(settings: Settings) -> str:
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+
+def is_volume_root(path: Path, mountinfo: Path = MOUNTINFO) -> bool:
+    """Is `path` the root of a file system of its own (the state volume), here or bind-mounted
+    into this container? An empty host directory bind-mounted into the mux container is a
+    mount point too, but of a subdirectory of the host's root file system: its `root` field in
+    mountinfo is that directory, not "/"."""
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return False
+    target = str(path).rstrip("/") or "/"
+    root = None
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) > 4 and fields[4].replace("\\040", " ") == target:
+            root = fields[3]  # the last mount on a path is the one in effect
+    return root == "/"
+
+
+def state_refusal(settings: Settings, mountinfo: Path = MOUNTINFO) -> str:
     """Why home volumes must not be handed out from this state directory ("" = they may).
 
     On AWS the registry of who owns which volume lives on the mux's state volume; an empty
     directory in its place (the volume did not attach in time) would hand volumes out afresh.
     """
-    if settings.local or os.path.ismount(settings.state_dir):
+    if settings.local or is_volume_root(settings.state_dir, mountinfo):
         return ""
     return (
         f"the mux state volume is not mounted at {settings.state_dir}, so the registry of who "

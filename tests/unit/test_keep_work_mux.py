@@ -226,7 +226,19 @@ async def test_refused_fleet_hands_out_nothing_and_says_why(tmp_path: Path) -> N
     registry.close()
 
 
-def test_state_refusal_on_aws_when_the_state_dir_is_not_a_mount(tmp_path: Path) -> None:
+# /proc/self/mountinfo inside the mux container: the state directory bind-mounted from the
+# host, once from the mounted state volume (root "/") and once from an empty host directory.
+MOUNTED = (
+    "600 500 0:52 / / rw,relatime - overlay overlay rw\n"
+    "610 600 259:3 / /var/lib/campfleet rw,relatime - ext4 /dev/nvme1n1 rw\n"
+)
+NOT_MOUNTED = (
+    "600 500 0:52 / / rw,relatime - overlay overlay rw\n"
+    "610 600 259:1 /var/lib/campfleet /var/lib/campfleet rw,relatime - xfs /dev/nvme0n1p1 rw\n"
+)
+
+
+def test_state_refusal_on_aws_when_the_state_volume_is_not_mounted(tmp_path: Path) -> None:
     data = {
         "stack": "ev",
         "event": "ev",
@@ -239,12 +251,17 @@ def test_state_refusal_on_aws_when_the_state_dir_is_not_a_mount(tmp_path: Path) 
         "parameters": {
             n: n for n in ("fleetSecret", "proxyToken", "cookieSecret", "sharedPassword")
         },
-        "stateDir": str(tmp_path),
+        "stateDir": "/var/lib/campfleet",
     }
     settings = parse(data, private_ip="10.0.0.10")
-    assert "not mounted at" in hubconfig.state_refusal(settings)
-    mounted = parse({**data, "stateDir": "/"}, private_ip="10.0.0.10")
-    assert hubconfig.state_refusal(mounted) == ""
+    info = tmp_path / "mountinfo"
+    info.write_text(MOUNTED)
+    assert hubconfig.state_refusal(settings, info) == ""
+    info.write_text(NOT_MOUNTED)  # a bind mount of the host's empty directory
+    assert "not mounted at /var/lib/campfleet" in hubconfig.state_refusal(settings, info)
+    info.write_text(MOUNTED.splitlines()[0] + "\n")  # no mount there at all
+    assert hubconfig.state_refusal(settings, info)
+    assert hubconfig.state_refusal(settings, tmp_path / "missing")  # cannot tell: refuse
 
 
 async def test_aws_owner_tags_round_trip(ec2: Any) -> None:

@@ -201,6 +201,13 @@ def summarize(
     needs = needs_for(evaluation)
     region = str(values.get("aws:region") or "")
     notes = list(needs.notes)
+    config = evaluation.config
+    if config.protect_home_volumes and not config.zone_names:
+        notes.append(
+            "campfleet:zoneNames is not set: home volumes keep their zones whatever AWS lists, "
+            "but the ship subnets follow AWS's zone list; pin the zones this stack uses "
+            "(e.g. campfleet:zoneNames: [eu-west-1a, eu-west-1b])"
+        )
     if not region:
         region = aws_data()["prices"]["fallbackRegion"]
         notes.append(f"the stack file sets no aws:region; priced as {region}")

@@ -385,3 +385,20 @@ def test_check_owners_refuses_deleting_an_owned_volume(
     assert code == 1, err
     [finding] = json.loads(out)["policyFindings"]
     assert "(slot 3) holds bob's files and this update deletes it" in finding
+
+
+def test_protected_stack_without_pinned_zones_gets_a_note(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = project / "Pulumi.prod.yaml"
+    doc = yaml.safe_load(path.read_text())
+    del doc["config"]["campfleet:zoneNames"]
+    path.write_text(yaml.safe_dump(doc))
+    argv = ["plan", "--stack", "prod", "--project-dir", str(project), "--format", "json"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert any(n.startswith("campfleet:zoneNames is not set") for n in json.loads(out)["notes"])
+    code, out, err = run(
+        capsys, "plan", "--stack", "prod", "--project-dir", str(ROOT), "--format", "json"
+    )
+    assert not any("zoneNames" in n for n in json.loads(out)["notes"])  # prod pins them

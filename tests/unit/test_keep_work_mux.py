@@ -7,6 +7,7 @@ what, and a volume seen mounted that reads blank.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,6 +22,9 @@ from campfleet.mux.fleet import Fleet, VolumesRefused
 from campfleet.mux.registry import Registry
 from campfleet.mux.settings import parse
 from campfleet.protocol import Report, ShipState
+from tests.unit import test_cloud
+from tests.unit.test_cloud import GROUP
+from tests.unit.test_cloud import attachments as attachments_of
 from tests.unit.test_spawner import NoControl
 
 REGION = "us-east-1"
@@ -167,6 +171,9 @@ def test_a_volume_seen_mounted_is_never_formattable_again(tmp_path: Path) -> Non
     again = Registry(tmp_path / "r.sqlite")
     assert again.desired("i-b").may_format is False and again.ever_mounted(volume)
     again.close()
+
+
+world = test_cloud.world  # moto: EC2, an Auto Scaling group and this stack's home volumes
 
 
 class Control(NoControl):
@@ -347,3 +354,83 @@ async def test_status_names_the_refusal(tmp_path: Path) -> None:
     assert out.splitlines()[2] == (
         "HOME VOLUMES REFUSED: the mux state volume is not mounted at /var/lib/campfleet"
     )
+
+
+# --- the whole accident through the spawner: a ship goes `lost` while its volume is mounted --
+
+
+async def test_a_restart_after_a_false_lost_never_pulls_the_volume_off(
+    world: Any, tmp_path: Path
+) -> None:
+    """alice's ship goes silent (marked lost) but EC2 still runs it; her restart gets a new
+    ship, and her volume stays where it is mounted until that ship is stopped."""
+    from tests.unit.test_spawner import FakeAgents, make_spawner
+
+    world.autoscaling.update_auto_scaling_group(
+        AutoScalingGroupName=GROUP, DesiredCapacity=4, MaxSize=4
+    )
+    group = world.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[GROUP])
+    instances = [i["InstanceId"] for i in group["AutoScalingGroups"][0]["Instances"]]
+    zone_of = {
+        i["InstanceId"]: i["Placement"]["AvailabilityZone"]
+        for r in world.ec2.describe_instances(InstanceIds=instances)["Reservations"]
+        for i in r["Instances"]
+    }
+
+    class Agents(FakeAgents):
+        def report(self, ship_id, state, containers=(), generation=0, volume=None):  # type: ignore[override]
+            self.registry.apply_report(
+                Report(
+                    ship_id,
+                    zone_of[ship_id],
+                    "10.0.1.5",
+                    8888,
+                    state,
+                    list(containers),
+                    volume,
+                    generation=generation,
+                    seq=next(self.seq),
+                    ts=0.0,
+                )
+            )
+
+    registry = Registry(tmp_path / "r.sqlite")
+    fleet = Fleet(
+        registry,
+        world.cloud,
+        Control(),
+        expected=4,
+        ready_percent=50,
+        ship_image="ship:1",
+        state_file=tmp_path / "fleet.json",
+    ).install()
+    await fleet.start()
+    agents = Agents(registry)
+    for ship in instances:
+        agents.report(ship, ShipState.BOOTING)
+        agents.report(ship, ShipState.AVAILABLE)
+
+    first = make_spawner("alice")
+    await asyncio.wait_for(first.start(), 10)
+    old, volume = first.ship_id, first.volume_id
+    assert registry.get(old).mounted_volume == volume  # her agent mounted it
+    agents.dead.add(old)  # silent from now on (a network blip), still running in EC2
+    await asyncio.sleep(0.5)
+    for ship in instances:
+        if ship != old:
+            agents.report(ship, registry.get(ship).state)  # the others keep reporting
+    assert registry.mark_lost(timeout=0.4) == [old]  # a false `lost`
+
+    again = make_spawner("alice")
+    with pytest.raises(VolumeBusy, match=f"still attached to ship {old}"):
+        await asyncio.wait_for(again.start(), 10)
+    [(attached, _device, state)] = attachments_of(world, volume)
+    assert (attached, state) == (old, "attached")  # never pulled off the running ship
+
+    world.ec2.stop_instances(InstanceIds=[old])  # EC2 confirms it can no longer write
+    third = make_spawner("alice")
+    await asyncio.wait_for(third.start(), 10)
+    assert third.ship_id != old and third.volume_id == volume
+    assert [a[0] for a in attachments_of(world, volume)] == [third.ship_id]
+    fleet.stop()
+    registry.close()

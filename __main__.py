@@ -1,6 +1,7 @@
 """campfleet: read the stack config, build the components, export what organizers need."""
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pulumi
 import pulumi_aws as aws
@@ -10,9 +11,11 @@ from components.config import load
 from components.images import ContainerImage, ContainerImageArgs
 from components.mux import Mux, MuxArgs
 from components.network import MUX_PRIVATE_IP, Network, NetworkArgs
+from components.restore import restore_plan
 from components.scaling import ScalingArgs
 from components.secrets import Secrets, SecretsArgs
 from components.ships import ShipFleet, ShipFleetArgs
+from components.snapshots import HomeSnapshots, HomeSnapshotsArgs
 from components.tags import base_tags
 
 config = load()
@@ -26,6 +29,7 @@ network = Network(
         zones=config.availability_zones,
         allowed_cidrs=config.allowed_cidrs,
         ship_egress=config.ship_egress,
+        pinned_zones=config.zone_names,
         region=region,
         tags=tags,
     ),
@@ -42,6 +46,7 @@ images = {
     )
     for role in ("ship", "mux")
 }
+restore = restore_plan(config.restore_from, Path(__file__).parent, config)
 secrets = Secrets(
     "secrets",
     SecretsArgs(stack=config.stack, tags=tags, shared_password=config.shared_password),
@@ -76,6 +81,7 @@ ships = ShipFleet(
             # Created mid-session, the room is there now; created at night, it waits.
             initial_capacity=config.policy().scheduled(datetime.now(timezone.utc)),
         ),
+        restore=restore,
     ),
 )
 mux = Mux(
@@ -122,6 +128,18 @@ if config.alert_email:
         ),
     )
     pulumi.export("alertTopicArn", alerts.topic_arn)
+if config.snapshot_every_hours:
+    HomeSnapshots(
+        "snapshots",
+        HomeSnapshotsArgs(
+            stack=config.stack,
+            every_hours=config.snapshot_every_hours,
+            kept=config.snapshots_kept,
+            region=region,
+            account_id=account_id,
+            tags=tags,
+        ),
+    )
 
 pulumi.export("muxUrl", mux.url)
 pulumi.export("muxPublicIp", mux.public_ip)

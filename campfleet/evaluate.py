@@ -62,8 +62,8 @@ class Resource:
     custom: bool = True
     # Top-level input keys whose value is (or contains) a Pulumi secret.
     secret_inputs: frozenset[str] = field(default_factory=frozenset)
-    # Input properties later `pulumi up`s leave alone (camelCase, as the engine gets them).
-    ignore_changes: tuple[str, ...] = ()
+    # Property paths Pulumi leaves as they are on an existing resource (ignoreChanges).
+    ignore_changes: frozenset[str] = field(default_factory=frozenset)
 
 
 @dataclass(frozen=True)
@@ -280,7 +280,7 @@ def _monitor_class():
                     outputs=state,
                     custom=bool(request.custom),
                     secret_inputs=frozenset(k for k, (_, secret) in pairs.items() if secret),
-                    ignore_changes=tuple(request.ignoreChanges),
+                    ignore_changes=frozenset(request.ignoreChanges),
                 )
             )
             return resource_pb2.RegisterResourceResponse(urn=urn, id=id_, object=struct(state))

@@ -18,11 +18,16 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Optional
 
+from campfleet.tags import (
+    EVENT_TAG,
+    HOME_ROLE,
+    PROTECT_TAG,
+    ROLE_TAG,
+    SLOT_TAG,
+    STACK_TAG,
+)
+
 DEFAULT_MAX_SHIPS = 1000
-STACK_TAG = "campfleet:stack"
-EVENT_TAG = "campfleet:event"
-ROLE_TAG = "campfleet:role"
-PROTECT_TAG = "campfleet:protect"
 WEB_PORTS = frozenset({80, 443})
 
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
@@ -72,6 +77,7 @@ class Subject:
     urn: str
     props: Mapping[str, Any]
     protect: bool = False
+    ignore_changes: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,11 @@ def _tags(props: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(tags, Mapping):
         return dict(tags)
     return {t["key"]: t.get("value") for t in _maps(tags) if "key" in t}
+
+
+def home_tags(props: Mapping[str, Any]) -> dict[str, Any]:
+    """A resource's tags as key -> value (map or autoscaling-group list)."""
+    return _tags(props)
 
 
 def _imdsv2(s: Subject, o: Options) -> list[str]:
@@ -354,6 +365,116 @@ POLICIES: dict[str, Policy] = {
 }
 
 
+# Inputs of aws.ebs.Volume whose change makes Pulumi replace (delete, then create) the volume.
+VOLUME_REPLACING_INPUTS = ("availabilityZone", "snapshotId", "encrypted", "kmsKeyId", "outpostArn")
+HOME_VOLUMES_KEPT = "home-volumes-kept"
+
+
+def home_slots(subjects: Iterable[Subject]) -> dict[int, Subject]:
+    """The program's home volumes by pool slot (the `campfleet:slot` tag)."""
+    out = {}
+    for s in subjects:
+        tags = _tags(s.props) if s.type == VOLUME else {}
+        slot = tags.get(SLOT_TAG)
+        if tags.get(ROLE_TAG) == HOME_ROLE and isinstance(slot, str) and slot.isdigit():
+            out[int(slot)] = s
+    return out
+
+
+def _replacing(
+    old: Mapping[str, Any], new: Subject, keys: Iterable[str] = VOLUME_REPLACING_INPUTS
+) -> list[str]:
+    """The replacing inputs that differ between an existing volume and the program's one."""
+    changed = []
+    for key in keys:
+        was, will = old.get(key), new.props.get(key)
+        if key in new.ignore_changes or is_unknown(will) or is_unknown(was):
+            continue
+        if (was or None) != (will or None):
+            changed.append(f"{key} {was!r} -> {will!r}")
+    return changed
+
+
+def home_volume_changes(before: Iterable[Subject], after: Iterable[Subject]) -> dict[int, str]:
+    """Home volume slots one program run deletes or replaces relative to another.
+
+    Offline (`campfleet plan --base`) nobody knows which volumes hold files, so every one
+    counts: a slot that disappears is deleted, one whose replacing inputs change (and are not
+    in ignoreChanges) is replaced.
+    """
+    old, new = home_slots(before), home_slots(after)
+    changes = {}
+    for slot, was in sorted(old.items()):
+        if slot not in new:
+            changes[slot] = "deleted"
+        elif diff := _replacing(was.props, new[slot]):
+            changes[slot] = "replaced (" + ", ".join(diff) + ")"
+    return changes
+
+
+def home_change_findings(
+    before: Iterable[Subject], after: Iterable[Subject], mandatory: bool = True
+) -> list[Finding]:
+    """`campfleet plan --base`: one finding per home volume the change deletes or replaces.
+
+    Mandatory for a stack that protects its home volumes; advisory for a throw-away one (dev),
+    whose organizer may shrink it at will.
+    """
+    old = home_slots(before)
+    return [
+        Finding(
+            HOME_VOLUMES_KEPT,
+            old[slot].urn,
+            old[slot].name,
+            ("" if mandatory else "advisory: ")
+            + f"this change leaves home volume slot {slot} {what}; it may hold an attendee's "
+            "files: archive first (`campfleet archive`) or keep campfleet:ships and the zones "
+            "as they are",
+            "mandatory" if mandatory else "advisory",
+        )
+        for slot, what in home_volume_changes(before, after).items()
+    ]
+
+
+def owned_volume_findings(after: Iterable[Subject], owned: Iterable[Any]) -> list[Finding]:
+    """Refuse a program that deletes or replaces a home volume an attendee owns.
+
+    `owned` are campfleet.homevolumes.HomeVolume as AWS holds them (owner tag set by the mux).
+    """
+    slots = home_slots(after)
+    out = []
+    for volume in owned:
+        if not volume.owner:
+            continue
+        who = f"home volume {volume.volume_id} (slot {volume.slot}) holds {volume.owner}'s files"
+        subject = slots.get(volume.slot) if volume.slot is not None else None
+        if subject is None and getattr(volume, "archived", False):
+            continue  # `campfleet archive` took a completed snapshot: deleting it is safe
+        if subject is None:
+            out.append(
+                Finding(
+                    HOME_VOLUMES_KEPT,
+                    "",
+                    volume.volume_id,
+                    f"{who} and this update deletes it (campfleet:ships lowered to "
+                    f"{len(slots)}?); archive it first (`campfleet archive`), or keep the ship "
+                    "count",
+                )
+            )
+            continue
+        if diff := _replacing({"availabilityZone": volume.zone}, subject, ["availabilityZone"]):
+            out.append(
+                Finding(
+                    HOME_VOLUMES_KEPT,
+                    subject.urn,
+                    subject.name,
+                    f"{who} and this update replaces it ({', '.join(diff)}); "
+                    "keep the zones as they are (pin campfleet:zoneNames)",
+                )
+            )
+    return out
+
+
 def check_resource(subject: Subject, options: Optional[Options] = None) -> list[Finding]:
     """Every policy over one resource."""
     options = options or Options()
@@ -377,7 +498,17 @@ def check(evaluation: Any, max_ships: int = DEFAULT_MAX_SHIPS) -> list[Finding]:
         expected_tags={STACK_TAG: cfg.stack, EVENT_TAG: cfg.event_name},
     )
     return [
-        finding
-        for r in evaluation.resources
-        for finding in check_resource(Subject(r.type, r.name, r.urn, r.inputs, r.protect), options)
+        finding for r in evaluation.resources for finding in check_resource(subject(r), options)
     ]
+
+
+def subject(resource: Any) -> Subject:
+    """What the rules see of one `campfleet.evaluate.Resource`."""
+    return Subject(
+        resource.type,
+        resource.name,
+        resource.urn,
+        resource.inputs,
+        resource.protect,
+        frozenset(getattr(resource, "ignore_changes", ())),
+    )

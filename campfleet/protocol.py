@@ -129,6 +129,9 @@ class Desired:
     volume: Optional[str] = None
     drain: bool = False
     terminate: bool = False
+    # True only for a volume the mux has never seen mounted: a blank one may be formatted.
+    # Absent or False: the agent never runs mkfs on it (a blank read is an error, not a new disk).
+    may_format: bool = False
 
 
 @dataclass(frozen=True)
@@ -326,6 +329,7 @@ def _parse(obj: Dict[str, Any], expect: str, ship_id: str, seq: int, ts: float) 
         volume=_plain_name(_opt_str(obj, "volume"), "volume"),
         drain=_get(obj, "drain", bool),
         terminate=_get(obj, "terminate", bool),
+        may_format=_get(obj, "may_format", bool) if "may_format" in obj else False,
     )
 
 

@@ -40,10 +40,14 @@ _ARM_FAMILY = re.compile(r"^[a-z-]+[0-9]+[a-z-]*g[a-z-]*$")
 # JupyterHub lower-cases names; keep them to what is also safe as a Unix user and a URL part.
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
 _EGRESS = ("nat", "endpoints")
-# What every AWS service accepts in a tag value (EC2 allows more; ECR, SSM and IAM do not).
+# A zone name in a region (eu-west-1a); Local and Wavelength Zones are not ship zones.
+_ZONE_NAME = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-[0-9][a-z]$")
+# Intervals Amazon Data Lifecycle Manager accepts for a create rule (CreateRule.Interval, hours).
+SNAPSHOT_INTERVALS = (1, 2, 3, 4, 6, 8, 12, 24)
 # What SNS accepts as an email endpoint, roughly: one @, a dot in the domain, no spaces.
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_BUDGET_USD = 1_000_000
+# What every AWS service accepts in a tag value (EC2 allows more; ECR, SSM and IAM do not).
 _TAG_VALUE = re.compile(r"^[\w .:/=+\-@]{0,256}$")
 
 
@@ -78,6 +82,10 @@ class FleetConfig:
     ship_egress: str
     alert_email: str  # "" = no alarms
     monthly_budget_usd: int  # 0 = no budget alert
+    zone_names: tuple[str, ...] = ()  # pinned zones; () = the region's first available ones
+    snapshot_every_hours: int = 0  # 0 = no periodic snapshots
+    snapshots_kept: int = 7
+    restore_from: str = ""  # an archive manifest (file path or ssm:/name); "" = blank volumes
     # A secret given by the organizer (None = generate one). Never printed.
     shared_password: Optional[str] = field(default=None, repr=False)
     # When the room is in use and how the fleet follows it (campfleet.fleetpolicy).
@@ -199,6 +207,23 @@ class _Checker:
                 self.bad(key, item, f"{allowed} (the mux has only an IPv4 address)")
         return tuple(items)
 
+    def zones(self, key: str, value: Any, count: int, region: Any) -> tuple[str, ...]:
+        allowed = (
+            f"an empty list, or {count} distinct zone names of the stack's region "
+            "(campfleet:availabilityZones), e.g. [eu-west-1a, eu-west-1b]"
+        )
+        names = self.string_list(key, value)
+        if not names:
+            return ()
+        for name in names:
+            if not _ZONE_NAME.fullmatch(name):
+                self.bad(key, name, allowed)
+            elif isinstance(region, str) and region and name[:-1] != region:
+                self.bad(key, name, f"{allowed}; this zone is not in aws:region {region}")
+        if len(names) != count or len(set(names)) != len(names):
+            self.bad(key, value, allowed)
+        return tuple(names)
+
     def admins(self, key: str, value: Any) -> tuple[str, ...]:
         allowed = (
             "JupyterHub user names: lower-case letters, digits, '.', '_' or '-', "
@@ -317,6 +342,19 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
     if mode not in fleetpolicy.MODES:
         check.bad("fleetMode", mode, " or ".join(f'"{m}"' for m in fleetpolicy.MODES))
         mode = fleetpolicy.MODES[0]
+    every = raw["snapshotEveryHours"]
+    if isinstance(every, bool) or every not in (0, *SNAPSHOT_INTERVALS):
+        check.bad(
+            "snapshotEveryHours",
+            every,
+            "0 (off) or " + ", ".join(map(str, SNAPSHOT_INTERVALS)) + " (what DLM accepts)",
+        )
+        every = 0
+    restore = raw["restoreFrom"]
+    if not isinstance(restore, str):
+        check.bad("restoreFrom", restore, "a manifest file path or ssm:/<parameter name>")
+        restore = ""
+    zones = check.integer("availabilityZones", raw["availabilityZones"], 1, 6)
 
     config = FleetConfig(
         stack=stack,
@@ -326,7 +364,7 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
         home_volume_gib=check.integer("homeVolumeGiB", raw["homeVolumeGiB"], 1, 16384),
         ship_root_volume_gib=check.integer("shipRootVolumeGiB", raw["shipRootVolumeGiB"], 8, 16384),
         mux_root_volume_gib=check.integer("muxRootVolumeGiB", raw["muxRootVolumeGiB"], 8, 16384),
-        availability_zones=check.integer("availabilityZones", raw["availabilityZones"], 1, 6),
+        availability_zones=zones,
         allowed_cidrs=check.cidrs("allowedCidrs", raw["allowedCidrs"]),
         ready_percent=check.integer("readyPercent", raw["readyPercent"], 1, 100),
         admin_users=check.admins("adminUsers", raw["adminUsers"]),
@@ -335,6 +373,10 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
         ship_egress=egress if egress in _EGRESS else _EGRESS[0],
         alert_email=alert_email,
         monthly_budget_usd=budget,
+        zone_names=check.zones("zoneNames", raw["zoneNames"], zones, values.get("aws:region")),
+        snapshot_every_hours=every,
+        snapshots_kept=check.integer("snapshotsKept", raw["snapshotsKept"], 1, 1000),
+        restore_from=restore,
         shared_password=shared_password,
         sessions=tuple(sessions),
         time_zone=zone if isinstance(zone, str) else "UTC",

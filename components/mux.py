@@ -17,7 +17,7 @@ from components import userdata
 from components.iam import ecr_statements, instance_role
 from components.network import CONTROL_PORT, HUB_API_PORT
 from components.ships import HEARTBEAT_SECONDS
-from components.tags import ROLE_TAG, STACK_TAG, tagged
+from components.tags import HOME_ROLE, OWNER_TAG, ROLE_TAG, STACK_TAG, tagged
 
 # The hub database, ship registry and volume assignments (/var/lib/campfleet) live on their own
 # volume, so replacing the mux instance (new user data, new type) keeps every attendee's claim.
@@ -112,6 +112,21 @@ class Mux(pulumi.ComponentResource):
                         f"aws:ResourceTag/{STACK_TAG}": args.stack,
                         f"aws:ResourceTag/{ROLE_TAG}": "home",
                     }
+                },
+            },
+            {
+                # The owner tag on a home volume (campfleet/tags.py): that tag key only, so the
+                # mux cannot retag a volume into its stack or role.
+                "Sid": "HomeVolumeOwnerTag",
+                "Effect": "Allow",
+                "Action": "ec2:CreateTags",
+                "Resource": ec2_arn.apply(lambda arn: f"{arn}volume/*"),
+                "Condition": {
+                    "StringEquals": {
+                        f"aws:ResourceTag/{STACK_TAG}": args.stack,
+                        f"aws:ResourceTag/{ROLE_TAG}": HOME_ROLE,
+                    },
+                    "ForAllValues:StringEquals": {"aws:TagKeys": [OWNER_TAG]},
                 },
             },
             {

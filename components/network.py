@@ -46,6 +46,8 @@ class NetworkArgs:
     ship_egress: str  # "nat" | "endpoints"
     region: pulumi.Input[str]
     tags: dict[str, str]
+    # campfleet:zoneNames: when given, these zones whatever AWS lists (its list may change).
+    pinned_zones: tuple[str, ...] = ()
 
 
 class Network(pulumi.ComponentResource):
@@ -77,6 +79,9 @@ class Network(pulumi.ComponentResource):
         )
 
         def zone(index: int) -> pulumi.Output[str]:
+            if args.pinned_zones:
+                return pulumi.Output.from_input(args.pinned_zones[index])
+
             def pick(names: list[str]) -> str:
                 if index >= len(names):
                     raise pulumi.RunError(

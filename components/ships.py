@@ -8,6 +8,7 @@ spread round-robin over the zones: the only resources that grow with the fleet.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pulumi
@@ -16,7 +17,16 @@ import pulumi_aws as aws
 from components import scaling, userdata
 from components.iam import ecr_statements, instance_role
 from components.network import CONTROL_PORT
-from components.tags import ROLE_TAG, tagged
+from components.restore import Restored
+from components.tags import (
+    HOME_OF_TAG,
+    HOME_ROLE,
+    OWNER_TAG,
+    PROTECT_TAG,
+    ROLE_TAG,
+    SLOT_TAG,
+    tagged,
+)
 
 HEARTBEAT_SECONDS = 5
 # Time a terminating ship gets to report, stop its containers and unmount the home volume.
@@ -32,6 +42,16 @@ GROUP_METRICS = [
     "GroupPendingInstances",
     "GroupTerminatingInstances",
 ]
+# What Pulumi must never act on once a home volume exists: a new zone (campfleet:zoneNames,
+# availabilityZones, or AWS listing its zones differently) or a new snapshot (restoreFrom set
+# on a running stack) would replace, that is delete, an attendee's volume; the owner tag is the
+# mux's to write. A volume keeps the zone it was created in for its whole life.
+HOME_VOLUME_IGNORED_CHANGES = (
+    "availabilityZone",
+    "snapshotId",
+    f'tags["{OWNER_TAG}"]',
+    f'tagsAll["{OWNER_TAG}"]',
+)
 
 
 def max_size(ships: int) -> int:
@@ -59,6 +79,23 @@ class ShipFleetArgs:
     account_id: pulumi.Input[str]
     tags: dict[str, str]
     scaling: scaling.ScalingArgs = field(default_factory=scaling.ScalingArgs)
+    # campfleet:restoreFrom: what each slot's volume is created from (components/restore.py).
+    restore: Mapping[int, Restored] = field(default_factory=dict)
+
+
+def home_volume_tags(
+    base: Mapping[str, str], stack: str, slot: int, protect: bool, owner: str | None
+) -> dict[str, str]:
+    """A home volume's tags; `owner` only for a volume restored for a known attendee."""
+    extra = {
+        ROLE_TAG: HOME_ROLE,
+        HOME_OF_TAG: stack,
+        SLOT_TAG: str(slot),
+        PROTECT_TAG: "true" if protect else "false",
+    }
+    if owner:
+        extra[OWNER_TAG] = owner
+    return tagged(base, f"campfleet-{stack}-home-{slot:04d}", extra)
 
 
 class ShipFleet(pulumi.ComponentResource):
@@ -232,24 +269,29 @@ class ShipFleet(pulumi.ComponentResource):
         scaling.scheduled_actions(name, group.name, args.ships, args.scaling, child)
 
         zones = len(args.zone_names)
-        home_opts = pulumi.ResourceOptions(parent=self, protect=args.protect_home_volumes)
-        protect = "true" if args.protect_home_volumes else "false"
+        home_opts = pulumi.ResourceOptions(
+            parent=self,
+            protect=args.protect_home_volumes,
+            ignore_changes=list(HOME_VOLUME_IGNORED_CHANGES),
+        )
         for slot in range(args.ships):
-            label = f"{name}-home-{slot:04d}"
+            restored = args.restore.get(slot)
             aws.ebs.Volume(
-                label,
+                f"{name}-home-{slot:04d}",
                 availability_zone=args.zone_names[slot % zones],
-                size=args.home_volume_gib,
+                size=restored.size_gib if restored else args.home_volume_gib,
                 type="gp3",
                 encrypted=True,
-                tags=tagged(
+                snapshot_id=restored.snapshot_id if restored else None,
+                # Deleting a home volume (fewer ships, an unprotected destroy) keeps its files
+                # in a snapshot that carries the volume's tags (stack, slot, owner).
+                final_snapshot=True,
+                tags=home_volume_tags(
                     args.tags,
-                    f"campfleet-{args.stack}-home-{slot:04d}",
-                    {
-                        ROLE_TAG: "home",
-                        "campfleet:slot": str(slot),
-                        "campfleet:protect": protect,
-                    },
+                    args.stack,
+                    slot,
+                    args.protect_home_volumes,
+                    restored.owner if restored else None,
                 ),
                 opts=home_opts,
             )

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-STACK_TAG = "campfleet:stack"
-EVENT_TAG = "campfleet:event"
-ROLE_TAG = "campfleet:role"
+from campfleet.tags import (  # noqa: F401 (re-exported: the program imports them from here)
+    EVENT_TAG,
+    HOME_OF_TAG,
+    HOME_ROLE,
+    OWNER_TAG,
+    PROTECT_TAG,
+    ROLE_TAG,
+    SLOT_TAG,
+    SNAPSHOT_TAG,
+    STACK_TAG,
+)
 
 
 def base_tags(stack: str, event: str) -> dict[str, str]:

@@ -21,6 +21,8 @@ from pulumi_policy import (
     ReportViolation,
     ResourceValidationArgs,
     ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
 )
 from pulumi_policy.proxy import UnknownValueError
 
@@ -74,7 +76,58 @@ def validator(policy: policies.Policy) -> Any:
     return validate
 
 
-def pack_policies() -> list[ResourceValidationPolicy]:
+def owned_home_volumes(stack: str, region: str) -> list[Any]:
+    """The stack's home volumes in AWS with their owner tags and whether each is archived
+    (the pack's own credentials)."""
+    import boto3
+
+    from campfleet.archive import owned_volumes
+
+    return owned_volumes(boto3.client("ec2", region_name=region), stack)
+
+
+def validate_home_volumes_kept(
+    args: StackValidationArgs, report_violation: ReportViolation
+) -> None:
+    """Refuse an update that deletes or replaces a home volume an attendee owns.
+
+    Deleted resources never reach a resource policy, so this compares the stack's planned home
+    volumes with the ones AWS holds (owner tags written by the mux). When AWS cannot be read,
+    the update is refused too: not knowing is not safe.
+    """
+    subjects = [
+        policies.Subject(
+            r.resource_type,
+            r.name,
+            r.urn,
+            plain(r.props),
+            bool(r.opts.protect),
+            frozenset(r.opts.ignore_changes or ()),
+        )
+        for r in args.resources
+    ]
+    homes = policies.home_slots(subjects)
+    if not homes:
+        return
+    any_home = next(iter(homes.values())).props
+    tags = policies.home_tags(any_home)
+    stack, zone = tags.get(policies.STACK_TAG), any_home.get("availabilityZone")
+    if not isinstance(stack, str) or not isinstance(zone, str) or policies.is_unknown(zone):
+        return
+    try:
+        owned = owned_home_volumes(stack, zone[:-1])
+    except Exception as exc:  # no credentials, no permission, no network: refuse, and say why
+        report_violation(
+            f"cannot read the home volumes' owner tags in AWS ({type(exc).__name__}: {exc}); "
+            "run the preview with credentials that may call ec2:DescribeVolumes",
+            None,
+        )
+        return
+    for finding in policies.owned_volume_findings(subjects, owned):
+        report_violation(finding.message, finding.urn or None)
+
+
+def pack_policies() -> list[ResourceValidationPolicy | StackValidationPolicy]:
     return [
         ResourceValidationPolicy(
             name=p.name,
@@ -84,6 +137,14 @@ def pack_policies() -> list[ResourceValidationPolicy]:
             config_schema=CONFIG_SCHEMAS.get(p.name),
         )
         for p in policies.POLICIES.values()
+    ] + [
+        StackValidationPolicy(
+            name=policies.HOME_VOLUMES_KEPT,
+            description="No update deletes or replaces a home volume that holds an attendee's "
+            "files (owner tags in AWS).",
+            validate=validate_home_volumes_kept,
+            enforcement_level=EnforcementLevel.MANDATORY,
+        )
     ]
 
 

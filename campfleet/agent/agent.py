@@ -281,7 +281,7 @@ class Agent:
                 self.volumes.unmount(self.mounted)
                 self.mounted = self.volume_path = None
             if target_volume:
-                path = self.volumes.mount(target_volume)
+                path = self.volumes.mount(target_volume, may_format=desired.may_format)
                 if path is None:
                     now = time.monotonic()
                     self.volume_wait_since = self.volume_wait_since or now

@@ -22,7 +22,7 @@ class LocalVolumes:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def mount(self, volume_id: str) -> Optional[Path]:
+    def mount(self, volume_id: str, may_format: bool = False) -> Optional[Path]:
         path = self.root / volume_id
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -50,7 +50,8 @@ def _check(argv: List[str]) -> None:
 
 class EbsVolumes:
     """EBS volumes on Nitro instances: found by volume id under /dev/disk/by-id, formatted
-    (ext4) only when blkid finds no filesystem, mounted at `<root>/<volume id>`."""
+    (ext4) only when blkid finds no filesystem AND the mux says it has never seen the volume
+    mounted (Desired.may_format), mounted at `<root>/<volume id>`."""
 
     def __init__(
         self,
@@ -74,7 +75,7 @@ class EbsVolumes:
             return False
         return any(line.split(" ")[1:2] == [str(path)] for line in mounts if line)
 
-    def mount(self, volume_id: str) -> Optional[Path]:
+    def mount(self, volume_id: str, may_format: bool = False) -> Optional[Path]:
         device = self.device(volume_id)
         path = self.root / volume_id
         if self._mounted(path):
@@ -83,6 +84,13 @@ class EbsVolumes:
             return None  # not attached (yet)
         probe = _run(["blkid", "-o", "value", "-s", "TYPE", str(device)])
         if probe.returncode == 2 and not probe.stdout.strip():  # blkid: nothing found
+            if not may_format:
+                # Seen mounted before (or the mux did not say): a blank read is a broken attach
+                # or a wiped disk, and formatting would make any loss final.
+                raise VolumeFailure(
+                    f"home volume {volume_id} shows no file system, but the mux has seen it "
+                    "mounted before; refusing to format it (restore it from a snapshot)"
+                )
             _check(["mkfs.ext4", "-q", "-L", "home", "-E", f"root_owner={self.owner}", str(device)])
         elif probe.returncode != 0:
             raise VolumeFailure(

@@ -111,18 +111,20 @@ def _ctrl_c_exits_at_once() -> Iterator[None]:
 def evaluate_stack(project_dir: Path, stack: str, values: dict[str, Any]) -> Any:
     """Run the infra program in-process under mocks; a bad config becomes a CliError."""
     _on_path(project_dir)
+    from pulumi.errors import RunError
+
     from campfleet.evaluate import evaluate
     from components.config import ConfigError
 
     try:
         with _ctrl_c_exits_at_once():
             return evaluate(project_dir, stack, values)
-    except ConfigError as exc:
+    except (ConfigError, RunError) as exc:  # RunError: the program's own one-line refusal
         raise CliError(*str(exc).splitlines()) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from campfleet.cli import local, plan, preflight, status
+    from campfleet.cli import archive, local, plan, preflight, status
 
     parser = argparse.ArgumentParser(
         prog="campfleet",
@@ -130,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fleet status and rolling redeploys.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (local, preflight, plan, status):
+    for module in (local, preflight, plan, status, archive):
         module.register(subparsers)
     return parser
 
@@ -145,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `campfleet` console script; returns the exit status."""
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+    from campfleet.archive import ArchiveError
     from campfleet.needs import DataError
 
     parser = build_parser()
@@ -157,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         _error(exc.lines)
         return exc.code
-    except DataError as exc:
+    except (DataError, ArchiveError) as exc:
         _error([str(exc)])
         return 2
     except ClientError as exc:

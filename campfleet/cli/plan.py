@@ -101,6 +101,12 @@ def register(subparsers: Any) -> None:
         "--strict", action="store_true", help="exit 1 when a mandatory policy is violated"
     )
     parser.add_argument(
+        "--check-owners",
+        action="store_true",
+        help="also read the stack's home volumes in AWS (needs credentials) and refuse a config "
+        "that deletes or replaces one an attendee owns",
+    )
+    parser.add_argument(
         "--max-ships",
         type=int,
         metavar="N",
@@ -119,8 +125,20 @@ def price_table(region: str) -> tuple[str, dict[str, Any]]:
     return fallback, prices["regions"][fallback]
 
 
-def cost_lines(needs: Needs, table: dict[str, Any]) -> list[tuple[str, float]]:
-    """Hourly on-demand cost per item: instances, EBS, public IPv4, NAT, interface endpoints."""
+def snapshot_gib(config: Any) -> int:
+    """GiB of periodic snapshots to price: one full copy of every home volume.
+
+    That is the most the first snapshot of each volume can store; later ones are incremental
+    (only changed blocks), so with `snapshotsKept` of them the bill grows with what attendees
+    change, which no plan can know.
+    """
+    return config.ships * config.home_volume_gib if config.snapshot_every_hours else 0
+
+
+def cost_lines(
+    needs: Needs, table: dict[str, Any], snapshots_gib: int = 0
+) -> list[tuple[str, float]]:
+    """Hourly on-demand cost per item: instances, EBS, snapshots, public IPv4, NAT, endpoints."""
     hours_per_month = aws_data()["hoursPerMonth"]
     lines: list[tuple[str, float]] = []
     for itype, count in sorted(needs.instances.items()):
@@ -135,6 +153,14 @@ def cost_lines(needs: Needs, table: dict[str, Any]) -> list[tuple[str, float]]:
         if per_month is None:
             raise CliError(f"EBS volume type {vtype!r} has no price in campfleet/data/aws.json")
         lines.append((f"EBS {vtype} {gib:,} GiB", per_month * gib / hours_per_month))
+    if snapshots_gib:
+        lines.append(
+            (
+                f"EBS snapshots {snapshots_gib:,} GiB (a full copy of every home volume; "
+                "+ changed blocks per snapshot kept)",
+                table["ebsSnapshotUsdPerGBMonth"] * snapshots_gib / hours_per_month,
+            )
+        )
     if needs.elastic_ips:
         lines.append(
             (
@@ -171,14 +197,32 @@ def scheduled_week(config: Any, table: dict[str, Any], cost_per_hour: float) -> 
 
 
 def summarize(
-    project_dir: Path, stack: str, values: dict[str, Any], max_ships: int | None
-) -> Summary:
+    project_dir: Path,
+    stack: str,
+    values: dict[str, Any],
+    max_ships: int | None,
+    *,
+    before: Any = None,
+    owned: list[Any] | None = None,
+) -> tuple[Summary, Any]:
+    """The plan of one stack config, and its evaluation.
+
+    `before` (the base's evaluation) adds a finding for each home volume the change deletes or
+    replaces; `owned` (the home volumes AWS holds) one for each such volume an attendee owns.
+    """
     from campfleet import policies
 
     evaluation = evaluate_stack(project_dir, stack, values)
     needs = needs_for(evaluation)
     region = str(values.get("aws:region") or "")
     notes = list(needs.notes)
+    config = evaluation.config
+    if config.protect_home_volumes and not config.zone_names:
+        notes.append(
+            "campfleet:zoneNames is not set: home volumes keep their zones whatever AWS lists, "
+            "but the ship subnets follow AWS's zone list; pin the zones this stack uses "
+            "(e.g. campfleet:zoneNames: [eu-west-1a, eu-west-1b])"
+        )
     if not region:
         region = aws_data()["prices"]["fallbackRegion"]
         notes.append(f"the stack file sets no aws:region; priced as {region}")
@@ -190,16 +234,25 @@ def summarize(
     findings = policies.check(
         evaluation, max_ships=policies.DEFAULT_MAX_SHIPS if max_ships is None else max_ships
     )
+    after = [policies.subject(r) for r in evaluation.resources]
+    if before is not None:
+        findings += policies.home_change_findings(
+            [policies.subject(r) for r in before.resources],
+            after,
+            mandatory=evaluation.config.protect_home_volumes,
+        )
+    if owned is not None:
+        findings += policies.owned_volume_findings(after, owned)
     # Instance specs before prices: an unknown type is reported as such, not as "no price".
     vcpus, memory_gib = needs.vcpus, needs.memory_gib
-    lines = cost_lines(needs, table)
+    lines = cost_lines(needs, table, snapshot_gib(evaluation.config))
     week = scheduled_week(evaluation.config, table, sum(usd for _, usd in lines))
     if week.mode == "demand":
         notes.append(
             "demand mode: priced with nobody logged in (spares and the schedule); each "
             "attendee-hour adds about one ship-hour"
         )
-    return Summary(
+    summary = Summary(
         stack=stack,
         exists=True,
         region=region,
@@ -215,6 +268,19 @@ def summarize(
         notes=notes,
         week=week,
     )
+    return summary, evaluation
+
+
+def owned_volumes(stack: str, values: dict[str, Any]) -> list[Any]:
+    """The stack's home volumes in AWS with their owner tags (`--check-owners`)."""
+    import boto3
+
+    from campfleet.archive import owned_volumes as with_archives
+
+    region = values.get("aws:region")
+    if not isinstance(region, str) or not region:
+        raise CliError(f"--check-owners: Pulumi.{stack}.yaml sets no aws:region; set it")
+    return with_archives(boto3.client("ec2", region_name=region), stack)
 
 
 def _git(project_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -261,21 +327,25 @@ def base_values(project_dir: Path, stack: str, ref: str) -> dict[str, Any] | Non
 def run(args: argparse.Namespace) -> int:
     project_dir = find_project_dir(args.project_dir)
     head_values = stack_values(project_dir, args.stack)
-    head = summarize(project_dir, args.stack, head_values, args.max_ships)
+    owned = owned_volumes(args.stack, head_values) if args.check_owners else None
     base: Summary | None = None
+    base_evaluation = None
     if args.base:
         values = base_values(project_dir, args.stack, args.base)
-        if values is None:
-            base = Summary(
-                stack=args.stack, exists=False, region=head.region, price_region=head.price_region
-            )
-        else:
+        if values is not None:
             try:
-                base = summarize(project_dir, args.stack, values, args.max_ships)
+                base, base_evaluation = summarize(project_dir, args.stack, values, args.max_ships)
             except CliError as exc:
                 raise CliError(
                     f"the stack config at --base {args.base} is not valid:", *exc.lines
                 ) from None
+    head, _ = summarize(
+        project_dir, args.stack, head_values, args.max_ships, before=base_evaluation, owned=owned
+    )
+    if args.base and base is None:
+        base = Summary(
+            stack=args.stack, exists=False, region=head.region, price_region=head.price_region
+        )
     if args.format == "json":
         out = head.to_json()
         if base is not None:

@@ -22,6 +22,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from campfleet.cli import CliError, console, table_box
 from campfleet.mux.redeploy import RedeployError, check_batch, check_image_ref
@@ -233,6 +234,8 @@ def fleet_view(fleet: dict[str, Any], url: str, con: Console, *, ships: bool) ->
         f"Gate: {gate_text} · {gate['ready']} of {gate['expected']} ships ready, "
         f"{gate['needed']} needed ({gate['readyPercent']}%)"
     )
+    if fleet.get("volumesRefused"):  # the mux hands out no home volume, and says why
+        parts.append(Text(f"HOME VOLUMES REFUSED: {fleet['volumesRefused']}"))
     states = [s for s, n in fleet["counts"].items() if n] or list(fleet["counts"])
     zones = Table("zone", *states, "total", title="Ships by state and zone", box=table_box(con))
     for zone, counts in sorted(fleet["zones"].items()):

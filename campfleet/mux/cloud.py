@@ -27,6 +27,8 @@ from campfleet.mux import cloudwatch
 
 if TYPE_CHECKING:
     from campfleet.mux.metrics import FleetSample
+from campfleet.homevolumes import home_volume_filters
+from campfleet.tags import OWNER_TAG
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +36,53 @@ T = TypeVar("T")
 
 #: Device names offered to home volumes, in order (the root volume uses /dev/xvda or /dev/sda1).
 DEVICE_NAMES = tuple(f"/dev/sd{letter}" for letter in "fghijklmnop")
-VOLUME_ROLE = "home"
 CALL_HISTORY = 200
+# A volume the agent reported mounted less than this ago is never detached from a ship that
+# still runs: a ship silent for a few heartbeats (`lost`) may still be writing to it.
+MOUNTED_GRACE_SECONDS = 1800.0
+# EC2 instance states in which nothing on the instance can write to a volume any more.
+GONE_STATES = ("terminated", "stopped")
+
+#: (mounted, when) from the registry: did the agent on `instance` last report `volume` mounted
+#: (True), not mounted (False), or has that ship never reported (None, None)?
+MountStatus = Callable[[str, str], "tuple[bool | None, float | None]"]
+
+
+def _unknown_mount(volume_id: str, instance_id: str) -> tuple[bool | None, float | None]:
+    return None, None
 
 
 class CloudError(Exception):
     """A cloud call failed; the message is one line: what failed, on which id, AWS's code."""
+
+
+class VolumeBusy(CloudError):
+    """A home volume may still be in use on another ship; moving it now could lose files."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.jupyterhub_message = message  # shown on the attendee's spawn page
+
+
+def detach_refusal(
+    instance_state: str | None,
+    mounted: bool | None,
+    reported_at: float | None,
+    now: float,
+    grace: float,
+) -> str:
+    """Why a home volume must not be taken off `instance` now ("" = it may, forced if stuck).
+
+    It may only when nothing there can still write to it: the instance is gone or stopped, or
+    its agent reported the volume unmounted, or reported it mounted longer than `grace` ago.
+    A ship marked `lost` after a few silent heartbeats is usually still running and writing.
+    """
+    if instance_state is None or instance_state in GONE_STATES or mounted is False:
+        return ""
+    if mounted is None:
+        return "its agent has not reported to this mux"
+    age = max(now - (reported_at or now), 0.0)
+    return "" if age >= grace else f"its agent reported it mounted {age:.0f} s ago"
 
 
 @dataclass(frozen=True)
@@ -58,6 +101,9 @@ class Cloud(abc.ABC):
 
     def __init__(self) -> None:
         self._calls: deque[CloudCall] = deque(maxlen=CALL_HISTORY)
+        # What the registry knows of a volume on a ship; the Fleet connects its registry here.
+        self.mount_status: MountStatus = _unknown_mount
+        self.mounted_grace = MOUNTED_GRACE_SECONDS
 
     @property
     def calls(self) -> list[CloudCall]:
@@ -100,6 +146,14 @@ class Cloud(abc.ABC):
         so the group removes exactly the ship the mux chose and launches no replacement."""
         raise CloudError(f"remove failed on {instance_id}: {type(self).__name__} cannot scale")
 
+    @abc.abstractmethod
+    async def tag_owner(self, volume_id: str, owner: str) -> None:
+        """Record on the volume itself who owns it (the owner tag; see campfleet/tags.py)."""
+
+    @abc.abstractmethod
+    async def volume_owners(self) -> dict[str, str]:
+        """{volume id: owner} from the home volumes' owner tags."""
+
 
 class LocalCloud(Cloud):
     """Directories as volumes for a local event; the other actions are recorded and do nothing."""
@@ -131,6 +185,8 @@ class LocalCloud(Cloud):
         self.published: Optional[FleetSample] = None
         for volume_id, _zone in self._volumes:
             (self.volumes_root / volume_id).mkdir(parents=True, exist_ok=True)
+        # The owner tags: a file beside the volumes, so they outlive the mux's state directory.
+        self._owners_file = self.volumes_root / "owner-tags.json"
 
     def _path(self, volume_id: str) -> Path:
         if volume_id not in dict(self._volumes):
@@ -184,6 +240,22 @@ class LocalCloud(Cloud):
         self.removed.append(instance_id)
         self._write_group()
         self._record("remove", instance_id, f"desired now {self.desired}")
+
+    async def tag_owner(self, volume_id: str, owner: str) -> None:
+        self._path(volume_id)
+        owners = await self.volume_owners()
+        owners[volume_id] = owner
+        tmp = self._owners_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(owners, sort_keys=True))
+        tmp.replace(self._owners_file)
+        self._record("tag owner", volume_id, owner)
+
+    async def volume_owners(self) -> dict[str, str]:
+        try:
+            owners = json.loads(self._owners_file.read_text())
+        except FileNotFoundError:
+            return {}
+        return {str(k): str(v) for k, v in owners.items()} if isinstance(owners, dict) else {}
 
 
 class AwsCloud(Cloud):
@@ -283,7 +355,7 @@ class AwsCloud(Cloud):
                     await self._wait_attached(volume_id, instance_id)
                     return att["Device"]
                 if att["State"] in ("attaching", "attached", "busy", "detaching"):
-                    # Still on the attendee's previous (dead) ship: take it back first.
+                    # Still on the attendee's previous ship: take it back, if that is safe.
                     await self.detach_volume(volume_id, att["InstanceId"])
             device = await self._free_device(instance_id)
             await self._call(
@@ -312,6 +384,23 @@ class AwsCloud(Cloud):
                 f"after {self.attach_timeout:.0f}s"
             )
 
+    async def _instance_state(self, instance_id: str) -> str | None:
+        """EC2's state of an instance; None when EC2 no longer knows it (long terminated)."""
+        try:
+            answer = await asyncio.to_thread(
+                self._ec2.describe_instances, InstanceIds=[instance_id]
+            )
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") == "InvalidInstanceID.NotFound":
+                return None
+            code = e.response.get("Error", {}).get("Code", "Unknown")
+            self._record("describe instance", instance_id, code, ok=False)
+            raise CloudError(f"describe instance failed on {instance_id}: {code}") from e
+        reservations = answer.get("Reservations", [])
+        if not reservations or not reservations[0]["Instances"]:
+            return None
+        return reservations[0]["Instances"][0]["State"]["Name"]
+
     async def detach_volume(self, volume_id: str, instance_id: str) -> None:
         volume = await self._volume(volume_id)
         states = [
@@ -319,6 +408,17 @@ class AwsCloud(Cloud):
         ]
         if not states:
             return
+        mounted, reported_at = self.mount_status(volume_id, instance_id)
+        state = await self._instance_state(instance_id)
+        why = detach_refusal(state, mounted, reported_at, time.time(), self.mounted_grace)
+        if why:
+            self._record("detach", volume_id, f"refused: {why}", ok=False)
+            log.warning("not detaching %s from %s: %s", volume_id, instance_id, why)
+            raise VolumeBusy(
+                f"your home volume {volume_id} is still attached to ship {instance_id} "
+                f"({state}; {why}); it moves once that ship is gone or after "
+                f"{self.mounted_grace / 60:.0f} min: try again in a few minutes"
+            )
 
         def detached(v: dict[str, Any]) -> bool:
             return not any(a["InstanceId"] == instance_id for a in v.get("Attachments", []))
@@ -412,13 +512,38 @@ class AwsCloud(Cloud):
     async def list_volumes(self) -> list[tuple[str, str]]:
         def collect() -> list[tuple[str, str]]:
             pages = self._ec2.get_paginator("describe_volumes").paginate(
-                Filters=[
-                    {"Name": "tag:campfleet:stack", "Values": [self.stack]},
-                    {"Name": "tag:campfleet:role", "Values": [VOLUME_ROLE]},
-                ]
+                Filters=home_volume_filters(self.stack)
             )
             return sorted(
                 (v["VolumeId"], v["AvailabilityZone"]) for page in pages for v in page["Volumes"]
             )
 
         return await self._call("list volumes", self.stack, collect)
+
+    async def tag_owner(self, volume_id: str, owner: str) -> None:
+        await self._call(
+            "tag owner",
+            volume_id,
+            self._ec2.create_tags,
+            Resources=[volume_id],
+            Tags=[{"Key": OWNER_TAG, "Value": owner}],
+        )
+        self._record("tag owner", volume_id, owner)
+
+    async def volume_owners(self) -> dict[str, str]:
+        def collect() -> dict[str, str]:
+            pages = self._ec2.get_paginator("describe_volumes").paginate(
+                Filters=[
+                    *home_volume_filters(self.stack),
+                    {"Name": "tag-key", "Values": [OWNER_TAG]},
+                ]
+            )
+            return {
+                v["VolumeId"]: t["Value"]
+                for page in pages
+                for v in page["Volumes"]
+                for t in v.get("Tags", [])
+                if t["Key"] == OWNER_TAG and t["Value"]
+            }
+
+        return await self._call("list volume owners", self.stack, collect)

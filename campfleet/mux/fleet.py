@@ -17,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from campfleet.mux.cloud import Cloud
+from campfleet.mux.cloud import Cloud, CloudError
 from campfleet.mux.cloudwatch import PUBLISH_SECONDS
 from campfleet.mux.metrics import fleet_sample
-from campfleet.mux.registry import Readiness, Registry, ShipRecord
+from campfleet.mux.registry import Readiness, Registry, RegistryError, ShipRecord, VolumeRecord
 from campfleet.protocol import ShipState
 
 if TYPE_CHECKING:  # the control API is only started here, never imported at run time
@@ -32,6 +32,14 @@ log = logging.getLogger("campfleet.fleet")
 UNHEALTHY = (ShipState.FAILED, ShipState.LOST)
 
 _current: Optional[Fleet] = None
+
+
+class VolumesRefused(RegistryError):
+    """The mux will not hand out home volumes; the reason is on the fleet page and in the log."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.jupyterhub_message = message  # shown on the attendee's spawn page
 
 
 def current() -> Fleet:
@@ -56,9 +64,15 @@ class Fleet:
         state_file: Path,
         control_address: str = "127.0.0.1",
         control_port: int = 8700,
+        refusal: str = "",
     ) -> None:
         self.registry = registry
         self.cloud = cloud
+        # The cloud adapter asks the registry before it detaches a volume from a ship.
+        cloud.mount_status = registry.mount_status
+        # Non-empty: hand out no home volume (e.g. the state volume is not mounted).
+        self.refusal = refusal
+        self._owner_tagged: set[str] = set()
         self.control = control
         self.expected = expected
         self.ready_percent = ready_percent
@@ -103,6 +117,7 @@ class Fleet:
         volumes = await self.cloud.list_volumes()
         if volumes:
             self.registry.add_volumes(volumes)
+        await self._restore_owners()
         await self.control.start(self.control_address, self.control_port)
         self._metrics_task = asyncio.ensure_future(self._publish_metrics())
         if self.demand is not None:
@@ -115,6 +130,55 @@ class Fleet:
             self.ready_percent,
             len(volumes),
         )
+
+    async def _restore_owners(self) -> None:
+        """Bind volumes to the owners their tags name when the registry does not know them.
+
+        After a start on empty state (a new state volume, a restored stack) this gives every
+        attendee their own volume back instead of a fresh one; if the tags cannot be read,
+        the mux refuses to hand out volumes rather than guess.
+        """
+        try:
+            owners = await self.cloud.volume_owners()
+        except Exception as e:
+            self.refusal = self.refusal or (
+                f"cannot read the home volumes' owner tags ({e}); no home volume is handed "
+                "out until the mux restarts and can read them"
+            )
+            log.error("fleet: %s", self.refusal)
+            return
+        self._owner_tagged = set(owners)
+        bound, conflicts = self.registry.restore_owners(owners)
+        if bound:
+            log.warning(
+                "fleet: %d home volume(s) bound to their owners from the owner tags "
+                "(the registry did not know them): %s",
+                len(bound),
+                ", ".join(bound[:10]) + (" ..." if len(bound) > 10 else ""),
+            )
+        for line in conflicts:
+            log.error("fleet: owner tag disagrees with the registry, registry kept: %s", line)
+        if self.refusal:
+            log.error("fleet: handing out no home volume: %s", self.refusal)
+
+    async def assign_volume(self, owner: str, prefer_zone: Optional[str] = None) -> VolumeRecord:
+        """The owner's home volume (registry), with the owner written onto the volume's tags.
+
+        The tag is what Pulumi-side checks and a mux with lost state read, so a start fails
+        (and is retried by the attendee) rather than hand out a volume whose owner is unrecorded.
+        """
+        if self.refusal:
+            raise VolumesRefused(f"the mux is not handing out home volumes: {self.refusal}")
+        volume = self.registry.volume_for(owner, prefer_zone)
+        if volume.volume_id not in self._owner_tagged:
+            try:
+                await self.cloud.tag_owner(volume.volume_id, owner)
+            except CloudError as e:
+                raise VolumesRefused(
+                    f"could not record your home volume's owner ({e}); try again in a minute"
+                ) from e
+            self._owner_tagged.add(volume.volume_id)
+        return volume
 
     def stop(self) -> None:
         """Stop the control API and background tasks (the registry stays on disk)."""

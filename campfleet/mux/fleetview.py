@@ -41,6 +41,8 @@ def snapshot(fleet: Fleet, redeployer: Redeployer) -> dict[str, Any]:
     return {
         "time": now,
         "shipImage": fleet.ship_image,
+        # Non-empty: the mux hands out no home volume, and why (e.g. state volume not mounted).
+        "volumesRefused": fleet.refusal,
         "gate": {
             "open": readiness.open,
             "forced": fleet.gate_forced,

@@ -123,8 +123,47 @@ def culler_service(idle_seconds: int, cull_every_seconds: int) -> dict[str, Any]
     }
 
 
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+
+def is_volume_root(path: Path, mountinfo: Path = MOUNTINFO) -> bool:
+    """Is `path` the root of a file system of its own (the state volume), here or bind-mounted
+    into this container? An empty host directory bind-mounted into the mux container is a
+    mount point too, but of a subdirectory of the host's root file system: its `root` field in
+    mountinfo is that directory, not "/"."""
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return False
+    target = str(path).rstrip("/") or "/"
+    root = None
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) > 4 and fields[4].replace("\\040", " ") == target:
+            root = fields[3]  # the last mount on a path is the one in effect
+    return root == "/"
+
+
+def state_refusal(settings: Settings, mountinfo: Path = MOUNTINFO) -> str:
+    """Why home volumes must not be handed out from this state directory ("" = they may).
+
+    On AWS the registry of who owns which volume lives on the mux's state volume; an empty
+    directory in its place (the volume did not attach in time) would hand volumes out afresh.
+    """
+    if settings.local or is_volume_root(settings.state_dir, mountinfo):
+        return ""
+    return (
+        f"the mux state volume is not mounted at {settings.state_dir}, so the registry of who "
+        "owns which home volume is missing; check `systemctl status var-lib-campfleet.mount` "
+        "and restart the mux"
+    )
+
+
 def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
     """The Fleet for this hub: registry on disk, the right cloud, the control API."""
+    refusal = state_refusal(settings)
+    if refusal:
+        log.critical("campfleet: %s", refusal)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     # Owner only: the registry holds each attendee server's hub API token (its desired env).
     settings.state_dir.chmod(0o700)
@@ -138,6 +177,7 @@ def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
         )
     else:
         cloud = AwsCloud(settings.region, settings.stack, settings.ship_group_name)
+    cloud.mounted_grace = settings.mounted_grace
     control = ControlServer(
         registry, secrets.fleet_secret, heartbeat=settings.heartbeat, lost_after=settings.lost_after
     )
@@ -153,6 +193,7 @@ def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
         state_file=settings.state_dir / "fleet-state.json",
         control_address=settings.control_address,
         control_port=settings.control_port,
+        refusal=refusal,
     )
     if demand:
         fleet.demand = DemandController(
@@ -216,6 +257,8 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
     redeployer = Redeployer(fleet)
     hub.extra_handlers = fleetview.handlers(fleet, redeployer)
     metrics.install(fleet, redeployer)  # into the registry /hub/metrics serves
+    # home.html adds "Download my files" (a zip made by jupyter-archive in the user's server).
+    hub.template_paths = [str(fleetview.TEMPLATES)]
 
     proxy = c.ConfigurableHTTPProxy
     proxy.command = proxy_command()

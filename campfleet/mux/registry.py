@@ -68,14 +68,22 @@ CREATE TABLE IF NOT EXISTS volumes (
     volume_id TEXT PRIMARY KEY,
     zone TEXT NOT NULL,
     owner TEXT UNIQUE,
-    assigned_at REAL
+    assigned_at REAL,
+    mounted_at REAL
 );
 """
+# Columns added after the first release, for a registry file an older mux wrote.
+_MIGRATIONS = (("volumes", "mounted_at", "REAL"),)
 
+# A volume the registry has never seen mounted may be formatted when blank (Desired.may_format);
+# one it has seen mounted never is: a blank read of it is an error, not a new volume.
+_MAY_FORMAT = (
+    "coalesce((SELECT v.mounted_at IS NULL FROM volumes v WHERE v.volume_id=ships.volume_id), 1)"
+)
 _SHIP_COLUMNS = (
     "ship_id, zone, address, port_base, state, owner, claimed_at, containers, mounted_volume, "
     "error, last_seen, agent_version, applied_generation, seq, generation, desired_containers, "
-    "volume_id, drain, terminate"
+    f"volume_id, drain, terminate, {_MAY_FORMAT} AS may_format"
 )
 # apply_report is the hot path (every heartbeat of every ship): fixed statements, positional.
 _OBSERVED = (
@@ -83,8 +91,12 @@ _OBSERVED = (
     "applied_generation"
 )
 _APPLY_SELECT = (
-    f"SELECT {_OBSERVED}, seq, generation, desired_containers, volume_id, drain, terminate "
-    "FROM ships WHERE ship_id=?"
+    f"SELECT {_OBSERVED}, seq, generation, desired_containers, volume_id, drain, terminate, "
+    f"{_MAY_FORMAT} FROM ships WHERE ship_id=?"
+)
+_MOUNTED = (
+    "INSERT INTO volumes (volume_id, zone, mounted_at) VALUES (?,?,?) ON CONFLICT(volume_id) "
+    "DO UPDATE SET mounted_at=coalesce(mounted_at, excluded.mounted_at)"
 )
 _APPLY_INSERT = (
     f"INSERT INTO ships (ship_id, {_OBSERVED}, seq, last_seen) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
@@ -164,6 +176,7 @@ def _record(row: sqlite3.Row) -> ShipRecord:
         volume=row["volume_id"],
         drain=bool(row["drain"]),
         terminate=bool(row["terminate"]),
+        may_format=bool(row["may_format"]) and row["volume_id"] is not None,
     )
     return ShipRecord(
         ship_id=row["ship_id"],
@@ -204,6 +217,10 @@ class Registry:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
+            for table, column, kind in _MIGRATIONS:
+                columns = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -319,6 +336,9 @@ class Registry:
             report.generation,
         )
         row = self._db.execute(_APPLY_SELECT, (report.ship_id,)).fetchone()
+        if report.volume and (row is None or row[5] != report.volume):
+            # Remembered for good: this volume holds a file system someone may have written to.
+            self._db.execute(_MOUNTED, (report.volume, report.zone, now))
         old_state = ShipState(row[3]) if row else ShipState.PENDING
         if state not in REPORTABLE:
             why = f"ship {report.ship_id}: a ship cannot report {state.value}"
@@ -341,6 +361,7 @@ class Registry:
             volume=row[12],
             drain=bool(row[13]),
             terminate=bool(row[14]),
+            may_format=bool(row[15]) and row[12] is not None and row[12] != report.volume,
         )
 
     def last_seq(self, ship_id: str) -> Optional[int]:
@@ -538,6 +559,58 @@ class Registry:
                 )
                 return VolumeRecord(volume_id=row[0], zone=row[1], owner=owner)
         return VolumeRecord(volume_id=row[0], zone=row[1], owner=row[2])
+
+    def mount_status(self, volume_id: str, ship_id: str) -> tuple[Optional[bool], Optional[float]]:
+        """Did the agent on `ship_id` last report `volume_id` mounted, and when?
+
+        (True, t) mounted at its last report t; (False, t) not mounted; (None, None) that ship
+        never reported. The cloud adapter detaches nothing a ship may still be writing to.
+        """
+        with self._lock:
+            row = self._db.execute(
+                "SELECT mounted_volume, last_seen FROM ships WHERE ship_id=?", (ship_id,)
+            ).fetchone()
+        if row is None:
+            return None, None
+        return row[0] == volume_id, row[1]
+
+    def ever_mounted(self, volume_id: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT mounted_at FROM volumes WHERE volume_id=?", (volume_id,)
+            ).fetchone()
+        return row is not None and row[0] is not None
+
+    def restore_owners(self, owners: dict[str, str]) -> tuple[list[str], list[str]]:
+        """Bind volumes to owners from the volumes' owner tags where the registry has no owner.
+
+        Returns (volume ids bound, one line per conflict left as the registry has it). Used on
+        a start with empty state, and when a restored stack's volumes carry their owners.
+        """
+        bound: list[str] = []
+        conflicts: list[str] = []
+        with self._write():
+            for volume_id, owner in sorted(owners.items()):
+                row = self._db.execute(
+                    "SELECT owner FROM volumes WHERE volume_id=?", (volume_id,)
+                ).fetchone()
+                if row is None or row[0] == owner:
+                    continue
+                held = self._db.execute(
+                    "SELECT volume_id FROM volumes WHERE owner=?", (owner,)
+                ).fetchone()
+                if row[0] is not None or held is not None:
+                    conflicts.append(
+                        f"{volume_id}: tagged {owner!r}, registry has "
+                        f"{row[0] or 'no owner'}{f' ({owner} owns {held[0]})' if held else ''}"
+                    )
+                    continue
+                self._db.execute(
+                    "UPDATE volumes SET owner=?, assigned_at=? WHERE volume_id=?",
+                    (owner, time.time(), volume_id),
+                )
+                bound.append(volume_id)
+        return bound, conflicts
 
     def volumes(self) -> list[VolumeRecord]:
         with self._lock:

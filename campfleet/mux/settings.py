@@ -151,6 +151,8 @@ class Settings:
     state_dir: Path
     heartbeat: float
     lost_after: int
+    # A volume a running ship reported mounted less than this ago is never detached from it.
+    mounted_grace: float
     projects: dict
     public_ip: str
     public_port: int
@@ -195,6 +197,14 @@ def _projects(raw: Any) -> dict:
         if not isinstance(project.get("image"), str) or not project["image"]:
             raise SettingsError(f"mux settings: project {name!r} has no 'image'")
     return dict(raw)
+
+
+def _grace(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 60:
+        raise SettingsError(
+            f"mux settings: 'mountedGraceSeconds' must be a number of seconds >= 60, got {value!r}"
+        )
+    return float(value)
 
 
 def parse(data: dict, private_ip: str = "") -> Settings:
@@ -244,6 +254,7 @@ def parse(data: dict, private_ip: str = "") -> Settings:
         state_dir=state_dir,
         heartbeat=float(data.get("heartbeat", 5.0)),
         lost_after=int(data.get("lostAfter", 3)),
+        mounted_grace=_grace(data.get("mountedGraceSeconds", 1800.0)),
         projects=_projects(data.get("projects", {})),
         public_ip="127.0.0.1" if local else "0.0.0.0",
         public_port=local.public_port if local else int(data.get("publicPort", 80)),

@@ -20,6 +20,7 @@ from jupyterhub.spawner import Spawner
 from traitlets import Bool, Dict, Float, Unicode
 
 from campfleet.mux import fleet as fleet_mod
+from campfleet.mux.cloud import VolumeBusy
 from campfleet.mux.metrics import START_SECONDS
 from campfleet.mux.registry import ShipRecord
 from campfleet.protocol import ContainerSpec, ShipState
@@ -256,7 +257,7 @@ class ShipSpawner(Spawner):
         fleet = self.fleet
         registry = fleet.registry
         owner = self.user.name
-        volume = registry.volume_for(owner, prefer_zone=self._roomiest_zone())
+        volume = await fleet.assign_volume(owner, prefer_zone=self._roomiest_zone())
         self.volume_id = volume.volume_id
         held = registry.owned_by(owner)
         if held is not None and (_state(held) in GONE or held.zone != volume.zone):
@@ -410,7 +411,17 @@ class ShipSpawner(Spawner):
                 return
             registry.set_volume(ship_id, None)
             if self.volume_id:
-                await fleet.cloud.detach_volume(self.volume_id, ship_id)
+                # Detach only once the agent says it unmounted (the cloud refuses before).
+                volume_id = self.volume_id
+                await fleet.wait_for(
+                    lambda: registry.mount_status(volume_id, ship_id)[0] is not True,
+                    self.stop_wait,
+                    ship_id=ship_id,
+                )
+                try:
+                    await fleet.cloud.detach_volume(volume_id, ship_id)
+                except VolumeBusy as e:  # left attached; the next attach moves it when safe
+                    self.log.warning("%s: %s", self._log_name, e)
             await fleet.cloud.set_protected(ship_id, False)
             registry.release(ship_id)
         if self.ship_id == ship_id:

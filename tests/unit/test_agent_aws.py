@@ -124,7 +124,7 @@ def test_ebs_mount_formats_only_blank_volumes(tools, tmp_path: Path, monkeypatch
     assert calls() == []
     dev = by_id / "nvme-Amazon_Elastic_Block_Store_vol0123abcd"
     dev.write_text("")
-    path = vols.mount("vol-0123abcd")
+    path = vols.mount("vol-0123abcd", may_format=True)  # the mux never saw it mounted
     assert path == tmp_path / "mnt" / "vol-0123abcd"
     names = [c[0] for c in calls()]
     assert names == ["blkid", "mkfs.ext4", "mount"]
@@ -136,6 +136,15 @@ def test_ebs_mount_formats_only_blank_volumes(tools, tmp_path: Path, monkeypatch
     monkeypatch.setenv("FAKE_FS", "ext4")  # a returning attendee's volume: never reformatted
     vols.mount("vol-0123abcd")
     assert [c[0] for c in calls()[-2:]] == ["blkid", "mount"]
+
+
+def test_ebs_never_formats_a_volume_the_mux_has_seen_mounted(tools) -> None:
+    """Issue 13: blkid finding nothing (a half-attached device, a read error) is not a new disk."""
+    vols, by_id, calls = tools
+    (by_id / "nvme-Amazon_Elastic_Block_Store_vol0abc").write_text("")
+    with pytest.raises(VolumeFailure, match="has seen it mounted before; refusing to format"):
+        vols.mount("vol-0abc")  # the mux's desired state did not say may_format
+    assert [c[0] for c in calls()] == ["blkid"]  # no mkfs, no mount
 
 
 def test_ebs_mount_failure_is_reported(tools, monkeypatch) -> None:

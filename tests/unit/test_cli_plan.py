@@ -53,6 +53,9 @@ def hand_plan(project: Path, stack: str) -> dict[str, float]:
         + (1 + nat) * prices["publicIpv4UsdPerHour"]
         + nat * prices["natGatewayUsdPerHour"]
         + endpoint_azs * prices["interfaceEndpointUsdPerHourPerAz"]
+        # periodic snapshots (issue 13): one full copy of every home volume, priced per GB-month
+        + (ships * c["homeVolumeGiB"] * prices["ebsSnapshotUsdPerGBMonth"] / 730)
+        * (c["snapshotEveryHours"] > 0)
     )
     return {
         "ships": ships,
@@ -235,7 +238,14 @@ def test_endpoints_egress_is_priced_by_hand(
 ) -> None:
     path = project / "Pulumi.prod.yaml"
     doc = yaml.safe_load(path.read_text())
-    doc["config"].update({"campfleet:shipEgress": "endpoints", "campfleet:availabilityZones": 3})
+    zones = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+    doc["config"].update(
+        {
+            "campfleet:shipEgress": "endpoints",
+            "campfleet:availabilityZones": 3,
+            "campfleet:zoneNames": zones,
+        }
+    )
     path.write_text(yaml.safe_dump(doc))
     argv = ["plan", "--stack", "prod", "--project-dir", str(project), "--format", "json"]
     code, out, err = run(capsys, *argv)
@@ -318,3 +328,77 @@ def test_base_outside_a_git_repository(tmp_path: Path, capsys: pytest.CaptureFix
     code, out, err = run(capsys, *argv)
     assert (code, out) == (2, "")
     assert err == f"campfleet: --base main: {copy} is not in a git repository; drop --base\n"
+
+
+def test_base_refuses_a_change_that_deletes_home_volumes(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13: lowering ships deletes the highest slots, whoever owns them; plan says so."""
+    set_ships(project, "prod", 148)
+    argv = ["plan", "--stack", "prod", "--project-dir", str(project), "--base", "main"]
+    code, out, err = run(capsys, *argv, "--strict", "--format", "json")
+    assert code == 1, err
+    findings = json.loads(out)["policyFindings"]
+    assert findings == [
+        f"[home-volumes-kept] ships-home-{slot:04d}: this change leaves home volume slot {slot} "
+        "deleted; it may hold an attendee's files: archive first (`campfleet archive`) or keep "
+        "campfleet:ships and the zones as they are"
+        for slot in (148, 149)
+    ]
+    set_ships(project, "prod", 152)  # more ships: nothing deleted
+    code, out, err = run(capsys, *argv, "--strict", "--format", "json")
+    assert code == 0 and json.loads(out)["policyFindings"] == []
+    # dev does not protect its volumes: the same change is advisory and --strict passes.
+    set_ships(project, "dev", 2)
+    argv = ["plan", "--stack", "dev", "--project-dir", str(project), "--base", "main"]
+    code, out, err = run(capsys, *argv, "--strict", "--format", "json")
+    assert code == 0, err
+    [finding] = json.loads(out)["policyFindings"]
+    assert finding.startswith("[home-volumes-kept] ships-home-0002: advisory: this change")
+
+
+def test_check_owners_refuses_deleting_an_owned_volume(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+    from moto import mock_aws
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    with mock_aws():
+        ec2 = boto3.client("ec2", region_name="eu-west-1")
+        for slot, owner in ((0, "ann"), (3, "bob")):  # dev has 3 ships: slot 3 is gone
+            tags = {"campfleet:stack": "dev", "campfleet:role": "home", "campfleet:slot": slot}
+            tags["campfleet:owner"] = owner
+            ec2.create_volume(
+                AvailabilityZone="eu-west-1a",
+                Size=10,
+                TagSpecifications=[
+                    {
+                        "ResourceType": "volume",
+                        "Tags": [{"Key": k, "Value": str(v)} for k, v in tags.items()],
+                    }
+                ],
+            )
+        argv = ["plan", "--stack", "dev", "--project-dir", str(ROOT), "--check-owners"]
+        code, out, err = run(capsys, *argv, "--strict", "--format", "json")
+    assert code == 1, err
+    [finding] = json.loads(out)["policyFindings"]
+    assert "(slot 3) holds bob's files and this update deletes it" in finding
+
+
+def test_protected_stack_without_pinned_zones_gets_a_note(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = project / "Pulumi.prod.yaml"
+    doc = yaml.safe_load(path.read_text())
+    del doc["config"]["campfleet:zoneNames"]
+    path.write_text(yaml.safe_dump(doc))
+    argv = ["plan", "--stack", "prod", "--project-dir", str(project), "--format", "json"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert any(n.startswith("campfleet:zoneNames is not set") for n in json.loads(out)["notes"])
+    code, out, err = run(
+        capsys, "plan", "--stack", "prod", "--project-dir", str(ROOT), "--format", "json"
+    )
+    assert not any("zoneNames" in n for n in json.loads(out)["notes"])  # prod pins them

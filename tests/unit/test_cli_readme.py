@@ -54,3 +54,27 @@ def test_cost_table_matches_plan(stack: str, capsys: pytest.CaptureFixture[str])
         f"${plan['costPerEventDayUsd']:,.2f}",
         f"${plan['costPerDayUsd']:,.2f}",
     ]
+
+
+def test_lifecycle_shows_each_step_with_its_command() -> None:
+    """Issue 13: plan -> up -> event -> archive -> destroy -> restore, in that order."""
+    from campfleet.cli import build_parser
+
+    text = section("Lifecycle: plan, up, event, archive, destroy, restore")
+    [block] = re.findall(r"```sh\n(.*?)```", text, re.S)
+    commands = [line.split("#")[0].strip() for line in block.splitlines()]
+    commands = [c for c in commands if c]
+    order = [
+        "campfleet plan --stack myevent",
+        "pulumi up",
+        "campfleet archive --stack myevent",
+        "pulumi config set campfleet:protectHomeVolumes false",
+        "pulumi up && pulumi destroy",
+        "pulumi config set campfleet:restoreFrom ssm:/campfleet/myevent/archive-manifest",
+    ]
+    positions = [next(i for i, c in enumerate(commands) if c.startswith(o)) for o in order]
+    assert positions == sorted(positions)
+    parser = build_parser()
+    for command in commands:
+        if command.startswith("campfleet "):
+            parser.parse_args(command.split()[1:])  # every flag shown exists

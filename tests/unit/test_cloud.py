@@ -147,6 +147,7 @@ async def test_attach_moves_volume_off_a_dead_ship(world: World) -> None:
     )["Instances"][0]["InstanceId"]
     volume = volumes_in(world, zone)[0]
     await world.cloud.attach_volume(volume, old)
+    world.ec2.stop_instances(InstanceIds=[old])  # dead: nothing there writes to the volume
     device = await world.cloud.attach_volume(volume, new)
     assert attachments(world, volume) == [(new, device, "attached")]
     assert [(c.action, c.detail) for c in world.cloud.calls] == [
@@ -156,7 +157,13 @@ async def test_attach_moves_volume_off_a_dead_ship(world: World) -> None:
     ]
 
 
+def agent_unmounted(world: World) -> None:
+    """The registry's answer once the ship's agent reported the volume unmounted."""
+    world.cloud.mount_status = lambda volume, ship: (False, time.time())
+
+
 async def test_detach_then_detach_again_is_a_no_op(world: World) -> None:
+    agent_unmounted(world)
     ship = world.instances[0]
     volume = volumes_in(world, world.zone_of[ship])[0]
     await world.cloud.attach_volume(volume, ship)
@@ -168,6 +175,7 @@ async def test_detach_then_detach_again_is_a_no_op(world: World) -> None:
 
 async def test_stuck_detach_is_forced(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """moto always detaches at once; a dead ship's never-ending detach is simulated here."""
+    agent_unmounted(world)
     ship = world.instances[0]
     volume = volumes_in(world, world.zone_of[ship])[0]
     await world.cloud.attach_volume(volume, ship)

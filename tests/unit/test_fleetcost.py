@@ -120,7 +120,7 @@ def test_readme_schedule_table_is_what_plan_computes() -> None:
             continue
         stack, label = cells[0], cells[1]
         values = {**read_stack_config(ROOT, stack), **README_VARIANTS[label]}
-        week = summarize(ROOT, stack, values, None).week
+        week = summarize(ROOT, stack, values, None)[0].week
         assert cells[2:] == [
             f"{week.ship_hours / 7:,.1f}",
             f"${week.cost / 7:,.2f}",

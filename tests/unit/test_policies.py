@@ -467,6 +467,8 @@ def _run_pack(
     opts = PolicyResourceOptions(protect, [], None, [], PolicyCustomTimeouts(0, 0, 0), [], None)
     reported: dict[str, list[str]] = {}
     for policy in pack.pack_policies():
+        if policy.name == policies.HOME_VOLUMES_KEPT:  # a stack policy: see test_keep_work.py
+            continue
         args = ResourceValidationArgs(
             type_, unknown_checking_proxy(props), f"urn:x::{type_}::r", "r", opts, None, config
         )
@@ -484,16 +486,17 @@ def test_pack_requirements_pin_the_repo_versions() -> None:
         return dict(ln.split("==") for ln in lines if "==" in ln)
 
     pack, repo = pins(ROOT / "policy/requirements.txt"), pins(ROOT / "requirements.txt")
-    assert set(pack) == {"pulumi", "pulumi-aws", "pulumi-policy"}
+    assert set(pack) == {"pulumi", "pulumi-aws", "pulumi-policy", "boto3"}
     assert {name: repo[name] for name in pack} == pack
 
 
 def test_pack_registers_every_policy_as_mandatory(pack: Any) -> None:
-    from pulumi_policy import EnforcementLevel, ResourceValidationPolicy
+    from pulumi_policy import EnforcementLevel, ResourceValidationPolicy, StackValidationPolicy
 
     registered = pack.pack_policies()
-    assert [p.name for p in registered] == list(policies.POLICIES)
-    assert all(isinstance(p, ResourceValidationPolicy) for p in registered)
+    assert [p.name for p in registered] == [*policies.POLICIES, policies.HOME_VOLUMES_KEPT]
+    assert all(isinstance(p, ResourceValidationPolicy) for p in registered[:-1])
+    assert isinstance(registered[-1], StackValidationPolicy)
     assert {p.enforcement_level for p in registered} == {EnforcementLevel.MANDATORY}
     [ceiling] = [p for p in registered if p.name == "ship-count-ceiling"]
     assert ceiling.config_schema.properties["maxShips"]["default"] == policies.DEFAULT_MAX_SHIPS
@@ -590,7 +593,9 @@ def test_served_pack_reports_mandatory_violations(analyzer: Any) -> None:
 
     info = analyzer.GetAnalyzerInfo(empty_pb2.Empty(), timeout=20)
     assert info.name == "campfleet"
-    assert sorted(p.name for p in info.policies) == sorted(policies.POLICIES)
+    assert sorted(p.name for p in info.policies) == sorted(
+        [*policies.POLICIES, policies.HOME_VOLUMES_KEPT]
+    )
     assert {p.enforcementLevel for p in info.policies} == {analyzer_pb2.MANDATORY}
 
     sg = {"ingress": [web(443), web(22)], "tags": TAGS}

@@ -111,12 +111,16 @@ def test_every_resource_is_parented_under_a_component(
 ) -> None:
     evaluation: Evaluation = request.getfixturevalue(fixture)
     components = {r.urn: r for r in evaluation.resources if not r.custom}
+    snapshots = (
+        {"campfleet:index:HomeSnapshots"} if evaluation.config.snapshot_every_hours else set()
+    )
     assert {c.type for c in components.values()} == {
         "campfleet:index:Network",
         "campfleet:index:ContainerImage",
         "campfleet:index:Secrets",
         "campfleet:index:Mux",
         "campfleet:index:ShipFleet",
+        *snapshots,
     }
     for component in components.values():
         assert component.parent.endswith(
@@ -171,6 +175,11 @@ def expected_counts(evaluation: Evaluation) -> dict[str, int]:
         "aws:ec2/volumeAttachment:VolumeAttachment": 1,
         VOLUME: c.ships + 1,
     }
+    if c.snapshot_every_hours:  # DLM policy + its role (issue 13)
+        counts["campfleet:index:HomeSnapshots"] = 1
+        counts["aws:dlm/lifecyclePolicy:LifecyclePolicy"] = 1
+        counts["aws:iam/role:Role"] += 1
+        counts[ROLE_POLICY] += 1
     return {kind: n for kind, n in counts.items() if n}
 
 
@@ -444,6 +453,12 @@ def test_mux_role_least_privilege(dev: Evaluation) -> None:
     assert volumes["Condition"]["StringEquals"] == {
         "aws:ResourceTag/campfleet:stack": "dev",
         "aws:ResourceTag/campfleet:role": "home",
+    }
+    owner_tag = statements["HomeVolumeOwnerTag"]
+    assert owner_tag["Action"] == "ec2:CreateTags" and owner_tag["Resource"] == volumes["Resource"]
+    assert owner_tag["Condition"] == {
+        "StringEquals": volumes["Condition"]["StringEquals"],
+        "ForAllValues:StringEquals": {"aws:TagKeys": ["campfleet:owner"]},
     }
     instances = statements["ShipInstances"]
     assert instances["Resource"] == "arn:aws:ec2:eu-west-1:123456789012:instance/*"

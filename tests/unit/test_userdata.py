@@ -257,6 +257,8 @@ def test_documents_cannot_break_the_yaml() -> None:
         "/root/.docker/config.json",
         "/usr/local/sbin/campfleet-pull",
         "/usr/local/sbin/campfleet-mux-state",
+        "/etc/systemd/system/campfleet-mux-state.service",
+        "/etc/systemd/system/var-lib-campfleet.mount",
         "/etc/systemd/system/campfleet-mux.service",
     }
     assert json.loads(written["/etc/campfleet/mux.json"]["content"]) == hostile
@@ -274,3 +276,101 @@ def test_pack_is_deterministic_and_enforces_the_limit() -> None:
 def test_every_placeholder_needs_a_value() -> None:
     with pytest.raises(ValueError, match=r"placeholders .* but values"):
         userdata.render("mux.yaml", {"mux_json": "{}"})
+
+
+# --- issue 13: the hub never starts on an empty state directory ----------------------------
+
+MUX_UNITS = (
+    "/etc/systemd/system/campfleet-mux-state.service",
+    "/etc/systemd/system/var-lib-campfleet.mount",
+    "/etc/systemd/system/campfleet-mux.service",
+)
+
+
+def test_mux_starts_only_on_its_mounted_state_volume(rendered: dict[str, str]) -> None:
+    written = files(rendered["mux"])
+    hub = written["/etc/systemd/system/campfleet-mux.service"]["content"].splitlines()
+    assert "RequiresMountsFor=/var/lib/campfleet" in hub
+    assert "AssertPathIsMountPoint=/var/lib/campfleet" in hub
+    mount = written["/etc/systemd/system/var-lib-campfleet.mount"]["content"]
+    assert "What=/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol" in mount
+    assert "Where=/var/lib/campfleet" in mount and "nofail" not in mount
+    assert "Requires=campfleet-mux-state.service" in mount
+    runcmd = yaml.safe_load(rendered["mux"])["runcmd"]
+    assert runcmd.index(["systemctl", "enable", "--now", "var-lib-campfleet.mount"]) < (
+        runcmd.index(["systemctl", "enable", "--now", "campfleet-mux"])
+    )
+    assert "fstab" not in rendered["mux"]  # no `nofail` line that lets the hub start anyway
+
+
+def test_mux_units_pass_systemd_analyze(rendered: dict[str, str], tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed")
+    written = files(rendered["mux"])
+    paths = []
+    for unit in MUX_UNITS:
+        path = tmp_path / Path(unit).name
+        # The units name host paths; verify checks them, so point them at this machine's.
+        text = written[unit]["content"].replace("/usr/local/sbin/campfleet-mux-state", "/bin/true")
+        path.write_text(text)
+        paths.append(str(path))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", *paths[:2]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def run_state_script(
+    rendered: dict[str, str], tmp_path: Path, device_exists: bool, blkid_status: int
+) -> tuple[subprocess.CompletedProcess, list[str]]:
+    script = tmp_path / "campfleet-mux-state"
+    script.write_text(files(rendered["mux"])["/usr/local/sbin/campfleet-mux-state"]["content"])
+    log = tmp_path / "calls.log"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for tool, status in (("blkid", blkid_status), ("mkfs.ext4", 0)):
+        fake = bin_dir / tool
+        fake.write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\nexit {status}\n')
+        fake.chmod(0o755)
+    device = tmp_path / "nvme-state"
+    if device_exists:
+        device.write_text("")
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "CAMPFLEET_STATE_DEVICE": str(device),
+        "CAMPFLEET_STATE_TRIES": "2",
+        "CAMPFLEET_STATE_PAUSE": "0",
+    }
+    result = subprocess.run(
+        ["bash", str(script)], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    calls = log.read_text().splitlines() if log.exists() else []
+    return result, calls
+
+
+@pytest.mark.parametrize(
+    ("device_exists", "blkid_status", "code", "formatted"),
+    [
+        (False, 2, 1, False),  # never attached: fail (the hub stays stopped), format nothing
+        (True, 4, 1, False),  # blkid could not read it: not a blank disk
+        (True, 0, 0, False),  # the previous mux's state
+        (True, 2, 0, True),  # blank: a new stack's first boot
+    ],
+)
+def test_state_script_formats_only_a_blank_volume(
+    rendered: dict[str, str],
+    tmp_path: Path,
+    device_exists: bool,
+    blkid_status: int,
+    code: int,
+    formatted: bool,
+) -> None:
+    result, calls = run_state_script(rendered, tmp_path, device_exists, blkid_status)
+    assert result.returncode == code, result.stderr
+    assert any(c.startswith("mkfs.ext4") for c in calls) is formatted
+    if code:
+        assert result.stderr.startswith("campfleet-mux-state: ")

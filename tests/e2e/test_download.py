@@ -1,0 +1,53 @@
+"""Issue 13: an attendee takes their work home — "Download my files" on the hub's home page."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+WORK = "print('my homework')\n"
+
+
+def test_download_my_files_returns_a_zip_with_what_the_attendee_wrote(
+    browser, event, tmp_path: Path
+) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.set_default_timeout(60_000)
+    page.goto(event.url)
+    page.fill("#username_input", "alice")
+    page.fill("#password_input", event.password)
+    page.click("#login_submit")
+    page.wait_for_url("**/user/alice/lab**")
+
+    # The attendee saves a file from JupyterLab (the contents API Lab's editor uses).
+    status = page.evaluate(
+        """async (text) => {
+            const xsrf = document.cookie.split('; ').find(c => c.startsWith('_xsrf='));
+            const answer = await fetch('/user/alice/api/contents/homework.py', {
+                method: 'PUT',
+                headers: {'Content-Type': 'application/json',
+                          'X-XSRFToken': xsrf ? decodeURIComponent(xsrf.slice(6)) : ''},
+                body: JSON.stringify({type: 'file', format: 'text', content: text}),
+            });
+            return answer.status;
+        }""",
+        WORK,
+    )
+    assert status in (200, 201)
+
+    page.goto(event.url.rstrip("/") + "/hub/home")
+    link = page.locator("#download-files")
+    assert link.inner_text() == "Download my files"
+    with page.expect_download() as info:
+        link.click()
+    saved = tmp_path / "my-files.zip"
+    info.value.save_as(saved)
+    with zipfile.ZipFile(saved) as archive:
+        names = archive.namelist()
+        [homework] = [n for n in names if n.endswith("/homework.py")]
+        assert archive.read(homework).decode() == WORK
+    assert info.value.suggested_filename.endswith(".zip")

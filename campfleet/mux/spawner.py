@@ -184,7 +184,10 @@ class ShipSpawner(Spawner):
     # -- start -------------------------------------------------------------------------------
 
     async def progress(self):
-        """Yield the stages `start` records, as they happen (woken, not polled)."""
+        """Yield the stages `start` records, as they happen (woken, not polled: a timeout here
+        woke every open progress page once a second, a thousand wake-ups a second in a storm
+        of 1,000). No await between the check and clear(), so no event is missed; the end of
+        `start` sets the event too."""
         seen = 0
         while True:
             while seen < len(self._events):
@@ -193,8 +196,7 @@ class ShipSpawner(Spawner):
             if self._start_done:
                 return
             self._event_added.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._event_added.wait(), 1.0)
+            await self._event_added.wait()
 
     async def start(self) -> str:
         self._events = []

@@ -6,7 +6,8 @@ stand-ins for campfleet, the spawned stand-in processes for the stock spawner â€
 driver (the attendees' browsers) there too. Without the split, 200 agents and the hub share two
 cores, and the figure measures a queue of processes, not a start.
 
-The storm is driven through the hub REST API with the event's admin token: create N users, then
+The storm is driven through the hub REST API with a generated token of the event's admin (see
+driver_token): create N users, then
 POST /users/<name>/server for all at once; "ready" is when the hub reports the server ready (the
 POST answers 201, or the progress event stream sends `ready`), timed per attendee from just
 before its POST. After the storm every attendee's first request goes through the proxy to their
@@ -139,11 +140,32 @@ class StormResult:
         return f
 
 
-async def storm(event: LocalEvent, users: int) -> StormResult:
+def driver_token(event: LocalEvent) -> str:
+    """A JupyterHub-generated token of the event's admin user, for the storm driver.
+
+    The admin service's token comes from config, and JupyterHub hashes config tokens with
+    16,384 rounds of SHA-512 on every request (generated ones with one): some 5 ms of hub CPU
+    per request that attendees' browsers, authenticated by cookie, never cost. Falls back to
+    the config token (and says so) if `jupyterhub token` fails.
+    """
+    cmd = [str(Path(sys.executable).parent / "jupyterhub"), "token", event.admin]
+    cmd += ["-f", str(event.state_dir / "jupyterhub_config.py")]
+    try:
+        done = subprocess.run(
+            cmd, cwd=event.hub_dir, capture_output=True, text=True, timeout=120, check=True
+        )
+        token = done.stdout.strip().splitlines()[-1]
+    except (OSError, subprocess.SubprocessError, IndexError) as exc:
+        print(f"note: jupyterhub token failed ({exc}); driving with the config token", flush=True)
+        return event.api_token
+    return token
+
+
+async def storm(event: LocalEvent, users: int, token: str) -> StormResult:
     api = f"{event.url}hub/api"
     names = [f"attendee{i:04d}" for i in range(users)]
     timeout = aiohttp.ClientTimeout(total=900)
-    headers = {"Authorization": f"token {event.api_token}"}
+    headers = {"Authorization": f"token {token}"}
     out = StormResult()
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector) as http:
@@ -225,9 +247,10 @@ def run_event(
         pin(SHIP_CPUS)  # the simulator and this process's storm driver
         event.start_simulated_ships(SHIP_CPUS if split_cores() else None, ramp=2.0)
         event.wait_ready(timeout=600)
+        token = driver_token(event)
         print(f"[{label}] ready; storm of {users} starts", flush=True)
         with profiler(event.hub.pid, profile):
-            result = asyncio.run(storm(event, users))
+            result = asyncio.run(storm(event, users, token))
     finally:
         event.stop()
         pin(HUB_CPUS | SHIP_CPUS)

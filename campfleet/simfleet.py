@@ -28,6 +28,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import sys
 import time
 import urllib.parse
@@ -183,6 +184,25 @@ class SimShip:
         self._changed = asyncio.Event()
         self._report_conn = HttpConnection(self.client.host, self.client.port)
         self._poll_conn = HttpConnection(self.client.host, self.client.port)
+        self._reserved: Optional[socket.socket] = None
+
+    def reserve(self) -> None:
+        """Hold the default server's port (bound, not listening) from boot on: a real ship owns
+        its ports on a machine of its own, while here other programs on the shared machine
+        could take one between the fleet's start and an attendee's. Best effort."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind((self.fleet.address, self.port_base))
+        except OSError:
+            sock.close()
+            return
+        self._reserved = sock
+
+    def _take_reserved(self, port: int) -> Optional[socket.socket]:
+        if port != self.port_base or self._reserved is None:
+            return None
+        sock, self._reserved = self._reserved, None
+        return sock
 
     # -- what the ship is ---------------------------------------------------------------------
 
@@ -274,6 +294,7 @@ class SimShip:
                 await asyncio.sleep(min(self.fleet.heartbeat, 0.25 * 2 ** min(failures, 6)))
 
     async def run(self, boot_delay: float) -> None:
+        self.reserve()
         poller = asyncio.ensure_future(self.poll_loop())
         try:
             await self.send_report()
@@ -297,6 +318,9 @@ class SimShip:
             poller.cancel()
             for name in list(self.containers):
                 self.stop_container(name)
+            if self._reserved is not None:
+                self._reserved.close()
+                self._reserved = None
             self._report_conn.close()
             self._poll_conn.close()
 
@@ -329,9 +353,13 @@ class SimShip:
         try:
             if fleet.start_delay:
                 await asyncio.sleep(fleet.start_delay)
-            c.server = await asyncio.start_server(
-                _serve_standin, fleet.address, c.spec.port, limit=_HEAD_LIMIT
-            )
+            sock = self._take_reserved(c.spec.port)
+            if sock is not None:
+                c.server = await asyncio.start_server(_serve_standin, sock=sock, limit=_HEAD_LIMIT)
+            else:
+                c.server = await asyncio.start_server(
+                    _serve_standin, fleet.address, c.spec.port, limit=_HEAD_LIMIT
+                )
             conn = HttpConnection(fleet.address, c.spec.port)
             try:
                 status, _h, _b = await conn.request("GET", c.spec.health_path, b"", {}, 10.0)

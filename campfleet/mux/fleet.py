@@ -139,6 +139,12 @@ class Fleet:
         return r
 
     @property
+    def gate_latched(self) -> bool:
+        """Open for the rest of the event (reached once, or opened by an admin): a start
+        need not count the ships again."""
+        return self._gate_forced or self._gate_reached
+
+    @property
     def gate_forced(self) -> bool:
         return self._gate_forced
 

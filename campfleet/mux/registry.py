@@ -20,7 +20,7 @@ import math
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -398,7 +398,8 @@ class Registry:
             specs = [c for c in _specs(row[0]) if c.name != name]
             if spec is not None:
                 specs.append(spec)
-            text = json.dumps([asdict(c) for c in specs], separators=(",", ":"))
+            # c.__dict__, not asdict (a deep copy): this runs on every start and stop
+            text = json.dumps([c.__dict__ for c in specs], separators=(",", ":"))
             generation = self._db.execute(
                 "UPDATE ships SET desired_containers=?, generation=generation+1 WHERE ship_id=? "
                 "RETURNING generation",

@@ -12,7 +12,6 @@ attendee's ship, each with its own image and port.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any, Optional
 
@@ -229,6 +228,8 @@ class ShipSpawner(Spawner):
 
     async def _wait_gate(self) -> None:
         fleet = self.fleet
+        if fleet.gate_latched:  # the common case once the room is open: no count per start
+            return
 
         def is_open() -> bool:
             return fleet.readiness().open

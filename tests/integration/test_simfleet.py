@@ -92,6 +92,8 @@ async def test_ships_boot_take_a_container_and_serve_it(harness: Harness) -> Non
     assert ids == [s.ship_id for s in fleet.ships]
     record = reg.claim("alice")
     ship = next(s for s in fleet.ships if s.ship_id == record.ship_id)
+    with socket.socket() as other, pytest.raises(OSError):  # the ship holds its server's port
+        other.bind(("127.0.0.1", record.port_base))
     reg.set_volume(record.ship_id, "vol-alice")
     gen = reg.set_container(record.ship_id, spec(record.port_base))
 

@@ -7,6 +7,7 @@ SimFleet whose ships sign, report, long-poll and verify answers with the agent's
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import subprocess
 import sys
@@ -17,12 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from campfleet.local import SHIP_PORT_OFFSET, find_free_port
+from campfleet.local import SHIP_PORT_OFFSET, LocalEvent, find_free_port
 from campfleet.mux.control import ControlServer
 from campfleet.mux.registry import Registry
 from campfleet.protocol import ContainerSpec, ShipState
 from campfleet.simfleet import SimFleet
 from campfleet.standin import BODY
+from tests.integration.conftest import STANDIN, Admin, registry_of, wait_until
 
 SECRET = b"sim-fleet-secret"
 HEARTBEAT = 0.5
@@ -186,3 +188,30 @@ def test_command_line_refuses_bad_input(tmp_path: Path) -> None:
     )  # fmt: skip
     assert no_ships.returncode == 2 and "ships must be at least 1" in no_ships.stderr
     assert "Traceback" not in no_ships.stderr + bad_url.stderr
+
+
+@pytest.mark.slow
+def test_a_room_starts_on_simulated_ships(event_factory: Callable[..., LocalEvent]) -> None:
+    """The whole mux (hub, proxy, ShipSpawner, control API) with the simulator as its fleet."""
+    event = event_factory(12, launch=0, wait=False, singleuser_cmd=STANDIN)
+    event.start_simulated_ships(ramp=1.0)
+    event.wait_ready(timeout=120)
+    admin = Admin(event)
+    names = [f"sim{i:02d}" for i in range(12)]
+    assert admin.api("POST", "/users", json={"usernames": names}).status_code == 201
+    for name in names:
+        assert admin.api("POST", f"/users/{name}/server").status_code in (201, 202)
+    wait_until(lambda: all(admin.server_ready(n) for n in names), 120, "every server ready")
+    for name in names:  # each attendee's first request, through the proxy, to their stand-in
+        page = admin.server_get(name, "lab")
+        assert (page.status_code, page.content) == (200, BODY), name
+    registry = registry_of(event)
+    try:
+        ships = registry.ships()
+    finally:
+        registry.close()
+    assert sorted(s.owner for s in ships if s.owner) == names
+    assert {s.state for s in ships} == {ShipState.RUNNING}
+    event.stop()  # SIGTERM: the simulator writes what it saw
+    stats = json.loads((event.state_dir / "ships" / "simfleet" / "stats.json").read_text())
+    assert stats["rejected"] == {} and stats["containers_started"] == 12

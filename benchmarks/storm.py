@@ -271,6 +271,8 @@ def stock_config(users: int, homes: Path) -> str:
     cmd = STANDIN
     if split_cores() and shutil.which("taskset"):
         cmd = ["taskset", "-c", ",".join(map(str, sorted(SHIP_CPUS))), *STANDIN]
+    elif split_cores():
+        print("note: no taskset (util-linux): the stock arm's servers share the hub's CPU")
     return "\n".join([
         "c.JupyterHub.spawner_class = 'simple'",
         f"c.SimpleLocalProcessSpawner.cmd = {cmd!r}",

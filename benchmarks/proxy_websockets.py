@@ -11,8 +11,8 @@ sends a kernel-message-sized JSON frame every 1/rate seconds (steady load), timi
 The same servers are then reached directly, with the same clients and load. Reported: round
 trip p50/p95/max through the proxy and direct, the proxy's resident memory per open
 connection (RSS with all connections open minus RSS with the routes only, over N), and the
-proxy's CPU-seconds per 1,000 messages. CHP on CPU 0, servers and clients on CPU 1 (see
-storm.py). Saves benchmarks/results/proxy_websockets.json.
+proxy's CPU-seconds per 1,000 messages and how long it waited for a CPU. CHP on CPU 0,
+servers and clients on CPU 1 (see storm.py). Saves benchmarks/results/proxy_websockets.json.
 """
 
 from __future__ import annotations
@@ -39,6 +39,15 @@ from campfleet.mux.hubconfig import proxy_command
 
 # An execute_request-sized frame (a kernel message with a short cell is 500-800 bytes).
 FRAME_PAD = "x" * 600
+
+
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds the process's main thread (node's event loop) waited for a CPU while runnable
+    (/proc/PID/schedstat, field 2): how much of a latency tail is a busy CPU, not the proxy."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def rss_kib(pid: int) -> int:
@@ -186,6 +195,7 @@ async def bench(args: argparse.Namespace, log: Path) -> dict:
 
         def opened() -> dict:
             marks["cpu0"] = cpu_seconds(proxy.pid)
+            marks["wait0"] = runqueue_wait_s(proxy.pid)
             rss = rss_kib(proxy.pid)
             return {
                 "proxy_rss_routes_only_mib": round(rss_routes / 1024, 1),
@@ -199,6 +209,9 @@ async def bench(args: argparse.Namespace, log: Path) -> dict:
             (cpu_seconds(proxy.pid) - marks.get("cpu0", 0.0)) / max(through["messages"], 1) * 1000,
             3,
         )
+        waited = runqueue_wait_s(proxy.pid) - marks.get("wait0", 0.0)
+        through["proxy_runqueue_wait_s"] = round(waited, 2)
+        through["proxy_cpu_s"] = round(cpu_seconds(proxy.pid) - marks.get("cpu0", 0.0), 2)
         print(f"[proxy] {json.dumps(through)}", flush=True)
         print(f"[direct] {n} WebSockets straight to the servers ...", flush=True)
         straight = await session(direct, args.rate, args.duration)

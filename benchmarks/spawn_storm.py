@@ -55,6 +55,7 @@ def main() -> int:
                 for name in ("times", "errors", "unanswered"):
                     getattr(pooled[arm], name).extend(getattr(r, name))
                 pooled[arm].hub_cpu_s += r.hub_cpu_s
+                pooled[arm].hub_runqueue_wait_s += r.hub_runqueue_wait_s
                 pooled[arm].proxy_cpu_s += r.proxy_cpu_s
                 pooled[arm].wall_s += r.wall_s
             rounds.append(this)

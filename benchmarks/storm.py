@@ -64,6 +64,15 @@ def cpu_seconds(pid: Optional[int]) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def runqueue_wait_s(pid: Optional[int]) -> float:
+    """Seconds the main thread (the event loop) of a process waited for a CPU while runnable
+    (/proc/PID/schedstat): on a shared machine, the part of a storm's time that is not the hub."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError, TypeError):
+        return 0.0
+
+
 def proxy_pid(event: LocalEvent) -> Optional[int]:
     try:
         return int((event.hub_dir / "jupyterhub-proxy.pid").read_text().strip())
@@ -122,6 +131,7 @@ class StormResult:
     errors: list[str] = field(default_factory=list)
     unanswered: list[str] = field(default_factory=list)
     hub_cpu_s: float = 0.0
+    hub_runqueue_wait_s: float = 0.0
     proxy_cpu_s: float = 0.0
     wall_s: float = 0.0
 
@@ -132,6 +142,7 @@ class StormResult:
             first_requests_unanswered=len(self.unanswered),
             hub_cpu_s=round(self.hub_cpu_s, 2),
             hub_cpu_s_per_start=round(self.hub_cpu_s / starts, 4),
+            hub_runqueue_wait_s=round(self.hub_runqueue_wait_s, 2),
             proxy_cpu_s=round(self.proxy_cpu_s, 2),
             wall_s=round(self.wall_s, 1),
         )
@@ -174,11 +185,13 @@ async def storm(event: LocalEvent, users: int, token: str) -> StormResult:
                 raise RuntimeError(f"creating users answered {r.status}: {await r.text()}")
         hub_pid, chp_pid = event.hub.pid if event.hub else None, proxy_pid(event)
         hub0, chp0, t0 = cpu_seconds(hub_pid), cpu_seconds(chp_pid), time.perf_counter()
+        wait0 = runqueue_wait_s(hub_pid)
         results = await asyncio.gather(
             *(_start_one(http, api, n) for n in names), return_exceptions=True
         )
         out.wall_s = time.perf_counter() - t0
         out.hub_cpu_s = cpu_seconds(hub_pid) - hub0
+        out.hub_runqueue_wait_s = runqueue_wait_s(hub_pid) - wait0
         out.proxy_cpu_s = cpu_seconds(chp_pid) - chp0
     for result in results:
         if isinstance(result, float):
@@ -258,7 +271,8 @@ def run_event(
     print(
         f"[{label}] p50 {f.get('p50_s')} s  p95 {f.get('p95_s')} s  max {f.get('max_s')} s  "
         f"failures {f['failures']}  unanswered {f['first_requests_unanswered']}  "
-        f"hub CPU {f['hub_cpu_s']} s ({f['hub_cpu_s_per_start'] * 1000:.1f} ms/start)  "
+        f"hub CPU {f['hub_cpu_s']} s ({f['hub_cpu_s_per_start'] * 1000:.1f} ms/start, waited "
+        f"{f['hub_runqueue_wait_s']} s for a CPU)  "
         f"proxy CPU {f['proxy_cpu_s']} s",
         flush=True,
     )

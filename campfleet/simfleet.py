@@ -499,7 +499,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"simfleet: cannot read --secret-file: {exc}", file=sys.stderr)
         return 2
     if args.cpus:
-        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+        try:
+            os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+        except (ValueError, OSError) as exc:
+            print(
+                f"simfleet: --cpus {args.cpus!r}: {exc} (expected e.g. 1 or 0,1)", file=sys.stderr
+            )
+            return 2
     try:
         fleet = SimFleet(
             args.mux, secret, args.ships, args.port_base,

@@ -187,7 +187,12 @@ def test_command_line_refuses_bad_input(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert no_ships.returncode == 2 and "ships must be at least 1" in no_ships.stderr
-    assert "Traceback" not in no_ships.stderr + bad_url.stderr
+    bad_cpus = subprocess.run(
+        [*base, "--mux", "http://127.0.0.1:1", "--ships", "1", "--port-base", "20000",
+         "--cpus", "one"], capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert bad_cpus.returncode == 2 and "--cpus 'one'" in bad_cpus.stderr
+    assert "Traceback" not in no_ships.stderr + bad_url.stderr + bad_cpus.stderr
 
 
 @pytest.mark.slow

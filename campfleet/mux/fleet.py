@@ -28,6 +28,11 @@ log = logging.getLogger("campfleet.fleet")
 
 UNHEALTHY = (ShipState.FAILED, ShipState.LOST)
 COUNTS_INTERVAL = 60.0
+# wait_for keys that are not ship ids: woken only by what their waiters wait for, so a room of
+# attendees waiting at the gate or for a free ship is not woken by every report of every ship
+# (that was waiters x reports wake-ups, each re-counting or re-claiming).
+GATE = "campfleet:gate-opened"
+POOL = "campfleet:ship-freed"
 
 _current: Optional[Fleet] = None
 
@@ -37,6 +42,17 @@ def current() -> Fleet:
     if _current is None:
         raise RuntimeError("no campfleet Fleet in this process; configure the hub with hubconfig")
     return _current
+
+
+def _claimable(record: ShipRecord) -> bool:
+    """What Registry.claim may hand out (its query's conditions, any zone)."""
+    desired = record.desired
+    return (
+        ShipState(record.state) is ShipState.AVAILABLE
+        and record.owner is None
+        and not desired.drain
+        and not desired.terminate
+    )
 
 
 class Fleet:
@@ -152,7 +168,7 @@ class Fleet:
         """Admin override: hand out ships now even below readyPercent (kept across restarts)."""
         self._gate_forced = True
         self._save_state()
-        self._wake(None)
+        self._wake(GATE)
 
     # -- ship image (redeploy) ---------------------------------------------------------------
 
@@ -195,8 +211,8 @@ class Fleet:
     ) -> bool:
         """Wait until `predicate()` holds, re-checking only when the registry changes.
 
-        `ship_id` narrows the wake-ups to changes of that ship; None wakes on any change.
-        Returns False on timeout.
+        `ship_id` narrows the wake-ups to changes of that ship, GATE to the gate opening, POOL
+        to a ship becoming claimable; None wakes on any change. Returns False on timeout.
         """
         deadline = time.monotonic() + timeout
         while not predicate():
@@ -226,11 +242,14 @@ class Fleet:
             self._on_change(ship_id)
 
     def _on_change(self, ship_id: str) -> None:
-        if not self._gate_reached:
-            self.readiness()  # latch the gate the moment the room is ready, not at the next start
+        if not self._gate_reached and self.readiness().open:
+            # latched the moment the room is ready, not at the next start
+            self._wake(GATE)
         self._wake(ship_id)
         record = self.registry.get(ship_id)
         if record is not None:
+            if _claimable(record):
+                self._wake(POOL)
             self._check_health(record)
         for callback in list(self._listeners):
             try:

@@ -39,6 +39,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/spawn_storm.py
 	$(BIN)/python benchmarks/alert_latency.py
 	$(BIN)/python benchmarks/fleet_cost.py
+	$(BIN)/python benchmarks/storm_1000.py
+	$(BIN)/python benchmarks/proxy_websockets.py
 
 clean:
 	rm -rf $(VENV) node_modules .campfleet .pytest_cache .ruff_cache

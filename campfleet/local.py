@@ -421,6 +421,30 @@ class LocalEvent:
             self.agents[ship_id] = self._spawn(cmd, f"ship-{ship_id}.log", ship_dir)
             self._slots[ship_id] = index
 
+    def start_simulated_ships(self, cpus: Optional[set[int]] = None, **options: object) -> None:
+        """Play every ship with one fleet simulator process (campfleet.simfleet) instead of an
+        agent each: same ports, secret and heartbeat; for storms of hundreds of attendees.
+        `cpus` pins it (the benchmarks keep it off the hub's core); `options` are simfleet's
+        flags (ramp=2.0 -> --ramp 2.0). Stopped with the event like an agent."""
+        sim_dir = self.state_dir / "ships" / "simfleet"
+        sim_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable, "-m", "campfleet.simfleet",
+            "--mux", f"http://127.0.0.1:{self.control_port}",
+            "--secret-file", str(self.state_dir / "secrets" / "fleet-secret"),
+            "--ships", str(self.ships),
+            "--port-base", str(self.port_base(0)),
+            "--ports-per-ship", str(PORTS_PER_SHIP),
+            "--zone", ZONE,
+            "--heartbeat", str(self.heartbeat),
+            "--stats", str(sim_dir / "stats.json"),
+        ]  # fmt: skip
+        if cpus:
+            cmd += ["--cpus", ",".join(str(c) for c in sorted(cpus))]
+        for name, value in options.items():
+            cmd += [f"--{name.replace('_', '-')}", str(value)]
+        self.agents["simfleet"] = self._spawn(cmd, "ship-simfleet.log", sim_dir)
+
     def kill_ship(self, ship_id: str) -> None:
         """Crash a ship: SIGKILL its agent and everything it started (fault tests)."""
         with self._agents_lock:

@@ -14,10 +14,12 @@ import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import urlparse
 
+BODY = b'{"standin": true}'  # also what the fleet simulator's stand-ins answer
+
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        body = b'{"standin": true}'
+        body = BODY
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

@@ -68,6 +68,18 @@ class Backoff:
         self.failures = 0
 
 
+def wire_state(state: ShipState, accepted: Optional[ShipState]) -> ShipState:
+    """The state to report for `state` when the mux last accepted `accepted`. A ship the
+    registry does not hold yet (its first report never arrived, or the registry is new) must
+    pass booting -> available before running. (Shared with the fleet simulator.)"""
+    if state in (ShipState.AVAILABLE, ShipState.RUNNING):
+        if accepted is None:
+            return ShipState.BOOTING
+        if accepted is ShipState.BOOTING and state is ShipState.RUNNING:
+            return ShipState.AVAILABLE
+    return state
+
+
 class Agent:
     def __init__(
         self,
@@ -139,15 +151,7 @@ class Agent:
         )
 
     def wire_state(self) -> ShipState:
-        """The state to report. A ship the registry does not hold yet (its first report never
-        arrived, or the registry is new) must pass booting -> available before running."""
-        state = self.state()
-        if state in (ShipState.AVAILABLE, ShipState.RUNNING):
-            if self.accepted is None:
-                return ShipState.BOOTING
-            if self.accepted is ShipState.BOOTING and state is ShipState.RUNNING:
-                return ShipState.AVAILABLE
-        return state
+        return wire_state(self.state(), self.accepted)
 
     def send_report(self) -> bool:
         report = self.report()

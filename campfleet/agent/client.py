@@ -7,7 +7,7 @@ import json
 import threading
 import time
 import urllib.parse
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 from campfleet.protocol import (
     HEADER_SIGNATURE,
@@ -90,39 +90,57 @@ class MuxClient:
         self, path: str, msg: Tuple[bytes, Dict[str, str]], seq: int, timeout: float
     ) -> Desired:
         body, headers = msg
-        headers = dict(headers, **{"Content-Type": "application/json"})
         resp, data = self._exchange(path, body, headers, timeout)
-        if resp.status >= 500:
-            raise MuxUnreachable(f"{self.host}:{self.port}: HTTP {resp.status}")
-        if resp.status != 200:
+        return self.answer(resp.status, data, resp.getheader(HEADER_SIGNATURE), seq)
+
+    def answer(self, status: int, data: bytes, signature: Optional[str], seq: int) -> Desired:
+        """The verified desired state in the mux's answer to request `seq`, else raise.
+
+        Transport-free, so the fleet simulator's asyncio ships check answers exactly as here.
+        """
+        if status >= 500:
+            raise MuxUnreachable(f"{self.host}:{self.port}: HTTP {status}")
+        if status != 200:
             try:
                 err = json.loads(data)
                 kind, reason = str(err["error"]), str(err["reason"])
                 ship_state = str(err.get("ship_state", ""))
             except (ValueError, KeyError, TypeError, AttributeError):
                 kind, reason, ship_state = "http", data[:200].decode(errors="replace"), ""
-            raise MuxRejected(resp.status, kind, reason, ship_state)
+            raise MuxRejected(status, kind, reason, ship_state)
         verdict = validate(
             data,
             self.ship_id,  # the answer must be for this ship, whatever its header says
-            resp.getheader(HEADER_SIGNATURE),
+            signature,
             self.key,
             expect="desired",
             now=time.time(),
             reply_to=seq,
         )
         if not verdict.ok:
-            raise MuxRejected(resp.status, f"answer {verdict.kind}", verdict.reason)
+            raise MuxRejected(status, f"answer {verdict.kind}", verdict.reason)
         return verdict.message  # type: ignore[return-value]
+
+    def report_message(self, report: Report) -> Tuple[str, int, bytes, Dict[str, str]]:
+        """(path, seq, body, headers) of `report`, its seq and ts set now and signed."""
+        seq = self.next_seq()
+        report = Report(**dict(report.__dict__, seq=seq, ts=time.time()))
+        body, headers = encode_report(report, self.key)
+        return "/v1/report", seq, body, dict(headers, **{"Content-Type": "application/json"})
+
+    def poll_message(self, generation: int) -> Tuple[str, int, bytes, Dict[str, str]]:
+        """(path, seq, body, headers) of a signed long-poll for changes from `generation`."""
+        seq = self.next_seq()
+        poll = Poll(ship_id=self.ship_id, generation=generation, seq=seq, ts=time.time())
+        body, headers = encode_poll(poll, self.key)
+        return "/v1/poll", seq, body, dict(headers, **{"Content-Type": "application/json"})
 
     def report(self, report: Report) -> Desired:
         """Send `report` (its seq and ts are set here); return the verified desired state."""
-        seq = self.next_seq()
-        report = Report(**dict(report.__dict__, seq=seq, ts=time.time()))
-        return self._post("/v1/report", encode_report(report, self.key), seq, self.timeout)
+        path, seq, body, headers = self.report_message(report)
+        return self._post(path, (body, headers), seq, self.timeout)
 
     def poll(self, generation: int, wait: float) -> Desired:
         """Block until the desired generation differs from `generation` (or the mux's timeout)."""
-        seq = self.next_seq()
-        poll = Poll(ship_id=self.ship_id, generation=generation, seq=seq, ts=time.time())
-        return self._post("/v1/poll", encode_poll(poll, self.key), seq, wait + self.timeout)
+        path, seq, body, headers = self.poll_message(generation)
+        return self._post(path, (body, headers), seq, wait + self.timeout)

@@ -30,6 +30,11 @@ if TYPE_CHECKING:  # the control API is only started here, never imported at run
 log = logging.getLogger("campfleet.fleet")
 
 UNHEALTHY = (ShipState.FAILED, ShipState.LOST)
+# wait_for keys that are not ship ids: woken only by what their waiters wait for, so a room of
+# attendees waiting at the gate or for a free ship is not woken by every report of every ship
+# (that was waiters x reports wake-ups, each re-counting or re-claiming).
+GATE = "campfleet:gate-opened"
+POOL = "campfleet:ship-freed"
 
 _current: Optional[Fleet] = None
 
@@ -47,6 +52,17 @@ def current() -> Fleet:
     if _current is None:
         raise RuntimeError("no campfleet Fleet in this process; configure the hub with hubconfig")
     return _current
+
+
+def _claimable(record: ShipRecord) -> bool:
+    """What Registry.claim may hand out (its query's conditions, any zone)."""
+    desired = record.desired
+    return (
+        ShipState(record.state) is ShipState.AVAILABLE
+        and record.owner is None
+        and not desired.drain
+        and not desired.terminate
+    )
 
 
 class Fleet:
@@ -214,6 +230,12 @@ class Fleet:
         return r
 
     @property
+    def gate_latched(self) -> bool:
+        """Open for the rest of the event (reached once, or opened by an admin): a start
+        need not count the ships again."""
+        return self._gate_forced or self._gate_reached
+
+    @property
     def gate_forced(self) -> bool:
         return self._gate_forced
 
@@ -221,7 +243,7 @@ class Fleet:
         """Admin override: hand out ships now even below readyPercent (kept across restarts)."""
         self._gate_forced = True
         self._save_state()
-        self._wake(None)
+        self._wake(GATE)
 
     # -- ship image (redeploy) ---------------------------------------------------------------
 
@@ -273,8 +295,8 @@ class Fleet:
     ) -> bool:
         """Wait until `predicate()` holds, re-checking only when the registry changes.
 
-        `ship_id` narrows the wake-ups to changes of that ship; None wakes on any change.
-        Returns False on timeout.
+        `ship_id` narrows the wake-ups to changes of that ship, GATE to the gate opening, POOL
+        to a ship becoming claimable; None wakes on any change. Returns False on timeout.
         """
         deadline = time.monotonic() + timeout
         while not predicate():
@@ -304,11 +326,14 @@ class Fleet:
             self._on_change(ship_id)
 
     def _on_change(self, ship_id: str) -> None:
-        if not self._gate_reached:
-            self.readiness()  # latch the gate the moment the room is ready, not at the next start
+        if not self._gate_reached and self.readiness().open:
+            # latched the moment the room is ready, not at the next start
+            self._wake(GATE)
         self._wake(ship_id)
         record = self.registry.get(ship_id)
         if record is not None:
+            if _claimable(record):
+                self._wake(POOL)
             self._check_health(record)
         for callback in list(self._listeners):
             try:

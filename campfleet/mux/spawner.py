@@ -12,7 +12,6 @@ attendee's ship, each with its own image and port.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any, Optional
 
@@ -28,6 +27,7 @@ from campfleet.protocol import ContainerSpec, ShipState
 GONE = (ShipState.FAILED.value, ShipState.LOST.value, ShipState.TERMINATED.value)
 USABLE = (ShipState.AVAILABLE.value, ShipState.RUNNING.value)
 MAX_SHIP_ATTEMPTS = 3
+GATE_PROGRESS = 2.0  # seconds between "n of m ready" updates while the room is not open
 
 # One ship per attendee even when they start two projects at once.
 _owner_locks: dict[str, asyncio.Lock] = {}
@@ -186,7 +186,10 @@ class ShipSpawner(Spawner):
     # -- start -------------------------------------------------------------------------------
 
     async def progress(self):
-        """Yield the stages `start` records, as they happen (woken, not polled)."""
+        """Yield the stages `start` records, as they happen (woken, not polled: a timeout here
+        woke every open progress page once a second, a thousand wake-ups a second in a storm
+        of 1,000). No await between the check and clear(), so no event is missed; the end of
+        `start` sets the event too."""
         seen = 0
         while True:
             while seen < len(self._events):
@@ -195,8 +198,7 @@ class ShipSpawner(Spawner):
             if self._start_done:
                 return
             self._event_added.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._event_added.wait(), 1.0)
+            await self._event_added.wait()
 
     async def start(self) -> str:
         self._events = []
@@ -238,19 +240,23 @@ class ShipSpawner(Spawner):
         raise ShipError("no ship stayed healthy long enough to start your server; try again")
 
     async def _wait_gate(self) -> None:
+        """Wait for the room to open, telling the attendee how many ships are ready. Woken at
+        once when the gate opens, else every GATE_PROGRESS s to update the count: not by every
+        ship's report (a room waiting early would cost attendees x reports wake-ups)."""
         fleet = self.fleet
-
-        def is_open() -> bool:
-            return fleet.readiness().open
-
-        while not is_open():
+        shown = None
+        while not fleet.gate_latched:  # latched: the common case, no count per start
             r = fleet.readiness()
-            self._emit(
-                5,
-                f"waiting for a ship: {r.ready} of {r.expected} ready "
-                f"(the room opens at {r.needed})",
-            )
-            await fleet.wait_for(lambda r=r: is_open() or fleet.readiness().ready != r.ready, 5.0)
+            if r.open:
+                return
+            if r.ready != shown:
+                shown = r.ready
+                self._emit(
+                    5,
+                    f"waiting for a ship: {r.ready} of {r.expected} ready "
+                    f"(the room opens at {r.needed})",
+                )
+            await fleet.wait_for(lambda: fleet.gate_latched, GATE_PROGRESS, ship_id=fleet_mod.GATE)
 
     async def _ship(self) -> ShipRecord:
         """The attendee's ship: the one they hold if healthy, else a new claim in their zone."""
@@ -300,7 +306,8 @@ class ShipSpawner(Spawner):
         return registry.get(record.ship_id)
 
     async def _next_change(self, timeout: float) -> None:
-        """Sleep until the registry next changes (or `timeout`), then let the caller re-claim.
+        """Sleep until a ship may have become claimable (or `timeout`), then let the caller
+        re-claim.
 
         Not a predicate on counts: "some ship is available" can hold while none is claimable
         here (other zone, claimed, draining), and a predicate already true never yields.
@@ -312,7 +319,7 @@ class ShipSpawner(Spawner):
             was, woken = woken, True
             return was
 
-        await self.fleet.wait_for(second_check, timeout)
+        await self.fleet.wait_for(second_check, timeout, ship_id=fleet_mod.POOL)
 
     def _roomiest_zone(self) -> Optional[str]:
         by_zone = self.fleet.registry.counts_by_zone()

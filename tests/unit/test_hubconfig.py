@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 from traitlets.config import Config
 
 from campfleet.mux import fleet as fleet_mod
-from campfleet.mux.hubconfig import WorkshopAuthenticator, configure
+from campfleet.mux.hubconfig import WorkshopAuthenticator, configure, hub_db_wal
 from campfleet.mux.settings import SettingsError, load, load_secrets, parse
 
 
@@ -94,6 +95,22 @@ def test_configure_sets_room_hub_proxy_and_spawner(tmp_path: Path) -> None:
         assert c.Spawner.start_timeout >= 300
         assert (tmp_path / "volumes" / "vol-local-0003").is_dir()
         assert "allow_named_servers" not in hub  # no projects configured
+    finally:
+        fleet.registry.close()
+
+
+def test_the_hub_database_runs_in_wal_mode(tmp_path: Path) -> None:
+    c = Config()
+    fleet = configure(c, write_settings(tmp_path))
+    try:
+        # The hub opens its database the way JupyterHub does: through a SQLAlchemy engine.
+        engine = sqlalchemy.create_engine(c.JupyterHub.db_url)
+        with engine.connect() as conn:
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+            sync = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+        engine.dispose()
+        assert (mode, sync) == ("wal", 1)  # 1 = NORMAL: no fsync per commit
+        assert sqlalchemy.event.contains(sqlalchemy.engine.Engine, "connect", hub_db_wal)
     finally:
         fleet.registry.close()
 

@@ -269,6 +269,16 @@ def test_volumes_same_owner_forever_prefer_zone(tmp_path: Path) -> None:
     assert {v.owner for v in reg.volumes()} == {"alice", "bob", "carol"}
 
 
+def test_volume_from_the_roomiest_zone_then_the_lowest_id(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "f.sqlite")
+    reg.add_volumes([("vol-c1", "z3"), ("vol-b2", "z2"), ("vol-b1", "z2"), ("vol-a1", "z1")])
+    assert reg.volume_for("ann", prefer_zone="nowhere").volume_id == "vol-b1"  # z2: 2 free
+    # z1, z2 and z3 now have one free each: the lowest id among them
+    assert reg.volume_for("ben").volume_id == "vol-a1"
+    assert reg.volume_for("cat", prefer_zone="z3").volume_id == "vol-c1"
+    assert reg.volume_for("dan", prefer_zone="z3").volume_id == "vol-b2"  # z3 exhausted
+
+
 def test_everything_survives_restart(tmp_path: Path) -> None:
     reg = Registry(tmp_path / "f.sqlite")
     Ship(reg, "i-1").to(S.RUNNING)

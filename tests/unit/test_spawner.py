@@ -316,3 +316,55 @@ async def test_cancelled_start_leaves_no_idle_claim_when_ships_go_back(
         assert fleet.registry.get(held.ship_id).owner is None
     else:
         assert fleet.registry.owned_by("jack").ship_id == held.ship_id  # kept for the event
+
+
+async def churn(agents: FakeAgents, ship_id: str, changes: int) -> None:
+    """`changes` reports of a booting ship that each change something (its probe's port),
+    each in a loop iteration of its own, as reports arrive."""
+    for n in range(changes):
+        probe = ContainerStatus("boot-probe", "ship:1", "sha256:x", "starting", 9500 + n)
+        agents.report(ship_id, ShipState.BOOTING, [probe])
+        await asyncio.sleep(0.005)
+
+
+async def test_attendees_at_the_gate_are_not_woken_by_every_report(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attendees arriving before the room opens wait once each, not once per report: 4 waiters
+    x 60 reports used to be 480 ship counts (each waiter re-counted twice per report)."""
+    agents = FakeAgents(fleet.registry)
+    ships(agents, 2)
+    counts, real = [], fleet.registry.counts
+    monkeypatch.setattr(fleet.registry, "counts", lambda: counts.append(1) or real())
+    starts = [asyncio.ensure_future(make_spawner(f"early{i}").start()) for i in range(4)]
+    await asyncio.sleep(0.1)
+    counted = len(counts)
+    await churn(agents, "i-local-3", 60)
+    await asyncio.sleep(0.1)
+    assert len(counts) - counted <= 60 + 8  # the fleet's own count per change, not per waiter
+    assert not any(s.done() for s in starts)
+    for ship_id in ("i-local-3", "i-local-4"):
+        agents.report(ship_id, ShipState.BOOTING)
+        agents.report(ship_id, ShipState.AVAILABLE)
+    urls = await asyncio.wait_for(asyncio.gather(*starts), 5)  # woken at once by the opening
+    assert len(set(urls)) == 4
+
+
+async def test_attendees_waiting_for_a_ship_wake_only_when_one_is_freed(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agents = FakeAgents(fleet.registry)
+    for i, _ship_id in enumerate(ships(agents, 4)):
+        fleet.registry.claim(f"taken{i}")
+    claims, real = [], fleet.registry.claim
+    monkeypatch.setattr(fleet.registry, "claim", lambda *a, **k: claims.append(1) or real(*a, **k))
+    starts = [asyncio.ensure_future(make_spawner(f"late{i}").start()) for i in range(2)]
+    await asyncio.sleep(0.1)
+    claimed = len(claims)
+    await churn(agents, "i-local-5", 40)  # a new ship still booting: nothing to claim yet
+    await asyncio.sleep(0.1)
+    assert len(claims) == claimed  # nobody re-claimed on those 40 reports
+    fleet.registry.release(fleet.registry.owned_by("taken1").ship_id)
+    agents.report("i-local-5", ShipState.AVAILABLE)
+    urls = await asyncio.wait_for(asyncio.gather(*starts), 5)
+    assert len(set(urls)) == 2

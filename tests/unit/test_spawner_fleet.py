@@ -34,6 +34,7 @@ async def test_gate_and_image_decisions_survive_a_restart(tmp_path: Path) -> Non
 
     registry = Registry(tmp_path / "r.sqlite")
     again = make_fleet(tmp_path, registry)
+    assert again.gate_latched  # before any count: starts skip the gate
     r = again.readiness()
     assert r.open and (r.ready, r.needed) == (0, 2) and again.gate_forced
     assert again.ship_image == "ship:2"
@@ -44,9 +45,10 @@ async def test_gate_latches_once_reached(tmp_path: Path) -> None:
     registry = Registry(tmp_path / "r.sqlite")
     fleet = make_fleet(tmp_path, registry)
     await fleet.start()
+    assert not fleet.gate_latched
     agents = FakeAgents(registry)
     ids = ships(agents, 2)
-    assert fleet.readiness().open and not fleet.gate_forced
+    assert fleet.readiness().open and not fleet.gate_forced and fleet.gate_latched
     registry.mark_lost(now=1e12)  # both ships go silent
     await asyncio.sleep(0.05)
     assert fleet.readiness().ready == 0 and fleet.readiness().open  # moved attendees may start

@@ -1,0 +1,315 @@
+"""What spawn_storm.py and storm_1000.py share: a fair storm of attendees against a local event.
+
+Fair means the machine is split the way AWS splits it: the hub and its proxy (the mux) on one
+core, everything that would run on ships on the other — the fleet simulator and its container
+stand-ins for campfleet, the spawned stand-in processes for the stock spawner — and the storm
+driver (the attendees' browsers) there too. Without the split, 200 agents and the hub share two
+cores, and the figure measures a queue of processes, not a start.
+
+The storm is driven through the hub REST API with a generated token of the event's admin (see
+driver_token): create N users, then
+POST /users/<name>/server for all at once; "ready" is when the hub reports the server ready (the
+POST answers 201, or the progress event stream sends `ready`), timed per attendee from just
+before its POST. After the storm every attendee's first request goes through the proxy to their
+server (GET /user/<name>/), which must answer. The hub's and the proxy's CPU-seconds over the
+storm come from /proc (utime + stime), divided by the starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import aiohttp
+
+from campfleet.local import LocalEvent, find_free_port
+from campfleet.standin import BODY as STANDIN_BODY
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+STANDIN = [sys.executable, "-m", "campfleet.standin"]
+HUB_CPUS, SHIP_CPUS = {0}, {1}
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def split_cores() -> bool:
+    """Can the mux and the ships have a core each? (False on a 1-core machine: no pinning.)"""
+    return len(os.sched_getaffinity(0)) >= 2 and {0, 1} <= os.sched_getaffinity(0)
+
+
+def pin(cpus: set[int]) -> None:
+    """Pin this (main) thread; processes started afterwards inherit it."""
+    if split_cores():
+        os.sched_setaffinity(0, cpus)
+
+
+def cpu_seconds(pid: Optional[int]) -> float:
+    """utime + stime of a process, all threads (0.0 when it is gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def runqueue_wait_s(pid: Optional[int]) -> float:
+    """Seconds the main thread (the event loop) of a process waited for a CPU while runnable
+    (/proc/PID/schedstat): on a shared machine, the part of a storm's time that is not the hub."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError, TypeError):
+        return 0.0
+
+
+def proxy_pid(event: LocalEvent) -> Optional[int]:
+    try:
+        return int((event.hub_dir / "jupyterhub-proxy.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def figures(times: list[float], errors: list[str]) -> dict:
+    """p50/p95/max of start→ready times (seconds) and the failure count."""
+    times = sorted(times)
+    out: dict = {"starts": len(times) + len(errors), "failures": len(errors)}
+    if times:
+        out.update(
+            p50_s=round(statistics.median(times), 3),
+            p95_s=round(times[max(0, round(0.95 * len(times)) - 1)], 3),
+            max_s=round(times[-1], 3),
+        )
+    out["errors"] = errors[:5]
+    return out
+
+
+async def _start_one(http: aiohttp.ClientSession, api: str, name: str) -> float:
+    t0 = time.perf_counter()
+    async with http.post(f"{api}/users/{name}/server") as r:
+        if r.status == 201:
+            return time.perf_counter() - t0
+        if r.status != 202:
+            raise RuntimeError(f"{name}: POST server answered {r.status}: {await r.text()}")
+    async with http.get(f"{api}/users/{name}/server/progress") as r:
+        async for raw in r.content:
+            if not raw.startswith(b"data:"):
+                continue
+            event = json.loads(raw[5:])
+            if event.get("ready"):
+                return time.perf_counter() - t0
+            if event.get("failed"):
+                raise RuntimeError(f"{name}: {event.get('message')}")
+    raise RuntimeError(f"{name}: progress stream ended before ready")
+
+
+async def _first_request(http: aiohttp.ClientSession, base: str, name: str) -> Optional[str]:
+    """The attendee's first request through the proxy: None when their server answered."""
+    try:
+        async with http.get(f"{base}user/{name}/", allow_redirects=False) as r:
+            body = await r.read()
+            if r.status == 200 and body == STANDIN_BODY:
+                return None
+            return f"{name}: GET /user/{name}/ through the proxy answered {r.status}"
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        return f"{name}: GET /user/{name}/ through the proxy failed: {exc!r}"
+
+
+@dataclass
+class StormResult:
+    times: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    unanswered: list[str] = field(default_factory=list)
+    hub_cpu_s: float = 0.0
+    hub_runqueue_wait_s: float = 0.0
+    proxy_cpu_s: float = 0.0
+    wall_s: float = 0.0
+
+    def summary(self) -> dict:
+        f = figures(self.times, self.errors)
+        starts = max(f["starts"], 1)
+        f.update(
+            first_requests_unanswered=len(self.unanswered),
+            hub_cpu_s=round(self.hub_cpu_s, 2),
+            hub_cpu_s_per_start=round(self.hub_cpu_s / starts, 4),
+            hub_runqueue_wait_s=round(self.hub_runqueue_wait_s, 2),
+            proxy_cpu_s=round(self.proxy_cpu_s, 2),
+            wall_s=round(self.wall_s, 1),
+        )
+        if self.unanswered:
+            f["unanswered"] = self.unanswered[:5]
+        return f
+
+
+def driver_token(event: LocalEvent) -> str:
+    """A JupyterHub-generated token of the event's admin user, for the storm driver.
+
+    The admin service's token comes from config, and JupyterHub hashes config tokens with
+    16,384 rounds of SHA-512 on every request (generated ones with one): some 5 ms of hub CPU
+    per request that attendees' browsers, authenticated by cookie, never cost. Falls back to
+    the config token (and says so) if `jupyterhub token` fails.
+    """
+    cmd = [str(Path(sys.executable).parent / "jupyterhub"), "token", event.admin]
+    cmd += ["-f", str(event.state_dir / "jupyterhub_config.py")]
+    try:
+        done = subprocess.run(
+            cmd, cwd=event.hub_dir, capture_output=True, text=True, timeout=120, check=True
+        )
+        token = done.stdout.strip().splitlines()[-1]
+    except (OSError, subprocess.SubprocessError, IndexError) as exc:
+        print(f"note: jupyterhub token failed ({exc}); driving with the config token", flush=True)
+        return event.api_token
+    return token
+
+
+async def storm(event: LocalEvent, users: int, token: str) -> StormResult:
+    api = f"{event.url}hub/api"
+    names = [f"attendee{i:04d}" for i in range(users)]
+    timeout = aiohttp.ClientTimeout(total=900)
+    headers = {"Authorization": f"token {token}"}
+    out = StormResult()
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector) as http:
+        async with http.post(f"{api}/users", json={"usernames": names}) as r:
+            if r.status != 201:
+                raise RuntimeError(f"creating users answered {r.status}: {await r.text()}")
+        hub_pid, chp_pid = event.hub.pid if event.hub else None, proxy_pid(event)
+        hub0, chp0, t0 = cpu_seconds(hub_pid), cpu_seconds(chp_pid), time.perf_counter()
+        wait0 = runqueue_wait_s(hub_pid)
+        results = await asyncio.gather(
+            *(_start_one(http, api, n) for n in names), return_exceptions=True
+        )
+        out.wall_s = time.perf_counter() - t0
+        out.hub_cpu_s = cpu_seconds(hub_pid) - hub0
+        out.hub_runqueue_wait_s = runqueue_wait_s(hub_pid) - wait0
+        out.proxy_cpu_s = cpu_seconds(chp_pid) - chp0
+    for result in results:
+        if isinstance(result, float):
+            out.times.append(result)
+        else:
+            out.errors.append(str(result))
+    started = [n for n, r in zip(names, results) if isinstance(r, float)]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
+        answers = await asyncio.gather(*(_first_request(http, event.url, n) for n in started))
+    out.unanswered = [a for a in answers if a]
+    return out
+
+
+@contextlib.contextmanager
+def profiler(pid: int, path: Optional[Path]):
+    """py-spy (PyPI) recording the hub while the block runs; nothing when path is None."""
+    if path is None:
+        yield
+        return
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--rate", "100", "--format", "raw", "--output",
+         str(path), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        time.sleep(1.0)  # py-spy attaches
+        yield
+    finally:
+        proc.send_signal(2)  # SIGINT: py-spy writes its file and exits
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(30)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def run_event(
+    label: str,
+    users: int,
+    ships: int,
+    state: Path,
+    *,
+    extra_config: str = "",
+    profile: Optional[Path] = None,
+    lost_after: int = 12,
+) -> StormResult:
+    """Start an event (hub on HUB_CPUS; simulated ships on SHIP_CPUS), storm it, stop it.
+
+    The stock arm runs the same event with one simulated ship (the hub's control API is part
+    of every mux); its servers come from extra_config's spawner."""
+    port = find_free_port(ships)
+    event = LocalEvent(
+        ships=ships,
+        port=port,
+        state_dir=state,
+        heartbeat=5.0,
+        lost_after=lost_after,
+        singleuser_cmd=STANDIN,
+        extra_config=extra_config,
+    )
+    print(f"[{label}] starting hub and {ships} ship(s) on 127.0.0.1:{port} ...", flush=True)
+    pin(HUB_CPUS)  # the hub and the proxy it starts inherit this
+    try:
+        event.start(launch=0)
+        pin(SHIP_CPUS)  # the simulator and this process's storm driver
+        event.start_simulated_ships(SHIP_CPUS if split_cores() else None, ramp=2.0)
+        event.wait_ready(timeout=600)
+        token = driver_token(event)
+        print(f"[{label}] ready; storm of {users} starts", flush=True)
+        with profiler(event.hub.pid, profile):
+            result = asyncio.run(storm(event, users, token))
+    finally:
+        event.stop()
+        pin(HUB_CPUS | SHIP_CPUS)
+    f = result.summary()
+    print(
+        f"[{label}] p50 {f.get('p50_s')} s  p95 {f.get('p95_s')} s  max {f.get('max_s')} s  "
+        f"failures {f['failures']}  unanswered {f['first_requests_unanswered']}  "
+        f"hub CPU {f['hub_cpu_s']} s ({f['hub_cpu_s_per_start'] * 1000:.1f} ms/start, waited "
+        f"{f['hub_runqueue_wait_s']} s for a CPU)  "
+        f"proxy CPU {f['proxy_cpu_s']} s",
+        flush=True,
+    )
+    return result
+
+
+def stock_config(users: int, homes: Path) -> str:
+    """JupyterHub's SimpleLocalProcessSpawner starting the same stand-in, pinned to the ships'
+    core (taskset, so the interpreter starts there: a ship's work is not the mux's)."""
+    cmd = STANDIN
+    if split_cores() and shutil.which("taskset"):
+        cmd = ["taskset", "-c", ",".join(map(str, sorted(SHIP_CPUS))), *STANDIN]
+    elif split_cores():
+        print("note: no taskset (util-linux): the stock arm's servers share the hub's CPU")
+    return "\n".join([
+        "c.JupyterHub.spawner_class = 'simple'",
+        f"c.SimpleLocalProcessSpawner.cmd = {cmd!r}",
+        f"c.SimpleLocalProcessSpawner.home_dir_template = '{homes}/{{username}}'",
+        # hubconfig derives the spawn limit from the fleet size; the stock run has no
+        # fleet, so give it the same limit as the campfleet run.
+        f"c.JupyterHub.concurrent_spawn_limit = {max(users, 10)}",
+    ])  # fmt: skip
+
+
+def machine() -> dict:
+    return {
+        "cpus": os.cpu_count(),
+        "split": "hub+proxy on CPU 0; simulator, stand-ins and the storm driver on CPU 1"
+        if split_cores()
+        else "not pinned (fewer than 2 CPUs)",
+        "loadavg_at_start": list(os.getloadavg()),
+    }
+
+
+def save(name: str, result: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"saved {path.relative_to(ROOT)}")
+    return path

@@ -1,0 +1,58 @@
+"""Storm of 1,000: a whole large class starts at once on campfleet with a simulated fleet.
+
+Run: .venv/bin/python benchmarks/storm_1000.py [--users 1000] [--profile FILE]
+
+One local event with 1,000 ships played by the fleet simulator (campfleet.simfleet, one
+process, the real signed control protocol) and 1,000 attendees starting at once through the
+hub REST API; hub + proxy on CPU 0, simulator and driver on CPU 1 (see storm.py). Every
+attendee's first request then goes through the proxy to their server. Prints p50/p95/max,
+failures, unanswered first requests and the hub's CPU-seconds per start; --profile records the
+hub with py-spy (raw collapsed stacks) over the storm. Saves benchmarks/results/storm_1000.json.
+Target: 0 failures, every first request answered, p95 <= 60 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from storm import machine, run_event, save
+
+P95_TARGET_S = 60.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--users", type=int, default=1000, help="attendees (= ships)")
+    parser.add_argument("--profile", type=Path, help="py-spy raw profile of the hub, to here")
+    parser.add_argument("--keep", type=Path, help="keep state and logs in this directory")
+    args = parser.parse_args()
+    info = machine()
+    with tempfile.TemporaryDirectory(prefix="storm-1000-") as scratch:
+        tmp = args.keep or Path(scratch)
+        r = run_event("campfleet", args.users, args.users, tmp / "event", profile=args.profile)
+    f = r.summary()
+    failures = f["failures"] + f["first_requests_unanswered"]
+    ok = failures == 0 and f.get("p95_s") is not None and f["p95_s"] <= P95_TARGET_S
+    save(
+        "storm_1000",
+        {
+            "benchmark": "storm_1000",
+            "users": args.users,
+            "ships": args.users,
+            "machine": info,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "campfleet": f,
+            "target": f"0 failures, every first request answered, p95 <= {P95_TARGET_S:g} s",
+            "pass": ok,
+        },
+    )
+    print(f"storm {args.users}: failures {failures}, p95 {f.get('p95_s')} s")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,11 +9,13 @@ the cloud to replace every ship that goes `failed` or `lost`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -28,6 +30,7 @@ log = logging.getLogger("campfleet.fleet")
 
 UNHEALTHY = (ShipState.FAILED, ShipState.LOST)
 COUNTS_INTERVAL = 60.0
+RECENT_REFUSALS = 50
 
 _current: Optional[Fleet] = None
 
@@ -37,6 +40,16 @@ def current() -> Fleet:
     if _current is None:
         raise RuntimeError("no campfleet Fleet in this process; configure the hub with hubconfig")
     return _current
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One attendee turned away: when, who, a short reason label and the words they read."""
+
+    ts: float
+    attendee: str
+    reason: str
+    message: str
 
 
 class Fleet:
@@ -71,6 +84,7 @@ class Fleet:
         self._listeners: list[Callable[[str], None]] = []
         self._watchers: dict[str, list[Callable[[], None]]] = {}
         self._marked_unhealthy: set[str] = set()
+        self.refusals: collections.deque[Refusal] = collections.deque(maxlen=RECENT_REFUSALS)
         self._tasks: set[asyncio.Task] = set()
         self._counts_task: Optional[asyncio.Task] = None
         self.started = time.time()
@@ -147,6 +161,13 @@ class Fleet:
         self._gate_forced = True
         self._save_state()
         self._wake(None)
+
+    # -- refusals ---------------------------------------------------------------------------
+
+    def refuse(self, attendee: str, reason: str, message: str) -> None:
+        """Record a refusal an attendee was shown, so the organizers see the same words."""
+        self.refusals.append(Refusal(time.time(), attendee, reason, message))
+        log.warning("fleet: refused %s (%s): %s", attendee, reason, message)
 
     # -- ship image (redeploy) ---------------------------------------------------------------
 

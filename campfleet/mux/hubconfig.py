@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from jupyterhub.authenticators.shared import SharedPasswordAuthenticator
+from jupyterhub.utils import url_path_join
 from tornado import web
 
+from campfleet.mux import fleet as fleet_mod
 from campfleet.mux import fleetview
 from campfleet.mux.cloud import AwsCloud, Cloud, LocalCloud
 from campfleet.mux.control import ControlServer
@@ -58,16 +60,26 @@ class WorkshopAuthenticator(SharedPasswordAuthenticator):
             and existing.orm_user.last_activity is not None
             and (claimed_by or b"").decode("utf8", "replace") != name
         ):
-            self.log.warning("refused login as %r: the name is in use by another browser", name)
-            raise web.HTTPError(
-                403,
-                f"The name {name!r} is already in use. Pick another name, "
-                "or ask an organizer to free it.",
+            message = (
+                f"The name {name!r} is already in use at this event, from another browser. "
+                "Pick another name, or ask an organizer to free this one."
             )
+            fleet_mod.current().refuse(name, "name-in-use", message)
+            raise web.HTTPError(403, "%s", message)
         handler.set_secure_cookie(
             CLAIM_COOKIE, name, expires_days=CLAIM_DAYS, path=handler.hub.base_url, httponly=True
         )
         return result
+
+
+def landing_url(handler: web.RequestHandler) -> str:
+    """Where a login or the hub's root sends a user: admins to the fleet page (they take a
+    ship only when they start a server themselves), everyone else JupyterHub's default
+    (their own server, starting it)."""
+    user = handler.current_user
+    if getattr(user, "admin", False):
+        return url_path_join(handler.hub.base_url, "fleet")
+    return ""
 
 
 def _chp_script() -> Path:
@@ -176,6 +188,9 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
     hub.authenticator_class = WorkshopAuthenticator
     hub.admin_access = False
     hub.extra_handlers = fleetview.handlers(fleet)
+    hub.default_url = landing_url
+    # Our page.html adds the fleet page to the hub's navigation bar on every hub page.
+    hub.template_paths = [str(fleetview.TEMPLATES)]
 
     proxy = c.ConfigurableHTTPProxy
     proxy.command = proxy_command()
@@ -203,7 +218,9 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
         # Projects are named servers: one container per project on the attendee's ship.
         c.ShipSpawner.projects = settings.projects
         hub.allow_named_servers = True
-        hub.named_server_limit_per_user = len(settings.projects)
+        # No count limit: only project names start (ShipSpawner refuses any other name, 404),
+        # and a count would let one mistyped name block a real project for good.
+        hub.named_server_limit_per_user = 0
     if secrets.api_token:
         # An admin token for organizer tools (`campfleet status/redeploy`, benchmarks).
         hub.services = [{"name": ADMIN_SERVICE, "api_token": secrets.api_token}]

@@ -105,7 +105,7 @@ def test_projects_become_named_servers(tmp_path: Path) -> None:
     fleet.registry.close()
     assert c.ShipSpawner.projects == projects
     assert c.JupyterHub.allow_named_servers is True
-    assert c.JupyterHub.named_server_limit_per_user == 2
+    assert c.JupyterHub.named_server_limit_per_user == 0  # names are checked, not counted
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 The same code as on AWS (hubconfig, ShipSpawner, registry, control API, agent) on 127.0.0.1:
 ships are local agents whose "containers" are processes and whose "volumes" are directories.
+The proxy and the hub are separate services, each restarted on its own by a small supervisor
+when it exits (as systemd does on the mux), so a hub crash leaves attendees connected.
 Used by `campfleet local`, the integration tests and the spawn-storm benchmark. Every process
 runs in its own process group and is tracked, so `stop()` leaves nothing behind, and the next
 `start()` cleans up after a run that crashed.
@@ -19,9 +21,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -32,6 +36,9 @@ SHIP_PORT_OFFSET = 100  # ship i's ports start at port + 100 + 10 * i
 PORTS_PER_SHIP = 10
 ZONE = "local-a"
 ProgressCallback = Callable[[dict, int, int], None]
+SUPERVISE_INTERVAL = 0.2  # how soon a dead service is noticed (systemd: at once, RestartSec)
+RESTART_BURST = 5  # like systemd's StartLimitBurst: more restarts than this in ...
+RESTART_WINDOW = 60.0  # ... this many seconds, and the service is given up as failed
 
 
 class LocalEventError(Exception):
@@ -166,6 +173,19 @@ def _terminate(pids: list[int], timeout: float) -> None:
             return
 
 
+@dataclass
+class Service:
+    """One supervised process of the mux (proxy, hub): restarted on its own when it exits."""
+
+    name: str
+    cmd: list[str]
+    cwd: Path
+    process: Optional[subprocess.Popen] = None
+    wanted: bool = False  # started and not stopped on purpose: restart it if it exits
+    restarts: list[float] = field(default_factory=list)
+    failed: str = ""  # set when it exited too often; the event reports it and stops trying
+
+
 class LocalEvent:
     """Start, watch and stop a local event; see the module docstring."""
 
@@ -210,9 +230,18 @@ class LocalEvent:
         self.password = ""
         self.admin_password = ""
         self.api_token = ""
-        self.hub: Optional[subprocess.Popen] = None
+        self.services: dict[str, Service] = {}
         self.agents: dict[str, subprocess.Popen] = {}
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._supervisor: Optional[threading.Thread] = None
         self.url = f"http://127.0.0.1:{port}/"
+
+    @property
+    def hub(self) -> Optional[subprocess.Popen]:
+        """The hub's current process (a new one after each restart), None once stopped."""
+        service = self.services.get("hub")
+        return service.process if service is not None and service.wanted else None
 
     # -- ports and ids -----------------------------------------------------------------------
 
@@ -254,8 +283,16 @@ class LocalEvent:
         shutil.rmtree(self.state_dir / "ships", ignore_errors=True)
         self._write_secrets()
         self._write_settings()
+        # The proxy first and on its own: the hub only talks to it, so either can restart alone.
+        self.start_service("proxy")
+        self._wait_port(self.proxy_api_port, "proxy", 30.0)
         self.start_hub()
         self._wait_hub()
+        self._stopping.clear()
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="campfleet-local-supervisor", daemon=True
+        )
+        self._supervisor.start()
         for index, ship_id in enumerate(self.ship_ids()[:launch]):
             self.start_ship(ship_id, index)
 
@@ -357,17 +394,94 @@ class LocalEvent:
         finally:
             log.close()
 
+    def _service_cmd(self, name: str) -> list[str]:
+        if name == "proxy":
+            return [sys.executable, "-m", "campfleet.mux.proxy", str(self.settings_path)]
+        if name == "hub":
+            return [_bin("jupyterhub"), "-f", str(self.state_dir / "jupyterhub_config.py")]
+        raise ValueError(f"no service {name!r}")
+
+    def pid_file(self, name: str) -> Path:
+        """Where a service's current pid is written (`kill -9 $(cat ...)` to try a crash)."""
+        return self.state_dir / "run" / f"{name}.pid"
+
+    def start_service(self, name: str) -> None:
+        """Start (or start again) one service; from now on the supervisor restarts it."""
+        with self._lock:
+            service = self.services.get(name)
+            if service is None:
+                service = self.services[name] = Service(name, self._service_cmd(name), self.hub_dir)
+            service.process = self._spawn(service.cmd, f"{name}.log", service.cwd)
+            service.wanted, service.failed = True, ""
+            self.pid_file(name).parent.mkdir(parents=True, exist_ok=True)
+            self.pid_file(name).write_text(f"{service.process.pid}\n")
+
+    def stop_service(self, name: str, timeout: float = 15.0) -> None:
+        """Stop one service on purpose (the supervisor leaves it stopped)."""
+        with self._lock:
+            service = self.services.get(name)
+            if service is None or service.process is None:
+                return
+            service.wanted = False
+            _terminate([service.process.pid], timeout)
+            service.process.wait(timeout=5)
+            self.pid_file(name).unlink(missing_ok=True)
+
+    def kill_service(self, name: str) -> int:
+        """SIGKILL one service, as a crash or the OOM killer would; returns the pid killed.
+        The supervisor notices and starts it again."""
+        process = self.services[name].process
+        assert process is not None
+        os.kill(process.pid, signal.SIGKILL)
+        return process.pid
+
+    def _supervise(self) -> None:
+        """Restart every wanted service that exited, like systemd's Restart=always."""
+        while not self._stopping.wait(SUPERVISE_INTERVAL):
+            with self._lock:
+                for service in self.services.values():
+                    if not service.wanted or service.process is None:
+                        continue
+                    code = service.process.poll()
+                    if code is None:
+                        continue
+                    now = time.monotonic()
+                    service.restarts = [t for t in service.restarts if now - t < RESTART_WINDOW]
+                    service.restarts.append(now)
+                    log = self.log_dir / f"{service.name}.log"
+                    if len(service.restarts) > RESTART_BURST:
+                        service.wanted = False
+                        service.failed = (
+                            f"the {service.name} exited {len(service.restarts)} times in "
+                            f"{RESTART_WINDOW:.0f} s; see {log}: {self._last_line(log.name)}"
+                        )
+                        continue
+                    with open(log, "a") as f:
+                        f.write(f"campfleet local: {service.name} exited ({code}); restarting\n")
+                    self.start_service(service.name)
+
     def start_hub(self) -> None:
-        """Start (or restart) the hub; it starts the proxy and the control API itself."""
-        self.hub = self._spawn(
-            [_bin("jupyterhub"), "-f", str(self.state_dir / "jupyterhub_config.py")],
-            "hub.log",
-            self.hub_dir,
-        )
+        """Start (or restart) the hub; the proxy keeps running on its own."""
+        self.start_service("hub")
+
+    def _wait_port(self, port: int, what: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not _listening(port):
+            service = self.services[what]
+            if service.process is not None and service.process.poll() is not None:
+                raise LocalEventError(
+                    f"the {what} exited; see {self.log_dir / (what + '.log')}: "
+                    f"{self._last_line(what + '.log')}"
+                )
+            if time.monotonic() > deadline:
+                raise LocalEventError(
+                    f"the {what} did not listen on port {port} in {timeout:.0f} s"
+                )
+            time.sleep(0.05)
 
     def _wait_hub(self, timeout: float = 120.0) -> None:
         """Start ships once the hub is fully up: they report from their first second on, and
-        hundreds of agents booting at once must not starve the proxy the hub is starting."""
+        hundreds of agents booting at once must not starve the proxy."""
         deadline = time.monotonic() + timeout
         while not (_listening(self.control_port) and self._hub_answers()):
             self._check_alive()
@@ -379,12 +493,8 @@ class LocalEvent:
             time.sleep(0.1)
 
     def stop_hub(self, timeout: float = 15.0) -> None:
-        """Stop the hub and its proxy; ships and their servers keep running (as on AWS)."""
-        if self.hub is not None:
-            _terminate([self.hub.pid], timeout)
-            self.hub.wait(timeout=5)
-            self.hub = None
-        self._kill_pidfile(self.hub_dir / "jupyterhub-proxy.pid")
+        """Stop the hub only; the proxy, ships and attendees' servers keep running (as on AWS)."""
+        self.stop_service("hub", timeout)
 
     def restart_hub(self) -> None:
         self.stop_hub()
@@ -431,10 +541,18 @@ class LocalEvent:
             registry.close()
 
     def _check_alive(self) -> None:
-        if self.hub is None or self.hub.poll() is not None:
-            raise LocalEventError(
-                f"the hub exited; see {self.log_dir / 'hub.log'}: {self._last_line('hub.log')}"
-            )
+        """Raise if a service gave up (or, before the supervisor runs, exited) or a ship died."""
+        supervised = self._supervisor is not None and self._supervisor.is_alive()
+        for service in self.services.values():
+            if service.failed:
+                raise LocalEventError(service.failed)
+            exited = service.process is None or service.process.poll() is not None
+            if service.wanted and exited and not supervised:
+                log_name = f"{service.name}.log"
+                raise LocalEventError(
+                    f"the {service.name} exited; see {self.log_dir / log_name}: "
+                    f"{self._last_line(log_name)}"
+                )
         for ship_id, agent in self.agents.items():
             if agent.poll() is not None:
                 log_name = f"ship-{ship_id}.log"
@@ -499,15 +617,21 @@ class LocalEvent:
         """Stop every process left in this state dir (by pid file, cwd or command line)."""
         if not self.state_dir.exists():
             return
-        self._kill_pidfile(self.hub_dir / "jupyterhub-proxy.pid")
+        for name in ("hub", "proxy"):
+            self._kill_pidfile(self.pid_file(name))
         self._kill_pidfile(self.hub_dir / "jupyterhub.pid")
         pids = _processes_under(self.state_dir)
         if pids:
             _terminate(pids, 5.0)
 
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM hub and ships (each process group), wait, SIGKILL; no process is left."""
+        """SIGTERM hub, proxy and ships (each process group), wait, SIGKILL; nothing is left."""
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=5)
+            self._supervisor = None
         self.stop_hub(timeout)
+        self.stop_service("proxy", timeout)
         agents = [a.pid for a in self.agents.values()]
         descendants = [c for pid in agents for c in _children(pid)]
         _terminate(agents, timeout)

@@ -31,6 +31,7 @@ log = logging.getLogger("campfleet.fleet")
 UNHEALTHY = (ShipState.FAILED, ShipState.LOST)
 COUNTS_INTERVAL = 60.0
 RECENT_REFUSALS = 50
+RECENT_PROXY_OUTAGES = 20
 
 _current: Optional[Fleet] = None
 
@@ -85,6 +86,9 @@ class Fleet:
         self._watchers: dict[str, list[Callable[[], None]]] = {}
         self._marked_unhealthy: set[str] = set()
         self.refusals: collections.deque[Refusal] = collections.deque(maxlen=RECENT_REFUSALS)
+        self.proxy_outages: collections.deque[tuple[float, float]] = collections.deque(
+            maxlen=RECENT_PROXY_OUTAGES
+        )
         self._tasks: set[asyncio.Task] = set()
         self._counts_task: Optional[asyncio.Task] = None
         self.started = time.time()
@@ -168,6 +172,11 @@ class Fleet:
         """Record a refusal an attendee was shown, so the organizers see the same words."""
         self.refusals.append(Refusal(time.time(), attendee, reason, message))
         log.warning("fleet: refused %s (%s): %s", attendee, reason, message)
+
+    def record_proxy_outage(self, started: float, restored: float) -> None:
+        """The proxy was down or without routes from `started` (last good check) to `restored`."""
+        self.proxy_outages.append((started, restored))
+        log.warning("fleet: attendees were cut off by the proxy for %.1f s", restored - started)
 
     # -- ship image (redeploy) ---------------------------------------------------------------
 

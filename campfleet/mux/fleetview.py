@@ -86,6 +86,13 @@ def snapshot(fleet: Fleet, redeployer: Redeployer) -> dict[str, Any]:
             {"ts": r.ts, "attendee": r.attendee, "reason": r.reason, "message": r.message}
             for r in reversed(fleet.refusals)
         ],
+        "proxyOutages": [
+            {
+                "at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
+                "seconds": round(restored - started, 1),
+            }
+            for started, restored in reversed(fleet.proxy_outages)
+        ],
         "rejections": dict(fleet.control.rejections),
         "cloud": [
             {"ts": c.ts, "action": c.action, "target": c.target, "detail": c.detail, "ok": c.ok}

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Optional
 
+from jupyterhub.app import JupyterHub
 from jupyterhub.authenticators.shared import SharedPasswordAuthenticator
 from jupyterhub.utils import url_path_join
 from tornado import web
@@ -24,15 +24,14 @@ from campfleet.mux import fleetview
 from campfleet.mux.cloud import AwsCloud, Cloud, LocalCloud
 from campfleet.mux.control import ControlServer
 from campfleet.mux.fleet import Fleet
+from campfleet.mux.proxy import hub_url
+from campfleet.mux.proxywatch import ProxyWatch
 from campfleet.mux.registry import Registry
-from campfleet.mux.settings import Secrets, Settings, SettingsError, load, load_secrets
+from campfleet.mux.settings import Secrets, Settings, load, load_secrets
 
 log = logging.getLogger("campfleet.hubconfig")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CLAIM_COOKIE = "campfleet-name"
-NODE_MAX_OLD_SPACE_MB = 1024
-PROXY_TIMEOUT_MS = 5 * 60 * 1000  # long-running notebook requests (uploads, big outputs)
 CLAIM_DAYS = 30
 ADMIN_SERVICE = "campfleet-admin"
 # What organizer tools need: manage users and servers, reach servers, read metrics.
@@ -82,32 +81,6 @@ def landing_url(handler: web.RequestHandler) -> str:
     return ""
 
 
-def _chp_script() -> Path:
-    """The pinned configurable-http-proxy: the checkout's node_modules (make local), else the
-    one on PATH (the mux image puts its npm-ci'd node_modules/.bin there)."""
-    checkout = REPO_ROOT / "node_modules" / "configurable-http-proxy" / "bin"
-    on_path = shutil.which("configurable-http-proxy")
-    for candidate in (checkout / "configurable-http-proxy", Path(on_path) if on_path else None):
-        if candidate is not None and candidate.exists():
-            return candidate.resolve()
-    raise SettingsError(
-        "configurable-http-proxy not found: run `npm ci` in the project (package.json pins it)"
-    )
-
-
-def proxy_command() -> list[str]:
-    """configurable-http-proxy under node with its heap and timeouts set for hundreds of users."""
-    node = shutil.which("node") or "node"
-    return [
-        node,
-        f"--max-old-space-size={NODE_MAX_OLD_SPACE_MB}",
-        str(_chp_script()),
-        f"--timeout={PROXY_TIMEOUT_MS}",
-        f"--proxy-timeout={PROXY_TIMEOUT_MS}",
-        "--keep-alive-timeout=65000",
-    ]
-
-
 def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
     """The Fleet for this hub: registry on disk, the right cloud, the control API."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -135,6 +108,9 @@ def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
     ).install()
 
 
+_background: set[asyncio.Task] = set()  # keeps the hub's background tasks referenced
+
+
 def _start_in_hub_loop(fleet: Fleet) -> None:
     """Start the control API in the loop JupyterHub is loading its config in.
 
@@ -159,6 +135,9 @@ def _start_in_hub_loop(fleet: Fleet) -> None:
 
     task = loop.create_task(fleet.start())
     task.add_done_callback(done)
+    # The proxy is its own service: put the routes back whenever it restarts empty.
+    watch = loop.create_task(ProxyWatch(fleet).run(JupyterHub.instance()))
+    _background.add(watch)
 
 
 def configure(c: Any, settings_path: Path | str) -> Fleet:
@@ -174,7 +153,7 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
     hub.port = settings.public_port
     hub.hub_ip = settings.control_address
     hub.hub_port = settings.hub_port
-    hub.hub_connect_url = f"http://{settings.control_address}:{settings.hub_port}"
+    hub.hub_connect_url = hub_url(settings)
     hub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
     hub.cookie_secret = secrets.cookie_secret
     hub.pid_file = str(state / "jupyterhub.pid")
@@ -192,11 +171,12 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
     # Our page.html adds the fleet page to the hub's navigation bar on every hub page.
     hub.template_paths = [str(fleetview.TEMPLATES)]
 
+    # The proxy is its own service (campfleet.mux.proxy), started and restarted beside the
+    # hub, so a hub crash or restart leaves every attendee's connection open.
     proxy = c.ConfigurableHTTPProxy
-    proxy.command = proxy_command()
+    proxy.should_start = False
     proxy.auth_token = secrets.proxy_token
     proxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
-    proxy.pid_file = str(state / "jupyterhub-proxy.pid")
 
     auth = c.WorkshopAuthenticator
     auth.user_password = secrets.shared_password or None

@@ -128,8 +128,8 @@ class Attendee:
     def server_xsrf(self) -> str:
         return self.http.cookies.get("_xsrf", path=f"/user/{self.name}/") or ""
 
-    def run_code(self, code: str, timeout: float = 60) -> str:
-        """Start a kernel, execute `code` over the kernel websocket, return its stdout."""
+    def open_kernel(self, timeout: float = 60) -> KernelChannel:
+        """Start a kernel and open its websocket through the proxy, as JupyterLab does."""
         headers = {"X-XSRFToken": self.server_xsrf()}
         r = self.http.post(
             f"{self.base}/user/{self.name}/api/kernels", json={}, headers=headers, timeout=60
@@ -142,34 +142,56 @@ class Attendee:
             header=[f"Cookie: {cookies}", f"X-XSRFToken: {self.server_xsrf()}"],
             timeout=timeout,
         )
+        return KernelChannel(self, kernel, ws, timeout)
+
+    def run_code(self, code: str, timeout: float = 60) -> str:
+        """Start a kernel, execute `code` over the kernel websocket, return its stdout."""
+        channel = self.open_kernel(timeout)
         try:
-            msg_id = uuid.uuid4().hex
-            ws.send(json.dumps({
-                "header": {"msg_id": msg_id, "username": self.name, "session": uuid.uuid4().hex,
-                           "msg_type": "execute_request", "version": "5.3", "date": ""},
-                "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-                "content": {"code": code, "silent": False, "store_history": False,
-                            "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
-            }))  # fmt: skip
-            out = []
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                msg = json.loads(ws.recv())
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                kind = msg["msg_type"]
-                if kind == "stream":
-                    out.append(msg["content"]["text"])
-                elif kind == "error":
-                    raise AssertionError(f"kernel error: {msg['content']['evalue']}")
-                elif kind == "status" and msg["content"]["execution_state"] == "idle":
-                    return "".join(out)
-            raise AssertionError("no idle status from the kernel in time")
+            return channel.execute(code)
         finally:
-            ws.close()
-            self.http.delete(
-                f"{self.base}/user/{self.name}/api/kernels/{kernel}", headers=headers, timeout=30
-            )
+            channel.close()
+
+
+class KernelChannel:
+    """One open kernel websocket: execute code through it, again and again."""
+
+    def __init__(self, attendee: Attendee, kernel: str, ws: websocket.WebSocket, timeout: float):
+        self.attendee, self.kernel, self.ws, self.timeout = attendee, kernel, ws, timeout
+        self.session = uuid.uuid4().hex
+
+    def execute(self, code: str) -> str:
+        msg_id = uuid.uuid4().hex
+        self.ws.send(json.dumps({
+            "header": {"msg_id": msg_id, "username": self.attendee.name, "session": self.session,
+                       "msg_type": "execute_request", "version": "5.3", "date": ""},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+            "content": {"code": code, "silent": False, "store_history": False,
+                        "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
+        }))  # fmt: skip
+        out = []
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            msg = json.loads(self.ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["msg_type"]
+            if kind == "stream":
+                out.append(msg["content"]["text"])
+            elif kind == "error":
+                raise AssertionError(f"kernel error: {msg['content']['evalue']}")
+            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                return "".join(out)
+        raise AssertionError("no idle status from the kernel in time")
+
+    def close(self) -> None:
+        self.ws.close()
+        a = self.attendee
+        a.http.delete(
+            f"{a.base}/user/{a.name}/api/kernels/{self.kernel}",
+            headers={"X-XSRFToken": a.server_xsrf()},
+            timeout=30,
+        )
 
 
 class Admin:

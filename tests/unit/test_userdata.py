@@ -6,6 +6,7 @@ import base64
 import gzip
 import json
 import random
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -257,6 +258,7 @@ def test_documents_cannot_break_the_yaml() -> None:
         "/root/.docker/config.json",
         "/usr/local/sbin/campfleet-pull",
         "/usr/local/sbin/campfleet-mux-state",
+        "/etc/systemd/system/campfleet-proxy.service",
         "/etc/systemd/system/campfleet-mux.service",
     }
     assert json.loads(written["/etc/campfleet/mux.json"]["content"]) == hostile
@@ -274,3 +276,19 @@ def test_pack_is_deterministic_and_enforces_the_limit() -> None:
 def test_every_placeholder_needs_a_value() -> None:
     with pytest.raises(ValueError, match=r"placeholders .* but values"):
         userdata.render("mux.yaml", {"mux_json": "{}"})
+
+
+def test_proxy_and_hub_are_separate_units_restarted_on_their_own(
+    rendered: dict[str, str],
+) -> None:
+    """The proxy outlives the hub: its own unit, and neither unit stops or restarts the other."""
+    written = files(rendered["mux"])
+    proxy = written["/etc/systemd/system/campfleet-proxy.service"]["content"]
+    hub = written["/etc/systemd/system/campfleet-mux.service"]["content"]
+    assert "python -m campfleet.mux.proxy" in proxy and "Restart=always" in proxy
+    assert "jupyterhub" not in proxy and "campfleet.mux.proxy" not in hub
+    assert "Restart=always" in hub and "Wants=network-online.target campfleet-proxy.service" in hub
+    for unit in (proxy, hub):
+        # Requires=/BindsTo=/PartOf= between them would carry a restart across.
+        assert not re.search(r"^(Requires|BindsTo|PartOf)=.*campfleet-(proxy|mux)", unit, re.M)
+    assert "[systemctl, enable, --now, campfleet-proxy, campfleet-mux]" in rendered["mux"]

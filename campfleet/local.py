@@ -12,6 +12,7 @@ runs in its own process group and is tracked, so `stop()` leaves nothing behind,
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import random
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from campfleet.mux import tls
 from campfleet.mux.registry import Registry
 
 DEFAULT_STATE_DIR = Path(".campfleet/local")
@@ -39,6 +41,8 @@ ProgressCallback = Callable[[dict, int, int], None]
 SUPERVISE_INTERVAL = 0.2  # how soon a dead service is noticed (systemd: at once, RestartSec)
 RESTART_BURST = 5  # like systemd's StartLimitBurst: more restarts than this in ...
 RESTART_WINDOW = 60.0  # ... this many seconds, and the service is given up as failed
+EVENT_PORTS = 9  # P..P+8: URL, proxy API, hub, control API, and with --tls the ports below
+TLS_HOST = "localhost"  # the name Pebble certifies (certbot stores no IP lineage; docs/tls.md)
 
 
 class LocalEventError(Exception):
@@ -77,7 +81,7 @@ def find_free_port(ships: int) -> int:
     top = _ephemeral_low() - SHIP_PORT_OFFSET - PORTS_PER_SHIP * (ships + 1)
     for _ in range(200):
         port = random.randrange(10000, max(top, 10010), 10)
-        wanted = [*range(port, port + 4)]
+        wanted = [*range(port, port + EVENT_PORTS)]
         wanted += range(port + SHIP_PORT_OFFSET, port + SHIP_PORT_OFFSET + PORTS_PER_SHIP * ships)
         if all(_port_free(p) for p in wanted):
             return port
@@ -180,10 +184,49 @@ class Service:
     name: str
     cmd: list[str]
     cwd: Path
+    env: Optional[dict] = None
     process: Optional[subprocess.Popen] = None
     wanted: bool = False  # started and not stopped on purpose: restart it if it exits
     restarts: list[float] = field(default_factory=list)
     failed: str = ""  # set when it exited too often; the event reports it and stops trying
+
+
+def _self_signed(cert: Path, key: Path) -> None:
+    """A certificate for Pebble's own HTTPS listener on 127.0.0.1 (certbot is told to trust it)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "campfleet local pebble")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    san = x509.SubjectAlternativeName(
+        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    )
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(san, critical=False)
+        .sign(private, hashes.SHA256())
+    )
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(
+            private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
 
 
 class LocalEvent:
@@ -202,6 +245,8 @@ class LocalEvent:
         singleuser_cmd: Optional[list[str]] = None,
         extra_config: str = "",
         projects: Optional[dict] = None,
+        tls: bool = False,
+        cert_seconds: Optional[int] = None,
     ) -> None:
         if ships < 1:
             raise LocalEventError(f"--ships must be at least 1, got {ships}")
@@ -235,7 +280,13 @@ class LocalEvent:
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._supervisor: Optional[threading.Thread] = None
-        self.url = f"http://127.0.0.1:{port}/"
+        # --tls: nginx on the event port with a certificate from Pebble (Let's Encrypt's test
+        # CA) via certbot, exactly as on the mux; the proxy moves behind it.
+        self.tls = tls
+        self.cert_seconds = cert_seconds  # Pebble's certificate lifetime (short in tests)
+        self.tls_dir = self.state_dir / "tls"
+        self.url = f"https://{TLS_HOST}:{port}/" if tls else f"http://127.0.0.1:{port}/"
+        self._renewer: Optional[threading.Thread] = None
 
     @property
     def hub(self) -> Optional[subprocess.Popen]:
@@ -256,6 +307,30 @@ class LocalEvent:
     @property
     def control_port(self) -> int:
         return self.port + 3
+
+    @property
+    def proxy_port(self) -> int:
+        """The proxy's public port: the event's own, or behind nginx with --tls."""
+        return self.port + 4 if self.tls else self.port
+
+    @property
+    def http_port(self) -> int:
+        """--tls: nginx's plain-HTTP port (port 80 on the mux): ACME challenge + redirect."""
+        return self.port + 5
+
+    @property
+    def challenge_port(self) -> int:
+        return self.port + 6
+
+    @property
+    def acme_port(self) -> int:
+        """Pebble's ACME directory (and + 1 its management API, which serves its root)."""
+        return self.port + 7
+
+    @property
+    def ca_file(self) -> Path:
+        """--tls: Pebble's root certificate, which browsers and clients of the event trust."""
+        return self.tls_dir / "pebble-root.pem"
 
     def ship_ids(self) -> list[str]:
         return [f"i-local{i:04d}" for i in range(1, self.ships + 1)]
@@ -283,6 +358,8 @@ class LocalEvent:
         shutil.rmtree(self.state_dir / "ships", ignore_errors=True)
         self._write_secrets()
         self._write_settings()
+        if self.tls:
+            self._start_tls()
         # The proxy first and on its own: the hub only talks to it, so either can restart alone.
         self.start_service("proxy")
         self._wait_port(self.proxy_api_port, "proxy", 30.0)
@@ -293,6 +370,11 @@ class LocalEvent:
             target=self._supervise, name="campfleet-local-supervisor", daemon=True
         )
         self._supervisor.start()
+        if self.tls:
+            self._renewer = threading.Thread(
+                target=self._renew_loop, name="campfleet-local-renew", daemon=True
+            )
+            self._renewer.start()
         for index, ship_id in enumerate(self.ship_ids()[:launch]):
             self.start_ship(ship_id, index)
 
@@ -303,12 +385,20 @@ class LocalEvent:
             self.hub_port: "the hub",
             self.control_port: "the control API",
         }
+        if self.tls:
+            named.update({
+                self.proxy_port: "the proxy behind nginx",
+                self.http_port: "nginx's plain HTTP",
+                self.challenge_port: "certbot's challenge server",
+                self.acme_port: "Pebble's ACME directory",
+                self.acme_port + 1: "Pebble's management API",
+            })  # fmt: skip
         named.update({self.port_base(i): f"ship {i + 1}" for i in range(self.ships)})
         for port, what in named.items():
             if not _port_free(port):
                 raise LocalEventError(
                     f"port {port} on 127.0.0.1 ({what}) is already in use; stop what uses it "
-                    f"or choose another --port (the event uses {self.port}..{self.port + 3} "
+                    f"or choose another --port (the event uses {self.port}..{self.port + 8} "
                     f"and {self.port_base(0)}..{self.port_base(self.ships)})"
                 )
 
@@ -352,6 +442,7 @@ class LocalEvent:
             "heartbeat": self.heartbeat,
             "lostAfter": self.lost_after,
             "projects": self.projects,
+            "behindTls": self.tls,
             "parameters": {
                 "fleetSecret": "secrets/fleet-secret",
                 "proxyToken": "secrets/proxy-token",
@@ -364,7 +455,7 @@ class LocalEvent:
                 "stateDir": str(self.hub_dir),
                 "volumesRoot": str(self.volumes_root),
                 "volumes": self.ships,
-                "publicPort": self.port,
+                "publicPort": self.proxy_port,
                 "hubPort": self.hub_port,
                 "proxyApiPort": self.proxy_api_port,
                 "controlAddress": "127.0.0.1",
@@ -380,12 +471,15 @@ class LocalEvent:
             f"configure(c, {str(self.settings_path)!r})\n{self.extra_config}\n"
         )
 
-    def _spawn(self, cmd: list[str], log_name: str, cwd: Path) -> subprocess.Popen:
+    def _spawn(
+        self, cmd: list[str], log_name: str, cwd: Path, env: Optional[dict] = None
+    ) -> subprocess.Popen:
         log = open(self.log_dir / log_name, "ab")  # noqa: SIM115 - the child keeps it open
         try:
             return subprocess.Popen(
                 cmd,
                 cwd=cwd,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -394,7 +488,118 @@ class LocalEvent:
         finally:
             log.close()
 
+    # -- TLS (--tls) --------------------------------------------------------------------------
+
+    @property
+    def _nginx_conf(self) -> Path:
+        return self.tls_dir / "nginx.conf"
+
+    def _front_door(self, certificate: Optional[Path]) -> tls.FrontDoor:
+        return tls.FrontDoor(
+            listen_ip="127.0.0.1",
+            https_port=self.port,
+            http_port=self.http_port,
+            upstream=f"127.0.0.1:{self.proxy_port}",
+            challenge_port=self.challenge_port,
+            run_dir=self.tls_dir / "nginx",
+            certificate=certificate,
+            worker_processes="1",
+        )
+
+    def acme(self) -> tls.Acme:
+        return tls.Acme(
+            identifier=TLS_HOST,
+            directory=f"https://127.0.0.1:{self.acme_port}/dir",
+            config_dir=self.tls_dir / "letsencrypt",
+            challenge_port=self.challenge_port,
+            certbot=_bin("certbot"),
+        )
+
+    def _acme_env(self) -> dict:
+        """certbot trusts Pebble's own HTTPS listener (a certificate made for this event)."""
+        return {**os.environ, "REQUESTS_CA_BUNDLE": str(self.tls_dir / "pebble" / "cert.pem")}
+
+    def _start_tls(self) -> None:
+        """Pebble, then nginx (challenge only), then certbot's first certificate, then HTTPS."""
+        if shutil.which("nginx") is None or shutil.which("pebble") is None:
+            raise LocalEventError(
+                "--tls needs nginx and pebble: run scripts/system-deps.sh (or apt-get install "
+                "nginx pebble)"
+            )
+        pebble_dir = self.tls_dir / "pebble"
+        pebble_dir.mkdir(parents=True, exist_ok=True)
+        (self.tls_dir / "nginx").mkdir(parents=True, exist_ok=True)
+        _self_signed(pebble_dir / "cert.pem", pebble_dir / "key.pem")
+        config = {
+            "listenAddress": f"127.0.0.1:{self.acme_port}",
+            "managementListenAddress": f"127.0.0.1:{self.acme_port + 1}",
+            "certificate": str(pebble_dir / "cert.pem"),
+            "privateKey": str(pebble_dir / "key.pem"),
+            "httpPort": self.http_port,  # Pebble validates http-01 through nginx's port 80
+            "tlsPort": self.port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": False,
+        }
+        if self.cert_seconds:
+            config["certificateValidityPeriod"] = self.cert_seconds
+        (pebble_dir / "pebble.json").write_text(json.dumps({"pebble": config}, indent=2))
+        self.start_service("acme")
+        self._wait_port(self.acme_port, "acme", 30.0)
+        self._nginx_conf.write_text(tls.nginx_conf(self._front_door(None)))
+        self.start_service("tls")
+        self._wait_port(self.http_port, "tls", 30.0)
+        self._certbot(self.acme().certonly())
+        self._nginx_conf.write_text(tls.nginx_conf(self._front_door(self.acme().live_dir)))
+        self._certbot(self._nginx_reload())
+        self._wait_port(self.port, "tls", 30.0)
+        self._fetch_ca()
+
+    def _nginx_reload(self) -> list[str]:
+        return tls.nginx_command(self._nginx_conf, self.tls_dir / "nginx", "reload")
+
+    def _certbot(self, cmd: list[str]) -> None:
+        with open(self.log_dir / "tls.log", "ab") as log:
+            done = subprocess.run(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._acme_env(),
+                timeout=180,
+                check=False,
+            )
+        if done.returncode != 0:
+            raise LocalEventError(
+                f"{Path(cmd[0]).name} failed ({done.returncode}); see "
+                f"{self.log_dir / 'tls.log'}: {self._last_line('tls.log')}"
+            )
+
+    def _fetch_ca(self) -> None:
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(self.tls_dir / "pebble" / "cert.pem"))
+        url = f"https://127.0.0.1:{self.acme_port + 1}/roots/0"
+        with urllib.request.urlopen(url, context=context, timeout=10) as r:
+            self.ca_file.write_bytes(r.read())
+
+    def renew(self) -> None:
+        """What the mux's renewal timer runs: renew if due, and then reload nginx gracefully."""
+        self._certbot(self.acme().renew(self._nginx_reload(), random_sleep=False))
+
+    def _renew_loop(self) -> None:
+        """Check for renewal like the mux's timer does, often enough for Pebble's short certs."""
+        every = max(2.0, (self.cert_seconds or 3600) / 10)
+        while not self._stopping.wait(every):
+            try:
+                self.renew()
+            except (LocalEventError, subprocess.TimeoutExpired) as e:
+                with open(self.log_dir / "tls.log", "a") as f:
+                    f.write(f"campfleet local: renewal failed: {e}\n")
+
     def _service_cmd(self, name: str) -> list[str]:
+        if name == "acme":
+            return ["pebble", "-config", str(self.tls_dir / "pebble" / "pebble.json")]
+        if name == "tls":
+            return tls.nginx_command(self._nginx_conf, self.tls_dir / "nginx")
         if name == "proxy":
             return [sys.executable, "-m", "campfleet.mux.proxy", str(self.settings_path)]
         if name == "hub":
@@ -410,8 +615,10 @@ class LocalEvent:
         with self._lock:
             service = self.services.get(name)
             if service is None:
-                service = self.services[name] = Service(name, self._service_cmd(name), self.hub_dir)
-            service.process = self._spawn(service.cmd, f"{name}.log", service.cwd)
+                env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1"} if name == "acme" else None
+                service = Service(name, self._service_cmd(name), self.hub_dir, env)
+                self.services[name] = service
+            service.process = self._spawn(service.cmd, f"{name}.log", service.cwd, service.env)
             service.wanted, service.failed = True, ""
             self.pid_file(name).parent.mkdir(parents=True, exist_ok=True)
             self.pid_file(name).write_text(f"{service.process.pid}\n")
@@ -571,10 +778,18 @@ class LocalEvent:
 
     def _hub_answers(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}hub/health", timeout=2) as r:
+            with urllib.request.urlopen(f"{self.url}hub/health", timeout=2, **self._ssl()) as r:
                 return r.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
+    def _ssl(self) -> dict:
+        """urlopen's context for the event's own URL: Pebble's root with --tls."""
+        if not self.tls or not self.ca_file.exists():
+            return {}
+        import ssl
+
+        return {"context": ssl.create_default_context(cafile=str(self.ca_file))}
 
     def wait_ready(
         self, progress: Optional[ProgressCallback] = None, timeout: float = 180.0
@@ -617,7 +832,7 @@ class LocalEvent:
         """Stop every process left in this state dir (by pid file, cwd or command line)."""
         if not self.state_dir.exists():
             return
-        for name in ("hub", "proxy"):
+        for name in ("hub", "proxy", "tls", "acme"):
             self._kill_pidfile(self.pid_file(name))
         self._kill_pidfile(self.hub_dir / "jupyterhub.pid")
         pids = _processes_under(self.state_dir)
@@ -630,8 +845,12 @@ class LocalEvent:
         if self._supervisor is not None:
             self._supervisor.join(timeout=5)
             self._supervisor = None
+        if self._renewer is not None:
+            self._renewer.join(timeout=200)
+            self._renewer = None
         self.stop_hub(timeout)
-        self.stop_service("proxy", timeout)
+        for name in ("proxy", "tls", "acme"):
+            self.stop_service(name, timeout)
         agents = [a.pid for a in self.agents.values()]
         descendants = [c for pid in agents for c in _children(pid)]
         _terminate(agents, timeout)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian tools some tests use: cloud-init (user-data schema check),
-# chromium (browser test) and shellcheck. Needs apt-get and root (or passwordless sudo); otherwise it says what is
+# chromium (browser test), shellcheck, and for `campfleet local --tls` nginx (the TLS
+# terminator), pebble (Let's Encrypt's test CA) and certutil (a browser profile trusting it). Needs apt-get and root (or passwordless sudo); otherwise it says what is
 # missing and the tests that need a tool skip, naming it.
 set -euo pipefail
 
@@ -8,6 +9,9 @@ need=()
 command -v cloud-init >/dev/null 2>&1 || need+=(cloud-init)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+command -v nginx >/dev/null 2>&1 || need+=(nginx)
+command -v pebble >/dev/null 2>&1 || need+=(pebble)
+command -v certutil >/dev/null 2>&1 || need+=(libnss3-tools)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=()

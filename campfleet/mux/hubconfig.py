@@ -66,7 +66,12 @@ class WorkshopAuthenticator(SharedPasswordAuthenticator):
             fleet_mod.current().refuse(name, "name-in-use", message)
             raise web.HTTPError(403, "%s", message)
         handler.set_secure_cookie(
-            CLAIM_COOKIE, name, expires_days=CLAIM_DAYS, path=handler.hub.base_url, httponly=True
+            CLAIM_COOKIE,
+            name,
+            expires_days=CLAIM_DAYS,
+            path=handler.hub.base_url,
+            httponly=True,
+            **handler.settings.get("cookie_options", {}),  # secure behind TLS
         )
         return result
 
@@ -173,6 +178,10 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
 
     # The proxy is its own service (campfleet.mux.proxy), started and restarted beside the
     # hub, so a hub crash or restart leaves every attendee's connection open.
+    if settings.behind_tls:
+        # Cookies only over HTTPS (the hub's, and every notebook server's via the spawner).
+        hub.tornado_settings = {"cookie_options": {"secure": True}}
+
     proxy = c.ConfigurableHTTPProxy
     proxy.should_start = False
     proxy.auth_token = secrets.proxy_token

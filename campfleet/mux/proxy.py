@@ -66,6 +66,8 @@ def proxy_command(settings: Settings) -> list[str]:
         f"--proxy-timeout={PROXY_TIMEOUT_MS}",
         "--keep-alive-timeout=65000",
         "--log-level=info",
+        # Behind nginx, pass its X-Forwarded-Proto (https) on instead of adding "http".
+        *(["--no-x-forward"] if settings.behind_tls else []),
     ]
 
 

@@ -83,6 +83,8 @@ class Settings:
     hub_port: int
     proxy_api_port: int
     local: Optional[LocalSettings]
+    # A TLS terminator (nginx) is in front of the proxy: secure cookies, its X-Forwarded-*.
+    behind_tls: bool = False
 
     @property
     def is_local(self) -> bool:
@@ -175,6 +177,7 @@ def parse(data: dict, private_ip: str = "") -> Settings:
         hub_port=local.hub_port if local else int(data.get("hubPort", 8081)),
         proxy_api_port=local.proxy_api_port if local else int(data.get("proxyApiPort", 8001)),
         local=local,
+        behind_tls=bool(data.get("behindTls", False)),
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -77,6 +78,9 @@ class Attendee:
         self.name = name
         self.http = requests.Session()
         self.base = event.url.rstrip("/")
+        if event.tls:  # trust the event's CA (Pebble's root), as a browser told to would
+            self.http.verify = str(event.ca_file)
+            self.http.trust_env = False  # else REQUESTS_CA_BUNDLE would override verify
 
     def xsrf(self) -> str:
         return self.http.cookies.get("_xsrf", path="/hub/") or self.http.cookies.get("_xsrf", "")
@@ -141,6 +145,7 @@ class Attendee:
             f"{self.base.replace('http', 'ws', 1)}/user/{self.name}/api/kernels/{kernel}/channels",
             header=[f"Cookie: {cookies}", f"X-XSRFToken: {self.server_xsrf()}"],
             timeout=timeout,
+            sslopt={"ca_certs": str(self.event.ca_file)} if self.event.tls else None,
         )
         return KernelChannel(self, kernel, ws, timeout)
 
@@ -194,6 +199,35 @@ class KernelChannel:
         )
 
 
+class Executor(threading.Thread):
+    """Execute `print(n)` for n = 1, 2, ... through one open kernel websocket until stopped;
+    every reply must come back, in order, with the right output."""
+
+    def __init__(self, channel: KernelChannel) -> None:
+        super().__init__(daemon=True)
+        self.channel = channel
+        self.sent = 0
+        self.answered = 0
+        self.times: list[float] = []  # when each answer arrived
+        self.error: str = ""
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.sent += 1
+            try:
+                out = self.channel.execute(f"print({self.sent})")
+            except Exception as e:  # a dropped websocket or a lost reply
+                self.error = f"{type(e).__name__}: {e}"
+                return
+            if out.strip() != str(self.sent):
+                self.error = f"reply {out!r} to message {self.sent}"
+                return
+            self.answered += 1
+            self.times.append(time.time())
+            time.sleep(0.05)
+
+
 class Admin:
     """The organizer's API token (LocalEvent's campfleet-admin service)."""
 
@@ -201,6 +235,9 @@ class Admin:
         self.base = event.url.rstrip("/")
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"token {event.api_token}"
+        if event.tls:
+            self.http.verify = str(event.ca_file)
+            self.http.trust_env = False
 
     def api(self, method: str, path: str, **kw) -> requests.Response:
         return self.http.request(method, f"{self.base}/hub/api{path}", timeout=60, **kw)

@@ -7,47 +7,17 @@ their open kernel websockets while the hub is SIGKILLed and restarted by the sup
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 import requests
 
-from tests.integration.conftest import Admin, Attendee, KernelChannel, wait_until
+from tests.integration.conftest import Admin, Attendee, Executor, wait_until
 
 pytestmark = pytest.mark.slow
 
 HUB_BACK_WITHIN = 60.0
 ROUTES_BACK_WITHIN = 10.0
-
-
-class Executor(threading.Thread):
-    """Execute `print(n)` for n = 1, 2, ... through one open kernel websocket until stopped;
-    every reply must come back, in order, with the right output."""
-
-    def __init__(self, channel: KernelChannel) -> None:
-        super().__init__(daemon=True)
-        self.channel = channel
-        self.sent = 0
-        self.answered = 0
-        self.times: list[float] = []  # when each answer arrived
-        self.error: str = ""
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            self.sent += 1
-            try:
-                out = self.channel.execute(f"print({self.sent})")
-            except Exception as e:  # a dropped websocket or a lost reply
-                self.error = f"{type(e).__name__}: {e}"
-                return
-            if out.strip() != str(self.sent):
-                self.error = f"reply {out!r} to message {self.sent}"
-                return
-            self.answered += 1
-            self.times.append(time.time())
-            time.sleep(0.05)
 
 
 def test_hub_kill_drops_no_kernel_message_and_the_hub_comes_back(event_factory) -> None:

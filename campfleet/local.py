@@ -521,7 +521,8 @@ class LocalEvent:
 
     def _start_tls(self) -> None:
         """Pebble, then nginx (challenge only), then certbot's first certificate, then HTTPS."""
-        if shutil.which("nginx") is None or shutil.which("pebble") is None:
+        nginx = tls.nginx_command(self._nginx_conf, self.tls_dir)[0]
+        if not Path(nginx).exists() or shutil.which("pebble") is None:
             raise LocalEventError(
                 "--tls needs nginx and pebble: run scripts/system-deps.sh (or apt-get install "
                 "nginx pebble)"

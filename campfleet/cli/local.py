@@ -47,6 +47,12 @@ def register(subparsers: Any) -> None:
         help="where the hub database, ship volumes and logs live (default .campfleet/local)",
     )
     parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS as the mux does: nginx in front, a certificate from Pebble (Let's "
+        "Encrypt's test CA) via certbot, renewed automatically; trust tls/pebble-root.pem",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=180.0,
@@ -108,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
             password=args.password,
             admin=args.admin,
             state_dir=Path(args.state_dir),
+            tls=args.tls,
         )
     except LocalEventError as exc:
         raise CliError(str(exc)) from None
@@ -119,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  admin: {event.admin}  password: {event.admin_password}", flush=True)
         status = f"campfleet status --url {event.url.rstrip('/')} --token {event.api_token}"
         print(f"  organizer: {status}", flush=True)
+        if event.tls:
+            print(f"  HTTPS: trust Pebble's root certificate {event.ca_file}", flush=True)
         print(f"  logs: {event.log_dir}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         threading.Event().wait()

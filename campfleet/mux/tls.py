@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import shlex
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -129,7 +130,9 @@ http {{
 
 def nginx_command(conf: Path, run_dir: Path, *signal: str) -> list[str]:
     """nginx in the foreground (a service manager watches it), or `-s reload` etc."""
-    cmd = ["nginx", "-c", str(conf), "-p", str(run_dir), "-e", "stderr"]
+    # /usr/sbin is not on a Debian user's PATH.
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    cmd = [nginx, "-c", str(conf), "-p", str(run_dir), "-e", "stderr"]
     return [*cmd, "-s", *signal] if signal else [*cmd, "-g", "daemon off;"]
 
 

@@ -32,6 +32,7 @@ from typing import Callable, Optional
 
 from campfleet.mux import tls
 from campfleet.mux.registry import Registry
+from campfleet.mux.settings import load as load_settings
 
 DEFAULT_STATE_DIR = Path(".campfleet/local")
 SHIP_PORT_OFFSET = 100  # ship i's ports start at port + 100 + 10 * i
@@ -443,6 +444,7 @@ class LocalEvent:
             "lostAfter": self.lost_after,
             "projects": self.projects,
             "behindTls": self.tls,
+            **({"tls": self._tls_settings()} if self.tls else {}),
             "parameters": {
                 "fleetSecret": "secrets/fleet-secret",
                 "proxyToken": "secrets/proxy-token",
@@ -490,38 +492,31 @@ class LocalEvent:
 
     # -- TLS (--tls) --------------------------------------------------------------------------
 
-    @property
-    def _nginx_conf(self) -> Path:
-        return self.tls_dir / "nginx.conf"
-
-    def _front_door(self, certificate: Optional[Path]) -> tls.FrontDoor:
-        return tls.FrontDoor(
-            listen_ip="127.0.0.1",
-            https_port=self.port,
-            http_port=self.http_port,
-            upstream=f"127.0.0.1:{self.proxy_port}",
-            challenge_port=self.challenge_port,
-            run_dir=self.tls_dir / "nginx",
-            certificate=certificate,
-            worker_processes="1",
-        )
+    def _tls_settings(self) -> dict:
+        """mux.json's `tls` block: what the mux has, plus loopback ports and Pebble."""
+        return {
+            "domainName": TLS_HOST,
+            "acmeDirectory": f"https://127.0.0.1:{self.acme_port}/dir",
+            "listenIp": "127.0.0.1",
+            "httpsPort": self.port,
+            "httpPort": self.http_port,
+            "challengePort": self.challenge_port,
+            "workerProcesses": "1",
+            # certbot's random wait before renewing would outlast Pebble's short test certs.
+            "renewRandomSleep": False,
+        }
 
     def acme(self) -> tls.Acme:
-        return tls.Acme(
-            identifier=TLS_HOST,
-            directory=f"https://127.0.0.1:{self.acme_port}/dir",
-            config_dir=self.tls_dir / "letsencrypt",
-            challenge_port=self.challenge_port,
-            certbot=_bin("certbot"),
-        )
+        """The ACME order the event's TLS service places (the mux's own code path)."""
+        return tls.front_door(load_settings(self.settings_path))[0]
 
     def _acme_env(self) -> dict:
         """certbot trusts Pebble's own HTTPS listener (a certificate made for this event)."""
         return {**os.environ, "REQUESTS_CA_BUNDLE": str(self.tls_dir / "pebble" / "cert.pem")}
 
     def _start_tls(self) -> None:
-        """Pebble, then nginx (challenge only), then certbot's first certificate, then HTTPS."""
-        nginx = tls.nginx_command(self._nginx_conf, self.tls_dir)[0]
+        """Pebble, then the mux's TLS service: nginx, the first certificate, then HTTPS."""
+        nginx = tls.nginx_command(self.tls_dir / "nginx.conf", self.tls_dir)[0]
         if not Path(nginx).exists() or shutil.which("pebble") is None:
             raise LocalEventError(
                 "--tls needs nginx and pebble: run scripts/system-deps.sh (or apt-get install "
@@ -529,7 +524,6 @@ class LocalEvent:
             )
         pebble_dir = self.tls_dir / "pebble"
         pebble_dir.mkdir(parents=True, exist_ok=True)
-        (self.tls_dir / "nginx").mkdir(parents=True, exist_ok=True)
         _self_signed(pebble_dir / "cert.pem", pebble_dir / "key.pem")
         config = {
             "listenAddress": f"127.0.0.1:{self.acme_port}",
@@ -546,33 +540,9 @@ class LocalEvent:
         (pebble_dir / "pebble.json").write_text(json.dumps({"pebble": config}, indent=2))
         self.start_service("acme")
         self._wait_port(self.acme_port, "acme", 30.0)
-        self._nginx_conf.write_text(tls.nginx_conf(self._front_door(None)))
         self.start_service("tls")
-        self._wait_port(self.http_port, "tls", 30.0)
-        self._certbot(self.acme().certonly())
-        self._nginx_conf.write_text(tls.nginx_conf(self._front_door(self.acme().live_dir)))
-        self._certbot(self._nginx_reload())
-        self._wait_port(self.port, "tls", 30.0)
+        self._wait_port(self.port, "tls", 120.0)  # HTTPS listens once the certificate is in
         self._fetch_ca()
-
-    def _nginx_reload(self) -> list[str]:
-        return tls.nginx_command(self._nginx_conf, self.tls_dir / "nginx", "reload")
-
-    def _certbot(self, cmd: list[str]) -> None:
-        with open(self.log_dir / "tls.log", "ab") as log:
-            done = subprocess.run(
-                cmd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self._acme_env(),
-                timeout=180,
-                check=False,
-            )
-        if done.returncode != 0:
-            raise LocalEventError(
-                f"{Path(cmd[0]).name} failed ({done.returncode}); see "
-                f"{self.log_dir / 'tls.log'}: {self._last_line('tls.log')}"
-            )
 
     def _fetch_ca(self) -> None:
         import ssl
@@ -584,7 +554,16 @@ class LocalEvent:
 
     def renew(self) -> None:
         """What the mux's renewal timer runs: renew if due, and then reload nginx gracefully."""
-        self._certbot(self.acme().renew(self._nginx_reload(), random_sleep=False))
+        cmd = [sys.executable, "-m", "campfleet.mux.tls", "renew", str(self.settings_path)]
+        with open(self.log_dir / "tls.log", "ab") as log:
+            done = subprocess.run(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=self._acme_env(), timeout=180
+            )
+        if done.returncode != 0:
+            raise LocalEventError(
+                f"renewal failed ({done.returncode}); see {self.log_dir / 'tls.log'}: "
+                f"{self._last_line('tls.log')}"
+            )
 
     def _renew_loop(self) -> None:
         """Check for renewal like the mux's timer does, often enough for Pebble's short certs."""
@@ -594,13 +573,13 @@ class LocalEvent:
                 self.renew()
             except (LocalEventError, subprocess.TimeoutExpired) as e:
                 with open(self.log_dir / "tls.log", "a") as f:
-                    f.write(f"campfleet local: renewal failed: {e}\n")
+                    f.write(f"campfleet local: {e}\n")
 
     def _service_cmd(self, name: str) -> list[str]:
         if name == "acme":
             return ["pebble", "-config", str(self.tls_dir / "pebble" / "pebble.json")]
         if name == "tls":
-            return tls.nginx_command(self._nginx_conf, self.tls_dir / "nginx")
+            return [sys.executable, "-m", "campfleet.mux.tls", "serve", str(self.settings_path)]
         if name == "proxy":
             return [sys.executable, "-m", "campfleet.mux.proxy", str(self.settings_path)]
         if name == "hub":
@@ -616,7 +595,10 @@ class LocalEvent:
         with self._lock:
             service = self.services.get(name)
             if service is None:
-                env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1"} if name == "acme" else None
+                env = {
+                    "acme": {**os.environ, "PEBBLE_VA_NOSLEEP": "1"},
+                    "tls": self._acme_env(),
+                }.get(name)
                 service = Service(name, self._service_cmd(name), self.hub_dir, env)
                 self.services[name] = service
             service.process = self._spawn(service.cmd, f"{name}.log", service.cwd, service.env)

@@ -39,6 +39,11 @@ _USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
 _EGRESS = ("nat", "endpoints")
 # What every AWS service accepts in a tag value (EC2 allows more; ECR, SSM and IAM do not).
 _TAG_VALUE = re.compile(r"^[\w .:/=+\-@]{0,256}$")
+# A DNS name the ACME CA can certify: lower-case labels, at least one dot, no wildcard.
+_DOMAIN = re.compile(r"^(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_HTTPS_URL = re.compile(r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[\w./~%+-]*)?$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_HOSTED_ZONE = re.compile(r"^Z[A-Z0-9]{1,31}$")
 
 
 class ConfigError(Exception):
@@ -70,6 +75,11 @@ class FleetConfig:
     event_name: str
     protect_home_volumes: bool
     ship_egress: str
+    # The TLS front door (docs/tls.md): a domain's certificate, else the Elastic IP's.
+    domain_name: str = ""
+    acme_directory: str = ""
+    acme_email: str = ""
+    hosted_zone_id: str = ""
     # A secret given by the organizer (None = generate one). Never printed.
     shared_password: Optional[str] = field(default=None, repr=False)
 
@@ -243,6 +253,25 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
     if egress not in _EGRESS:
         check.bad("shipEgress", egress, " or ".join(f'"{e}"' for e in _EGRESS))
 
+    domain = raw["domainName"]
+    if domain != "" and (not isinstance(domain, str) or not _DOMAIN.fullmatch(domain)):
+        check.bad("domainName", domain, 'a lower-case DNS name like "jupyter.example.org", or ""')
+        domain = ""
+    directory = raw["acmeDirectory"]
+    if not isinstance(directory, str) or not _HTTPS_URL.fullmatch(directory):
+        check.bad("acmeDirectory", directory, "an https:// ACME directory URL")
+        directory = ""
+    email = raw["acmeEmail"]
+    if email != "" and (not isinstance(email, str) or not _EMAIL.fullmatch(email)):
+        check.bad("acmeEmail", email, 'an e-mail address, or "" for none')
+        email = ""
+    zone = raw["hostedZoneId"]
+    if zone != "" and (not isinstance(zone, str) or not _HOSTED_ZONE.fullmatch(zone)):
+        check.bad("hostedZoneId", zone, 'a Route 53 hosted zone id like "Z0123456789ABCDEFGHIJ"')
+        zone = ""
+    elif zone and not raw["domainName"]:
+        check.bad("hostedZoneId", zone, "no value unless campfleet:domainName is set too")
+
     config = FleetConfig(
         stack=stack,
         ships=ships,
@@ -258,6 +287,10 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
         event_name=event or stack,
         protect_home_volumes=protect,
         ship_egress=egress if egress in _EGRESS else _EGRESS[0],
+        domain_name=domain,
+        acme_directory=directory,
+        acme_email=email,
+        hosted_zone_id=zone,
         shared_password=shared_password,
     )
     if check.problems:

@@ -14,12 +14,25 @@ certbot commands for `campfleet local --tls` (against Pebble) and for the mux on
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import shlex
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+from campfleet.mux.settings import (
+    AWS_SETTINGS_PATH,
+    Settings,
+    SettingsError,
+    imds_public_ip,
+    load,
+)
 
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 IP_PROFILE = "shortlived"  # Let's Encrypt issues IP certificates only in this profile
@@ -27,6 +40,8 @@ HSTS_SECONDS = 365 * 24 * 3600
 # Idle kernel WebSockets must outlive nginx's proxy timeouts (JupyterLab pings, but slowly).
 PROXY_IDLE_SECONDS = 3600
 CHALLENGE_PATH = "/.well-known/acme-challenge/"
+CHALLENGE_PORT = 8402  # certbot's standalone http-01 server on the mux, loopback only
+FIRST_CERT_RETRY = (30, 60, 120, 300)  # seconds between attempts at the first certificate
 
 
 class TlsError(Exception):
@@ -144,7 +159,7 @@ class Acme:
     directory: str = LETS_ENCRYPT
     email: str = ""
     config_dir: Path = Path("/var/lib/campfleet/letsencrypt")
-    challenge_port: int = 8402
+    challenge_port: int = CHALLENGE_PORT
     certbot: str = "certbot"
 
     @property
@@ -195,3 +210,98 @@ class Acme:
             "--deploy-hook", shlex.join(reload_cmd),
             *([] if random_sleep else ["--no-random-sleep-on-renew"]),
         ]  # fmt: skip
+
+
+# -- the mux's service: `python -m campfleet.mux.tls serve|renew` ------------------------------
+
+
+def _certbot() -> str:
+    """The pinned certbot next to this Python (the venv, the mux image), not a distro one."""
+    beside = Path(sys.executable).parent / "certbot"
+    return str(beside) if beside.exists() else shutil.which("certbot") or "certbot"
+
+
+def front_door(settings: Settings) -> tuple[Acme, FrontDoor, Path]:
+    """The mux's ACME order and nginx front door from its settings' `tls` block.
+
+    On AWS the block holds the domain (or nothing: the Elastic IP, from IMDS), the ACME
+    directory and e-mail; a local event adds its loopback ports and Pebble's directory.
+    """
+    wanted = settings.tls or {}
+    identifier = wanted.get("domainName") or imds_public_ip()
+    state = settings.state_dir / "tls"
+    acme = Acme(
+        identifier=identifier,
+        directory=wanted.get("acmeDirectory") or LETS_ENCRYPT,
+        email=wanted.get("acmeEmail") or "",
+        config_dir=state / "letsencrypt",
+        challenge_port=int(wanted.get("challengePort", CHALLENGE_PORT)),
+        certbot=_certbot(),
+    )
+    have = (acme.live_dir / "fullchain.pem").exists()
+    door = FrontDoor(
+        listen_ip=str(wanted.get("listenIp", "0.0.0.0")),
+        https_port=int(wanted.get("httpsPort", 443)),
+        http_port=int(wanted.get("httpPort", 80)),
+        upstream=f"127.0.0.1:{settings.public_port}",
+        challenge_port=acme.challenge_port,
+        run_dir=state / "nginx",
+        certificate=acme.live_dir if have else None,
+        worker_processes=str(wanted.get("workerProcesses", "auto")),
+    )
+    return acme, door, state / "nginx.conf"
+
+
+def serve(settings: Settings) -> int:
+    """Run nginx; get the first certificate if there is none; stop gracefully on SIGTERM."""
+    acme, door, conf = front_door(settings)
+    door.run_dir.mkdir(parents=True, exist_ok=True)
+    conf.write_text(nginx_conf(door))
+    nginx = subprocess.Popen(nginx_command(conf, door.run_dir))
+    # docker stop / systemctl stop: nginx's graceful shutdown lets open requests finish.
+    signal.signal(signal.SIGTERM, lambda *_: nginx.send_signal(signal.SIGQUIT))
+    attempt = 0
+    while door.certificate is None and nginx.poll() is None:
+        done = subprocess.run(acme.certonly(), check=False)
+        if done.returncode == 0:
+            door = dataclasses.replace(door, certificate=acme.live_dir)
+            conf.write_text(nginx_conf(door))
+            subprocess.run(nginx_command(conf, door.run_dir, "reload"), check=True)
+            print(f"campfleet-tls: serving HTTPS for {acme.identifier}", file=sys.stderr)
+            break
+        wait = FIRST_CERT_RETRY[min(attempt, len(FIRST_CERT_RETRY) - 1)]
+        attempt += 1
+        print(
+            f"campfleet-tls: no certificate for {acme.identifier} yet (certbot exit "
+            f"{done.returncode}); port 80 says so; retrying in {wait} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        time.sleep(wait)
+    return nginx.wait()
+
+
+def renew(settings: Settings) -> int:
+    """The renewal timer's job: certbot renews what is due and only then reloads nginx."""
+    acme, door, conf = front_door(settings)
+    random_sleep = bool((settings.tls or {}).get("renewRandomSleep", True))
+    reload = nginx_command(conf, door.run_dir, "reload")
+    return subprocess.run(acme.renew(reload, random_sleep), check=False).returncode
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] not in ("serve", "renew"):
+        print("usage: python -m campfleet.mux.tls serve|renew [SETTINGS]", file=sys.stderr)
+        return 2
+    path = Path(args[1]) if len(args) > 1 else AWS_SETTINGS_PATH
+    try:
+        settings = load(path)
+        return serve(settings) if args[0] == "serve" else renew(settings)
+    except (SettingsError, TlsError) as e:
+        print(f"campfleet-tls: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

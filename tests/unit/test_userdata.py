@@ -259,6 +259,9 @@ def test_documents_cannot_break_the_yaml() -> None:
         "/usr/local/sbin/campfleet-pull",
         "/usr/local/sbin/campfleet-mux-state",
         "/etc/systemd/system/campfleet-proxy.service",
+        "/etc/systemd/system/campfleet-tls.service",
+        "/etc/systemd/system/campfleet-tls-renew.service",
+        "/etc/systemd/system/campfleet-tls-renew.timer",
         "/etc/systemd/system/campfleet-mux.service",
     }
     assert json.loads(written["/etc/campfleet/mux.json"]["content"]) == hostile
@@ -291,4 +294,29 @@ def test_proxy_and_hub_are_separate_units_restarted_on_their_own(
     for unit in (proxy, hub):
         # Requires=/BindsTo=/PartOf= between them would carry a restart across.
         assert not re.search(r"^(Requires|BindsTo|PartOf)=.*campfleet-(proxy|mux)", unit, re.M)
-    assert "[systemctl, enable, --now, campfleet-proxy, campfleet-mux]" in rendered["mux"]
+    assert (
+        "[systemctl, enable, --now, campfleet-proxy, campfleet-mux, campfleet-tls]"
+        in (rendered["mux"])
+    )
+
+
+def test_tls_terminator_and_renewal_timer(rendered: dict[str, str]) -> None:
+    """nginx + certbot as their own unit, seeing only their state; a timer renews."""
+    written = files(rendered["mux"])
+    unit = written["/etc/systemd/system/campfleet-tls.service"]["content"]
+    assert "python -m campfleet.mux.tls serve" in unit and "Restart=always" in unit
+    assert "-v /var/lib/campfleet/tls:/var/lib/campfleet/tls" in unit
+    assert "-v /var/lib/campfleet:/var/lib/campfleet" not in unit  # not the hub's database
+    renew = written["/etc/systemd/system/campfleet-tls-renew.service"]["content"]
+    assert "docker exec campfleet-tls python -m campfleet.mux.tls renew" in renew
+    timer = written["/etc/systemd/system/campfleet-tls-renew.timer"]["content"]
+    assert "OnUnitActiveSec=6h" in timer and "Persistent=true" in timer
+    assert "[systemctl, enable, --now, campfleet-tls-renew.timer]" in rendered["mux"]
+    settings = json.loads(written["/etc/campfleet/mux.json"]["content"])
+    assert (settings["publicIp"], settings["publicPort"], settings["behindTls"]) == (
+        "127.0.0.1",
+        8000,
+        True,
+    )
+    assert settings["tls"]["acmeDirectory"] == "https://acme-v02.api.letsencrypt.org/directory"
+    assert settings["tls"]["domainName"] == ""  # prod: a certificate for the Elastic IP

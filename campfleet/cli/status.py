@@ -182,6 +182,17 @@ def run_status(args: argparse.Namespace) -> int:
         con.print(failures)
     else:
         con.print("Failures: none")
+    refusals = fleet.get("refusals", [])
+    if refusals:
+        turned = Table("attendee", "reason", "what they read", title="Turned away (newest first)",
+                       box=table_box(con))  # fmt: skip
+        for r in refusals:
+            turned.add_row(r["attendee"], r["reason"], r["message"])
+        con.print(turned)
+    for outage in fleet.get("proxyOutages", []):
+        con.print(
+            f"Proxy restart at {outage['at']}: attendees cut off for at most {outage['seconds']} s"
+        )
     rejected = {k: n for k, n in fleet["rejections"].items() if n}
     con.print(
         "Control API rejections: "

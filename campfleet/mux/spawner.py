@@ -300,8 +300,8 @@ class ShipSpawner(Spawner):
                 if time.monotonic() >= give_up:
                     raise ShipError(
                         f"No machine is free in {volume.zone}, where your files are "
-                        f"({counts.get('available', 0)} free elsewhere). Ask an organizer to "
-                        "add ships, then start again.",
+                        f"({counts.get('available', 0)} available fleet-wide, all taken or in "
+                        "other zones). Ask an organizer to add ships, then start again.",
                         reason="capacity",
                     )
                 self._emit(
@@ -399,8 +399,8 @@ class ShipSpawner(Spawner):
             error = status.error if status is not None else "it did not start in time"
             raise ShipError(
                 f"Your {'project ' + name if name else 'notebook'} failed to start "
-                f"on {record.ship_id}: {error}. Start again; if it fails again, ask an "
-                "organizer (they see this reason on the fleet page)."
+                f"on {record.ship_id}: {error.rstrip('. ')}. Start again; if it fails again, "
+                "ask an organizer (they see this reason on the fleet page)."
             )
         self._emit(95, f"notebook running ({time.monotonic() - started:.1f}s)")
         self._watch(record.ship_id)

@@ -21,7 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -258,10 +258,16 @@ def serve(settings: Settings) -> int:
     door.run_dir.mkdir(parents=True, exist_ok=True)
     conf.write_text(nginx_conf(door))
     nginx = subprocess.Popen(nginx_command(conf, door.run_dir))
-    # docker stop / systemctl stop: nginx's graceful shutdown lets open requests finish.
-    signal.signal(signal.SIGTERM, lambda *_: nginx.send_signal(signal.SIGQUIT))
+    stopping = threading.Event()
+
+    def stop(*_: object) -> None:
+        # docker stop / systemctl stop: nginx's graceful shutdown lets open requests finish.
+        stopping.set()
+        nginx.send_signal(signal.SIGQUIT)
+
+    signal.signal(signal.SIGTERM, stop)
     attempt = 0
-    while door.certificate is None and nginx.poll() is None:
+    while door.certificate is None and nginx.poll() is None and not stopping.is_set():
         done = subprocess.run(acme.certonly(), check=False)
         if done.returncode == 0:
             door = dataclasses.replace(door, certificate=acme.live_dir)
@@ -277,7 +283,7 @@ def serve(settings: Settings) -> int:
             file=sys.stderr,
             flush=True,
         )
-        time.sleep(wait)
+        stopping.wait(wait)
     return nginx.wait()
 
 

@@ -9,16 +9,21 @@ nginx's graceful reload, and past the first certificate's expiry.
 from __future__ import annotations
 
 import datetime
+import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
 from cryptography import x509
 
+from campfleet.local import find_free_port
 from campfleet.mux import tls
 from tests.integration.conftest import Attendee, Executor, wait_until
 
@@ -139,3 +144,54 @@ def test_pebble_issues_an_ip_certificate_through_the_challenge_path(event_factor
     # Pebble 2.4's CN quirk, and certbot's reaction to it (see the docstring).
     assert issued.subject.rfc4514_string() == "CN=127.0.0.1"
     assert done.returncode == 1 and "Requested name 127.0.0.1 is an IP address" in output
+
+
+def test_without_a_certificate_port_80_says_so_and_the_service_keeps_trying(
+    tmp_path: Path,
+) -> None:
+    """The first order fails (the name does not point here yet, the CA is down): nginx still
+    answers on port 80 with a clear line, the service retries, and nothing listens on 443."""
+    from tests.unit.test_hubconfig import write_settings
+
+    base = find_free_port(1)
+    https, http, challenge, dead_acme = base, base + 5, base + 6, base + 7
+    settings = write_settings(
+        tmp_path,
+        behindTls=True,
+        tls={
+            "domainName": "localhost",
+            "acmeDirectory": f"https://127.0.0.1:{dead_acme}/dir",  # nothing listens there
+            "listenIp": "127.0.0.1",
+            "httpsPort": https,
+            "httpPort": http,
+            "challengePort": challenge,
+            "workerProcesses": "1",
+        },
+    )
+    service = subprocess.Popen(
+        [sys.executable, "-m", "campfleet.mux.tls", "serve", str(settings)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        line = ""
+        deadline = time.monotonic() + 120
+        while "retrying in 30 s" not in line and time.monotonic() < deadline:
+            line = service.stdout.readline()
+            assert line or service.poll() is None, "the TLS service exited"
+        assert line.startswith("campfleet-tls: no certificate for localhost yet (certbot exit 1)")
+        r = requests.get(f"http://127.0.0.1:{http}/hub/login", timeout=10)
+        assert r.status_code == 503 and r.text == "campfleet: waiting for a certificate\n"
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"https://127.0.0.1:{https}/", timeout=5, verify=False)
+        assert service.poll() is None  # still serving, will retry
+        service.terminate()  # systemd/docker stop: at once, not after the retry wait
+        assert service.wait(timeout=15) == 0
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{http}/", timeout=5)  # nginx went with it
+    finally:
+        if service.poll() is None:
+            os.killpg(service.pid, signal.SIGKILL)
+            service.wait(timeout=30)

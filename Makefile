@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/fleet_cost.py
 	$(BIN)/python benchmarks/storm_1000.py
 	$(BIN)/python benchmarks/proxy_websockets.py
+	$(BIN)/python benchmarks/tls_hop.py
 
 clean:
 	rm -rf $(VENV) node_modules .campfleet .pytest_cache .ruff_cache

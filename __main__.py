@@ -110,6 +110,10 @@ mux = Mux(
         region=region,
         account_id=account_id,
         tags=tags,
+        domain_name=config.domain_name,
+        acme_directory=config.acme_directory,
+        acme_email=config.acme_email,
+        hosted_zone_id=config.hosted_zone_id,
     ),
 )
 
@@ -142,6 +146,11 @@ if config.snapshot_every_hours:
     )
 
 pulumi.export("muxUrl", mux.url)
+if config.domain_name and not config.hosted_zone_id:
+    pulumi.export(
+        "muxDnsRecord",
+        mux.public_ip.apply(lambda ip: f"create: {config.domain_name} A {ip} (TTL 300)"),
+    )
 pulumi.export("muxPublicIp", mux.public_ip)
 pulumi.export("shipGroupName", ships.group_name)
 pulumi.export("homeVolumeCount", ships.home_volume_count)

@@ -3,7 +3,7 @@
 Run: .venv/bin/python benchmarks/proxy_websockets.py [--connections 1000] [--rate 1.0]
      [--duration 20]
 
-configurable-http-proxy is started exactly as the mux starts it (hubconfig.proxy_command: the
+configurable-http-proxy is started as the mux starts it (campfleet.mux.proxy.chp_command: the
 pinned CHP, its node heap and timeouts) with one route per attendee, /user/<name>/ -> that
 attendee's simulated notebook server: an echo WebSocket server on a port of its own (like a
 ship's). N clients open /user/<name>/api/kernels/<id>/channels (a kernel's channel) and each
@@ -35,7 +35,7 @@ from aiohttp import web
 from storm import HUB_CPUS, SHIP_CPUS, cpu_seconds, machine, pin, save
 
 from campfleet.local import SHIP_PORT_OFFSET, find_free_port
-from campfleet.mux.hubconfig import proxy_command
+from campfleet.mux.proxy import chp_command
 
 # An execute_request-sized frame (a kernel message with a short cell is 500-800 bytes).
 FRAME_PAD = "x" * 600
@@ -78,7 +78,7 @@ async def start_servers(ports: list[int]) -> list[web.AppRunner]:
 
 
 def start_proxy(port: int, api_port: int, token: str, log: Path) -> subprocess.Popen:
-    cmd = [*proxy_command(), "--ip", "127.0.0.1", "--port", str(port)]
+    cmd = [*chp_command(), "--ip", "127.0.0.1", "--port", str(port)]
     cmd += ["--api-ip", "127.0.0.1", "--api-port", str(api_port), "--log-level", "warn"]
     env = dict(os.environ, CONFIGPROXY_AUTH_TOKEN=token)
     with open(log, "ab") as out:
@@ -248,7 +248,7 @@ def main() -> int:
             "rate_per_connection_per_s": args.rate,
             "duration_s": args.duration,
             "frame_bytes": len(json.dumps({"msg_id": "0-0", "t": 0.0, "p": FRAME_PAD})),
-            "proxy": " ".join(proxy_command()[:2]) + " configurable-http-proxy (pinned)",
+            "proxy": " ".join(chp_command()[:2]) + " configurable-http-proxy (pinned)",
             "machine": info,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **result,

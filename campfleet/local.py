@@ -2,6 +2,8 @@
 
 The same code as on AWS (hubconfig, ShipSpawner, registry, control API, agent) on 127.0.0.1:
 ships are local agents whose "containers" are processes and whose "volumes" are directories.
+The proxy and the hub are separate services, each restarted on its own by a small supervisor
+when it exits (as systemd does on the mux), so a hub crash leaves attendees connected.
 Used by `campfleet local`, the integration tests and the spawn-storm benchmark. Every process
 runs in its own process group and is tracked, so `stop()` leaves nothing behind, and the next
 `start()` cleans up after a run that crashed.
@@ -10,6 +12,7 @@ runs in its own process group and is tracked, so `stop()` leaves nothing behind,
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import random
@@ -23,17 +26,25 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from campfleet.mux import tls
 from campfleet.mux.registry import Registry
 from campfleet.mux.settings import LOCAL_GROUP_FILE
+from campfleet.mux.settings import load as load_settings
 
 DEFAULT_STATE_DIR = Path(".campfleet/local")
 SHIP_PORT_OFFSET = 100  # ship i's ports start at port + 100 + 10 * i
 PORTS_PER_SHIP = 10
 ZONE = "local-a"
 ProgressCallback = Callable[[dict, int, int], None]
+SUPERVISE_INTERVAL = 0.2  # how soon a dead service is noticed (systemd: at once, RestartSec)
+RESTART_BURST = 5  # like systemd's StartLimitBurst: more restarts than this in ...
+RESTART_WINDOW = 60.0  # ... this many seconds, and the service is given up as failed
+EVENT_PORTS = 9  # P..P+8: URL, proxy API, hub, control API, and with --tls the ports below
+TLS_HOST = "localhost"  # the name Pebble certifies (certbot stores no IP lineage; docs/tls.md)
 
 
 class LocalEventError(Exception):
@@ -72,7 +83,7 @@ def find_free_port(ships: int) -> int:
     top = _ephemeral_low() - SHIP_PORT_OFFSET - PORTS_PER_SHIP * (ships + 1)
     for _ in range(200):
         port = random.randrange(10000, max(top, 10010), 10)
-        wanted = [*range(port, port + 4)]
+        wanted = [*range(port, port + EVENT_PORTS)]
         wanted += range(port + SHIP_PORT_OFFSET, port + SHIP_PORT_OFFSET + PORTS_PER_SHIP * ships)
         if all(_port_free(p) for p in wanted):
             return port
@@ -168,6 +179,58 @@ def _terminate(pids: list[int], timeout: float) -> None:
             return
 
 
+@dataclass
+class Service:
+    """One supervised process of the mux (proxy, hub): restarted on its own when it exits."""
+
+    name: str
+    cmd: list[str]
+    cwd: Path
+    env: Optional[dict] = None
+    process: Optional[subprocess.Popen] = None
+    wanted: bool = False  # started and not stopped on purpose: restart it if it exits
+    restarts: list[float] = field(default_factory=list)
+    failed: str = ""  # set when it exited too often; the event reports it and stops trying
+
+
+def _self_signed(cert: Path, key: Path) -> None:
+    """A certificate for Pebble's own HTTPS listener on 127.0.0.1 (certbot is told to trust it)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "campfleet local pebble")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    san = x509.SubjectAlternativeName(
+        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    )
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(san, critical=False)
+        .sign(private, hashes.SHA256())
+    )
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(
+            private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+
+
 class LocalEvent:
     """Start, watch and stop a local event; see the module docstring."""
 
@@ -185,6 +248,8 @@ class LocalEvent:
         extra_config: str = "",
         projects: Optional[dict] = None,
         fleet: Optional[dict] = None,
+        tls: bool = False,
+        cert_seconds: Optional[int] = None,
     ) -> None:
         if ships < 1:
             raise LocalEventError(f"--ships must be at least 1, got {ships}")
@@ -215,14 +280,29 @@ class LocalEvent:
         self.password = ""
         self.admin_password = ""
         self.api_token = ""
-        self.hub: Optional[subprocess.Popen] = None
+        self.services: dict[str, Service] = {}
         self.agents: dict[str, subprocess.Popen] = {}
         # Which port block (index) each ship ever started used; guarded with `agents`.
         self._slots: dict[str, int] = {}
         self._agents_lock = threading.RLock()
         self._follow_stop = threading.Event()
         self._follower: Optional[threading.Thread] = None
-        self.url = f"http://127.0.0.1:{port}/"
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._supervisor: Optional[threading.Thread] = None
+        # --tls: nginx on the event port with a certificate from Pebble (Let's Encrypt's test
+        # CA) via certbot, exactly as on the mux; the proxy moves behind it.
+        self.tls = tls
+        self.cert_seconds = cert_seconds  # Pebble's certificate lifetime (short in tests)
+        self.tls_dir = self.state_dir / "tls"
+        self.url = f"https://{TLS_HOST}:{port}/" if tls else f"http://127.0.0.1:{port}/"
+        self._renewer: Optional[threading.Thread] = None
+
+    @property
+    def hub(self) -> Optional[subprocess.Popen]:
+        """The hub's current process (a new one after each restart), None once stopped."""
+        service = self.services.get("hub")
+        return service.process if service is not None and service.wanted else None
 
     # -- ports and ids -----------------------------------------------------------------------
 
@@ -237,6 +317,30 @@ class LocalEvent:
     @property
     def control_port(self) -> int:
         return self.port + 3
+
+    @property
+    def proxy_port(self) -> int:
+        """The proxy's public port: the event's own, or behind nginx with --tls."""
+        return self.port + 4 if self.tls else self.port
+
+    @property
+    def http_port(self) -> int:
+        """--tls: nginx's plain-HTTP port (port 80 on the mux): ACME challenge + redirect."""
+        return self.port + 5
+
+    @property
+    def challenge_port(self) -> int:
+        return self.port + 6
+
+    @property
+    def acme_port(self) -> int:
+        """Pebble's ACME directory (and + 1 its management API, which serves its root)."""
+        return self.port + 7
+
+    @property
+    def ca_file(self) -> Path:
+        """--tls: Pebble's root certificate, which browsers and clients of the event trust."""
+        return self.tls_dir / "pebble-root.pem"
 
     def ship_ids(self) -> list[str]:
         return [f"i-local{i:04d}" for i in range(1, self.ships + 1)]
@@ -264,8 +368,23 @@ class LocalEvent:
         shutil.rmtree(self.state_dir / "ships", ignore_errors=True)
         self._write_secrets()
         self._write_settings()
+        if self.tls:
+            self._start_tls()
+        # The proxy first and on its own: the hub only talks to it, so either can restart alone.
+        self.start_service("proxy")
+        self._wait_port(self.proxy_api_port, "proxy", 30.0)
         self.start_hub()
         self._wait_hub()
+        self._stopping.clear()
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="campfleet-local-supervisor", daemon=True
+        )
+        self._supervisor.start()
+        if self.tls:
+            self._renewer = threading.Thread(
+                target=self._renew_loop, name="campfleet-local-renew", daemon=True
+            )
+            self._renewer.start()
         for index, ship_id in enumerate(self.ship_ids()[:launch]):
             self.start_ship(ship_id, index)
 
@@ -276,12 +395,20 @@ class LocalEvent:
             self.hub_port: "the hub",
             self.control_port: "the control API",
         }
+        if self.tls:
+            named.update({
+                self.proxy_port: "the proxy behind nginx",
+                self.http_port: "nginx's plain HTTP",
+                self.challenge_port: "certbot's challenge server",
+                self.acme_port: "Pebble's ACME directory",
+                self.acme_port + 1: "Pebble's management API",
+            })  # fmt: skip
         named.update({self.port_base(i): f"ship {i + 1}" for i in range(self.ships)})
         for port, what in named.items():
             if not _port_free(port):
                 raise LocalEventError(
                     f"port {port} on 127.0.0.1 ({what}) is already in use; stop what uses it "
-                    f"or choose another --port (the event uses {self.port}..{self.port + 3} "
+                    f"or choose another --port (the event uses {self.port}..{self.port + 8} "
                     f"and {self.port_base(0)}..{self.port_base(self.ships)})"
                 )
 
@@ -326,6 +453,8 @@ class LocalEvent:
             "lostAfter": self.lost_after,
             "projects": self.projects,
             "fleet": self.fleet,
+            "behindTls": self.tls,
+            **({"tls": self._tls_settings()} if self.tls else {}),
             "parameters": {
                 "fleetSecret": "secrets/fleet-secret",
                 "proxyToken": "secrets/proxy-token",
@@ -338,7 +467,7 @@ class LocalEvent:
                 "stateDir": str(self.hub_dir),
                 "volumesRoot": str(self.volumes_root),
                 "volumes": self.ships,
-                "publicPort": self.port,
+                "publicPort": self.proxy_port,
                 "hubPort": self.hub_port,
                 "proxyApiPort": self.proxy_api_port,
                 "controlAddress": "127.0.0.1",
@@ -354,12 +483,15 @@ class LocalEvent:
             f"configure(c, {str(self.settings_path)!r})\n{self.extra_config}\n"
         )
 
-    def _spawn(self, cmd: list[str], log_name: str, cwd: Path) -> subprocess.Popen:
+    def _spawn(
+        self, cmd: list[str], log_name: str, cwd: Path, env: Optional[dict] = None
+    ) -> subprocess.Popen:
         log = open(self.log_dir / log_name, "ab")  # noqa: SIM115 - the child keeps it open
         try:
             return subprocess.Popen(
                 cmd,
                 cwd=cwd,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -368,17 +500,188 @@ class LocalEvent:
         finally:
             log.close()
 
+    # -- TLS (--tls) --------------------------------------------------------------------------
+
+    def _tls_settings(self) -> dict:
+        """mux.json's `tls` block: what the mux has, plus loopback ports and Pebble."""
+        return {
+            "domainName": TLS_HOST,
+            "acmeDirectory": f"https://127.0.0.1:{self.acme_port}/dir",
+            "listenIp": "127.0.0.1",
+            "httpsPort": self.port,
+            "httpPort": self.http_port,
+            "challengePort": self.challenge_port,
+            "workerProcesses": "1",
+            # certbot's random wait before renewing would outlast Pebble's short test certs.
+            "renewRandomSleep": False,
+        }
+
+    def acme(self) -> tls.Acme:
+        """The ACME order the event's TLS service places (the mux's own code path)."""
+        return tls.front_door(load_settings(self.settings_path))[0]
+
+    def _acme_env(self) -> dict:
+        """certbot trusts Pebble's own HTTPS listener (a certificate made for this event)."""
+        return {**os.environ, "REQUESTS_CA_BUNDLE": str(self.tls_dir / "pebble" / "cert.pem")}
+
+    def _start_tls(self) -> None:
+        """Pebble, then the mux's TLS service: nginx, the first certificate, then HTTPS."""
+        nginx = tls.nginx_command(self.tls_dir / "nginx.conf", self.tls_dir)[0]
+        if not Path(nginx).exists() or shutil.which("pebble") is None:
+            raise LocalEventError(
+                "--tls needs nginx and pebble: run scripts/system-deps.sh (or apt-get install "
+                "nginx pebble)"
+            )
+        pebble_dir = self.tls_dir / "pebble"
+        pebble_dir.mkdir(parents=True, exist_ok=True)
+        _self_signed(pebble_dir / "cert.pem", pebble_dir / "key.pem")
+        config = {
+            "listenAddress": f"127.0.0.1:{self.acme_port}",
+            "managementListenAddress": f"127.0.0.1:{self.acme_port + 1}",
+            "certificate": str(pebble_dir / "cert.pem"),
+            "privateKey": str(pebble_dir / "key.pem"),
+            "httpPort": self.http_port,  # Pebble validates http-01 through nginx's port 80
+            "tlsPort": self.port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": False,
+        }
+        if self.cert_seconds:
+            config["certificateValidityPeriod"] = self.cert_seconds
+        (pebble_dir / "pebble.json").write_text(json.dumps({"pebble": config}, indent=2))
+        self.start_service("acme")
+        self._wait_port(self.acme_port, "acme", 30.0)
+        self.start_service("tls")
+        self._wait_port(self.port, "tls", 120.0)  # HTTPS listens once the certificate is in
+        self._fetch_ca()
+
+    def _fetch_ca(self) -> None:
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(self.tls_dir / "pebble" / "cert.pem"))
+        url = f"https://127.0.0.1:{self.acme_port + 1}/roots/0"
+        with urllib.request.urlopen(url, context=context, timeout=10) as r:
+            self.ca_file.write_bytes(r.read())
+
+    def renew(self) -> None:
+        """What the mux's renewal timer runs: renew if due, and then reload nginx gracefully."""
+        cmd = [sys.executable, "-m", "campfleet.mux.tls", "renew", str(self.settings_path)]
+        with open(self.log_dir / "tls.log", "ab") as log:
+            done = subprocess.run(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=self._acme_env(), timeout=180
+            )
+        if done.returncode != 0:
+            raise LocalEventError(
+                f"renewal failed ({done.returncode}); see {self.log_dir / 'tls.log'}: "
+                f"{self._last_line('tls.log')}"
+            )
+
+    def _renew_loop(self) -> None:
+        """Check for renewal like the mux's timer does, often enough for Pebble's short certs."""
+        every = max(2.0, (self.cert_seconds or 3600) / 10)
+        while not self._stopping.wait(every):
+            try:
+                self.renew()
+            except (LocalEventError, subprocess.TimeoutExpired) as e:
+                with open(self.log_dir / "tls.log", "a") as f:
+                    f.write(f"campfleet local: {e}\n")
+
+    def _service_cmd(self, name: str) -> list[str]:
+        if name == "acme":
+            return ["pebble", "-config", str(self.tls_dir / "pebble" / "pebble.json")]
+        if name == "tls":
+            return [sys.executable, "-m", "campfleet.mux.tls", "serve", str(self.settings_path)]
+        if name == "proxy":
+            return [sys.executable, "-m", "campfleet.mux.proxy", str(self.settings_path)]
+        if name == "hub":
+            return [_bin("jupyterhub"), "-f", str(self.state_dir / "jupyterhub_config.py")]
+        raise ValueError(f"no service {name!r}")
+
+    def pid_file(self, name: str) -> Path:
+        """Where a service's current pid is written (`kill -9 $(cat ...)` to try a crash)."""
+        return self.state_dir / "run" / f"{name}.pid"
+
+    def start_service(self, name: str) -> None:
+        """Start (or start again) one service; from now on the supervisor restarts it."""
+        with self._lock:
+            service = self.services.get(name)
+            if service is None:
+                env = {
+                    "acme": {**os.environ, "PEBBLE_VA_NOSLEEP": "1"},
+                    "tls": self._acme_env(),
+                }.get(name)
+                service = Service(name, self._service_cmd(name), self.hub_dir, env)
+                self.services[name] = service
+            service.process = self._spawn(service.cmd, f"{name}.log", service.cwd, service.env)
+            service.wanted, service.failed = True, ""
+            self.pid_file(name).parent.mkdir(parents=True, exist_ok=True)
+            self.pid_file(name).write_text(f"{service.process.pid}\n")
+
+    def stop_service(self, name: str, timeout: float = 15.0) -> None:
+        """Stop one service on purpose (the supervisor leaves it stopped)."""
+        with self._lock:
+            service = self.services.get(name)
+            if service is None or service.process is None:
+                return
+            service.wanted = False
+            _terminate([service.process.pid], timeout)
+            service.process.wait(timeout=5)
+            self.pid_file(name).unlink(missing_ok=True)
+
+    def kill_service(self, name: str) -> int:
+        """SIGKILL one service, as a crash or the OOM killer would; returns the pid killed.
+        The supervisor notices and starts it again."""
+        process = self.services[name].process
+        assert process is not None
+        os.kill(process.pid, signal.SIGKILL)
+        return process.pid
+
+    def _supervise(self) -> None:
+        """Restart every wanted service that exited, like systemd's Restart=always."""
+        while not self._stopping.wait(SUPERVISE_INTERVAL):
+            with self._lock:
+                for service in self.services.values():
+                    if not service.wanted or service.process is None:
+                        continue
+                    code = service.process.poll()
+                    if code is None:
+                        continue
+                    now = time.monotonic()
+                    service.restarts = [t for t in service.restarts if now - t < RESTART_WINDOW]
+                    service.restarts.append(now)
+                    log = self.log_dir / f"{service.name}.log"
+                    if len(service.restarts) > RESTART_BURST:
+                        service.wanted = False
+                        service.failed = (
+                            f"the {service.name} exited {len(service.restarts)} times in "
+                            f"{RESTART_WINDOW:.0f} s; see {log}: {self._last_line(log.name)}"
+                        )
+                        continue
+                    with open(log, "a") as f:
+                        f.write(f"campfleet local: {service.name} exited ({code}); restarting\n")
+                    self.start_service(service.name)
+
     def start_hub(self) -> None:
-        """Start (or restart) the hub; it starts the proxy and the control API itself."""
-        self.hub = self._spawn(
-            [_bin("jupyterhub"), "-f", str(self.state_dir / "jupyterhub_config.py")],
-            "hub.log",
-            self.hub_dir,
-        )
+        """Start (or restart) the hub; the proxy keeps running on its own."""
+        self.start_service("hub")
+
+    def _wait_port(self, port: int, what: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not _listening(port):
+            service = self.services[what]
+            if service.process is not None and service.process.poll() is not None:
+                raise LocalEventError(
+                    f"the {what} exited; see {self.log_dir / (what + '.log')}: "
+                    f"{self._last_line(what + '.log')}"
+                )
+            if time.monotonic() > deadline:
+                raise LocalEventError(
+                    f"the {what} did not listen on port {port} in {timeout:.0f} s"
+                )
+            time.sleep(0.05)
 
     def _wait_hub(self, timeout: float = 120.0) -> None:
         """Start ships once the hub is fully up: they report from their first second on, and
-        hundreds of agents booting at once must not starve the proxy the hub is starting."""
+        hundreds of agents booting at once must not starve the proxy."""
         deadline = time.monotonic() + timeout
         while not (_listening(self.control_port) and self._hub_answers()):
             self._check_alive()
@@ -390,12 +693,8 @@ class LocalEvent:
             time.sleep(0.1)
 
     def stop_hub(self, timeout: float = 15.0) -> None:
-        """Stop the hub and its proxy; ships and their servers keep running (as on AWS)."""
-        if self.hub is not None:
-            _terminate([self.hub.pid], timeout)
-            self.hub.wait(timeout=5)
-            self.hub = None
-        self._kill_pidfile(self.hub_dir / "jupyterhub-proxy.pid")
+        """Stop the hub only; the proxy, ships and attendees' servers keep running (as on AWS)."""
+        self.stop_service("hub", timeout)
 
     def restart_hub(self) -> None:
         self.stop_hub()
@@ -526,10 +825,18 @@ class LocalEvent:
             registry.close()
 
     def _check_alive(self) -> None:
-        if self.hub is None or self.hub.poll() is not None:
-            raise LocalEventError(
-                f"the hub exited; see {self.log_dir / 'hub.log'}: {self._last_line('hub.log')}"
-            )
+        """Raise if a service gave up (or, before the supervisor runs, exited) or a ship died."""
+        supervised = self._supervisor is not None and self._supervisor.is_alive()
+        for service in self.services.values():
+            if service.failed:
+                raise LocalEventError(service.failed)
+            exited = service.process is None or service.process.poll() is not None
+            if service.wanted and exited and not supervised:
+                log_name = f"{service.name}.log"
+                raise LocalEventError(
+                    f"the {service.name} exited; see {self.log_dir / log_name}: "
+                    f"{self._last_line(log_name)}"
+                )
         for ship_id, agent in list(self.agents.items()):
             if agent.poll() is not None:
                 log_name = f"ship-{ship_id}.log"
@@ -548,10 +855,18 @@ class LocalEvent:
 
     def _hub_answers(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}hub/health", timeout=2) as r:
+            with urllib.request.urlopen(f"{self.url}hub/health", timeout=2, **self._ssl()) as r:
                 return r.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
+    def _ssl(self) -> dict:
+        """urlopen's context for the event's own URL: Pebble's root with --tls."""
+        if not self.tls or not self.ca_file.exists():
+            return {}
+        import ssl
+
+        return {"context": ssl.create_default_context(cafile=str(self.ca_file))}
 
     def wait_ready(
         self, progress: Optional[ProgressCallback] = None, timeout: float = 180.0
@@ -597,19 +912,29 @@ class LocalEvent:
         """Stop every process left in this state dir (by pid file, cwd or command line)."""
         if not self.state_dir.exists():
             return
-        self._kill_pidfile(self.hub_dir / "jupyterhub-proxy.pid")
+        for name in ("hub", "proxy", "tls", "acme"):
+            self._kill_pidfile(self.pid_file(name))
         self._kill_pidfile(self.hub_dir / "jupyterhub.pid")
         pids = _processes_under(self.state_dir)
         if pids:
             _terminate(pids, 5.0)
 
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM hub and ships (each process group), wait, SIGKILL; no process is left."""
+        """SIGTERM hub, proxy and ships (each process group), wait, SIGKILL; nothing is left."""
         if self._follower is not None:
             self._follow_stop.set()
             self._follower.join(timeout=30)
             self._follower = None
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=5)
+            self._supervisor = None
+        if self._renewer is not None:
+            self._renewer.join(timeout=200)
+            self._renewer = None
         self.stop_hub(timeout)
+        for name in ("proxy", "tls", "acme"):
+            self.stop_service(name, timeout)
         agents = [a.pid for a in self.agents.values()]
         descendants = [c for pid in agents for c in _children(pid)]
         _terminate(agents, timeout)

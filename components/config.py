@@ -44,11 +44,15 @@ _EGRESS = ("nat", "endpoints")
 _ZONE_NAME = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-[0-9][a-z]$")
 # Intervals Amazon Data Lifecycle Manager accepts for a create rule (CreateRule.Interval, hours).
 SNAPSHOT_INTERVALS = (1, 2, 3, 4, 6, 8, 12, 24)
-# What SNS accepts as an email endpoint, roughly: one @, a dot in the domain, no spaces.
+# An email address as SNS and ACME accept it, roughly: one @, a dot in the domain, no spaces.
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_BUDGET_USD = 1_000_000
 # What every AWS service accepts in a tag value (EC2 allows more; ECR, SSM and IAM do not).
 _TAG_VALUE = re.compile(r"^[\w .:/=+\-@]{0,256}$")
+# A DNS name the ACME CA can certify: lower-case labels, at least one dot, no wildcard.
+_DOMAIN = re.compile(r"^(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_HTTPS_URL = re.compile(r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[\w./~%+-]*)?$")
+_HOSTED_ZONE = re.compile(r"^Z[A-Z0-9]{1,31}$")
 
 
 class ConfigError(Exception):
@@ -86,6 +90,11 @@ class FleetConfig:
     snapshot_every_hours: int = 0  # 0 = no periodic snapshots
     snapshots_kept: int = 7
     restore_from: str = ""  # an archive manifest (file path or ssm:/name); "" = blank volumes
+    # The TLS front door (docs/tls.md): a domain's certificate, else the Elastic IP's.
+    domain_name: str = ""
+    acme_directory: str = ""
+    acme_email: str = ""
+    hosted_zone_id: str = ""
     # A secret given by the organizer (None = generate one). Never printed.
     shared_password: Optional[str] = field(default=None, repr=False)
     # When the room is in use and how the fleet follows it (campfleet.fleetpolicy).
@@ -355,6 +364,28 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
         check.bad("restoreFrom", restore, "a manifest file path or ssm:/<parameter name>")
         restore = ""
     zones = check.integer("availabilityZones", raw["availabilityZones"], 1, 6)
+    domain = raw["domainName"]
+    if domain != "" and (not isinstance(domain, str) or not _DOMAIN.fullmatch(domain)):
+        check.bad("domainName", domain, 'a lower-case DNS name like "jupyter.example.org", or ""')
+        domain = ""
+    directory = raw["acmeDirectory"]
+    if not isinstance(directory, str) or not _HTTPS_URL.fullmatch(directory):
+        check.bad("acmeDirectory", directory, "an https:// ACME directory URL")
+        directory = ""
+    email = raw["acmeEmail"]
+    if email != "" and (not isinstance(email, str) or not _EMAIL.fullmatch(email)):
+        check.bad("acmeEmail", email, 'an e-mail address, or "" for none')
+        email = ""
+    hosted_zone = raw["hostedZoneId"]
+    if hosted_zone != "" and (
+        not isinstance(hosted_zone, str) or not _HOSTED_ZONE.fullmatch(hosted_zone)
+    ):
+        check.bad(
+            "hostedZoneId", hosted_zone, 'a Route 53 hosted zone id like "Z0123456789ABCDEFGHIJ"'
+        )
+        hosted_zone = ""
+    elif hosted_zone and not raw["domainName"]:
+        check.bad("hostedZoneId", hosted_zone, "no value unless campfleet:domainName is set too")
 
     config = FleetConfig(
         stack=stack,
@@ -377,6 +408,10 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
         snapshot_every_hours=every,
         snapshots_kept=check.integer("snapshotsKept", raw["snapshotsKept"], 1, 1000),
         restore_from=restore,
+        domain_name=domain,
+        acme_directory=directory,
+        acme_email=email,
+        hosted_zone_id=hosted_zone,
         shared_password=shared_password,
         sessions=tuple(sessions),
         time_zone=zone if isinstance(zone, str) else "UTC",

@@ -24,6 +24,8 @@ from components.tags import HOME_ROLE, OWNER_TAG, ROLE_TAG, STACK_TAG, tagged
 STATE_VOLUME_GIB = 10
 STATE_DEVICE = "/dev/sdf"
 LOST_AFTER_HEARTBEATS = 3
+PROXY_PORT = 8000  # configurable-http-proxy on loopback, behind nginx (docs/tls.md)
+DNS_TTL = 300
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,12 @@ class MuxArgs:
     def demand(self) -> bool:
         return self.fleet.get("mode") == "demand"
 
+    # The TLS front door (docs/tls.md): empty domain = a certificate for the Elastic IP.
+    domain_name: str = ""
+    acme_directory: str = ""
+    acme_email: str = ""
+    hosted_zone_id: str = ""
+
 
 def mux_settings(args: MuxArgs, region: str, ship_image: str) -> dict[str, object]:
     """/etc/campfleet/mux.json (keys per the team contract; SSM parameter names only)."""
@@ -69,7 +77,15 @@ def mux_settings(args: MuxArgs, region: str, ship_image: str) -> dict[str, objec
         "adminUsers": list(args.admin_users),
         "controlPort": CONTROL_PORT,
         "hubPort": HUB_API_PORT,
-        "publicPort": 80,
+        # The proxy listens on loopback only; nginx terminates TLS on 443 in front of it.
+        "publicIp": "127.0.0.1",
+        "publicPort": PROXY_PORT,
+        "behindTls": True,
+        "tls": {
+            "domainName": args.domain_name,
+            "acmeDirectory": args.acme_directory,
+            "acmeEmail": args.acme_email,
+        },
         "heartbeat": HEARTBEAT_SECONDS,
         "lostAfter": LOST_AFTER_HEARTBEATS,
         "shipGroupName": args.ship_group_name,
@@ -78,6 +94,13 @@ def mux_settings(args: MuxArgs, region: str, ship_image: str) -> dict[str, objec
         "parameters": dict(args.parameter_names),
         "fleet": dict(args.fleet),
     }
+
+
+def mux_url(domain_name: str, public_ip: pulumi.Output[str]) -> pulumi.Output[str]:
+    """Where attendees go: https:// the domain, else the Elastic IP (its own certificate)."""
+    if domain_name:
+        return pulumi.Output.from_input(f"https://{domain_name}/")
+    return public_ip.apply(lambda ip: f"https://{ip}/")
 
 
 class Mux(pulumi.ComponentResource):
@@ -253,8 +276,18 @@ class Mux(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.public_ip = eip.public_ip
+        self.url = mux_url(args.domain_name, eip.public_ip)
+        if args.hosted_zone_id:
+            aws.route53.Record(
+                f"{name}-dns",
+                zone_id=args.hosted_zone_id,
+                name=args.domain_name,
+                type="A",
+                ttl=DNS_TTL,
+                records=[eip.public_ip],
+                opts=pulumi.ResourceOptions(parent=self),
+            )
         self.instance_id = instance.id
-        self.url = eip.public_ip.apply(lambda ip: f"http://{ip}/")
         self.control_endpoint = f"http://{args.private_ip}:{CONTROL_PORT}"
         self.register_outputs(
             {"publicIp": self.public_ip, "url": self.url, "controlEndpoint": self.control_endpoint}

@@ -21,9 +21,11 @@ VPC_CIDR = "10.0.0.0/16"
 PUBLIC_CIDR = "10.0.0.0/24"
 # Fixed so ships (and their launch template) never depend on the mux instance itself.
 MUX_PRIVATE_IP = "10.0.0.10"
-# The mux serves plain HTTP on 80 and nothing listens on 443 yet (no TLS; docs/network.md):
-# 443 opens together with a TLS listener, not before.
-WEB_PORTS = (80,)
+# The mux serves HTTPS on 443 to the allowed CIDRs. Port 80 serves only the ACME http-01
+# challenge and a redirect to HTTPS, and is open to all: the CA validates from its own,
+# unannounced addresses (docs/tls.md).
+WEB_PORTS = (443,)
+ACME_PORT = 80
 CONTROL_PORT = 8700
 HUB_API_PORT = 8081  # single-user servers on ships call the hub API / OAuth here
 JUPYTER_PORTS = (8888, 8899)  # one port per project container, from 8888 up
@@ -203,6 +205,7 @@ class Network(pulumi.ComponentResource):
         for index, cidr in enumerate(args.allowed_cidrs):
             for port in WEB_PORTS:
                 ingress(f"mux-web-{port}-{index}", mux_sg, (port, port), cidr_ipv4=cidr)
+        ingress(f"mux-acme-{ACME_PORT}", mux_sg, (ACME_PORT, ACME_PORT), cidr_ipv4="0.0.0.0/0")
         for port in (CONTROL_PORT, HUB_API_PORT):
             ingress(
                 f"mux-from-ships-{port}",

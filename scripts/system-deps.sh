@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian tools some tests use: cloud-init (user-data schema check),
-# chromium (browser test), shellcheck, and prometheus + prometheus-alertmanager (the alerting
-# test of docs/monitoring.md). Needs apt-get and root (or passwordless sudo); otherwise it says what is
+# chromium (browser test), shellcheck, prometheus + prometheus-alertmanager (the alerting
+# test of docs/monitoring.md), and for `campfleet local --tls` nginx (the TLS terminator),
+# pebble (Let's Encrypt's test CA) and certutil (a browser profile trusting it). Needs apt-get and root (or passwordless sudo); otherwise it says what is
 # missing and the tests that need a tool skip, naming it.
 set -euo pipefail
 
@@ -11,6 +12,9 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+command -v nginx >/dev/null 2>&1 || need+=(nginx)
+command -v pebble >/dev/null 2>&1 || need+=(pebble)
+command -v certutil >/dev/null 2>&1 || need+=(libnss3-tools)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=()

@@ -68,6 +68,12 @@ def register(subparsers: Any) -> None:
         help="stop servers idle this long; their ship returns to the pool (default 0: never)",
     )
     parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS as the mux does: nginx in front, a certificate from Pebble (Let's "
+        "Encrypt's test CA) via certbot, renewed automatically; trust tls/pebble-root.pem",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=180.0,
@@ -140,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
             admin=args.admin,
             state_dir=Path(args.state_dir),
             **({"fleet": fleet} if fleet else {}),  # fixed, no culler: as before
+            tls=args.tls,
         )
     except LocalEventError as exc:
         raise CliError(str(exc)) from None
@@ -156,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  admin: {event.admin}  password: {event.admin_password}", flush=True)
         status = f"campfleet status --url {event.url.rstrip('/')} --token {event.api_token}"
         print(f"  organizer: {status}", flush=True)
+        if event.tls:
+            print(f"  HTTPS: trust Pebble's root certificate {event.ca_file}", flush=True)
         print(f"  logs: {event.log_dir}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         threading.Event().wait()

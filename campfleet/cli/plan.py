@@ -196,6 +196,21 @@ def scheduled_week(config: Any, table: dict[str, Any], cost_per_hour: float) -> 
     return week_cost(config.policy(), config.warm_pool, ship, rest)
 
 
+def front_door_note(config: Any) -> str:
+    """How attendees will reach the mux: its HTTPS name, certificate and DNS record."""
+    ca = config.acme_directory
+    if not config.domain_name:
+        return (
+            f"HTTPS on the Elastic IP itself (a shortlived certificate from {ca}, renewed "
+            "automatically); set campfleet:domainName to serve a name"
+        )
+    if config.hosted_zone_id:
+        dns = f"Pulumi creates its A record in Route 53 zone {config.hosted_zone_id}"
+    else:
+        dns = "create its A record to the Elastic IP yourself (stack output muxDnsRecord)"
+    return f"HTTPS on {config.domain_name} (certificate from {ca}); {dns}"
+
+
 def summarize(
     project_dir: Path,
     stack: str,
@@ -231,6 +246,7 @@ def summarize(
         notes.append(
             f"campfleet/data/aws.json has no prices for {region}; showing {price_region} prices"
         )
+    notes.append(front_door_note(evaluation.config))
     findings = policies.check(
         evaluation, max_ships=policies.DEFAULT_MAX_SHIPS if max_ships is None else max_ships
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -27,7 +28,7 @@ from campfleet.cli import (
     table_box,
 )
 from campfleet.needs import DataError, Needs, aws_data, instance_spec, needs_for, vcpu_quota_key
-from campfleet.policies import STACK_TAG
+from campfleet.policies import ROLE_TAG, STACK_TAG
 
 LIVE_INSTANCE_STATES = ["pending", "running", "stopping"]
 
@@ -256,10 +257,53 @@ def aws_clients(region: str) -> tuple[Any, Any]:
     return session.client("ec2"), session.client("service-quotas")
 
 
+def resolve_ipv4(name: str) -> list[str]:
+    """The name's IPv4 addresses from this machine's resolver (the one seam tests replace)."""
+    try:
+        infos = socket.getaddrinfo(name, 443, socket.AF_INET, socket.SOCK_STREAM)
+    except socket.gaierror:
+        return []
+    return sorted({info[4][0] for info in infos})
+
+
+def mux_elastic_ip(ec2: Any, stack: str) -> str | None:
+    """The stack's mux Elastic IP (tagged like every resource of the stack), if it exists."""
+    answer = ec2.describe_addresses(
+        Filters=[
+            {"Name": f"tag:{STACK_TAG}", "Values": [stack]},
+            {"Name": f"tag:{ROLE_TAG}", "Values": ["mux"]},
+        ]
+    )
+    addresses = [a["PublicIp"] for a in answer.get("Addresses", []) if a.get("PublicIp")]
+    return addresses[0] if addresses else None
+
+
+def dns_check(ec2: Any, stack: str, config: Any) -> tuple[str, bool]:
+    """(line, ok) for a domain whose A record the organizer creates (no hostedZoneId)."""
+    domain = config.domain_name
+    ip = mux_elastic_ip(ec2, stack)
+    if ip is None:
+        return (
+            f"DNS: after `pulumi up`, create the A record {domain} -> the mux's Elastic IP "
+            "(stack output muxDnsRecord), then run preflight again to check it",
+            True,
+        )
+    found = resolve_ipv4(domain)
+    if found == [ip]:
+        return f"DNS: {domain} resolves to {ip}, the mux's Elastic IP", True
+    seen = ", ".join(found) if found else "nothing"
+    return (
+        f"DNS FAILED: {domain} resolves to {seen}, not the mux's Elastic IP {ip}; set its "
+        f"A record to {ip} (no certificate can be issued until it does)",
+        False,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     project_dir = find_project_dir(args.project_dir)
     values = stack_values(project_dir, args.stack)
-    needs = needs_for(evaluate_stack(project_dir, args.stack, values))
+    evaluation = evaluate_stack(project_dir, args.stack, values)
+    needs = needs_for(evaluation)
     region = resolve_region(args.region, values)
     ec2, sq = aws_clients(region)
     usage = read_usage(ec2, args.stack)
@@ -267,7 +311,12 @@ def run(args: argparse.Namespace) -> int:
     quotas = {key: read_quota(sq, items[key]) for key in needed_items(needs)}
     rows = check(needs, usage, quotas)
     report(rows, usage, needs, args.stack, region)
-    return 1 if shortfall_lines(rows, region) else 0
+    dns_ok = True
+    config = evaluation.config
+    if config.domain_name and not config.hosted_zone_id:
+        line, dns_ok = dns_check(ec2, args.stack, config)
+        console().print(line, markup=False, soft_wrap=True)
+    return 1 if shortfall_lines(rows, region) or not dns_ok else 0
 
 
 def report(rows: list[Row], usage: Usage, needs: Needs, stack: str, region: str) -> None:

@@ -269,6 +269,17 @@ def fleet_view(fleet: dict[str, Any], url: str, con: Console, *, ships: bool) ->
         parts.append(failures)
     else:
         parts.append("Failures: none")
+    refusals = fleet.get("refusals", [])
+    if refusals:
+        turned = Table("attendee", "reason", "what they read", title="Turned away (newest first)",
+                       box=table_box(con))  # fmt: skip
+        for r in refusals:
+            turned.add_row(r["attendee"], r["reason"], r["message"])
+        parts.append(turned)
+    for outage in fleet.get("proxyOutages", []):
+        parts.append(
+            f"Proxy restart at {outage['at']}: attendees cut off for at most {outage['seconds']} s"
+        )
     rejected = {k: n for k, n in fleet["rejections"].items() if n}
     parts.append(
         "Control API rejections: "

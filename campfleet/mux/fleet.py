@@ -9,11 +9,13 @@ the cloud to replace every ship that goes `failed` or `lost`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -35,6 +37,8 @@ UNHEALTHY = (ShipState.FAILED, ShipState.LOST)
 # (that was waiters x reports wake-ups, each re-counting or re-claiming).
 GATE = "campfleet:gate-opened"
 POOL = "campfleet:ship-freed"
+RECENT_REFUSALS = 50
+RECENT_PROXY_OUTAGES = 20
 
 _current: Optional[Fleet] = None
 
@@ -63,6 +67,16 @@ def _claimable(record: ShipRecord) -> bool:
         and not desired.drain
         and not desired.terminate
     )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One attendee turned away: when, who, a short reason label and the words they read."""
+
+    ts: float
+    attendee: str
+    reason: str
+    message: str
 
 
 class Fleet:
@@ -103,6 +117,10 @@ class Fleet:
         self._listeners: list[Callable[[str], None]] = []
         self._watchers: dict[str, list[Callable[[], None]]] = {}
         self._marked_unhealthy: set[str] = set()
+        self.refusals: collections.deque[Refusal] = collections.deque(maxlen=RECENT_REFUSALS)
+        self.proxy_outages: collections.deque[tuple[float, float]] = collections.deque(
+            maxlen=RECENT_PROXY_OUTAGES
+        )
         self._tasks: set[asyncio.Task] = set()
         self._metrics_task: Optional[asyncio.Task] = None
         self.started = time.time()
@@ -244,6 +262,18 @@ class Fleet:
         self._gate_forced = True
         self._save_state()
         self._wake(GATE)
+
+    # -- refusals ---------------------------------------------------------------------------
+
+    def refuse(self, attendee: str, reason: str, message: str) -> None:
+        """Record a refusal an attendee was shown, so the organizers see the same words."""
+        self.refusals.append(Refusal(time.time(), attendee, reason, message))
+        log.warning("fleet: refused %s (%s): %s", attendee, reason, message)
+
+    def record_proxy_outage(self, started: float, restored: float) -> None:
+        """The proxy was down or without routes from `started` (last good check) to `restored`."""
+        self.proxy_outages.append((started, restored))
+        log.warning("fleet: attendees were cut off by the proxy for %.1f s", restored - started)
 
     # -- ship image (redeploy) ---------------------------------------------------------------
 

@@ -84,6 +84,17 @@ def snapshot(fleet: Fleet, redeployer: Redeployer) -> dict[str, Any]:
             for s in ships
             for reason in _failures(s.state, s.error, s.containers)
         ],
+        "refusals": [
+            {"ts": r.ts, "attendee": r.attendee, "reason": r.reason, "message": r.message}
+            for r in reversed(fleet.refusals)
+        ],
+        "proxyOutages": [
+            {
+                "at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
+                "seconds": round(restored - started, 1),
+            }
+            for started, restored in reversed(fleet.proxy_outages)
+        ],
         "rejections": dict(fleet.control.rejections),
         "cloud": [
             {"ts": c.ts, "action": c.action, "target": c.target, "detail": c.detail, "ok": c.ok}

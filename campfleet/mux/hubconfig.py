@@ -11,39 +11,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import sqlite3
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from jupyterhub.app import JupyterHub
 from jupyterhub.authenticators.shared import SharedPasswordAuthenticator
+from jupyterhub.utils import url_path_join
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from tornado import web
 
+from campfleet.mux import fleet as fleet_mod
 from campfleet.mux import fleetview, metrics
 from campfleet.mux.cloud import AwsCloud, Cloud, LocalCloud
 from campfleet.mux.control import ControlServer
 from campfleet.mux.demand import DemandController
 from campfleet.mux.fleet import Fleet
+from campfleet.mux.proxy import hub_url
+from campfleet.mux.proxywatch import ProxyWatch
 from campfleet.mux.redeploy import Redeployer
 from campfleet.mux.registry import Registry
-from campfleet.mux.settings import (
-    LOCAL_GROUP_FILE,
-    Secrets,
-    Settings,
-    SettingsError,
-    load,
-    load_secrets,
-)
+from campfleet.mux.settings import LOCAL_GROUP_FILE, Secrets, Settings, load, load_secrets
 
 log = logging.getLogger("campfleet.hubconfig")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CLAIM_COOKIE = "campfleet-name"
-NODE_MAX_OLD_SPACE_MB = 1024
-PROXY_TIMEOUT_MS = 5 * 60 * 1000  # long-running notebook requests (uploads, big outputs)
 CLAIM_DAYS = 30
 ADMIN_SERVICE = "campfleet-admin"
 # What organizer tools need: manage users and servers, reach servers, read metrics.
@@ -74,29 +68,21 @@ class WorkshopAuthenticator(SharedPasswordAuthenticator):
             and existing.orm_user.last_activity is not None
             and (claimed_by or b"").decode("utf8", "replace") != name
         ):
-            self.log.warning("refused login as %r: the name is in use by another browser", name)
-            raise web.HTTPError(
-                403,
-                f"The name {name!r} is already in use. Pick another name, "
-                "or ask an organizer to free it.",
+            message = (
+                f"The name {name!r} is already in use at this event, from another browser. "
+                "Pick another name, or ask an organizer to free this one."
             )
+            fleet_mod.current().refuse(name, "name-in-use", message)
+            raise web.HTTPError(403, "%s", message)
         handler.set_secure_cookie(
-            CLAIM_COOKIE, name, expires_days=CLAIM_DAYS, path=handler.hub.base_url, httponly=True
+            CLAIM_COOKIE,
+            name,
+            expires_days=CLAIM_DAYS,
+            path=handler.hub.base_url,
+            httponly=True,
+            **handler.settings.get("cookie_options", {}),  # secure behind TLS
         )
         return result
-
-
-def _chp_script() -> Path:
-    """The pinned configurable-http-proxy: the checkout's node_modules (make local), else the
-    one on PATH (the mux image puts its npm-ci'd node_modules/.bin there)."""
-    checkout = REPO_ROOT / "node_modules" / "configurable-http-proxy" / "bin"
-    on_path = shutil.which("configurable-http-proxy")
-    for candidate in (checkout / "configurable-http-proxy", Path(on_path) if on_path else None):
-        if candidate is not None and candidate.exists():
-            return candidate.resolve()
-    raise SettingsError(
-        "configurable-http-proxy not found: run `npm ci` in the project (package.json pins it)"
-    )
 
 
 def hub_db_wal(dbapi_connection: Any, _record: Any) -> None:
@@ -115,17 +101,14 @@ def hub_db_wal(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-def proxy_command() -> list[str]:
-    """configurable-http-proxy under node with its heap and timeouts set for hundreds of users."""
-    node = shutil.which("node") or "node"
-    return [
-        node,
-        f"--max-old-space-size={NODE_MAX_OLD_SPACE_MB}",
-        str(_chp_script()),
-        f"--timeout={PROXY_TIMEOUT_MS}",
-        f"--proxy-timeout={PROXY_TIMEOUT_MS}",
-        "--keep-alive-timeout=65000",
-    ]
+def landing_url(handler: web.RequestHandler) -> str:
+    """Where a login or the hub's root sends a user: admins to the fleet page (they take a
+    ship only when they start a server themselves), everyone else JupyterHub's default
+    (their own server, starting it)."""
+    user = handler.current_user
+    if getattr(user, "admin", False):
+        return url_path_join(handler.hub.base_url, "fleet")
+    return ""
 
 
 def culler_service(idle_seconds: int, cull_every_seconds: int) -> dict[str, Any]:
@@ -221,6 +204,9 @@ def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
     return fleet.install()
 
 
+_background: set[asyncio.Task] = set()  # keeps the hub's background tasks referenced
+
+
 def _start_in_hub_loop(fleet: Fleet) -> None:
     """Start the control API in the loop JupyterHub is loading its config in.
 
@@ -245,6 +231,9 @@ def _start_in_hub_loop(fleet: Fleet) -> None:
 
     task = loop.create_task(fleet.start())
     task.add_done_callback(done)
+    # The proxy is its own service: put the routes back whenever it restarts empty.
+    watch = loop.create_task(ProxyWatch(fleet).run(JupyterHub.instance()))
+    _background.add(watch)
 
 
 def configure(c: Any, settings_path: Path | str) -> Fleet:
@@ -260,7 +249,7 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
     hub.port = settings.public_port
     hub.hub_ip = settings.control_address
     hub.hub_port = settings.hub_port
-    hub.hub_connect_url = f"http://{settings.control_address}:{settings.hub_port}"
+    hub.hub_connect_url = hub_url(settings)
     hub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
     if not event.contains(Engine, "connect", hub_db_wal):
         event.listen(Engine, "connect", hub_db_wal)
@@ -278,14 +267,21 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
     redeployer = Redeployer(fleet)
     hub.extra_handlers = fleetview.handlers(fleet, redeployer)
     metrics.install(fleet, redeployer)  # into the registry /hub/metrics serves
+    hub.default_url = landing_url
+    # Our page.html adds the fleet page to the hub's navigation bar on every hub page;
     # home.html adds "Download my files" (a zip made by jupyter-archive in the user's server).
     hub.template_paths = [str(fleetview.TEMPLATES)]
 
+    # The proxy is its own service (campfleet.mux.proxy), started and restarted beside the
+    # hub, so a hub crash or restart leaves every attendee's connection open.
+    if settings.behind_tls:
+        # Cookies only over HTTPS (the hub's, and every notebook server's via the spawner).
+        hub.tornado_settings = {"cookie_options": {"secure": True}}
+
     proxy = c.ConfigurableHTTPProxy
-    proxy.command = proxy_command()
+    proxy.should_start = False
     proxy.auth_token = secrets.proxy_token
     proxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
-    proxy.pid_file = str(state / "jupyterhub-proxy.pid")
 
     auth = c.WorkshopAuthenticator
     auth.user_password = secrets.shared_password or None
@@ -307,7 +303,9 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
         # Projects are named servers: one container per project on the attendee's ship.
         c.ShipSpawner.projects = settings.projects
         hub.allow_named_servers = True
-        hub.named_server_limit_per_user = len(settings.projects)
+        # No count limit: only project names start (ShipSpawner refuses any other name, 404),
+        # and a count would let one mistyped name block a real project for good.
+        hub.named_server_limit_per_user = 0
     services: list[dict[str, Any]] = []
     roles: list[dict[str, Any]] = []
     if secrets.api_token:

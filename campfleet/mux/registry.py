@@ -113,6 +113,14 @@ class RegistryError(Exception):
     """A registry call that cannot be done; the text says what and what to do."""
 
 
+class RoomFull(RegistryError):
+    """Every home volume of the pool belongs to someone: a new attendee has no place."""
+
+    def __init__(self, message: str, total: int) -> None:
+        super().__init__(message)
+        self.total = total
+
+
 class UnknownShip(RegistryError):
     pass
 
@@ -546,9 +554,10 @@ class Registry:
                 row = self._free_volume(prefer_zone)
                 if row is None:
                     total = self._db.execute("SELECT count(*) FROM volumes").fetchone()[0]
-                    raise RegistryError(
+                    raise RoomFull(
                         f"no free home volume for {owner!r}: all {total} pool volumes are "
-                        "assigned; raise campfleet:ships (the pool size) and run pulumi up"
+                        "assigned; raise campfleet:ships (the pool size) and run pulumi up",
+                        total,
                     )
                 self._db.execute(
                     "UPDATE volumes SET owner=?, assigned_at=? WHERE volume_id=?",

@@ -160,6 +160,10 @@ class Settings:
     proxy_api_port: int
     local: Optional[LocalSettings]
     fleet: FleetSettings = field(default_factory=FleetSettings)
+    # A TLS terminator (nginx) is in front of the proxy: secure cookies, its X-Forwarded-*.
+    behind_tls: bool = False
+    # {"domainName", "acmeDirectory", "acmeEmail"} for the mux's front door (campfleet.mux.tls)
+    tls: Optional[dict] = None
 
     @property
     def is_local(self) -> bool:
@@ -256,17 +260,28 @@ def parse(data: dict, private_ip: str = "") -> Settings:
         lost_after=int(data.get("lostAfter", 3)),
         mounted_grace=_grace(data.get("mountedGraceSeconds", 1800.0)),
         projects=_projects(data.get("projects", {})),
-        public_ip="127.0.0.1" if local else "0.0.0.0",
+        public_ip="127.0.0.1" if local else str(data.get("publicIp", "0.0.0.0")),
         public_port=local.public_port if local else int(data.get("publicPort", 80)),
         hub_port=local.hub_port if local else int(data.get("hubPort", 8081)),
         proxy_api_port=local.proxy_api_port if local else int(data.get("proxyApiPort", 8001)),
         local=local,
         fleet=parse_fleet(data.get("fleet"), ships),
+        behind_tls=bool(data.get("behindTls", False)),
+        tls=data.get("tls"),
     )
 
 
 def imds_private_ip(timeout: float = 2.0) -> str:
     """The instance's private IPv4 via IMDSv2 (token first), where ships reach the mux."""
+    return _imds("local-ipv4", timeout)
+
+
+def imds_public_ip(timeout: float = 2.0) -> str:
+    """The instance's public IPv4 (the Elastic IP once associated): its certificate's name."""
+    return _imds("public-ipv4", timeout)
+
+
+def _imds(item: str, timeout: float) -> str:
     token_req = urllib.request.Request(
         f"{IMDS}/api/token",
         method="PUT",
@@ -275,7 +290,7 @@ def imds_private_ip(timeout: float = 2.0) -> str:
     with urllib.request.urlopen(token_req, timeout=timeout) as r:
         token = r.read().decode()
     ip_req = urllib.request.Request(
-        f"{IMDS}/meta-data/local-ipv4", headers={"X-aws-ec2-metadata-token": token}
+        f"{IMDS}/meta-data/{item}", headers={"X-aws-ec2-metadata-token": token}
     )
     with urllib.request.urlopen(ip_req, timeout=timeout) as r:
         return r.read().decode().strip()

@@ -15,13 +15,13 @@ import asyncio
 import time
 from typing import Any, Optional
 
-from jupyterhub.spawner import Spawner
+from jupyterhub.spawner import Spawner, SpawnException
 from traitlets import Bool, Dict, Float, Unicode
 
 from campfleet.mux import fleet as fleet_mod
 from campfleet.mux.cloud import VolumeBusy
 from campfleet.mux.metrics import START_SECONDS
-from campfleet.mux.registry import ShipRecord
+from campfleet.mux.registry import RoomFull, ShipRecord
 from campfleet.protocol import ContainerSpec, ShipState
 
 GONE = (ShipState.FAILED.value, ShipState.LOST.value, ShipState.TERMINATED.value)
@@ -33,12 +33,17 @@ GATE_PROGRESS = 2.0  # seconds between "n of m ready" updates while the room is 
 _owner_locks: dict[str, asyncio.Lock] = {}
 
 
-class ShipError(Exception):
-    """A start failed for a reason the attendee should read (shown on the spawn page)."""
+class ShipError(SpawnException):
+    """A start refused or failed for a reason the attendee should read.
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.jupyterhub_message = message  # JupyterHub shows this instead of "Internal Error"
+    JupyterHub shows it in its own error page, the spawn-pending page and the spawn API's JSON
+    (with `status_code`, never a bare 500), and counts it by `reason` in its spawn metrics;
+    the Fleet records it for the organizers' fleet page.
+    """
+
+    def __init__(self, message: str, *, reason: str = "ship", status_code: int = 503) -> None:
+        super().__init__(message, reason=reason, status_code=status_code)
+        self.jupyterhub_message = message  # what the not-running page and progress stream show
 
 
 def _state(record: ShipRecord) -> str:
@@ -70,6 +75,12 @@ class ShipSpawner(Spawner):
         config=True,
         help="""Seconds a start waits for a free ship in the attendee's zone before it fails
         with a message saying so (instead of a silent wait until start_timeout).""",
+    )
+    gate_wait = Float(
+        300.0,
+        config=True,
+        help="""Seconds a start waits at the closed readiness gate (showing how many ships are
+        ready) before it gives up with a page telling the attendee to come back shortly.""",
     )
     stop_wait = Float(
         15.0, config=True, help="Seconds stop() waits for the agent to report the container gone."
@@ -110,8 +121,13 @@ class ShipSpawner(Spawner):
         if not self.name:
             return {"image": self.fleet.ship_image, "cmd": list(self.cmd)}
         if self.name not in self.projects:
-            choices = ", ".join(sorted(self.projects)) or "none configured"
-            raise ShipError(f"unknown project {self.name!r}; projects: {choices}")
+            choices = ", ".join(sorted(self.projects)) or "none, only your default server"
+            raise ShipError(
+                f"There is no project named {self.name!r} at this event (projects: {choices}). "
+                "Pick one from your home page.",
+                reason="project",
+                status_code=404,
+            )
         project = self.projects[self.name]
         return {
             "image": project.get("image", self.fleet.ship_image),
@@ -212,6 +228,8 @@ class ShipSpawner(Spawner):
         except (Exception, asyncio.CancelledError) as e:
             if isinstance(e, asyncio.CancelledError):
                 outcome = "cancelled"
+            if isinstance(e, ShipError):
+                self.fleet.refuse(self.user.name, e.reason, e.message)
             # Failed, timed out or cancelled by the attendee: no idle claimed ship is left behind.
             held = self.fleet.registry.owned_by(self.user.name)
             if self.release_on_stop and held is not None:
@@ -237,18 +255,31 @@ class ShipSpawner(Spawner):
             url = await self._run_container(record, project)
             if url:
                 return url
-        raise ShipError("no ship stayed healthy long enough to start your server; try again")
+        raise ShipError(
+            f"{MAX_SHIP_ATTEMPTS} machines in a row stopped answering while your server started. "
+            "Start again in a minute; if it happens again, ask an organizer (they see the "
+            "reason on the fleet page)."
+        )
 
     async def _wait_gate(self) -> None:
         """Wait for the room to open, telling the attendee how many ships are ready. Woken at
         once when the gate opens, else every GATE_PROGRESS s to update the count: not by every
         ship's report (a room waiting early would cost attendees x reports wake-ups)."""
         fleet = self.fleet
+        give_up = time.monotonic() + self.gate_wait
         shown = None
         while not fleet.gate_latched:  # latched: the common case, no count per start
             r = fleet.readiness()
             if r.open:
                 return
+            left = give_up - time.monotonic()
+            if left <= 0:
+                raise ShipError(
+                    f"The room is not open yet: {r.ready} of {r.expected} machines are ready "
+                    f"and it opens at {r.needed}. Try again in a few minutes (an organizer can "
+                    "open it now from the fleet page).",
+                    reason="gate",
+                )
             if r.ready != shown:
                 shown = r.ready
                 self._emit(
@@ -256,14 +287,30 @@ class ShipSpawner(Spawner):
                     f"waiting for a ship: {r.ready} of {r.expected} ready "
                     f"(the room opens at {r.needed})",
                 )
-            await fleet.wait_for(lambda: fleet.gate_latched, GATE_PROGRESS, ship_id=fleet_mod.GATE)
+            await fleet.wait_for(
+                lambda: fleet.gate_latched, min(GATE_PROGRESS, left), ship_id=fleet_mod.GATE
+            )
 
     async def _ship(self) -> ShipRecord:
         """The attendee's ship: the one they hold if healthy, else a new claim in their zone."""
         fleet = self.fleet
         registry = fleet.registry
         owner = self.user.name
-        volume = await fleet.assign_volume(owner, prefer_zone=self._roomiest_zone())
+        try:
+            volume = await fleet.assign_volume(owner, prefer_zone=self._roomiest_zone())
+        except RoomFull as e:
+            raise ShipError(
+                f"The room is full: all {e.total} places are taken, so there is no machine "
+                f"for {owner!r}. Ask an organizer to add ships; if you already have a name "
+                "at this event, log in with that one.",
+                reason="capacity",
+            ) from None
+        except fleet_mod.VolumesRefused as e:
+            raise ShipError(
+                f"Your files cannot be handed out right now: {e}. An organizer sees the reason "
+                "on the fleet page.",
+                reason="volumes",
+            ) from None
         self.volume_id = volume.volume_id
         held = registry.owned_by(owner)
         if held is not None and (_state(held) in GONE or held.zone != volume.zone):
@@ -277,9 +324,10 @@ class ShipSpawner(Spawner):
                 counts = registry.counts()
                 if time.monotonic() >= give_up:
                     raise ShipError(
-                        f"no ship is free in {volume.zone}, where your files are "
-                        f"({counts.get('available', 0)} available fleet-wide, all taken or "
-                        "elsewhere); ask an organizer to add ships, then start again"
+                        f"No machine is free in {volume.zone}, where your files are "
+                        f"({counts.get('available', 0)} available fleet-wide, all taken or in "
+                        "other zones). Ask an organizer to add ships, then start again.",
+                        reason="capacity",
                     )
                 self._emit(
                     10,
@@ -376,8 +424,9 @@ class ShipSpawner(Spawner):
             registry.remove_container(record.ship_id, name)
             error = status.error if status is not None else "it did not start in time"
             raise ShipError(
-                f"your {'project ' + name if name else 'notebook'} failed to start "
-                f"on {record.ship_id}: {error}"
+                f"Your {'project ' + name if name else 'notebook'} failed to start "
+                f"on {record.ship_id}: {error.rstrip('. ')}. Start again; if it fails again, "
+                "ask an organizer (they see this reason on the fleet page)."
             )
         self._emit(95, f"notebook running ({time.monotonic() - started:.1f}s)")
         self._watch(record.ship_id)

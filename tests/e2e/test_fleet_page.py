@@ -17,7 +17,10 @@ def test_fleet_page_opens_the_gate_and_redeploys(browser, event) -> None:
     page.fill("#username_input", event.admin)
     page.fill("#password_input", event.admin_password)
     page.click("#login_submit")
-    page.goto(f"{base}/hub/fleet")
+    page.wait_for_url(f"{base}/hub/fleet")  # organizers land on the fleet page
+    page.click(".navbar-nav >> text=Home")
+    page.click("#campfleet-nav-fleet")  # and find it in the hub's navigation bar
+    page.wait_for_url(f"{base}/hub/fleet")
     assert "1 of 1 ships ready, 1 needed (100%)" in page.inner_text("#gate-status")
     assert page.query_selector("#open-gate") is None  # the gate is already open
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -77,6 +78,9 @@ class Attendee:
         self.name = name
         self.http = requests.Session()
         self.base = event.url.rstrip("/")
+        if event.tls:  # trust the event's CA (Pebble's root), as a browser told to would
+            self.http.verify = str(event.ca_file)
+            self.http.trust_env = False  # else REQUESTS_CA_BUNDLE would override verify
 
     def xsrf(self) -> str:
         return self.http.cookies.get("_xsrf", path="/hub/") or self.http.cookies.get("_xsrf", "")
@@ -128,8 +132,8 @@ class Attendee:
     def server_xsrf(self) -> str:
         return self.http.cookies.get("_xsrf", path=f"/user/{self.name}/") or ""
 
-    def run_code(self, code: str, timeout: float = 60) -> str:
-        """Start a kernel, execute `code` over the kernel websocket, return its stdout."""
+    def open_kernel(self, timeout: float = 60) -> KernelChannel:
+        """Start a kernel and open its websocket through the proxy, as JupyterLab does."""
         headers = {"X-XSRFToken": self.server_xsrf()}
         r = self.http.post(
             f"{self.base}/user/{self.name}/api/kernels", json={}, headers=headers, timeout=60
@@ -141,35 +145,87 @@ class Attendee:
             f"{self.base.replace('http', 'ws', 1)}/user/{self.name}/api/kernels/{kernel}/channels",
             header=[f"Cookie: {cookies}", f"X-XSRFToken: {self.server_xsrf()}"],
             timeout=timeout,
+            sslopt={"ca_certs": str(self.event.ca_file)} if self.event.tls else None,
         )
+        return KernelChannel(self, kernel, ws, timeout)
+
+    def run_code(self, code: str, timeout: float = 60) -> str:
+        """Start a kernel, execute `code` over the kernel websocket, return its stdout."""
+        channel = self.open_kernel(timeout)
         try:
-            msg_id = uuid.uuid4().hex
-            ws.send(json.dumps({
-                "header": {"msg_id": msg_id, "username": self.name, "session": uuid.uuid4().hex,
-                           "msg_type": "execute_request", "version": "5.3", "date": ""},
-                "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-                "content": {"code": code, "silent": False, "store_history": False,
-                            "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
-            }))  # fmt: skip
-            out = []
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                msg = json.loads(ws.recv())
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                kind = msg["msg_type"]
-                if kind == "stream":
-                    out.append(msg["content"]["text"])
-                elif kind == "error":
-                    raise AssertionError(f"kernel error: {msg['content']['evalue']}")
-                elif kind == "status" and msg["content"]["execution_state"] == "idle":
-                    return "".join(out)
-            raise AssertionError("no idle status from the kernel in time")
+            return channel.execute(code)
         finally:
-            ws.close()
-            self.http.delete(
-                f"{self.base}/user/{self.name}/api/kernels/{kernel}", headers=headers, timeout=30
-            )
+            channel.close()
+
+
+class KernelChannel:
+    """One open kernel websocket: execute code through it, again and again."""
+
+    def __init__(self, attendee: Attendee, kernel: str, ws: websocket.WebSocket, timeout: float):
+        self.attendee, self.kernel, self.ws, self.timeout = attendee, kernel, ws, timeout
+        self.session = uuid.uuid4().hex
+
+    def execute(self, code: str) -> str:
+        msg_id = uuid.uuid4().hex
+        self.ws.send(json.dumps({
+            "header": {"msg_id": msg_id, "username": self.attendee.name, "session": self.session,
+                       "msg_type": "execute_request", "version": "5.3", "date": ""},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+            "content": {"code": code, "silent": False, "store_history": False,
+                        "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
+        }))  # fmt: skip
+        out = []
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            msg = json.loads(self.ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["msg_type"]
+            if kind == "stream":
+                out.append(msg["content"]["text"])
+            elif kind == "error":
+                raise AssertionError(f"kernel error: {msg['content']['evalue']}")
+            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                return "".join(out)
+        raise AssertionError("no idle status from the kernel in time")
+
+    def close(self) -> None:
+        self.ws.close()
+        a = self.attendee
+        a.http.delete(
+            f"{a.base}/user/{a.name}/api/kernels/{self.kernel}",
+            headers={"X-XSRFToken": a.server_xsrf()},
+            timeout=30,
+        )
+
+
+class Executor(threading.Thread):
+    """Execute `print(n)` for n = 1, 2, ... through one open kernel websocket until stopped;
+    every reply must come back, in order, with the right output."""
+
+    def __init__(self, channel: KernelChannel) -> None:
+        super().__init__(daemon=True)
+        self.channel = channel
+        self.sent = 0
+        self.answered = 0
+        self.times: list[float] = []  # when each answer arrived
+        self.error: str = ""
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.sent += 1
+            try:
+                out = self.channel.execute(f"print({self.sent})")
+            except Exception as e:  # a dropped websocket or a lost reply
+                self.error = f"{type(e).__name__}: {e}"
+                return
+            if out.strip() != str(self.sent):
+                self.error = f"reply {out!r} to message {self.sent}"
+                return
+            self.answered += 1
+            self.times.append(time.time())
+            time.sleep(0.05)
 
 
 class Admin:
@@ -179,6 +235,9 @@ class Admin:
         self.base = event.url.rstrip("/")
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"token {event.api_token}"
+        if event.tls:
+            self.http.verify = str(event.ca_file)
+            self.http.trust_env = False
 
     def api(self, method: str, path: str, **kw) -> requests.Response:
         return self.http.request(method, f"{self.base}/hub/api{path}", timeout=60, **kw)

@@ -73,7 +73,7 @@ def test_second_run_after_a_crash_starts_clean(tmp_path: Path) -> None:
             crashed.wait(timeout=10)
         orphans = _processes_under(state)
         assert orphans, "the crashed run should have left its processes"
-        proxy_pid = int((state / "hub" / "jupyterhub-proxy.pid").read_text())
+        proxy_pid = int((state / "run" / "proxy.pid").read_text())
         assert _alive(proxy_pid)
 
         event.start()

@@ -45,7 +45,7 @@ def test_broken_project_fails_with_its_own_error_ship_and_others_keep_running(
         assert events[-1].get("failed"), events
         message = events[-1]["message"]
     else:  # it failed before the hub answered
-        assert r.status_code == 500, r.text
+        assert r.status_code == 503, r.text
         message = r.json()["message"]
     assert "project broken failed to start" in message
     assert "init.sh: tutorial data missing" in message

@@ -25,6 +25,8 @@ class FakeEvent:
         self.admin_password = "admin-pw"
         self.api_token = "tok"
         self.log_dir = Path(kwargs["state_dir"]) / "logs"
+        self.tls = kwargs["tls"]
+        self.ca_file = Path(kwargs["state_dir"]) / "tls" / "pebble-root.pem"
         self.stopped = False
         FakeEvent.instances.append(self)
 
@@ -89,6 +91,7 @@ def test_progress_ready_lines_and_clean_stop(
         "password": None,
         "admin": "admin",
         "state_dir": tmp_path,
+        "tls": False,
     }
 
 

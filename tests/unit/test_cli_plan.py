@@ -296,10 +296,44 @@ def test_region_without_prices_falls_back_and_says_so(
     got = json.loads(out)
     assert (got["region"], got["priceRegion"]) == ("ap-south-1", "us-east-1")
     assert got["notes"] == [
-        "campfleet/data/aws.json has no prices for ap-south-1; showing us-east-1 prices"
+        "campfleet/data/aws.json has no prices for ap-south-1; showing us-east-1 prices",
+        IP_NOTE,
     ]
     use1 = DATA["prices"]["regions"]["us-east-1"]["ec2UsdPerHour"]["t3.large"]
     assert got["costLines"][0] == {"item": "EC2 t3.large x 4", "usdPerHour": 4 * use1}
+
+
+IP_NOTE = (
+    "HTTPS on the Elastic IP itself (a shortlived certificate from "
+    "https://acme-v02.api.letsencrypt.org/directory, renewed automatically); set "
+    "campfleet:domainName to serve a name"
+)
+
+
+def test_plan_says_how_attendees_reach_the_mux(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["plan", "--stack", "dev", "--project-dir", str(project), "--format", "json"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert IP_NOTE in json.loads(out)["notes"]
+    path = project / "Pulumi.dev.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["config"]["campfleet:domainName"] = "jupyter.example.org"
+    path.write_text(yaml.safe_dump(doc))
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert (
+        "HTTPS on jupyter.example.org (certificate from "
+        "https://acme-v02.api.letsencrypt.org/directory); create its A record to the Elastic IP "
+        "yourself (stack output muxDnsRecord)"
+    ) in json.loads(out)["notes"]
+    doc["config"]["campfleet:hostedZoneId"] = "Z0123456789ABC"
+    path.write_text(yaml.safe_dump(doc))
+    code, out, err = run(capsys, *argv[:-2])  # text output shows it too
+    assert code == 0, err
+    assert "Pulumi creates its A record in Route 53 zone Z0123456789ABC" in out
+    assert "aws:route53/record:Record" in out
 
 
 def test_instance_type_missing_from_the_data_file_is_one_clear_error(

@@ -4,6 +4,7 @@ and the whole command over the real dev/prod stack files with both."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Optional
 
 import boto3
@@ -326,3 +327,50 @@ def test_bad_config_is_exit_2_with_the_programs_lines(
         '  campfleet:ships: got "many" (a string); expected an integer from 1 to 5000',
         "  campfleet:availabilityZones: got 0 (an integer); expected an integer from 1 to 6",
     ]
+
+
+MUX_TAGS = [
+    {
+        "ResourceType": "elastic-ip",
+        "Tags": [
+            {"Key": "campfleet:stack", "Value": "dev"},
+            {"Key": "campfleet:role", "Value": "mux"},
+        ],
+    }
+]
+
+
+@pytest.mark.parametrize("case", ["right", "wrong", "unresolved", "before-up"])
+def test_domain_without_a_zone_checks_its_record_against_the_elastic_ip(
+    case: str, aws_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No hostedZoneId: the organizer creates the record; preflight says which, then checks."""
+    config = SimpleNamespace(domain_name="jupyter.example.org", hosted_zone_id="")
+    with mock_aws():
+        ec2 = boto3.client("ec2", region_name=REGION)
+        ec2.allocate_address(Domain="vpc")  # another stack's address: never taken for ours
+        mine = ""
+        if case != "before-up":
+            mine = ec2.allocate_address(Domain="vpc", TagSpecifications=MUX_TAGS)["PublicIp"]
+        answer = {"right": [mine], "wrong": ["198.51.100.9"]}.get(case, [])
+        monkeypatch.setattr(preflight, "resolve_ipv4", lambda name: answer)
+        text, ok = preflight.dns_check(ec2, "dev", config)
+    expected = {
+        "right": (f"DNS: jupyter.example.org resolves to {mine}, the mux's Elastic IP", True),
+        "wrong": (
+            f"DNS FAILED: jupyter.example.org resolves to 198.51.100.9, not the mux's Elastic "
+            f"IP {mine}; set its A record to {mine} (no certificate can be issued until it does)",
+            False,
+        ),
+        "unresolved": (
+            f"DNS FAILED: jupyter.example.org resolves to nothing, not the mux's Elastic IP "
+            f"{mine}; set its A record to {mine} (no certificate can be issued until it does)",
+            False,
+        ),
+        "before-up": (
+            "DNS: after `pulumi up`, create the A record jupyter.example.org -> the mux's "
+            "Elastic IP (stack output muxDnsRecord), then run preflight again to check it",
+            True,
+        ),
+    }[case]
+    assert (text, ok) == expected

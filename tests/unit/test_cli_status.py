@@ -44,6 +44,8 @@ async def campfleet(*args: str, **env: str) -> tuple[int, str, str]:
 
 
 async def test_status_shows_gate_zones_attendees_failures_and_rejections(hub: Hub) -> None:
+    hub.fleet.refuse("carol", "capacity", "The room is full: all 4 places are taken.")
+    hub.fleet.record_proxy_outage(1_800_000_000.0, 1_800_000_002.5)
     code, out, err = await campfleet(
         "status", CAMPFLEET_URL=hub.url + "/", CAMPFLEET_TOKEN=hub.admin_token
     )
@@ -63,6 +65,8 @@ async def test_status_shows_gate_zones_attendees_failures_and_rejections(hub: Hu
     assert "| i-a3 | local-a |          | ship failed: container init failed: exit 3" in out
     assert "project gpu failed: health check did not pass within 120 s" in out
     assert "Control API rejections: forged 2" in out
+    assert "| carol    | capacity | The room is full: all 4 places are taken. |" in out
+    assert "Proxy restart at 2027-01-15 08:00:00 UTC: attendees cut off for at most 2.5 s" in out
     assert "alice" not in out  # per-ship rows only with --ships
 
     code, out, _ = await campfleet(

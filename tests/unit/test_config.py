@@ -179,10 +179,57 @@ def test_bare_keys_and_other_namespaces() -> None:
             {"campfleet:eventName": {"secure": "x"}},
             "campfleet:eventName: given as a secret; expected a plain value",
         ),
+        (
+            {"campfleet:domainName": "https://Jupyter.example.org"},
+            'campfleet:domainName: got "https://Jupyter.example.org" (a string); expected a '
+            'lower-case DNS name like "jupyter.example.org", or ""',
+        ),
+        (
+            {"campfleet:domainName": "*.example.org"},
+            'campfleet:domainName: got "*.example.org" (a string); expected a '
+            'lower-case DNS name like "jupyter.example.org", or ""',
+        ),
+        (
+            {"campfleet:acmeDirectory": "http://acme.example/dir"},
+            'campfleet:acmeDirectory: got "http://acme.example/dir" (a string); expected an '
+            "https:// ACME directory URL",
+        ),
+        (
+            {"campfleet:acmeEmail": "organizer"},
+            'campfleet:acmeEmail: got "organizer" (a string); expected an e-mail address, '
+            'or "" for none',
+        ),
+        (
+            {"campfleet:hostedZoneId": "Z0123456789ABC"},
+            'campfleet:hostedZoneId: got "Z0123456789ABC" (a string); expected no value '
+            "unless campfleet:domainName is set too",
+        ),
+        (
+            {"campfleet:domainName": "jupyter.example.org", "campfleet:hostedZoneId": "zone1"},
+            'campfleet:hostedZoneId: got "zone1" (a string); expected a Route 53 hosted zone '
+            'id like "Z0123456789ABCDEFGHIJ"',
+        ),
     ],
 )
 def test_each_bad_value_gives_one_clear_line(values: dict, line: str) -> None:
     assert problems({"campfleet:ships": 3, **values}) == [line]
+
+
+def test_front_door_keys_default_to_lets_encrypt_and_the_elastic_ip() -> None:
+    config = parse_config("t", {"campfleet:ships": 3})
+    assert config.domain_name == "" and config.hosted_zone_id == "" and config.acme_email == ""
+    assert config.acme_directory == "https://acme-v02.api.letsencrypt.org/directory"
+    config = parse_config(
+        "t",
+        {
+            "campfleet:ships": 3,
+            "campfleet:domainName": "jupyter.example.org",
+            "campfleet:hostedZoneId": "Z0123456789ABC",
+            "campfleet:acmeEmail": "organizer@example.org",
+            "campfleet:acmeDirectory": "https://acme-staging-v02.api.letsencrypt.org/directory",
+        },
+    )
+    assert (config.domain_name, config.hosted_zone_id) == ("jupyter.example.org", "Z0123456789ABC")
 
 
 def test_missing_ships_names_the_stack_file() -> None:

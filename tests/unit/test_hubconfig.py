@@ -10,7 +10,8 @@ import sqlalchemy
 from traitlets.config import Config
 
 from campfleet.mux import fleet as fleet_mod
-from campfleet.mux.hubconfig import WorkshopAuthenticator, configure, hub_db_wal
+from campfleet.mux.hubconfig import WorkshopAuthenticator, configure, hub_db_wal, landing_url
+from campfleet.mux.proxy import TOKEN_ENV, main, proxy_command
 from campfleet.mux.settings import SettingsError, load, load_secrets, parse
 
 
@@ -82,12 +83,10 @@ def test_configure_sets_room_hub_proxy_and_spawner(tmp_path: Path) -> None:
         assert "access:servers" in hub.load_roles[0]["scopes"]
         proxy = c.ConfigurableHTTPProxy
         assert proxy.auth_token == "p" * 64
-        assert "--max-old-space-size=1024" in proxy.command
-        assert proxy.command[2].endswith(
-            "node_modules/configurable-http-proxy/bin/configurable-http-proxy"
-        )
-        assert Path(proxy.command[2]).exists()
-        assert any(a.startswith("--proxy-timeout=") for a in proxy.command)
+        assert proxy.should_start is False  # its own service: a hub restart leaves it running
+        assert proxy.api_url == "http://127.0.0.1:18701"
+        assert "command" not in proxy and "pid_file" not in proxy
+        assert hub.default_url is landing_url
         auth = c.WorkshopAuthenticator
         assert auth.user_password == "room-password" and auth.admin_password == "A" * 40
         assert auth.admin_users == {"organizer"}
@@ -122,7 +121,7 @@ def test_projects_become_named_servers(tmp_path: Path) -> None:
     fleet.registry.close()
     assert c.ShipSpawner.projects == projects
     assert c.JupyterHub.allow_named_servers is True
-    assert c.JupyterHub.named_server_limit_per_user == 2
+    assert c.JupyterHub.named_server_limit_per_user == 0  # names are checked, not counted
 
 
 @pytest.mark.parametrize(
@@ -213,3 +212,27 @@ def test_no_culler_and_ships_kept_without_fleet_settings(tmp_path: Path) -> None
 def test_bad_fleet_settings_are_one_line(tmp_path: Path, fleet: object, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         load(write_settings(tmp_path, fleet=fleet))
+
+
+def test_proxy_service_command_and_token(tmp_path: Path, monkeypatch) -> None:
+    """The proxy's own service: the hub's ports from the settings, the token in its env only."""
+    settings = load(write_settings(tmp_path))
+    cmd = proxy_command(settings)
+    assert cmd[2].endswith("node_modules/configurable-http-proxy/bin/configurable-http-proxy")
+    assert Path(cmd[2]).exists()
+    for arg in ("--ip=127.0.0.1", "--port=18700", "--api-ip=127.0.0.1", "--api-port=18701",
+                "--default-target=http://127.0.0.1:18702",
+                "--error-target=http://127.0.0.1:18702/hub/error",
+                "--max-old-space-size=1024"):  # fmt: skip
+        assert arg in cmd
+    assert not any("p" * 64 in a for a in cmd)  # never on the command line (ps shows it)
+    ran = {}
+    monkeypatch.setattr("os.execvpe", lambda f, a, env: ran.update(cmd=a, env=env))
+    main([str(tmp_path / "mux.json")])
+    assert ran["cmd"] == cmd and ran["env"][TOKEN_ENV] == "p" * 64
+
+
+def test_proxy_service_bad_settings_is_one_line(tmp_path: Path, capsys) -> None:
+    assert main([str(tmp_path / "missing.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("campfleet-proxy: mux settings:") and err.count("\n") == 1

@@ -16,6 +16,7 @@ import pulumi_random as random
 import pytest
 
 from campfleet.evaluate import Evaluation, Resource, evaluate
+from components.config import read_stack_config
 
 ROOT = Path(__file__).resolve().parents[2]
 VOLUME = "aws:ebs/volume:Volume"
@@ -36,6 +37,7 @@ NOT_TAGGABLE = {
     "docker:index/image:Image": docker.Image,
     ROLE_POLICY: aws.iam.RolePolicy,
     "aws:ec2/volumeAttachment:VolumeAttachment": aws.ec2.VolumeAttachment,
+    "aws:route53/record:Record": aws.route53.Record,
 }
 EXPORTS = {
     "muxUrl",
@@ -100,7 +102,7 @@ def test_exports_exactly(dev: Evaluation) -> None:
     assert dev.outputs["shipGroupName"] == "campfleet-dev-ships"
     assert dev.outputs["homeVolumeCount"] == 3
     assert dev.outputs["controlEndpoint"] == "http://10.0.0.10:8700"
-    assert dev.outputs["muxUrl"] == f"http://{dev.outputs['muxPublicIp']}/"
+    assert dev.outputs["muxUrl"] == f"https://{dev.outputs['muxPublicIp']}/"  # the IP's cert
     assert "/campfleet-dev-ship@sha256:" in dev.outputs["shipImage"]
     assert "/campfleet-dev-mux@sha256:" in dev.outputs["muxImage"]
 
@@ -159,7 +161,7 @@ def expected_counts(evaluation: Evaluation) -> dict[str, int]:
         "aws:ec2/natGateway:NatGateway": int(nat),
         "aws:ec2/vpcEndpoint:VpcEndpoint": 1 + (0 if nat else 4),
         "aws:ec2/securityGroup:SecurityGroup": 2 + (0 if nat else 1),
-        INGRESS: cidrs + 3 + (0 if nat else 1),  # web port 80 per CIDR; no 443 without TLS
+        INGRESS: cidrs + 4 + (0 if nat else 1),  # 443 per CIDR, 80 (ACME + redirect) once
         EGRESS: 5,
         "aws:ecr/repository:Repository": 2,
         "aws:ecr/lifecyclePolicy:LifecyclePolicy": 2,
@@ -306,9 +308,11 @@ def test_ingress_rules_exactly(edge: Evaluation) -> None:
         for r in edge.of_type(INGRESS)
     }
     assert rules == {
-        # Only HTTP: nothing listens on 443 until the mux serves TLS (docs/network.md).
-        ("network-mux-sg", "tcp", 80, 80, "203.0.113.0/24"),
-        ("network-mux-sg", "tcp", 80, 80, "198.51.100.7/32"),
+        # HTTPS for the allowed CIDRs; port 80 only answers the ACME challenge and redirects
+        # to HTTPS, for anyone (the CA validates from addresses it does not announce).
+        ("network-mux-sg", "tcp", 443, 443, "203.0.113.0/24"),
+        ("network-mux-sg", "tcp", 443, 443, "198.51.100.7/32"),
+        ("network-mux-sg", "tcp", 80, 80, "0.0.0.0/0"),
         ("network-mux-sg", "tcp", 8700, 8700, "network-ship-sg"),
         ("network-mux-sg", "tcp", 8081, 8081, "network-ship-sg"),
         ("network-ship-sg", "tcp", 8888, 8899, "network-mux-sg"),
@@ -324,7 +328,7 @@ def test_no_ssh_and_world_only_on_web_ports(dev: Evaluation, prod: Evaluation) -
             ports = range(rule.inputs["fromPort"], rule.inputs["toPort"] + 1)
             assert 22 not in ports
             if rule.inputs.get("cidrIpv4") == "0.0.0.0/0":
-                assert (rule.inputs["fromPort"], rule.inputs["toPort"]) == (80, 80)
+                assert (rule.inputs["fromPort"], rule.inputs["toPort"]) in ((80, 80), (443, 443))
 
 
 def test_egress_rules_are_narrow(dev: Evaluation) -> None:
@@ -565,3 +569,29 @@ def test_dockerfiles_pin_bases_and_copy_existing_paths(role: str) -> None:
     pins = " ".join(lines)
     assert "jupyterhub==6.1.1" in pins  # the hub and the single-user servers must match
     assert "jupyterhub==6.1.1" in (ROOT / "requirements.txt").read_text()
+
+
+def test_domain_with_a_hosted_zone_gets_its_record_and_https_url() -> None:
+    values = {
+        **read_stack_config(ROOT, "dev"),
+        "campfleet:domainName": "jupyter.example.org",
+        "campfleet:hostedZoneId": "Z0123456789ABC",
+        "campfleet:acmeEmail": "organizer@example.org",
+    }
+    ev = evaluate(ROOT, "dev", values)
+    record = ev.one("aws:route53/record:Record")
+    assert record.inputs["zoneId"] == "Z0123456789ABC"
+    assert (record.inputs["name"], record.inputs["type"]) == ("jupyter.example.org", "A")
+    assert record.inputs["records"] == [ev.outputs["muxPublicIp"]]
+    assert ev.outputs["muxUrl"] == "https://jupyter.example.org/"
+    assert "muxDnsRecord" not in ev.outputs
+
+
+def test_domain_without_a_zone_says_which_record_to_create(dev: Evaluation) -> None:
+    values = {**read_stack_config(ROOT, "dev"), "campfleet:domainName": "jupyter.example.org"}
+    ev = evaluate(ROOT, "dev", values)
+    assert not ev.of_type("aws:route53/record:Record") and not dev.of_type(
+        "aws:route53/record:Record"
+    )
+    ip = ev.outputs["muxPublicIp"]
+    assert ev.outputs["muxDnsRecord"] == f"create: jupyter.example.org A {ip} (TTL 300)"

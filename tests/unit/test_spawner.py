@@ -223,6 +223,7 @@ async def test_failed_project_fails_that_spawn_with_its_own_error(fleet: Fleet) 
     broken = make_spawner("erin", "broken", projects=projects)
     with pytest.raises(ShipError, match=r"project broken failed to start .*init\.sh: no such file"):
         await asyncio.wait_for(broken.start(), 5)
+    assert [(r.attendee, r.reason) for r in fleet.refusals] == [("erin", "ship")]
     good = make_spawner("erin", "good", projects=projects)
     url = await asyncio.wait_for(good.start(), 5)
     ship = fleet.registry.get(default.ship_id)
@@ -236,8 +237,38 @@ async def test_failed_project_fails_that_spawn_with_its_own_error(fleet: Fleet) 
 async def test_unknown_project_is_refused(fleet: Fleet) -> None:
     fleet.open_gate()
     spawner = make_spawner("frank", "nope", projects={"intro": {"image": "x"}})
-    with pytest.raises(ShipError, match="unknown project 'nope'; projects: intro"):
+    with pytest.raises(
+        ShipError, match="no project named 'nope' at this event \\(projects: intro\\)"
+    ) as e:
         await spawner.start()
+    assert e.value.status_code == 404 and e.value.reason == "project"
+
+
+async def test_full_room_is_refused_with_what_to_do(fleet: Fleet) -> None:
+    """Every home volume taken: a clear 503 naming the room size, not the registry's error."""
+    agents = FakeAgents(fleet.registry)
+    ships(agents, 4)
+    for i in range(6):  # the pool has 6 volumes
+        fleet.registry.volume_for(f"earlier{i}")
+    spawner = make_spawner("late")
+    with pytest.raises(ShipError, match=r"The room is full: all 6 places are taken") as e:
+        await asyncio.wait_for(spawner.start(), 5)
+    assert e.value.status_code == 503 and e.value.reason == "capacity"
+    assert "Ask an organizer to add ships" in e.value.jupyterhub_message
+    assert fleet.registry.owned_by("late") is None
+    assert [(r.attendee, r.reason, r.message) for r in fleet.refusals] == [
+        ("late", "capacity", e.value.message)
+    ]
+
+
+async def test_closed_gate_gives_up_after_gate_wait_saying_when_it_opens(fleet: Fleet) -> None:
+    agents = FakeAgents(fleet.registry)
+    ships(agents, 2)  # 2 of 4 ready, the gate is at 100 %
+    spawner = make_spawner("early", gate_wait=0.3)
+    with pytest.raises(ShipError, match=r"The room is not open yet: 2 of 4 machines are ready"):
+        await asyncio.wait_for(spawner.start(), 5)
+    assert fleet.registry.owned_by("early") is None
+    assert fleet.refusals[-1].reason == "gate"
 
 
 async def test_release_on_stop_returns_the_ship(fleet: Fleet) -> None:
@@ -268,7 +299,7 @@ async def test_full_zone_waits_without_spinning_then_says_so(fleet: Fleet) -> No
             raise RuntimeError(f"spinning: {len(emitted)} progress events")
 
     spawner._emit = emit
-    with pytest.raises(ShipError, match=r"no ship is free in local-a, where your files are"):
+    with pytest.raises(ShipError, match=r"No machine is free in local-a, where your files are"):
         await asyncio.wait_for(spawner.start(), 5)
     assert emitted[0] == "waiting for a ship in local-a: none available (4 available fleet-wide)"
     assert fleet.registry.owned_by("hank") is None

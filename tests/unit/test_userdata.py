@@ -6,6 +6,7 @@ import base64
 import gzip
 import json
 import random
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -259,6 +260,10 @@ def test_documents_cannot_break_the_yaml() -> None:
         "/usr/local/sbin/campfleet-mux-state",
         "/etc/systemd/system/campfleet-mux-state.service",
         "/etc/systemd/system/var-lib-campfleet.mount",
+        "/etc/systemd/system/campfleet-proxy.service",
+        "/etc/systemd/system/campfleet-tls.service",
+        "/etc/systemd/system/campfleet-tls-renew.service",
+        "/etc/systemd/system/campfleet-tls-renew.timer",
         "/etc/systemd/system/campfleet-mux.service",
     }
     assert json.loads(written["/etc/campfleet/mux.json"]["content"]) == hostile
@@ -297,9 +302,8 @@ def test_mux_starts_only_on_its_mounted_state_volume(rendered: dict[str, str]) -
     assert "Where=/var/lib/campfleet" in mount and "nofail" not in mount
     assert "Requires=campfleet-mux-state.service" in mount
     runcmd = yaml.safe_load(rendered["mux"])["runcmd"]
-    assert runcmd.index(["systemctl", "enable", "--now", "var-lib-campfleet.mount"]) < (
-        runcmd.index(["systemctl", "enable", "--now", "campfleet-mux"])
-    )
+    hub_started = next(i for i, cmd in enumerate(runcmd) if "campfleet-mux" in cmd)
+    assert runcmd.index(["systemctl", "enable", "--now", "var-lib-campfleet.mount"]) < hub_started
     assert "fstab" not in rendered["mux"]  # no `nofail` line that lets the hub start anyway
 
 
@@ -374,3 +378,44 @@ def test_state_script_formats_only_a_blank_volume(
     assert any(c.startswith("mkfs.ext4") for c in calls) is formatted
     if code:
         assert result.stderr.startswith("campfleet-mux-state: ")
+
+
+def test_proxy_and_hub_are_separate_units_restarted_on_their_own(
+    rendered: dict[str, str],
+) -> None:
+    """The proxy outlives the hub: its own unit, and neither unit stops or restarts the other."""
+    written = files(rendered["mux"])
+    proxy = written["/etc/systemd/system/campfleet-proxy.service"]["content"]
+    hub = written["/etc/systemd/system/campfleet-mux.service"]["content"]
+    assert "python -m campfleet.mux.proxy" in proxy and "Restart=always" in proxy
+    assert "jupyterhub" not in proxy and "campfleet.mux.proxy" not in hub
+    assert "Restart=always" in hub and "Wants=network-online.target campfleet-proxy.service" in hub
+    for unit in (proxy, hub):
+        # Requires=/BindsTo=/PartOf= between them would carry a restart across.
+        assert not re.search(r"^(Requires|BindsTo|PartOf)=.*campfleet-(proxy|mux)", unit, re.M)
+    assert (
+        "[systemctl, enable, --now, campfleet-proxy, campfleet-mux, campfleet-tls]"
+        in (rendered["mux"])
+    )
+
+
+def test_tls_terminator_and_renewal_timer(rendered: dict[str, str]) -> None:
+    """nginx + certbot as their own unit, seeing only their state; a timer renews."""
+    written = files(rendered["mux"])
+    unit = written["/etc/systemd/system/campfleet-tls.service"]["content"]
+    assert "python -m campfleet.mux.tls serve" in unit and "Restart=always" in unit
+    assert "-v /var/lib/campfleet/tls:/var/lib/campfleet/tls" in unit
+    assert "-v /var/lib/campfleet:/var/lib/campfleet" not in unit  # not the hub's database
+    renew = written["/etc/systemd/system/campfleet-tls-renew.service"]["content"]
+    assert "docker exec campfleet-tls python -m campfleet.mux.tls renew" in renew
+    timer = written["/etc/systemd/system/campfleet-tls-renew.timer"]["content"]
+    assert "OnUnitActiveSec=6h" in timer and "Persistent=true" in timer
+    assert "[systemctl, enable, --now, campfleet-tls-renew.timer]" in rendered["mux"]
+    settings = json.loads(written["/etc/campfleet/mux.json"]["content"])
+    assert (settings["publicIp"], settings["publicPort"], settings["behindTls"]) == (
+        "127.0.0.1",
+        8000,
+        True,
+    )
+    assert settings["tls"]["acmeDirectory"] == "https://acme-v02.api.letsencrypt.org/directory"
+    assert settings["tls"]["domainName"] == ""  # prod: a certificate for the Elastic IP

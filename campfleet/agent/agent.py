@@ -247,6 +247,7 @@ class Agent:
         up here, as this ship's failure, before any attendee is sent to it."""
         workdir = self.cfg.state_dir / "scratch" / "boot-probe"
         workdir.mkdir(parents=True, exist_ok=True)
+        self.runtime.prepare(workdir)
         probe = ContainerSpec(
             "boot-probe", spec.image, spec.cmd, spec.env, spec.port, spec.health_path
         )
@@ -304,6 +305,7 @@ class Agent:
     def workdir(self, name: str) -> Path:
         path = self.volume_path or self.cfg.state_dir / "scratch" / (name or "default")
         path.mkdir(parents=True, exist_ok=True)
+        self.runtime.prepare(path)  # before content lands: its files take the volume's owner
         return path
 
     def start_container(self, spec: ContainerSpec, generation: int) -> None:

@@ -1,9 +1,15 @@
 """Docker runtime: the `docker` CLI, so the agent stays stdlib-only.
 
 Containers use host networking (the container listens on spec.port, like the local runtime, so
-one health check serves both) and get the attendee's volume at `mount_path`. The environment
+one health check serves both) and get the attendee's volume at `mount_path`, owned by the
+image's notebook user (uid 1000, gid 100; the ship base contract in images/ship/Dockerfile).
+They run as that user with no capabilities and no privilege gain, and get nothing of the host
+but that volume: not the Docker socket, the fleet secret or the agent's state. The environment
 (it holds the hub API token) goes through an --env-file readable by root only and deleted right
 after `docker run`, never on argv where `ps` shows it.
+
+On AWS one agent owns the engine. `scope` lets several agents share one (`campfleet local
+--runtime docker`): each names and labels its containers with it and cleans up only its own.
 """
 
 from __future__ import annotations
@@ -21,15 +27,29 @@ from campfleet.protocol import ContainerSpec
 
 CONTENT_PATH = "/srv/campfleet/content"  # where a ship image keeps its tutorial content
 LABEL = "campfleet.container"
+SCOPE_LABEL = "campfleet.scope"
+USER = (1000, 100)  # jovyan:users, the notebook user of every ship image
+
+
+def immutable(image: str) -> bool:
+    """A reference that names content (repo@sha256:..., or an image id): pulled once, ever."""
+    return "@sha256:" in image or image.startswith("sha256:")
 
 
 class DockerRuntime(Runtime):
     needs_pull = True
 
-    def __init__(self, state_dir: Path, mount_path: str = "/home/jovyan", docker: str = "docker"):
+    def __init__(
+        self,
+        state_dir: Path,
+        mount_path: str = "/home/jovyan",
+        docker: str = "docker",
+        scope: str = "",
+    ):
         self.state_dir = state_dir
         self.mount_path = mount_path
         self.docker = docker
+        self.scope = scope
 
     def _run(self, *args: str, timeout: float = 600) -> str:
         try:
@@ -49,20 +69,38 @@ class DockerRuntime(Runtime):
             raise RuntimeFailure(f"docker {args[0]} failed ({done.returncode}): {err}")
         return done.stdout.strip()
 
-    @staticmethod
-    def cname(name: str) -> str:
-        return f"campfleet-{name or 'default'}"
+    def cname(self, name: str) -> str:
+        scope = f"{self.scope}-" if self.scope else ""
+        return f"campfleet-{scope}{name or 'default'}"
+
+    @property
+    def owned(self) -> str:
+        """The `docker ps --filter` that selects this agent's containers."""
+        return f"label={SCOPE_LABEL}={self.scope}" if self.scope else f"label={LABEL}"
 
     def check(self) -> None:
         self._run("info", "--format", "{{.ServerVersion}}", timeout=30)
 
     def cleanup(self) -> None:
-        ids = self._run("ps", "-aq", "--filter", f"label={LABEL}").split()
+        """At boot: containers of an earlier agent process (crashed, or restarted) go, so a
+        start never meets a duplicate name and nothing runs that this agent does not track."""
+        ids = self._run("ps", "-aq", "--filter", self.owned).split()
         if ids:
             self._run("rm", "-f", *ids)
 
     def pull(self, image: str) -> None:
+        if immutable(image):
+            try:
+                self._run("image", "inspect", "--format", "{{.Id}}", image, timeout=30)
+                return  # the same digest is already here: nothing newer can exist
+            except RuntimeFailure:
+                pass
         self._run("pull", "--quiet", image)
+
+    def prepare(self, workdir: Path) -> None:
+        """The volume belongs to the container's user (when the agent may give it away)."""
+        if os.geteuid() == 0:
+            os.chown(workdir, *USER)
 
     def digest(self, spec: ContainerSpec) -> str:
         out = self._run(
@@ -96,24 +134,21 @@ class DockerRuntime(Runtime):
 
     def run_args(self, spec: ContainerSpec, workdir: Path, env_file: str) -> List[str]:
         """The `docker run` arguments (no secrets: the env is in env_file)."""
+        scope = ["--label", f"{SCOPE_LABEL}={self.scope}"] if self.scope else []
         return [
-            "run",
-            "--detach",
-            "--name",
-            self.cname(spec.name),
-            "--label",
-            f"{LABEL}={spec.name}",
-            "--network",
-            "host",
-            "--restart",
-            "no",
-            "--env-file",
-            env_file,
-            "--volume",
-            f"{workdir}:{self.mount_path}",
+            "run", "--detach",
+            "--name", self.cname(spec.name),
+            "--label", f"{LABEL}={spec.name}", *scope,
+            "--network", "host",
+            "--restart", "no",
+            "--user", f"{USER[0]}:{USER[1]}",
+            "--cap-drop", "ALL",
+            "--security-opt", "no-new-privileges",
+            "--env-file", env_file,
+            "--volume", f"{workdir}:{self.mount_path}",
             spec.image,
             *spec.cmd,
-        ]
+        ]  # fmt: skip
 
     def start(self, spec: ContainerSpec, workdir: Path) -> None:
         for key, value in spec.env.items():
@@ -141,13 +176,15 @@ class DockerRuntime(Runtime):
         running, _, code = out.partition(" ")
         if running == "true":
             return None
-        try:
+        try:  # the container's stdout and stderr, interleaved as written
             logs = subprocess.run(
                 [self.docker, "logs", "--tail", "20", self.cname(name)],
-                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
                 text=True,
                 timeout=30,
-            ).stderr
+            ).stdout
         except (OSError, subprocess.TimeoutExpired):
             logs = ""
         return f"exited with code {code}: {' | '.join(logs.strip().splitlines())[-2000:]}"

@@ -71,6 +71,9 @@ class Runtime:
         """A directory with the image's tutorial content (under `scratch` if copied), or None."""
         return None
 
+    def prepare(self, workdir: Path) -> None:
+        """Make a volume (or scratch) directory usable by this runtime's containers."""
+
     def start(self, spec: ContainerSpec, workdir: Path) -> None:
         raise NotImplementedError
 

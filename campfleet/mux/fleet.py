@@ -9,6 +9,7 @@ the cloud to replace every ship that goes `failed` or `lost`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import threading
@@ -28,6 +29,7 @@ log = logging.getLogger("campfleet.fleet")
 
 UNHEALTHY = (ShipState.FAILED, ShipState.LOST)
 COUNTS_INTERVAL = 60.0
+RECENT_FAILURES = 50  # failed starts the fleet page keeps
 
 _current: Optional[Fleet] = None
 
@@ -71,12 +73,21 @@ class Fleet:
         self._listeners: list[Callable[[str], None]] = []
         self._watchers: dict[str, list[Callable[[], None]]] = {}
         self._marked_unhealthy: set[str] = set()
+        # Failed starts, kept after the spawner removed the container (the ship is fine and
+        # takes the next start), so the fleet page still shows what went wrong.
+        self.start_failures: collections.deque[dict] = collections.deque(maxlen=RECENT_FAILURES)
         self._tasks: set[asyncio.Task] = set()
         self._counts_task: Optional[asyncio.Task] = None
         self.started = time.time()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._loop_thread: Optional[int] = None
         registry.add_listener(self._on_change_any_thread)
+
+    def note_start_failure(self, record: ShipRecord, attendee: str, reason: str) -> None:
+        self.start_failures.append(
+            {"ts": time.time(), "ship": record.ship_id, "zone": record.zone,
+             "attendee": attendee, "reason": reason}
+        )  # fmt: skip
 
     def __deepcopy__(self, memo: dict) -> Fleet:
         """One fleet per process: traitlets deep-copies config values (handler kwargs)."""

@@ -81,7 +81,8 @@ def snapshot(fleet: Fleet, redeployer: Redeployer) -> dict[str, Any]:
             {"ship": s.ship_id, "zone": s.zone, "attendee": s.owner, "reason": reason}
             for s in ships
             for reason in _failures(s.state, s.error, s.containers)
-        ],
+        ]
+        + [{**f, "ago": round(now - f["ts"])} for f in reversed(fleet.start_failures)],
         "rejections": dict(fleet.control.rejections),
         "cloud": [
             {"ts": c.ts, "action": c.action, "target": c.target, "detail": c.detail, "ok": c.ok}

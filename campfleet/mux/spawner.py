@@ -355,10 +355,9 @@ class ShipSpawner(Spawner):
         if status is None or status.state != "running":
             registry.remove_container(record.ship_id, name)
             error = status.error if status is not None else "it did not start in time"
-            raise ShipError(
-                f"your {'project ' + name if name else 'notebook'} failed to start "
-                f"on {record.ship_id}: {error}"
-            )
+            what = f"project {name}" if name else "notebook"
+            fleet.note_start_failure(now, self.user.name, f"{what} failed to start: {error}")
+            raise ShipError(f"your {what} failed to start on {record.ship_id}: {error}")
         self._emit(95, f"notebook running ({time.monotonic() - started:.1f}s)")
         self._watch(record.ship_id)
         return f"http://{record.address}:{self.port}"

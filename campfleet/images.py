@@ -72,7 +72,7 @@ def build(role: str, base: str, tag: str, progress: Optional[Progress] = None) -
     _say(progress, f"images: building {tag} from images/{role}/Dockerfile on {base}")
     started = time.monotonic()
     argv = [
-        "docker", "build", "--quiet", "--network", "host",
+        "docker", "build", "--quiet", "--force-rm", "--network", "host",
         "--build-arg", f"BASE_IMAGE={base}",
         "--label", "campfleet.image=local",
         "-t", tag, "-f", str(ROOT / "images" / role / "Dockerfile"), str(ROOT),

@@ -71,7 +71,7 @@ else
     image="campfleet-base-$which:$key"
     echo "build-bases: building $image"
     # The classic builder (no buildx plugin needed); its deprecation notice is not news.
-    DOCKER_BUILDKIT=0 docker build --quiet --network host --build-arg "DEBIAN_IMAGE=$debian" \
+    DOCKER_BUILDKIT=0 docker build --quiet --force-rm --network host --build-arg "DEBIAN_IMAGE=$debian" \
       -t "$image" -f "$here/bases/$which.Dockerfile" "$here/bases" >/dev/null 2>"$tmp_err" || {
       cat "$tmp_err" >&2
       exit 1

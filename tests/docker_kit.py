@@ -60,11 +60,11 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def docker_images(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     """Engine up, stand-in bases and both images built: {"ship": id, "mux": id}."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
 
     def say(line: str) -> None:
-        if reporter is not None:
-            reporter.write_line(f"[docker] {line}")
+        with capture.global_and_fixture_disabled():
+            print(f"[docker] {line}", flush=True)
 
     say("making sure the Docker engine, the stand-in bases and both images exist")
     started = time.monotonic()
@@ -94,7 +94,9 @@ class LocalRegistry:
         docker("push", ref)
         digests = docker("image", "inspect", "--format", "{{json .RepoDigests}}", ref)
         digest = next(d for d in json.loads(digests) if d.startswith(self.host))
-        docker("rmi", ref)  # untags only: the image itself stays under its other names
+        # Untag (the image stays under its other names; its digest from this registry goes
+        # with the tag), so that the agent's pull really asks the registry.
+        docker("rmi", ref)
         return digest
 
     def served(self, digest: str) -> bool:
@@ -147,5 +149,5 @@ def derived_image(base: str, tag: str, files: dict[str, str], tmp: Path) -> str:
         (ctx / f"f{i}").write_text(text)
         lines.append(f"COPY f{i} {path}")
     (ctx / "Dockerfile").write_text("\n".join(lines) + "\n")
-    docker("build", "--quiet", "--label", TEST_LABEL, "-t", tag, str(ctx))
+    docker("build", "--quiet", "--force-rm", "--label", TEST_LABEL, "-t", tag, str(ctx))
     return tag

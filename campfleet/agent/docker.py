@@ -15,6 +15,7 @@ On AWS one agent owns the engine. `scope` lets several agents share one (`campfl
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -103,12 +104,16 @@ class DockerRuntime(Runtime):
             os.chown(workdir, *USER)
 
     def digest(self, spec: ContainerSpec) -> str:
-        out = self._run(
-            "image", "inspect", "--format", '{{join .RepoDigests " "}}|{{.Id}}', spec.image
-        )
-        repo_digests, _, image_id = out.partition("|")
-        first = repo_digests.split()[0] if repo_digests.split() else ""
-        return first.partition("@")[2] or image_id
+        # JSON, not `join`: newer CLIs hand templates untyped lists that `join` refuses.
+        out = self._run("image", "inspect", "--format", "{{.Id}}|{{json .RepoDigests}}", spec.image)
+        image_id, _, repo_digests = out.partition("|")
+        try:
+            digests = [d for d in json.loads(repo_digests or "[]") or [] if "@" in d]
+        except ValueError:
+            digests = []
+        if "@" in spec.image:  # pulled by digest: that one, whatever else the image is called
+            return spec.image.rpartition("@")[2]
+        return digests[0].partition("@")[2] if digests else image_id
 
     def content(self, image: str, scratch: Path) -> Optional[Path]:
         """Copy the image's content out once per image (cached under scratch), not per start."""

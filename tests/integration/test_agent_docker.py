@@ -55,7 +55,7 @@ def ship_digests(
 
 @pytest.fixture
 def mux(tmp_path: Path) -> Iterator[Mux]:
-    m = Mux(tmp_path, heartbeat=1.0)
+    m = Mux(tmp_path, heartbeat=3.0)  # lost after 9 s: docker calls block the agent loop
     yield m
     if m.registry is not None:
         m.stop()
@@ -135,13 +135,19 @@ class ArgvWatch:
 
 
 def test_pull_by_digest_redeploy_and_agent_restart_keep_the_attendees_files(
-    tmp_path: Path, mux: Mux, agents: Agents, scope: str, ship_digests: tuple[str, str]
+    tmp_path: Path,
+    mux: Mux,
+    agents: Agents,
+    scope: str,
+    ship_digests: tuple[str, str],
+    local_registry: LocalRegistry,  # noqa: F811
 ) -> None:
     v1, v2 = ship_digests
     ship = "ship-docker"
     proc = start_agent(agents, ship, scope, v1)
     mux.wait_state(ship, ShipState.AVAILABLE, timeout=START)
     assert mux.registry.get(ship).error == ""
+    assert local_registry.served(v1)  # pulled at boot, by digest, from the registry
 
     mux.registry.claim("alice")
     mux.registry.set_volume(ship, "vol-alice")
@@ -173,7 +179,7 @@ def test_pull_by_digest_redeploy_and_agent_restart_keep_the_attendees_files(
     # Redeploy to a new digest: pulled, run on the same volume; files kept, new content added.
     gen = mux.registry.set_container(ship, serve_spec(v2, port, token))
     rec = mux.wait_container(ship, gen, timeout=START)
-    assert rec.container("").digest == v2.rpartition("@")[2]
+    assert rec.container("").digest == v2.rpartition("@")[2] and local_registry.served(v2)
     assert (home / "mine.txt").read_text() == "my-work\n"
     assert (home / "README.md").read_text() == edited
     assert (home / "whats-new.md").read_text() == "# Fixed in v2\n"

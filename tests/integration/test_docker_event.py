@@ -65,8 +65,10 @@ def test_attendees_get_real_containers_and_nothing_is_left_behind(
             "import os, sys; open('saved.txt', 'w').write('kept');"
             "print(os.getuid(), sys.executable, os.getcwd())"
         )
-        assert out.split() == ["1000", "/opt/conda/bin/python", "/home/jovyan"]
-        volume = next((event.volumes_root).iterdir())
+        uid, python, cwd = out.split()
+        assert (uid, cwd) == ("1000", "/home/jovyan") and python.startswith("/opt/conda/bin/")
+        (saved,) = event.volumes_root.glob("*/saved.txt")  # on alice's volume, nowhere else
+        volume = saved.parent
         assert (volume / "saved.txt").read_text() == "kept"
         assert (volume / "saved.txt").stat().st_uid == 1000
         assert (volume / "welcome.ipynb").is_file()  # tutorial content layered in

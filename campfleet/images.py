@@ -13,7 +13,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -93,11 +93,11 @@ def build(role: str, base: str, tag: str, progress: Optional[Progress] = None) -
     return image_id
 
 
-def ensure_images(progress: Optional[Progress] = None) -> Dict[str, str]:
-    """Engine, bases, then both images; returns {"ship": image id, "mux": image id}."""
+def ensure_images(
+    progress: Optional[Progress] = None, roles: Tuple[str, ...] = ("ship", "mux")
+) -> Dict[str, str]:
+    """Engine, bases, then the images of `roles`; returns {role: image id}."""
     ensure_engine(progress)
     bases = ensure_bases(progress)
-    return {
-        "ship": build("ship", bases["ship"], SHIP_TAG, progress),
-        "mux": build("mux", bases["mux"], MUX_TAG, progress),
-    }
+    tags = {"ship": SHIP_TAG, "mux": MUX_TAG}
+    return {role: build(role, bases[role], tags[role], progress) for role in roles}

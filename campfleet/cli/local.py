@@ -47,6 +47,14 @@ def register(subparsers: Any) -> None:
         help="where the hub database, ship volumes and logs live (default .campfleet/local)",
     )
     parser.add_argument(
+        "--runtime",
+        choices=("local", "docker"),
+        default="local",
+        help="local: each attendee server is a process (fast, no Docker needed); docker: a real "
+        "container of the ship image on this machine's Docker engine, as on AWS (builds the "
+        "image first; needs root or a Docker engine that answers)",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=180.0,
@@ -91,6 +99,22 @@ def _wait_with_progress(event: Any, timeout: float) -> None:
         event.wait_ready(progress=show, timeout=timeout)
 
 
+def _ship_image() -> str:
+    """Docker engine up, then the ship image built (cached layers: seconds when unchanged)."""
+    from campfleet.images import ImageError, ensure_images
+
+    print("building the ship image (the first time takes a few minutes) ...", flush=True)
+    try:
+        images = ensure_images(
+            progress=lambda line: print(f"  {line}", flush=True), roles=("ship",)
+        )
+    except ImageError as exc:
+        raise CliError(str(exc)) from None
+    except KeyboardInterrupt:
+        raise CliError("interrupted while building the ship image; nothing was started") from None
+    return images["ship"]
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -101,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
     # Ctrl-C, SIGTERM or the terminal going away (SIGHUP) stop the event through the finally below.
     for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_interrupt)
+    ship_image = ""
+    if args.runtime == "docker":
+        ship_image = _ship_image()
     try:
         event = LocalEvent(
             ships=args.ships,
@@ -108,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
             password=args.password,
             admin=args.admin,
             state_dir=Path(args.state_dir),
+            runtime=args.runtime,
+            ship_image=ship_image,
         )
     except LocalEventError as exc:
         raise CliError(str(exc)) from None

@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/program_scaling.py
 	$(BIN)/python benchmarks/control_ingest.py
 	$(BIN)/python benchmarks/spawn_storm.py
+	$(BIN)/python benchmarks/container_storm.py
 
 clean:
 	rm -rf $(VENV) node_modules .campfleet .pytest_cache .ruff_cache

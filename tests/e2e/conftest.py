@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from campfleet.local import LocalEvent
-from tests.docker_kit import SCOPE_PREFIX, docker_images  # noqa: F401 - session fixture
+from tests.docker_kit import SCOPE_PREFIX
 from tests.integration.conftest import make_event, stop_and_check
 
 CHROMIUM = "/usr/bin/chromium"
@@ -43,12 +43,11 @@ def browser() -> Iterator[object]:
             browser.close()
 
 
-@pytest.fixture(params=["local", "docker"])
+@pytest.fixture(params=["local", pytest.param("docker", marks=pytest.mark.docker)])
 def event(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalEvent]:
     """The event on both runtimes: server processes, and real containers of the ship image."""
     docker = {}
     if request.param == "docker":
-        request.applymarker(pytest.mark.docker)
         images = request.getfixturevalue("docker_images")
         docker = {"runtime": "docker", "ship_image": images["ship"]}
         docker["docker_scope"] = f"{SCOPE_PREFIX}e2e"

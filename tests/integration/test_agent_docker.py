@@ -26,8 +26,6 @@ from tests.docker_kit import (
     LocalRegistry,
     derived_image,
     docker,
-    docker_images,  # noqa: F401 - session fixture
-    local_registry,  # noqa: F401 - session fixture
 )
 from tests.integration.test_agent_local import Agents, Mux, free_port, get, wait_for
 
@@ -37,7 +35,7 @@ START = 90  # seconds: a cold container start on a loaded 2-core CI machine
 
 @pytest.fixture(scope="module")
 def ship_digests(
-    local_registry: LocalRegistry,  # noqa: F811
+    local_registry: LocalRegistry,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[str, str]:
     """The ship image as v1, and a "fixed" v2 with new tutorial content, both by digest."""
@@ -140,7 +138,7 @@ def test_pull_by_digest_redeploy_and_agent_restart_keep_the_attendees_files(
     agents: Agents,
     scope: str,
     ship_digests: tuple[str, str],
-    local_registry: LocalRegistry,  # noqa: F811
+    local_registry: LocalRegistry,
 ) -> None:
     v1, v2 = ship_digests
     ship = "ship-docker"

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from campfleet.local import LocalEvent, find_free_port
-from tests.docker_kit import docker, docker_images  # noqa: F401 - session fixture
+from tests.docker_kit import docker
 from tests.integration.conftest import Attendee
 
 CAMPFLEET = Path(sys.executable).parent / "campfleet"
@@ -270,7 +270,7 @@ def test_second_run_after_a_crash_starts_clean(tmp_path: Path) -> None:
 @pytest.mark.docker
 def test_docker_runtime_runs_real_containers_and_ctrl_c_leaves_none(
     tmp_path: Path,
-    docker_images: dict[str, str],  # noqa: F811
+    docker_images: dict[str, str],
 ) -> None:
     """`campfleet local --runtime docker`: the attendee's server is a container of the ship
     image; after Ctrl-C no container, process or network of the event is left."""

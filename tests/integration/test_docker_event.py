@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from campfleet.local import LocalEvent, _processes_under, find_free_port
-from tests.docker_kit import SCOPE_PREFIX, docker, docker_images  # noqa: F401
+from tests.docker_kit import SCOPE_PREFIX, docker
 from tests.integration.conftest import Admin, Attendee
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -38,7 +38,7 @@ def progress(attendee: Attendee, server: str) -> list[dict]:
 
 def test_attendees_get_real_containers_and_nothing_is_left_behind(
     tmp_path: Path,
-    docker_images: dict[str, str],  # noqa: F811
+    docker_images: dict[str, str],
 ) -> None:
     ship_image = docker_images["ship"]
     event = LocalEvent(

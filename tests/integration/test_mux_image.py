@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from campfleet.local import LocalEvent, find_free_port
-from tests.docker_kit import TEST_LABEL, docker, docker_images  # noqa: F401 - session fixture
+from tests.docker_kit import TEST_LABEL, docker
 
 pytestmark = pytest.mark.docker
 STATE = "/var/lib/campfleet"
@@ -24,7 +24,7 @@ STATE = "/var/lib/campfleet"
 
 def test_the_mux_image_serves_the_login_page_and_logs_in(
     tmp_path: Path,
-    docker_images: dict[str, str],  # noqa: F811
+    docker_images: dict[str, str],
 ) -> None:
     host_state = tmp_path / "state"
     event = LocalEvent(ships=1, port=find_free_port(1), state_dir=host_state)

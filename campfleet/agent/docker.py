@@ -25,13 +25,12 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from campfleet.agent.runtime import Runtime, RuntimeFailure
+from campfleet.agent.runtime import NOTEBOOK_USER, Runtime, RuntimeFailure
 from campfleet.protocol import ContainerSpec
 
 CONTENT_PATH = "/srv/campfleet/content"  # where a ship image keeps its tutorial content
 LABEL = "campfleet.container"
 SCOPE_LABEL = "campfleet.scope"
-USER = (1000, 100)  # jovyan:users, the notebook user of every ship image
 
 
 def immutable(image: str) -> bool:
@@ -128,9 +127,11 @@ class DockerRuntime(Runtime):
     def prepare(self, workdir: Path) -> None:
         """The volume belongs to the container's user (when the agent may give it away)."""
         if os.geteuid() == 0:
-            os.chown(workdir, *USER)
+            os.chown(workdir, *NOTEBOOK_USER)
 
     def digest(self, spec: ContainerSpec) -> str:
+        if "@" in spec.image:  # pulled by digest: that one, whatever else the image is called
+            return spec.image.rpartition("@")[2]
         # JSON, not `join`: newer CLIs hand templates untyped lists that `join` refuses.
         out = self._run("image", "inspect", "--format", "{{.Id}}|{{json .RepoDigests}}", spec.image)
         image_id, _, repo_digests = out.partition("|")
@@ -138,8 +139,6 @@ class DockerRuntime(Runtime):
             digests = [d for d in json.loads(repo_digests or "[]") or [] if "@" in d]
         except ValueError:
             digests = []
-        if "@" in spec.image:  # pulled by digest: that one, whatever else the image is called
-            return spec.image.rpartition("@")[2]
         return digests[0].partition("@")[2] if digests else image_id
 
     def content(self, image: str, scratch: Path) -> Optional[Path]:
@@ -173,7 +172,7 @@ class DockerRuntime(Runtime):
             "--label", f"{LABEL}={spec.name}", *scope,
             "--network", "host",
             "--restart", "no",
-            "--user", f"{USER[0]}:{USER[1]}",
+            "--user", "{}:{}".format(*NOTEBOOK_USER),
             "--cap-drop", "ALL",
             "--security-opt", "no-new-privileges",
             "--env-file", env_file,

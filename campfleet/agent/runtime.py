@@ -21,6 +21,10 @@ from typing import Dict, Optional
 
 from campfleet.protocol import ContainerSpec
 
+# uid, gid of the notebook user of every ship image (jovyan:users; the base contract in
+# images/ship/Dockerfile): the owner of attendee volumes and the user containers run as.
+NOTEBOOK_USER = (1000, 100)
+
 
 class RuntimeFailure(Exception):
     """A runtime operation failed; the text is the reason reported to the mux."""

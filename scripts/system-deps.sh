@@ -38,6 +38,7 @@ export DEBIAN_FRONTEND=noninteractive
 # must not stop the others; the tests that need it skip and name it.
 for pkg in "${need[@]}"; do
   "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null \
-    || echo "system-deps: could not install $pkg; tests that need it will be skipped" >&2
+    || echo "system-deps: could not install $pkg; tests that need it will be skipped" \
+      "(the Docker tests fail, naming it)" >&2
 done
 engine

@@ -54,12 +54,17 @@ def docker(*args: str, check: bool = True) -> str:
     return done.stdout.strip()
 
 
-def cleanup() -> None:
-    """Every container and network this run made (also after a failure)."""
+def remove_containers() -> None:
+    """Every container this run made (campfleet's are named after BENCH too)."""
     ids = docker("ps", "-aq", "--filter", f"label={LABEL}={BENCH}", check=False).split()
     ids += docker("ps", "-aq", "--filter", f"name={BENCH}", check=False).split()
     if ids:
         docker("rm", "-f", *set(ids), check=False)
+
+
+def cleanup() -> None:
+    """Every container and the network this run made (also after a failure)."""
+    remove_containers()
     docker("network", "rm", BENCH, check=False)
 
 
@@ -70,6 +75,10 @@ def event(label: str, ships: int, state: Path, ship_image: str, extra: str = "")
         state_dir=state,
         heartbeat=5.0,
         lost_after=12,  # one 2-core machine runs the hub, the agents and every container
+        # The hub gives every start (DockerSpawner's too) start_timeout = 600 s; the agent's
+        # own health deadline (120 s, for one ship per machine) must not be the tighter one
+        # when one machine starts the whole room.
+        start_timeout=600.0,
         runtime="docker",
         ship_image=ship_image,
         docker_scope=f"{BENCH}-{label}",
@@ -102,9 +111,7 @@ def run_storm(ev: LocalEvent, label: str, users: int) -> tuple:
         times, errors = asyncio.run(storm(ev, users))
     finally:
         ev.stop()
-        cleanup_containers = docker("ps", "-aq", "--filter", f"name={BENCH}", check=False)
-        if cleanup_containers:
-            docker("rm", "-f", *cleanup_containers.split(), check=False)
+        remove_containers()  # DockerSpawner's (removed at stop unless a start failed half-way)
     f = figures(times, errors)
     print(
         f"[{label}] p50 {f.get('p50_s')} s  p95 {f.get('p95_s')} s  max {f.get('max_s')} s  "

@@ -202,6 +202,7 @@ class LocalEvent:
         runtime: str = "local",
         ship_image: str = "",
         docker_scope: str = "",
+        start_timeout: float = 120.0,
     ) -> None:
         if runtime not in ("local", "docker"):
             raise LocalEventError(f"--runtime {runtime!r}: use local or docker")
@@ -226,6 +227,7 @@ class LocalEvent:
         self.volumes_root = self.state_dir / "volumes"
         self.hub_dir = self.state_dir / "hub"
         self.runtime = runtime
+        self.start_timeout = start_timeout  # the agents' health deadline per container start
         self.ship_image = ship_image if runtime == "docker" else "local"
         # Each ship's containers carry its scope: stop() and the next start() find them all.
         self.docker_scope = (
@@ -437,6 +439,7 @@ class LocalEvent:
             "--volumes-root", str(self.volumes_root),
             "--state-dir", str(ship_dir),
             "--heartbeat", str(self.heartbeat),
+            "--start-timeout", str(self.start_timeout),
         ]  # fmt: skip
         if self.runtime == "docker":
             cmd += [

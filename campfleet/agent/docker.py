@@ -243,5 +243,11 @@ class DockerRuntime(Runtime):
         return f"exited with code {code}: {' | '.join(logs.strip().splitlines())[-2000:]}"
 
     def stop(self, name: str, timeout: float = 10.0) -> None:
-        self._run("stop", "--time", str(int(timeout)), self.cname(name), timeout=timeout + 30)
+        """Stop and remove; a container already gone (stopped after a failed health check,
+        then dropped from the desired state) is stopped."""
+        try:
+            self._run("stop", "--time", str(int(timeout)), self.cname(name), timeout=timeout + 30)
+        except RuntimeFailure as exc:
+            if "No such container" not in str(exc):
+                raise
         self._run("rm", "-f", self.cname(name))

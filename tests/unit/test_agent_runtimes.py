@@ -110,6 +110,13 @@ def test_docker_digest_status_and_failures(tmp_path: Path, fake_docker) -> None:
         rt.pull(SPEC.image)
     rt.stop("proj", timeout=7)
     assert fake_docker.calls()[-2]["argv"] == ["stop", "--time", "7", "campfleet-proj"]
+    # Already gone (stopped after a failed health check, then dropped from the desired state).
+    fake_docker.answer("stop", "", "Error response from daemon: No such container: x\n", 1)
+    rt.stop("proj")
+    assert fake_docker.calls()[-1]["argv"] == ["rm", "-f", "campfleet-proj"]
+    fake_docker.answer("stop", "", "Cannot connect to the Docker daemon\n", 1)
+    with pytest.raises(RuntimeFailure, match="Cannot connect"):
+        rt.stop("proj")
 
 
 def test_docker_content_copied_once_per_image_and_cleanup(tmp_path: Path, fake_docker) -> None:

@@ -89,6 +89,8 @@ def test_progress_ready_lines_and_clean_stop(
         "password": None,
         "admin": "admin",
         "state_dir": tmp_path,
+        "runtime": "local",  # the default: no Docker, no image build
+        "ship_image": "",
     }
 
 

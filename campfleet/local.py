@@ -451,26 +451,25 @@ class LocalEvent:
     def ship_scope(self, ship_id: str) -> str:
         return f"{self.docker_scope}-{ship_id}"
 
-    def containers(self) -> list[str]:
-        """Names of this event's containers on the Docker engine (running or not)."""
+    def _docker_ps(self, *fmt: str) -> list[str]:
+        """`docker ps -a` over every ship scope of this event (none for the local runtime)."""
         if self.runtime != "docker":
             return []
-        names = []
+        out: list[str] = []
         for ship_id in self.ship_ids():
             scope = f"label={SCOPE_LABEL}={self.ship_scope(ship_id)}"
-            names += _docker("ps", "-a", "--format", "{{.Names}}", "--filter", scope).split()
-        return names
+            out += _docker("ps", "-a", *fmt, "--filter", scope).split()
+        return out
+
+    def containers(self) -> list[str]:
+        """Names of this event's containers on the Docker engine (running or not)."""
+        return self._docker_ps("--format", "{{.Names}}")
 
     def _remove_containers(self) -> None:
         """Containers an agent could not stop (it was killed) go with the event."""
-        if self.runtime != "docker":
-            return
-        for ship_id in self.ship_ids():
-            ids = _docker(
-                "ps", "-aq", "--filter", f"label={SCOPE_LABEL}={self.ship_scope(ship_id)}"
-            ).split()
-            if ids:
-                _docker("rm", "-f", *ids)
+        ids = self._docker_ps("--quiet")
+        if ids:
+            _docker("rm", "-f", *ids)
 
     def kill_ship(self, ship_id: str) -> None:
         """Crash a ship: SIGKILL its agent and everything it started (fault tests)."""

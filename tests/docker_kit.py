@@ -138,6 +138,14 @@ def local_registry(
     finally:
         proc.terminate()
         proc.wait(10)
+        # The references the agents pulled from it (a later run's registry has another port);
+        # by reference, not id: the same image is also campfleet-ship:local.
+        pulled = docker(
+            "images", "--digests", "--format", "{{.Repository}}@{{.Digest}}",
+            "--filter", f"reference=127.0.0.1:{port}/*", check=False,
+        ).split()  # fmt: skip
+        if pulled:
+            docker("rmi", *set(pulled), check=False)
 
 
 def derived_image(base: str, tag: str, files: dict[str, str], tmp: Path) -> str:

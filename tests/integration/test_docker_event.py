@@ -41,7 +41,7 @@ def test_attendees_get_real_containers_and_nothing_is_left_behind(
     docker_images: dict[str, str],
 ) -> None:
     ship_image = docker_images["ship"]
-    event = LocalEvent(
+    settings = dict(
         ships=2,
         port=find_free_port(2),
         state_dir=tmp_path / "event",
@@ -50,6 +50,7 @@ def test_attendees_get_real_containers_and_nothing_is_left_behind(
         docker_scope=f"{SCOPE_PREFIX}ev",
         projects={"broken": {"image": ship_image, "cmd": BROKEN}},
     )
+    event = LocalEvent(**settings)
     try:
         event.start()
         event.wait_ready(timeout=300)
@@ -85,6 +86,16 @@ def test_attendees_get_real_containers_and_nothing_is_left_behind(
         fleet = Admin(event).api("GET", "/fleet").json()
         reasons = [f["reason"] for f in fleet["failures"] if f["attendee"] == "bob"]
         assert any("init: tutorial data missing" in r for r in reasons), fleet["failures"]
+
+        # The event crashes (agents kill -9, hub gone): alice's container outlives it ...
+        for ship_id in list(event.agents):
+            event.kill_ship(ship_id)
+        event.stop_hub()
+        assert event.containers() == [container]
+        # ... and the next run in this state directory removes it before it starts anything.
+        event = LocalEvent(**settings)
+        event.start(launch=0)
+        assert event.containers() == []
     finally:
         event.stop()
     assert event.containers() == []

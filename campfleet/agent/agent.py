@@ -50,6 +50,14 @@ class Container:
     pull: Optional[Future] = None  # image pull in progress (docker)
 
 
+def check_cap(waited: float) -> float:
+    """Longest pause between health checks of a starting container: 0.25 s for a quick start,
+    then a twentieth of the wait so far (a slow start is noticed at most ~5 % late), up to 2 s.
+    A room of containers starting at once on one loaded host (campfleet local, benchmarks)
+    must not spend its CPU on polling them."""
+    return min(2.0, max(0.25, waited / 20))
+
+
 class Backoff:
     """Exponential backoff with jitter for an unreachable mux, capped at the heartbeat: a ship
     that stays silent longer than lost_after heartbeats is marked lost, and lost is final."""
@@ -391,7 +399,7 @@ class Agent:
                     )
                     self._stop_quietly(c.spec.name)
                 else:
-                    c.interval = min(c.interval * 1.5, 0.25)
+                    c.interval = min(c.interval * 1.5, check_cap(now - c.started))
             if c.state == "running":
                 c.interval = self.cfg.heartbeat
             c.next_check = now + c.interval

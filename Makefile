@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/storm_1000.py
 	$(BIN)/python benchmarks/proxy_websockets.py
 	$(BIN)/python benchmarks/tls_hop.py
+	$(BIN)/python benchmarks/container_storm.py
 
 clean:
 	rm -rf $(VENV) node_modules .campfleet .pytest_cache .ruff_cache

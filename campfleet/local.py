@@ -1,7 +1,9 @@
 """A whole campfleet event on one machine: hub + proxy + control API + N local ships.
 
 The same code as on AWS (hubconfig, ShipSpawner, registry, control API, agent) on 127.0.0.1:
-ships are local agents whose "containers" are processes and whose "volumes" are directories.
+ships are local agents whose "volumes" are directories and whose "containers" are processes
+(runtime "local") or real containers of the ship image on the local Docker engine (runtime
+"docker", the agent's DockerRuntime as on AWS, with host networking on 127.0.0.1).
 The proxy and the hub are separate services, each restarted on its own by a small supervisor
 when it exits (as systemd does on the mux), so a hub crash leaves attendees connected.
 Used by `campfleet local`, the integration tests and the spawn-storm benchmark. Every process
@@ -12,6 +14,7 @@ runs in its own process group and is tracked, so `stop()` leaves nothing behind,
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import json
 import os
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from campfleet.agent.docker import SCOPE_LABEL
 from campfleet.mux import tls
 from campfleet.mux.registry import Registry
 from campfleet.mux.settings import LOCAL_GROUP_FILE
@@ -96,6 +100,19 @@ def _ephemeral_low() -> int:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 32768
+
+
+def _docker(*args: str) -> str:
+    """Run the docker CLI; LocalEventError with its message when it fails."""
+    try:
+        done = subprocess.run(
+            ["docker", *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LocalEventError(f"docker {args[0]}: {exc}") from exc
+    if done.returncode != 0:
+        raise LocalEventError(f"docker {args[0]} failed: {done.stderr.strip()[-300:]}")
+    return done.stdout.strip()
 
 
 def _alive(pid: int) -> bool:
@@ -250,7 +267,15 @@ class LocalEvent:
         fleet: Optional[dict] = None,
         tls: bool = False,
         cert_seconds: Optional[int] = None,
+        runtime: str = "local",
+        ship_image: str = "",
+        docker_scope: str = "",
+        start_timeout: float = 120.0,
     ) -> None:
+        if runtime not in ("local", "docker"):
+            raise LocalEventError(f"--runtime {runtime!r}: use local or docker")
+        if runtime == "docker" and not ship_image:
+            raise LocalEventError("the docker runtime needs the ship image (build it first)")
         if ships < 1:
             raise LocalEventError(f"--ships must be at least 1, got {ships}")
         if not 1024 <= port <= 65535 - SHIP_PORT_OFFSET - PORTS_PER_SHIP * ships:
@@ -269,9 +294,18 @@ class LocalEvent:
         self.log_dir = self.state_dir / "logs"
         self.volumes_root = self.state_dir / "volumes"
         self.hub_dir = self.state_dir / "hub"
-        # Local ships run as the organizer; Jupyter refuses root unless told (containers don't).
-        root = ["--allow-root"] if os.geteuid() == 0 else []
-        self.singleuser_cmd = singleuser_cmd or [_bin("jupyterhub-singleuser"), *root]
+        self.runtime = runtime
+        self.start_timeout = start_timeout  # the agents' health deadline per container start
+        self.ship_image = ship_image if runtime == "docker" else "local"
+        # Each ship's containers carry its scope: stop() and the next start() find them all.
+        self.docker_scope = (
+            docker_scope or "ev" + hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:8]
+        )
+        if runtime == "docker":  # the image's own server, as on AWS (its PATH, its user)
+            self.singleuser_cmd = singleuser_cmd or ["jupyterhub-singleuser"]
+        else:  # local ships run as the organizer; Jupyter refuses root unless told
+            root = ["--allow-root"] if os.geteuid() == 0 else []
+            self.singleuser_cmd = singleuser_cmd or [_bin("jupyterhub-singleuser"), *root]
         self.extra_config = extra_config
         self.projects = projects or {}
         # mux.json's `fleet` block (campfleet.mux.settings.parse_fleet): mode, culler, ...
@@ -447,7 +481,7 @@ class LocalEvent:
             "adminUsers": [self.admin],
             "controlPort": self.control_port,
             "shipGroupName": "",
-            "shipImage": "local",
+            "shipImage": self.ship_image,
             "volumeTagKey": "campfleet:stack",
             "heartbeat": self.heartbeat,
             "lostAfter": self.lost_after,
@@ -715,7 +749,13 @@ class LocalEvent:
             "--volumes-root", str(self.volumes_root),
             "--state-dir", str(ship_dir),
             "--heartbeat", str(self.heartbeat),
+            "--start-timeout", str(self.start_timeout),
         ]  # fmt: skip
+        if self.runtime == "docker":
+            cmd += [
+                "--runtime", "docker", "--image", self.ship_image,
+                "--docker-scope", self.ship_scope(ship_id),
+            ]  # fmt: skip
         with self._agents_lock:
             self.agents[ship_id] = self._spawn(cmd, f"ship-{ship_id}.log", ship_dir)
             self._slots[ship_id] = index
@@ -743,6 +783,29 @@ class LocalEvent:
         for name, value in options.items():
             cmd += [f"--{name.replace('_', '-')}", str(value)]
         self.agents["simfleet"] = self._spawn(cmd, "ship-simfleet.log", sim_dir)
+
+    def ship_scope(self, ship_id: str) -> str:
+        return f"{self.docker_scope}-{ship_id}"
+
+    def _docker_ps(self, *fmt: str) -> list[str]:
+        """`docker ps -a` over every ship scope of this event (none for the local runtime)."""
+        if self.runtime != "docker":
+            return []
+        out: list[str] = []
+        for ship_id in self.ship_ids():
+            scope = f"label={SCOPE_LABEL}={self.ship_scope(ship_id)}"
+            out += _docker("ps", "-a", *fmt, "--filter", scope).split()
+        return out
+
+    def containers(self) -> list[str]:
+        """Names of this event's containers on the Docker engine (running or not)."""
+        return self._docker_ps("--format", "{{.Names}}")
+
+    def _remove_containers(self) -> None:
+        """Containers an agent could not stop (it was killed) go with the event."""
+        ids = self._docker_ps("--quiet")
+        if ids:
+            _docker("rm", "-f", *ids)
 
     def kill_ship(self, ship_id: str) -> None:
         """Crash a ship: SIGKILL its agent and everything it started (fault tests)."""
@@ -918,6 +981,7 @@ class LocalEvent:
         pids = _processes_under(self.state_dir)
         if pids:
             _terminate(pids, 5.0)
+        self._remove_containers()
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM hub, proxy and ships (each process group), wait, SIGKILL; nothing is left."""

@@ -27,7 +27,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if cfg.runtime == "local":
         runtime = LocalRuntime(cfg.state_dir, cfg.content)
     else:
-        runtime = DockerRuntime(cfg.state_dir, cfg.mount_path)
+        runtime = DockerRuntime(cfg.state_dir, cfg.mount_path, scope=cfg.docker_scope)
     volumes = LocalVolumes(cfg.volumes_root) if cfg.local else EbsVolumes(cfg.volumes_root)
     try:
         agent = Agent(cfg, runtime, volumes, None if cfg.local else Imds(cfg.imds_url))

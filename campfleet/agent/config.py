@@ -42,6 +42,7 @@ class AgentConfig:
     lifecycle_hook_name: str = ""
     launch_hook_name: str = ""  # warm pool: completed once prepared (into and out of the pool)
     mount_path: str = "/home/jovyan"
+    docker_scope: str = ""  # several agents on one engine (campfleet local): names + labels
     imds_url: str = "http://169.254.169.254"
 
 
@@ -61,6 +62,7 @@ _FILE_KEYS = {
     "lifecycleHookName": ("lifecycle_hook_name", str),
     "launchHookName": ("launch_hook_name", str),
     "mountPath": ("mount_path", str),
+    "dockerScope": ("docker_scope", str),
     "imdsUrl": ("imds_url", str),
     "pollTimeout": ("poll_timeout", (int, float)),
     "startTimeout": ("start_timeout", (int, float)),
@@ -99,6 +101,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--start-timeout", type=float, help="container health deadline (120)")
     p.add_argument("--volume-timeout", type=float, help="volume attach deadline (120)")
     p.add_argument("--imds-url", help="instance metadata base URL (tests)")
+    p.add_argument(
+        "--docker-scope",
+        help="docker runtime: this agent's own name prefix and label, when several agents "
+        "share one Docker engine (campfleet local --runtime docker)",
+    )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING"))
     return p
 
@@ -135,7 +142,7 @@ def load(argv: Optional[Sequence[str]] = None) -> tuple[AgentConfig, str]:
     for attr in (
         "mux_url", "secret_file", "ship_id", "zone", "address", "port_base", "volumes_root",
         "state_dir", "heartbeat", "runtime", "poll_timeout", "start_timeout", "volume_timeout",
-        "imds_url",
+        "imds_url", "docker_scope",
     ):  # fmt: skip
         if getattr(args, attr) is not None:
             values[attr] = getattr(args, attr)
@@ -180,6 +187,8 @@ def load(argv: Optional[Sequence[str]] = None) -> tuple[AgentConfig, str]:
             raise ConfigProblem("--local needs --ship-id (a unique name for this ship)")
     if cfg.runtime not in ("local", "docker"):
         raise ConfigProblem(f"runtime {cfg.runtime!r}: use local or docker")
+    if cfg.docker_scope and not cfg.docker_scope.replace("-", "").replace("_", "").isalnum():
+        raise ConfigProblem(f"docker-scope {cfg.docker_scope!r}: use letters, digits, - or _")
     for name in ("heartbeat", "poll_timeout", "start_timeout", "volume_timeout"):
         if getattr(cfg, name) <= 0:
             raise ConfigProblem(f"{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")

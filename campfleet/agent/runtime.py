@@ -21,6 +21,10 @@ from typing import Dict, Optional
 
 from campfleet.protocol import ContainerSpec
 
+# uid, gid of the notebook user of every ship image (jovyan:users; the base contract in
+# images/ship/Dockerfile): the owner of attendee volumes and the user containers run as.
+NOTEBOOK_USER = (1000, 100)
+
 
 class RuntimeFailure(Exception):
     """A runtime operation failed; the text is the reason reported to the mux."""
@@ -70,6 +74,9 @@ class Runtime:
     def content(self, image: str, scratch: Path) -> Optional[Path]:
         """A directory with the image's tutorial content (under `scratch` if copied), or None."""
         return None
+
+    def prepare(self, workdir: Path) -> None:
+        """Make a volume (or scratch) directory usable by this runtime's containers."""
 
     def start(self, spec: ContainerSpec, workdir: Path) -> None:
         raise NotImplementedError

@@ -11,6 +11,8 @@ import subprocess
 from pathlib import Path
 from typing import List, Optional
 
+from campfleet.agent.runtime import NOTEBOOK_USER
+
 
 class VolumeFailure(Exception):
     """Mounting or unmounting failed; the text is the reason reported to the mux."""
@@ -57,13 +59,13 @@ class EbsVolumes:
         self,
         root: Path,
         by_id: Path = Path("/dev/disk/by-id"),
-        owner: str = "1000:100",
+        owner: str = "{}:{}".format(*NOTEBOOK_USER),
         mounts: Path = Path("/proc/self/mounts"),
     ) -> None:
         self.root = root
         self.by_id = by_id
         self.mounts = mounts
-        self.owner = owner  # uid:gid of the notebook user in the ship image (jovyan:users)
+        self.owner = owner  # uid:gid of the volume's root
 
     def device(self, volume_id: str) -> Path:
         return self.by_id / f"nvme-Amazon_Elastic_Block_Store_{volume_id.replace('-', '')}"

@@ -74,6 +74,14 @@ def register(subparsers: Any) -> None:
         "Encrypt's test CA) via certbot, renewed automatically; trust tls/pebble-root.pem",
     )
     parser.add_argument(
+        "--runtime",
+        choices=("local", "docker"),
+        default="local",
+        help="local: each attendee server is a process (fast, no Docker needed); docker: a real "
+        "container of the ship image on this machine's Docker engine, as on AWS (builds the "
+        "image first; needs root or a Docker engine that answers)",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=180.0,
@@ -118,6 +126,22 @@ def _wait_with_progress(event: Any, timeout: float) -> None:
         event.wait_ready(progress=show, timeout=timeout)
 
 
+def _ship_image() -> str:
+    """Docker engine up, then the ship image built (cached layers: seconds when unchanged)."""
+    from campfleet.images import ImageError, ensure_images
+
+    print("building the ship image (the first time takes a few minutes) ...", flush=True)
+    try:
+        images = ensure_images(
+            progress=lambda line: print(f"  {line}", flush=True), roles=("ship",)
+        )
+    except ImageError as exc:
+        raise CliError(str(exc)) from None
+    except KeyboardInterrupt:
+        raise CliError("interrupted while building the ship image; nothing was started") from None
+    return images["ship"]
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -138,6 +162,9 @@ def run(args: argparse.Namespace) -> int:
         fleet["idleSeconds"] = max(1, round(args.idle_minutes * 60))
     for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_interrupt)
+    ship_image = ""
+    if args.runtime == "docker":
+        ship_image = _ship_image()
     try:
         event = LocalEvent(
             ships=args.ships,
@@ -147,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
             state_dir=Path(args.state_dir),
             **({"fleet": fleet} if fleet else {}),  # fixed, no culler: as before
             tls=args.tls,
+            runtime=args.runtime,
+            ship_image=ship_image,
         )
     except LocalEventError as exc:
         raise CliError(str(exc)) from None

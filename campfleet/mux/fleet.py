@@ -39,6 +39,7 @@ GATE = "campfleet:gate-opened"
 POOL = "campfleet:ship-freed"
 RECENT_REFUSALS = 50
 RECENT_PROXY_OUTAGES = 20
+RECENT_FAILURES = 50  # failed starts the fleet page keeps
 
 _current: Optional[Fleet] = None
 
@@ -121,6 +122,9 @@ class Fleet:
         self.proxy_outages: collections.deque[tuple[float, float]] = collections.deque(
             maxlen=RECENT_PROXY_OUTAGES
         )
+        # Failed starts, kept after the spawner removed the container (the ship is fine and
+        # takes the next start), so the fleet page still shows what went wrong.
+        self.start_failures: collections.deque[dict] = collections.deque(maxlen=RECENT_FAILURES)
         self._tasks: set[asyncio.Task] = set()
         self._metrics_task: Optional[asyncio.Task] = None
         self.started = time.time()
@@ -131,6 +135,12 @@ class Fleet:
         # Demand mode only: keeps the group's desired capacity (campfleet.mux.demand).
         self.demand: Optional[DemandController] = None
         registry.add_listener(self._on_change_any_thread)
+
+    def note_start_failure(self, record: ShipRecord, attendee: str, reason: str) -> None:
+        self.start_failures.append(
+            {"ts": time.time(), "ship": record.ship_id, "zone": record.zone,
+             "attendee": attendee, "reason": reason}
+        )  # fmt: skip
 
     def __deepcopy__(self, memo: dict) -> Fleet:
         """One fleet per process: traitlets deep-copies config values (handler kwargs)."""

@@ -83,7 +83,8 @@ def snapshot(fleet: Fleet, redeployer: Redeployer) -> dict[str, Any]:
             {"ship": s.ship_id, "zone": s.zone, "attendee": s.owner, "reason": reason}
             for s in ships
             for reason in _failures(s.state, s.error, s.containers)
-        ],
+        ]
+        + [{**f, "ago": round(now - f["ts"])} for f in reversed(fleet.start_failures)],
         "refusals": [
             {"ts": r.ts, "attendee": r.attendee, "reason": r.reason, "message": r.message}
             for r in reversed(fleet.refusals)

@@ -423,10 +423,12 @@ class ShipSpawner(Spawner):
         if status is None or status.state != "running":
             registry.remove_container(record.ship_id, name)
             error = status.error if status is not None else "it did not start in time"
+            what = f"project {name}" if name else "notebook"
+            fleet.note_start_failure(now, self.user.name, f"{what} failed to start: {error}")
             raise ShipError(
-                f"Your {'project ' + name if name else 'notebook'} failed to start "
-                f"on {record.ship_id}: {error.rstrip('. ')}. Start again; if it fails again, "
-                "ask an organizer (they see this reason on the fleet page)."
+                f"Your {what} failed to start on {record.ship_id}: {error.rstrip('. ')}. Start "
+                "again; if it fails again, ask an organizer (they see this reason on the fleet "
+                "page)."
             )
         self._emit(95, f"notebook running ({time.monotonic() - started:.1f}s)")
         self._watch(record.ship_id)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from campfleet.local import LocalEvent
+from tests.docker_kit import SCOPE_PREFIX
 from tests.integration.conftest import make_event, stop_and_check
 
 CHROMIUM = "/usr/bin/chromium"
@@ -42,12 +43,19 @@ def browser() -> Iterator[object]:
             browser.close()
 
 
-@pytest.fixture
-def event(tmp_path: Path) -> Iterator[LocalEvent]:
-    event = make_event(tmp_path, ships=1, heartbeat=1.0)
+@pytest.fixture(params=["local", pytest.param("docker", marks=pytest.mark.docker)])
+def event(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalEvent]:
+    """The event on both runtimes: server processes, and real containers of the ship image."""
+    docker = {}
+    if request.param == "docker":
+        images = request.getfixturevalue("docker_images")
+        docker = {"runtime": "docker", "ship_image": images["ship"]}
+        docker["docker_scope"] = f"{SCOPE_PREFIX}e2e"
+    event = make_event(tmp_path, ships=1, heartbeat=1.0, **docker)
     try:
         event.start()
-        event.wait_ready(timeout=180)
+        event.wait_ready(timeout=300)
         yield event
     finally:
         stop_and_check(event)
+        assert event.containers() == []

@@ -42,4 +42,6 @@ def test_login_land_in_jupyterlab_and_run_a_cell(browser, event, tmp_path: Path)
     finally:
         page.screenshot(path=str(shot))  # also when it fails: what the attendee saw
     assert shot.stat().st_size > 10_000
+    if event.runtime == "docker":  # the cell ran in alice's container of the ship image
+        assert len(event.containers()) == 1
     print(f"screenshot: {shot}")

@@ -1,133 +1,248 @@
-"""The agent's Docker path end to end, with a fake `docker` that runs the command as a process.
+"""The agent's Docker runtime against the real engine, with the real ship image pulled by
+digest from a local registry (Debian's docker-registry, standing in for ECR).
 
-Real Docker cannot run here: this checks what the agent asks of the docker CLI (pull before
-start, env through --env-file, the volume mount, health, stop) with a stand-in that records its
-argv and starts the container's command as a plain process.
+The agents are real processes talking to a real control API (the harness of
+test_agent_local); their containers are real containers of images/ship/Dockerfile. The server
+in them is the image's own Python serving the attendee's home (the hub path is covered by
+test_docker_event.py): what is checked here is what the agent does with Docker.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import signal
-import sys
+import threading
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from campfleet.agent.docker import SCOPE_LABEL
+from campfleet.images import SHIP_TAG
 from campfleet.protocol import ContainerSpec, ShipState
-from tests.integration.test_agent_local import Agents, Mux, free_port, get, server_spec, wait_for
+from tests.docker_kit import (
+    SCOPE_PREFIX,
+    LocalRegistry,
+    derived_image,
+    docker,
+)
+from tests.integration.test_agent_local import Agents, Mux, free_port, get, wait_for
 
-FAKE_DOCKER = r"""#!{python}
-import json, os, signal, subprocess, sys, time
-state = os.environ["FAKE_DOCKER_STATE"]
-args = sys.argv[1:]
-with open(os.path.join(state, "argv.log"), "a") as f:
-    f.write(json.dumps(args) + "\n")
-def box(name):
-    return os.path.join(state, name + ".json")
-def alive(name):
+pytestmark = pytest.mark.docker
+START = 90  # seconds: a cold container start on a loaded 2-core CI machine
+
+
+@pytest.fixture(scope="module")
+def ship_digests(
+    local_registry: LocalRegistry,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[str, str]:
+    """The ship image as v1, and a "fixed" v2 with new tutorial content, both by digest."""
+    v1 = local_registry.push(SHIP_TAG, "campfleet-ship", "v1")
+    fixed = derived_image(
+        SHIP_TAG,
+        f"campfleet-ship-test:{uuid.uuid4().hex[:8]}",
+        {"/srv/campfleet/content/whats-new.md": "# Fixed in v2\n"},
+        tmp_path_factory.mktemp("v2"),
+    )
+    v2 = local_registry.push(fixed, "campfleet-ship", "v2")
+    docker("rmi", fixed)
+    return v1, v2
+
+
+@pytest.fixture
+def mux(tmp_path: Path) -> Iterator[Mux]:
+    m = Mux(tmp_path, heartbeat=3.0)  # lost after 9 s: docker calls block the agent loop
+    yield m
+    if m.registry is not None:
+        m.stop()
+
+
+@pytest.fixture
+def scope() -> Iterator[str]:
+    """This test's agent scope; its containers are removed at the end, whatever happened."""
+    name = f"{SCOPE_PREFIX}{uuid.uuid4().hex[:6]}"
+    yield name
+    ids = docker("ps", "-aq", "--filter", f"label={SCOPE_LABEL}={name}").split()
+    if ids:
+        docker("rm", "-f", *ids, check=False)
+
+
+@pytest.fixture
+def agents(tmp_path: Path, mux: Mux) -> Iterator[Agents]:
+    a = Agents(tmp_path, mux)
+    yield a
+    a.close()
+
+
+def containers(scope: str) -> list[str]:
+    """Names of this scope's containers, running or not."""
+    out = docker("ps", "-a", "--filter", f"label={SCOPE_LABEL}={scope}", "--format", "{{.Names}}")
+    return sorted(out.split())
+
+
+def serve_spec(image: str, port: int, token: str = "", cmd: list[str] | None = None):
+    """The image's Python serving the home directory; records the env token it was given."""
+    script = (
+        'printf %s "$HUB_TOKEN" > "$HOME/.token-seen" && '
+        f"exec python -m http.server {port} --bind 127.0.0.1 --directory /home/jovyan"
+    )
+    return ContainerSpec(
+        name="",
+        image=image,
+        cmd=cmd or ["sh", "-c", script],
+        env={"HUB_TOKEN": token, "HOME": "/home/jovyan"},
+        port=port,
+        health_path="/",
+    )
+
+
+def start_agent(agents: Agents, ship: str, scope: str, *images: str):
+    pulls = [arg for image in images for arg in ("--image", image)]
+    return agents.start(
+        ship, "--runtime", "docker", "--docker-scope", scope, "--start-timeout", str(START), *pulls
+    )
+
+
+class ArgvWatch:
+    """Scans every process's argv (what `ps` shows) for a secret while a start runs."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret, self.seen, self._stop = secret.encode(), [], threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                    continue
+                try:
+                    argv = (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                if self.secret in argv:
+                    self.seen.append(argv.replace(b"\0", b" ").decode(errors="replace"))
+            self._stop.wait(0.005)
+
+    def stop(self) -> list[str]:
+        self._stop.set()
+        self.thread.join(5)
+        return self.seen
+
+
+def test_pull_by_digest_redeploy_and_agent_restart_keep_the_attendees_files(
+    tmp_path: Path,
+    mux: Mux,
+    agents: Agents,
+    scope: str,
+    ship_digests: tuple[str, str],
+    local_registry: LocalRegistry,
+) -> None:
+    v1, v2 = ship_digests
+    ship = "ship-docker"
+    proc = start_agent(agents, ship, scope, v1)
+    mux.wait_state(ship, ShipState.AVAILABLE, timeout=START)
+    assert mux.registry.get(ship).error == ""
+    assert local_registry.served(v1)  # pulled at boot, by digest, from the registry
+
+    mux.registry.claim("alice")
+    mux.registry.set_volume(ship, "vol-alice")
+    port, token = free_port(), f"hub-token-{uuid.uuid4().hex}"
+    watch = ArgvWatch(token)
     try:
-        pid = json.load(open(box(name)))["pid"]
-        return open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] != "Z"
-    except (OSError, ValueError):
-        return False
-def kill(name):  # like `docker stop`: returns once the container is gone
-    try:
-        os.killpg(json.load(open(box(name)))["pid"], signal.SIGKILL)
-    except (OSError, ValueError):
-        return
-    for _ in range(500):
-        if not alive(name):
-            return
-        time.sleep(0.01)
-cmd = args[0]
-if cmd == "info":
-    print("24.0.7")
-elif cmd == "ps":
-    print("\n".join(n[:-5] for n in os.listdir(state) if n.endswith(".json")))
-elif cmd == "rm":
-    for name in args[2:]:
-        kill(name)
-        if os.path.exists(box(name)):
-            os.unlink(box(name))
-elif cmd == "pull":
-    if args[-1].startswith("missing"):
-        sys.exit("Error response from daemon: manifest unknown")
-elif cmd == "image":
-    print(args[-1].split(":")[0] + "@sha256:" + "%064x" % abs(hash(args[-1])) + "|sha256:id")
-elif cmd == "run":
-    name = args[args.index("--name") + 1]
-    env = dict(os.environ)
-    for line in open(args[args.index("--env-file") + 1]):
-        k, _, v = line.rstrip("\n").partition("=")
-        env[k] = v
-    workdir = args[args.index("--volume") + 1].split(":")[0]
-    image_at = args.index("--volume") + 2
-    proc = subprocess.Popen(args[image_at + 1:], cwd=workdir, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    json.dump({"pid": proc.pid}, open(box(name), "w"))
-    print("c0ffee" + name)
-elif cmd == "inspect":
-    print("true 0" if alive(args[-1]) else "false 137")
-elif cmd == "stop":
-    kill(args[-1])
-elif cmd == "create":
-    print("cid-content")
-elif cmd == "cp":
-    sys.exit("Error: Could not find the file /srv/campfleet/content in container cid-content")
-"""
-
-
-def test_agent_drives_docker_cli(tmp_path: Path, monkeypatch) -> None:
-    bin_dir, state = tmp_path / "bin", tmp_path / "docker-state"
-    bin_dir.mkdir()
-    state.mkdir()
-    (bin_dir / "docker").write_text(FAKE_DOCKER.replace("{python}", sys.executable))
-    (bin_dir / "docker").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_DOCKER_STATE", str(state))
-    mux = Mux(tmp_path)
-    agents = Agents(tmp_path, mux)
-    try:
-        proc = agents.start("ship-d", "--runtime", "docker", "--image", "tutorial:v1")
-        mux.wait_state("ship-d", ShipState.AVAILABLE)
-        mux.registry.claim("alice")
-        mux.registry.set_volume("ship-d", "vol-alice")
-        port = free_port()
-        spec = server_spec(port, "v1", greeting="token-abc123")  # stands in for a secret
-        rec = mux.wait_container("ship-d", mux.registry.set_container("ship-d", spec))
-        assert get(port) == f"{agents.volumes / 'vol-alice'}|token-abc123|v1"
-        assert rec.container("").digest.startswith("sha256:")
-
-        calls = [json.loads(x) for x in (state / "argv.log").read_text().splitlines()]
-        verbs = [c[0] for c in calls]
-        assert verbs[:3] == ["info", "ps", "pull"]  # boot: runtime check, cleanup, pre-pull
-        assert verbs.count("pull") == 1  # tutorial:v1 was pre-pulled, not pulled again
-        run = next(c for c in calls if c[0] == "run")
-        assert "token-abc123" not in " ".join(run)
-        assert run[run.index("--volume") + 1] == f"{agents.volumes / 'vol-alice'}:/home/jovyan"
-
-        gen = mux.registry.set_container("ship-d", server_spec(port, "v2", greeting="token-abc123"))
-        mux.wait_container("ship-d", gen)  # tutorial:v2 pulled, then run on the same volume
-        wait_for(lambda: (get(port) or "").endswith("|v2"), 10, "redeployed container")
-        missing = ContainerSpec("extra", "missing:1", ["x"], {}, free_port())
-        gen = mux.registry.set_container("ship-d", missing)
-
-        def refused():
-            c = (r := mux.ship("ship-d")) and r.applied_generation >= gen and r.container("extra")
-            return c and c.state == "failed" and c
-
-        assert "manifest unknown" in wait_for(refused, 10, "the pull failure").error
-        assert get(port).endswith("|v2")  # the other project keeps running
-
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
-        assert mux.ship("ship-d").state is ShipState.TERMINATED
-        assert get(port) is None
-        assert list(state.glob("*.json")) == []  # stopped and removed
+        gen = mux.registry.set_container(ship, serve_spec(v1, port, token))
+        rec = mux.wait_container(ship, gen, timeout=START)
     finally:
-        agents.close()
-        for box in state.glob("*.json"):
-            with contextlib.suppress(OSError, ValueError):
-                os.killpg(json.loads(box.read_text())["pid"], signal.SIGKILL)
-        mux.stop()
+        leaked = watch.stop()
+    assert leaked == [], f"the hub token was on a process's argv: {leaked}"
+    home = agents.volumes / "vol-alice"
+    # The env reached the container; the env file did not outlive `docker run`.
+    assert (home / ".token-seen").read_text() == token
+    assert not list((tmp_path / "state" / ship).glob("env-*"))
+    # Pulled from the registry by digest, and the ship reports that digest.
+    assert rec.container("").digest == v1.rpartition("@")[2]
+    assert rec.container("").image == v1
+    # Tutorial content layered into the home, all of it the attendee's (uid 1000).
+    assert (home / "welcome.ipynb").is_file() and "welcome.ipynb" in get(port)
+    assert {p.stat().st_uid for p in [home, *home.iterdir()]} == {1000}
+
+    # The attendee works in the container: a new file, and an edit of a tutorial file.
+    (name,) = containers(scope)
+    docker("exec", name, "sh", "-c", "echo my-work > ~/mine.txt && echo edit >> ~/README.md")
+    assert (home / "mine.txt").stat().st_uid == 1000
+    edited = (home / "README.md").read_text()
+
+    # Redeploy to a new digest: pulled, run on the same volume; files kept, new content added.
+    gen = mux.registry.set_container(ship, serve_spec(v2, port, token))
+    rec = mux.wait_container(ship, gen, timeout=START)
+    assert rec.container("").digest == v2.rpartition("@")[2] and local_registry.served(v2)
+    assert (home / "mine.txt").read_text() == "my-work\n"
+    assert (home / "README.md").read_text() == edited
+    assert (home / "whats-new.md").read_text() == "# Fixed in v2\n"
+    assert len(containers(scope)) == 1
+
+    # The agent crashes (kill -9) and comes back: it cleans up the container it lost track of
+    # and runs the desired one again: one container, same name, same files.
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    assert len(containers(scope)) == 1  # orphaned, still running
+    before = docker("inspect", "--format", "{{.Id}}", name)
+    proc = start_agent(agents, ship, scope, v2)
+    wait_for(
+        lambda: (r := mux.ship(ship)) and r.state is ShipState.RUNNING
+        and r.container("") and r.container("").state == "running"
+        and docker("inspect", "--format", "{{.Id}}", name, check=False) not in ("", before),
+        START, "the restarted agent running the container again",
+    )  # fmt: skip
+    assert containers(scope) == [name]
+    assert "welcome.ipynb" in get(port)
+    assert (home / "mine.txt").read_text() == "my-work\n"
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    assert mux.ship(ship).state is ShipState.TERMINATED
+    assert containers(scope) == []
+
+
+def test_a_container_that_exits_non_zero_fails_with_its_log(
+    mux: Mux, agents: Agents, scope: str, ship_digests: tuple[str, str]
+) -> None:
+    v1, _ = ship_digests
+    ship = "ship-broken"
+    start_agent(agents, ship, scope, v1)
+    mux.wait_state(ship, ShipState.AVAILABLE, timeout=START)
+    mux.registry.claim("bob")
+    broken = ["sh", "-c", "echo starting; echo 'init: tutorial data missing' >&2; exit 3"]
+    gen = mux.registry.set_container(ship, serve_spec(v1, free_port(), cmd=broken))
+    rec = mux.wait_container(ship, gen, state="failed", timeout=START)
+    error = rec.container("").error
+    assert "exited with code 3" in error
+    assert "init: tutorial data missing" in error and "starting" in error
+
+
+def test_the_attendee_cannot_reach_the_secret_the_socket_or_the_agent_state(
+    tmp_path: Path, mux: Mux, agents: Agents, scope: str, ship_digests: tuple[str, str]
+) -> None:
+    v1, _ = ship_digests
+    ship = "ship-probe"
+    start_agent(agents, ship, scope, v1)
+    mux.wait_state(ship, ShipState.AVAILABLE, timeout=START)
+    mux.registry.claim("eve")
+    mux.registry.set_volume(ship, "vol-eve")
+    gen = mux.registry.set_container(ship, serve_spec(v1, free_port(), "t"))
+    mux.wait_container(ship, gen, timeout=START)
+    (name,) = containers(scope)
+    secret, state = agents.secret, tmp_path / "state" / ship
+    assert secret.exists() and state.is_dir() and Path("/var/run/docker.sock").exists()
+
+    def as_attendee(script: str) -> str:
+        return docker("exec", name, "sh", "-c", script, check=False)
+
+    assert as_attendee("id -u; id -g") == "1000\n100"
+    assert as_attendee("grep CapEff /proc/self/status").split()[-1] == "0" * 16
+    for path in (secret, state, Path("/var/run/docker.sock"), Path("/run/docker.sock")):
+        assert as_attendee(f"test -e {path} && echo REACHABLE || echo gone") == "gone", path
+    # Not through the volume either: it holds the attendee's files only.
+    assert as_attendee("grep -rl integration-secret ~ /srv /tmp 2>/dev/null; echo done") == "done"

@@ -14,11 +14,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import requests
 
-from campfleet.local import find_free_port
+from campfleet.local import LocalEvent, find_free_port
+from tests.docker_kit import docker
+from tests.integration.conftest import Attendee
 
 CAMPFLEET = Path(sys.executable).parent / "campfleet"
 READY = "campfleet local is ready:"
@@ -262,3 +265,42 @@ def test_second_run_after_a_crash_starts_clean(tmp_path: Path) -> None:
         assert not left, f"processes left after SIGINT: {left}"
     finally:
         _kill_all(tmp_path, crashed, again)
+
+
+@pytest.mark.docker
+def test_docker_runtime_runs_real_containers_and_ctrl_c_leaves_none(
+    tmp_path: Path,
+    docker_images: dict[str, str],
+) -> None:
+    """`campfleet local --runtime docker`: the attendee's server is a container of the ship
+    image; after Ctrl-C no container, process or network of the event is left."""
+    port = find_free_port(2)
+    # The same event as the CLI builds, never started: it names the CLI's containers.
+    view = LocalEvent(
+        ships=2, state_dir=tmp_path / "state", runtime="docker", ship_image=docker_images["ship"]
+    )
+    networks = set(docker("network", "ls", "-q").split())
+    proc = _run(tmp_path, port, "--runtime", "docker")
+    out = Lines(proc.stdout)
+    try:
+        out.wait_for("building the ship image", timeout=30)
+        out.wait_for("  images: campfleet-ship:local ready", timeout=600)
+        url = out.wait_for(READY, timeout=300).split(READY, 1)[1].strip()
+        running = descendants(proc.pid)
+        alice = Attendee(SimpleNamespace(url=url, password="let-me-in-please"), "alice")
+        assert alice.login().status_code == 302
+        alice.start_server(timeout=300)
+        (name,) = view.containers()
+        image = docker("inspect", "--format", "{{.Image}}", name)
+        assert image == docker_images["ship"]
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=90) == 0, proc.stderr.read()
+        out.wait_for("stopped; no process left running", 5)
+        assert view.containers() == []
+        assert set(docker("network", "ls", "-q").split()) == networks
+        assert not survivors(running, tmp_path / "state")
+    finally:
+        _kill_all(tmp_path, proc)
+        with contextlib.suppress(Exception):
+            view._remove_containers()

@@ -237,6 +237,22 @@ def test_agent_json_and_flags(tmp_path: Path) -> None:
             "IMAGE=DIR",
         ),
         (["--config", "{bad}"], "not valid JSON"),
+        (
+            [
+                "--local",
+                "--mux",
+                "http://h:1",
+                "--secret-file",
+                "{secret}",
+                "--ship-id",
+                "s",
+                "--runtime",
+                "docker",
+                "--docker-scope",
+                "ev 1;rm",
+            ],
+            "docker-scope 'ev 1;rm': use letters, digits, - or _",
+        ),
     ],
 )
 def test_config_problems_are_one_line(tmp_path: Path, argv: list[str], needle: str) -> None:

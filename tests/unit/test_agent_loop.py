@@ -10,7 +10,7 @@ from typing import Optional
 
 import pytest
 
-from campfleet.agent.agent import Agent
+from campfleet.agent.agent import Agent, check_cap
 from campfleet.agent.config import AgentConfig
 from campfleet.agent.runtime import Runtime, RuntimeFailure
 from campfleet.agent.volume import LocalVolumes
@@ -189,3 +189,9 @@ def test_only_newer_desired_states_replace_unless_a_poll_proves_the_registry_wen
     assert agent.known_generation == 0 and agent.desired == Desired() and not agent.converged
     agent.offer(Desired(generation=1, volume="vol-b"))  # and its orders are followed
     assert agent.desired.volume == "vol-b"
+
+
+def test_health_checks_back_off_with_a_slow_start() -> None:
+    assert check_cap(0.5) == check_cap(5.0) == 0.25  # quick starts: noticed within 0.25 s
+    assert check_cap(20.0) == 1.0  # at most ~5 % late
+    assert check_cap(600.0) == 2.0

@@ -46,6 +46,8 @@ def fake_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_DOCKER_LOG", str(log))
     monkeypatch.setenv("FAKE_DOCKER_ANSWERS", str(answers))
+    # No engine socket: everything goes through the (fake) CLI.
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-engine.sock'}")
 
     class Fake:
         def answer(self, key: str, out: str = "", err: str = "", code: int = 0) -> None:
@@ -89,11 +91,12 @@ def test_docker_start_keeps_secrets_off_argv(tmp_path: Path, fake_docker) -> Non
 
 def test_docker_digest_status_and_failures(tmp_path: Path, fake_docker) -> None:
     rt = DockerRuntime(tmp_path)
-    fake_docker.answer(
-        "image inspect", f"{SPEC.image.split(':')[0]}@sha256:abc sha256:other|sha256:id"
-    )
+    repo = SPEC.image.split(":")[0]
+    fake_docker.answer("image inspect", f'sha256:id|["{repo}@sha256:abc","other@sha256:x"]')
     assert rt.digest(SPEC) == "sha256:abc"
-    fake_docker.answer("image inspect", "|sha256:localid")
+    by_digest = ContainerSpec("proj", f"{repo}@sha256:def", [], {}, 9000)
+    assert rt.digest(by_digest) == "sha256:def"  # the digest it was pulled by
+    fake_docker.answer("image inspect", "sha256:localid|[]")
     assert rt.digest(SPEC) == "sha256:localid"
     fake_docker.answer("inspect", "true 0")
     assert rt.exited("proj") is None
@@ -107,6 +110,13 @@ def test_docker_digest_status_and_failures(tmp_path: Path, fake_docker) -> None:
         rt.pull(SPEC.image)
     rt.stop("proj", timeout=7)
     assert fake_docker.calls()[-2]["argv"] == ["stop", "--time", "7", "campfleet-proj"]
+    # Already gone (stopped after a failed health check, then dropped from the desired state).
+    fake_docker.answer("stop", "", "Error response from daemon: No such container: x\n", 1)
+    rt.stop("proj")
+    assert fake_docker.calls()[-1]["argv"] == ["rm", "-f", "campfleet-proj"]
+    fake_docker.answer("stop", "", "Cannot connect to the Docker daemon\n", 1)
+    with pytest.raises(RuntimeFailure, match="Cannot connect"):
+        rt.stop("proj")
 
 
 def test_docker_content_copied_once_per_image_and_cleanup(tmp_path: Path, fake_docker) -> None:

@@ -92,6 +92,8 @@ def test_progress_ready_lines_and_clean_stop(
         "admin": "admin",
         "state_dir": tmp_path,
         "tls": False,
+        "runtime": "local",  # the default: no Docker, no image build
+        "ship_image": "",
     }
 
 

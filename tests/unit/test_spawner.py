@@ -232,6 +232,10 @@ async def test_failed_project_fails_that_spawn_with_its_own_error(fleet: Fleet) 
     assert ShipState(ship.state) == ShipState.RUNNING
     assert sorted(c.name for c in ship.desired.containers) == ["", "good"]
     assert await default.poll() is None
+    # The failed container is gone from the ship, but the organizer still sees why it failed.
+    (failure,) = fleet.start_failures
+    assert failure["ship"] == ship.ship_id and failure["attendee"] == "erin"
+    assert failure["reason"].endswith("init.sh: no such file")
 
 
 async def test_unknown_project_is_refused(fleet: Fleet) -> None:

@@ -1,0 +1,78 @@
+"""The mux image runs the hub as the mux user data starts it: host network, the state directory
+mounted at /var/lib/campfleet, settings at /etc/campfleet/mux.json (userdata/mux.yaml's
+`docker run`). The settings are a local event's (secrets in files, volumes as directories):
+SSM and EC2 are AWS's and are covered against moto elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from campfleet.local import LocalEvent, find_free_port
+from tests.docker_kit import TEST_LABEL, docker
+
+pytestmark = pytest.mark.docker
+STATE = "/var/lib/campfleet"
+
+
+def test_the_mux_image_serves_the_login_page_and_logs_in(
+    tmp_path: Path,
+    docker_images: dict[str, str],
+) -> None:
+    host_state = tmp_path / "state"
+    event = LocalEvent(ships=1, port=find_free_port(1), state_dir=host_state)
+    for d in (host_state / "secrets", host_state / "hub", host_state / "volumes"):
+        d.mkdir(parents=True)
+    event._write_secrets()
+    event._write_settings()
+    # The same file, with the paths the container sees.
+    settings = event.settings_path.read_text().replace(str(host_state), STATE)
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "mux.json").write_text(settings)
+    assert json.loads(settings)["local"]["stateDir"] == f"{STATE}/hub"
+
+    name = f"campfleet-test-mux-{uuid.uuid4().hex[:8]}"
+    docker(
+        "run", "--detach", "--name", name, "--label", TEST_LABEL, "--network", "host",
+        "-v", f"{etc}:/etc/campfleet:ro", "-v", f"{host_state}:{STATE}",
+        docker_images["mux"],
+    )  # fmt: skip
+    try:
+        web = requests.Session()
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                page = web.get(f"{event.url}hub/login", timeout=5)
+                if page.status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            running = docker("inspect", "--format", "{{.State.Running}}", name)
+            if running != "true" or time.monotonic() > deadline:
+                logs = docker("logs", "--tail", "30", name, check=False)
+                raise AssertionError(f"the mux did not serve its login page: {logs[-2000:]}")
+            time.sleep(0.5)
+        assert 'name="password"' in page.text
+        xsrf = re.search(r'name="_xsrf"\s+value="([^"]+)"', page.text).group(1)
+        login = web.post(
+            f"{event.url}hub/login",
+            data={"username": "alice", "password": event.password, "_xsrf": xsrf},
+            allow_redirects=False,
+            timeout=30,
+        )
+        assert login.status_code == 302 and "login" not in login.headers["Location"]
+        home = web.get(f"{event.url}hub/home", timeout=30)
+        assert home.status_code == 200 and "alice" in home.text
+        # The hub's state is on the host's volume, where a restarted mux finds it.
+        assert (host_state / "hub" / "jupyterhub.sqlite").exists()
+        assert (host_state / "hub" / "registry.sqlite").exists()
+    finally:
+        docker("rm", "-f", name, check=False)

@@ -287,7 +287,7 @@ def test_docker_runtime_runs_real_containers_and_ctrl_c_leaves_none(
         out.wait_for("  images: campfleet-ship:local ready", timeout=600)
         url = out.wait_for(READY, timeout=300).split(READY, 1)[1].strip()
         running = descendants(proc.pid)
-        alice = Attendee(SimpleNamespace(url=url, password="let-me-in-please"), "alice")
+        alice = Attendee(SimpleNamespace(url=url, password="let-me-in-please", tls=False), "alice")
         assert alice.login().status_code == 302
         alice.start_server(timeout=300)
         (name,) = view.containers()

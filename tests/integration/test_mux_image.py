@@ -1,7 +1,8 @@
-"""The mux image runs the hub as the mux user data starts it: host network, the state directory
-mounted at /var/lib/campfleet, settings at /etc/campfleet/mux.json (userdata/mux.yaml's
-`docker run`). The settings are a local event's (secrets in files, volumes as directories):
-SSM and EC2 are AWS's and are covered against moto elsewhere.
+"""The mux image runs the hub and the proxy as the mux user data starts them: two containers of
+the same image (the proxy outlives hub restarts), host network, the state directory mounted at
+/var/lib/campfleet, settings at /etc/campfleet/mux.json (userdata/mux.yaml's `docker run`s).
+The settings are a local event's (secrets in files, volumes as directories): SSM and EC2 are
+AWS's and are covered against moto elsewhere.
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ def test_the_mux_image_serves_the_login_page_and_logs_in(
     assert json.loads(settings)["local"]["stateDir"] == f"{STATE}/hub"
 
     name = f"campfleet-test-mux-{uuid.uuid4().hex[:8]}"
-    docker(
-        "run", "--detach", "--name", name, "--label", TEST_LABEL, "--network", "host",
-        "-v", f"{etc}:/etc/campfleet:ro", "-v", f"{host_state}:{STATE}",
-        docker_images["mux"],
-    )  # fmt: skip
+    names = {"hub": name, "proxy": f"{name}-proxy"}
+    for service, command in (("proxy", ["python", "-m", "campfleet.mux.proxy"]), ("hub", [])):
+        docker(
+            "run", "--detach", "--name", names[service], "--label", TEST_LABEL,
+            "--network", "host", "-v", f"{etc}:/etc/campfleet:ro", "-v", f"{host_state}:{STATE}",
+            docker_images["mux"], *command,
+        )  # fmt: skip
     try:
         web = requests.Session()
         deadline = time.monotonic() + 120
@@ -55,10 +58,15 @@ def test_the_mux_image_serves_the_login_page_and_logs_in(
                     break
             except requests.ConnectionError:
                 pass
-            running = docker("inspect", "--format", "{{.State.Running}}", name)
-            if running != "true" or time.monotonic() > deadline:
-                logs = docker("logs", "--tail", "30", name, check=False)
-                raise AssertionError(f"the mux did not serve its login page: {logs[-2000:]}")
+            running = {
+                docker("inspect", "--format", "{{.State.Running}}", n) for n in names.values()
+            }
+            if running != {"true"} or time.monotonic() > deadline:
+                logs = " | ".join(
+                    f"{service}: {docker('logs', '--tail', '20', n, check=False)[-1000:]}"
+                    for service, n in names.items()
+                )
+                raise AssertionError(f"the mux did not serve its login page: {logs}")
             time.sleep(0.5)
         assert 'name="password"' in page.text
         xsrf = re.search(r'name="_xsrf"\s+value="([^"]+)"', page.text).group(1)
@@ -75,4 +83,4 @@ def test_the_mux_image_serves_the_login_page_and_logs_in(
         assert (host_state / "hub" / "jupyterhub.sqlite").exists()
         assert (host_state / "hub" / "registry.sqlite").exists()
     finally:
-        docker("rm", "-f", name, check=False)
+        docker("rm", "-f", *names.values(), check=False)

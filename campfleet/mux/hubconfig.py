@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import shutil
+import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Optional
 
+from jupyterhub import orm
 from jupyterhub.authenticators.shared import SharedPasswordAuthenticator
+from jupyterhub.handlers.login import LogoutHandler
 from tornado import web
+from traitlets import Float, Integer, TraitError, validate
+from traitlets.config import LoggingConfigurable
 
 from campfleet.mux import fleetview, metrics
 from campfleet.mux.cloud import AwsCloud, Cloud, LocalCloud
@@ -38,14 +45,146 @@ ADMIN_SERVICE = "campfleet-admin"
 ADMIN_SCOPES = ["admin:users", "admin:servers", "access:servers", "read:metrics", "read:hub"]
 
 
-class WorkshopAuthenticator(SharedPasswordAuthenticator):
+class AttemptLimiter:
+    """At most `limit` events per key in any `window` seconds (a sliding log per key).
+
+    Keys are client addresses; at most `max_keys` are tracked (the stalest are dropped), so a
+    flood of addresses cannot grow the hub without bound.
+    """
+
+    def __init__(self, limit: int, window: float, max_keys: int = 10000) -> None:
+        self.limit, self.window, self.max_keys = limit, window, max_keys
+        self._log: dict[str, deque[float]] = {}
+
+    def retry_after(self, key: str, now: Optional[float] = None) -> float:
+        """Seconds until `key` may try again (0: now)."""
+        now = time.monotonic() if now is None else now
+        times = self._log.get(key)
+        if not times:
+            return 0.0
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if len(times) < self.limit:
+            return 0.0
+        return times[0] + self.window - now
+
+    def add(self, key: str, now: Optional[float] = None) -> None:
+        now = time.monotonic() if now is None else now
+        times = self._log.pop(key, None) or deque()
+        times.append(now)
+        while len(times) > self.limit:
+            times.popleft()
+        self._log[key] = times  # re-inserted: dict order is least recently used first
+        while len(self._log) > self.max_keys:
+            self._log.pop(next(iter(self._log)))
+
+
+class RoomGate(LoggingConfigurable):
+    """What every campfleet login goes through, whichever way attendees prove who they are:
+    login attempts limited per client address, and new names only while the room has seats.
+
+    A refused name is refused before JupyterHub creates the user, so junk logins cannot fill
+    the room (each user would take a home volume and a ship at their first start).
+    """
+
+    room_size = Integer(
+        0,
+        config=True,
+        help="""Attendee names the room admits (campfleet:ships); a new name beyond it is
+        refused with a page saying the room is full. Organizer (admin) names do not count.
+        0 = no limit.""",
+    )
+    login_attempts = Integer(
+        60,
+        config=True,
+        help="""Login attempts (right or wrong) one client address may make per login_window.
+        High enough for a classroom behind one NAT address logging in together.""",
+    )
+    failed_logins = Integer(
+        10,
+        config=True,
+        help="Failed login attempts one client address may make per login_window.",
+    )
+    login_window = Float(60.0, config=True, help="Seconds the login limits are counted over.")
+
+    @validate("room_size", "login_attempts", "failed_logins")
+    def _non_negative(self, proposal: dict) -> int:
+        if proposal["value"] < 0:
+            raise TraitError(f"{proposal['trait'].name} must be >= 0, got {proposal['value']}")
+        return proposal["value"]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._attempts = AttemptLimiter(self.login_attempts, self.login_window)
+        self._failures = AttemptLimiter(self.failed_logins, self.login_window)
+        # Names admitted in the last minute that JupyterHub may not have created yet: two
+        # logins racing for the last seat cannot both take it.
+        self._admitted: dict[str, float] = {}
+
+    def _throttle(self, address: str) -> None:
+        wait = max(self._attempts.retry_after(address), self._failures.retry_after(address))
+        if wait > 0:
+            self.log.warning("login from %s refused: too many attempts", address)
+            raise web.HTTPError(
+                429, f"Too many login attempts from your address; try again in {math.ceil(wait)} s."
+            )
+        self._attempts.add(address)
+
+    def admit(self, handler: web.RequestHandler, name: str) -> None:
+        """Refuse (403, page says the room is full) a new attendee name once the room is full."""
+        admins = set(getattr(self, "admin_users", ()))
+        if self.room_size <= 0 or name in admins or handler.find_user(name) is not None:
+            return
+        now = time.monotonic()
+        users = {n for (n,) in handler.db.query(orm.User.name)}
+        # Once created, a name counts as a user (and stops counting when deleted).
+        self._admitted = {
+            n: t for n, t in self._admitted.items() if now - t < 60 and n not in users
+        }
+        names = users | set(self._admitted)
+        taken = len(names - admins)
+        if name not in names and taken >= self.room_size:
+            self.log.warning("refused new name %r: the room is full (%d names)", name, taken)
+            raise web.HTTPError(
+                403,
+                f"The room is full: all {self.room_size} places have a name. If you already "
+                "have one, log in with it; otherwise ask an organizer.",
+            )
+        self._admitted[name] = now
+
+    async def get_authenticated_user(
+        self, handler: web.RequestHandler, data: Optional[dict]
+    ) -> Optional[dict]:
+        address = handler.request.remote_ip or "?"
+        self._throttle(address)
+        result = await super().get_authenticated_user(handler, data)  # type: ignore[misc]
+        if not result:
+            self._failures.add(address)
+            return result
+        if not result.get("admin"):
+            self.admit(handler, result["name"])
+        return result
+
+
+class ClaimLogoutHandler(LogoutHandler):
+    """Logout also clears the browser's claim on its name (a shared computer's next user
+    must not log in as the last one)."""
+
+    async def handle_logout(self) -> None:
+        self.clear_cookie(CLAIM_COOKIE, path=self.hub.base_url)
+
+
+class WorkshopAuthenticator(RoomGate, SharedPasswordAuthenticator):
     """Shared-password login where a name, once used, belongs to the browser that took it.
 
     JupyterHub's SharedPasswordAuthenticator lets anyone with the password log in as any
     user; at a workshop that means one attendee can open another's notebook by typing their
     name. Here a name that has logged in before only logs in again from a browser holding that
-    name's claim cookie (kept across logout); an organizer frees a name by deleting the user.
+    name's claim cookie (cleared at logout); an organizer frees a name by deleting the user.
     """
+
+    def get_handlers(self, app: Any) -> list:
+        return [*super().get_handlers(app), (r"/logout", ClaimLogoutHandler)]
 
     async def authenticate(self, handler: web.RequestHandler, data: dict) -> Optional[dict]:
         result = await super().authenticate(handler, data)
@@ -65,6 +204,7 @@ class WorkshopAuthenticator(SharedPasswordAuthenticator):
                 f"The name {name!r} is already in use. Pick another name, "
                 "or ask an organizer to free it.",
             )
+        self.admit(handler, name)  # before the claim: a refused name gets no cookie
         handler.set_secure_cookie(
             CLAIM_COOKIE, name, expires_days=CLAIM_DAYS, path=handler.hub.base_url, httponly=True
         )
@@ -190,7 +330,8 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
     auth.user_password = secrets.shared_password or None
     auth.admin_password = secrets.admin_password or None
     auth.admin_users = set(settings.admin_users)
-    auth.allow_all = True  # anyone in the room with the password
+    auth.allow_all = True  # anyone in the room with the password, up to the room size
+    auth.room_size = settings.ships
     c.Authenticator.admin_users = set(settings.admin_users)
 
     # Set on Spawner, not ShipSpawner, so a replacement spawner gets the same room settings.

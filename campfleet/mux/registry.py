@@ -71,6 +71,11 @@ CREATE TABLE IF NOT EXISTS volumes (
     assigned_at REAL
 );
 """
+# Columns added after the first release: added to an existing registry file on open.
+_MIGRATIONS = (
+    ("volumes", "used", "INTEGER NOT NULL DEFAULT 0"),
+    ("volumes", "retained_for", "TEXT"),
+)
 
 _SHIP_COLUMNS = (
     "ship_id, zone, address, port_base, state, owner, claimed_at, containers, mounted_volume, "
@@ -93,6 +98,7 @@ _APPLY_UPDATE = (
     "UPDATE ships SET zone=?, address=?, port_base=?, state=?, containers=?, mounted_volume=?, "
     "error=?, agent_version=?, applied_generation=?, seq=?, last_seen=? WHERE ship_id=?"
 )
+_VOLUME_COLUMNS = "volume_id, zone, owner, used, retained_for"
 _LIVE_SQL = "(" + ",".join(f"'{s.value}'" for s in sorted(LIVE)) + ")"  # constants only
 
 
@@ -143,6 +149,8 @@ class VolumeRecord:
     volume_id: str
     zone: str
     owner: Optional[str]
+    used: bool = False  # mounted by a ship at least once: may hold someone's files
+    retained_for: Optional[str] = None  # the deleted user whose files it keeps
 
 
 @dataclass(frozen=True)
@@ -204,6 +212,10 @@ class Registry:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
+            for table, column, kind in _MIGRATIONS:
+                have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -330,9 +342,14 @@ class Registry:
             return Rejected(REPLAY, f"seq {report.seq} is not above the last accepted {row[9]}")
         if row is None:
             self._db.execute(_APPLY_INSERT, (report.ship_id, *new, report.seq, now))
+            if report.volume is not None:
+                self._db.execute("UPDATE volumes SET used=1 WHERE volume_id=?", (report.volume,))
             tx.changed.append(report.ship_id)
             return Desired()
         self._db.execute(_APPLY_UPDATE, (*new, report.seq, now, report.ship_id))
+        if report.volume is not None and report.volume != row[5]:
+            # Mounted once = may hold the attendee's files: never back to the pool by itself.
+            self._db.execute("UPDATE volumes SET used=1 WHERE volume_id=?", (report.volume,))
         if tuple(row[:9]) != new:
             tx.changed.append(report.ship_id)
         return Desired(
@@ -514,34 +531,125 @@ class Registry:
 
     def volume_for(self, owner: str, prefer_zone: Optional[str] = None) -> VolumeRecord:
         """The owner's home volume: the same one forever; a new one from the pool the first time,
-        in prefer_zone when one is free there, else in the zone with the most free volumes."""
+        in prefer_zone when one is free there, else in the zone with the most free volumes.
+        A volume retained for a deleted user is never in the pool (see release_owner)."""
         with self._write():
             row = self._db.execute(
-                "SELECT volume_id, zone, owner FROM volumes WHERE owner=?", (owner,)
+                f"SELECT {_VOLUME_COLUMNS} FROM volumes WHERE owner=?", (owner,)
             ).fetchone()
             if row is None:
                 row = self._db.execute(
-                    "SELECT volume_id, zone, owner FROM volumes v WHERE owner IS NULL "
-                    "ORDER BY zone IS NOT ?, (SELECT count(*) FROM volumes w WHERE w.zone=v.zone "
-                    "AND w.owner IS NULL) DESC, volume_id LIMIT 1",
+                    f"SELECT {_VOLUME_COLUMNS} FROM volumes v WHERE owner IS NULL "
+                    "AND retained_for IS NULL ORDER BY zone IS NOT ?, (SELECT count(*) FROM "
+                    "volumes w WHERE w.zone=v.zone AND w.owner IS NULL AND w.retained_for IS "
+                    "NULL) DESC, volume_id LIMIT 1",
                     (prefer_zone,),
                 ).fetchone()
                 if row is None:
                     total = self._db.execute("SELECT count(*) FROM volumes").fetchone()[0]
                     raise RegistryError(
                         f"no free home volume for {owner!r}: all {total} pool volumes are "
-                        "assigned; raise campfleet:ships (the pool size) and run pulumi up"
+                        "assigned or kept for deleted users; raise campfleet:ships (the pool "
+                        "size) and run pulumi up, or free a kept volume (campfleet volumes)"
                     )
                 self._db.execute(
                     "UPDATE volumes SET owner=?, assigned_at=? WHERE volume_id=?",
                     (owner, time.time(), row[0]),
                 )
-                return VolumeRecord(volume_id=row[0], zone=row[1], owner=owner)
-        return VolumeRecord(volume_id=row[0], zone=row[1], owner=row[2])
+                return VolumeRecord(row[0], row[1], owner, bool(row[3]), None)
+        return VolumeRecord(row[0], row[1], row[2], bool(row[3]), row[4])
 
     def volumes(self) -> list[VolumeRecord]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT volume_id, zone, owner FROM volumes ORDER BY volume_id"
+                f"SELECT {_VOLUME_COLUMNS} FROM volumes ORDER BY volume_id"
             ).fetchall()
-        return [VolumeRecord(*r) for r in rows]
+        return [VolumeRecord(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
+
+    def volume(self, volume_id: str) -> Optional[VolumeRecord]:
+        with self._lock:
+            r = self._db.execute(
+                f"SELECT {_VOLUME_COLUMNS} FROM volumes WHERE volume_id=?", (volume_id,)
+            ).fetchone()
+        return None if r is None else VolumeRecord(r[0], r[1], r[2], bool(r[3]), r[4])
+
+    def release_owner(self, owner: str) -> Optional[VolumeRecord]:
+        """A user was deleted: their name no longer holds a volume. A volume no ship ever
+        mounted goes back to the pool (nothing of theirs is on it); a used one is kept for
+        them (retained_for) until an organizer re-assigns or frees it: whoever types the same
+        name next gets a fresh volume, never the deleted user's files."""
+        with self._write():
+            row = self._db.execute(
+                "SELECT volume_id, used FROM volumes WHERE owner=?", (owner,)
+            ).fetchone()
+            if row is None:
+                return None
+            self._db.execute(
+                "UPDATE volumes SET owner=NULL, assigned_at=NULL, retained_for=? WHERE volume_id=?",
+                (owner if row[1] else None, row[0]),
+            )
+        return self.volume(row[0])
+
+    def _volume_in_use(self, volume_id: str) -> Optional[str]:
+        row = self._db.execute(
+            "SELECT ship_id FROM ships WHERE volume_id=? OR (mounted_volume=? AND state IN "
+            f"{_LIVE_SQL})",
+            (volume_id, volume_id),
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def assign_volume(self, volume_id: str, owner: str) -> VolumeRecord:
+        """An organizer's explicit action: `owner` gets this volume (and its files) as home."""
+        with self._write():
+            row = self._db.execute(
+                "SELECT owner FROM volumes WHERE volume_id=?", (volume_id,)
+            ).fetchone()
+            if row is None:
+                raise RegistryError(f"unknown volume {volume_id!r}; see `campfleet volumes list`")
+            if row[0] == owner:
+                return self._volume_row(volume_id)
+            if row[0] is not None:
+                raise RegistryError(
+                    f"volume {volume_id} is the home of {row[0]!r}; delete that user first"
+                )
+            held = self._db.execute(
+                "SELECT volume_id FROM volumes WHERE owner=?", (owner,)
+            ).fetchone()
+            if held is not None:
+                raise RegistryError(
+                    f"{owner!r} already has volume {held[0]}; delete that user first "
+                    "(their volume is then kept) and assign again"
+                )
+            ship = self._volume_in_use(volume_id)
+            if ship is not None:
+                raise RegistryError(f"volume {volume_id} is still on ship {ship}; try again soon")
+            self._db.execute(
+                "UPDATE volumes SET owner=?, assigned_at=?, retained_for=NULL WHERE volume_id=?",
+                (owner, time.time(), volume_id),
+            )
+            return self._volume_row(volume_id)
+
+    def free_volume(self, volume_id: str) -> VolumeRecord:
+        """An organizer's explicit action: a kept volume goes back to the pool, files and all
+        (the next new name may get it)."""
+        with self._write():
+            row = self._db.execute(
+                "SELECT owner FROM volumes WHERE volume_id=?", (volume_id,)
+            ).fetchone()
+            if row is None:
+                raise RegistryError(f"unknown volume {volume_id!r}; see `campfleet volumes list`")
+            if row[0] is not None:
+                raise RegistryError(
+                    f"volume {volume_id} is the home of {row[0]!r}; delete that user first"
+                )
+            ship = self._volume_in_use(volume_id)
+            if ship is not None:
+                raise RegistryError(f"volume {volume_id} is still on ship {ship}; try again soon")
+            self._db.execute("UPDATE volumes SET retained_for=NULL WHERE volume_id=?", (volume_id,))
+            return self._volume_row(volume_id)
+
+    def _volume_row(self, volume_id: str) -> VolumeRecord:
+        r = self._db.execute(
+            f"SELECT {_VOLUME_COLUMNS} FROM volumes WHERE volume_id=?", (volume_id,)
+        ).fetchone()
+        return VolumeRecord(r[0], r[1], r[2], bool(r[3]), r[4])

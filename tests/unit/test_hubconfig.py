@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from traitlets import TraitError
 from traitlets.config import Config
 
 from campfleet.mux import fleet as fleet_mod
-from campfleet.mux.hubconfig import WorkshopAuthenticator, configure
+from campfleet.mux.hubconfig import AttemptLimiter, WorkshopAuthenticator, configure
 from campfleet.mux.settings import SettingsError, load, load_secrets, parse
 
 
@@ -152,3 +153,27 @@ def test_aws_settings_need_the_private_address() -> None:
     settings = parse(data, "10.0.1.5")
     assert settings.control_address == "10.0.1.5"
     assert (settings.public_ip, settings.public_port, settings.is_local) == ("0.0.0.0", 80, False)
+
+
+def test_attempt_limiter_slides_and_stays_bounded() -> None:
+    limiter = AttemptLimiter(limit=3, window=60.0, max_keys=2)
+    for t in (0.0, 1.0, 2.0):
+        assert limiter.retry_after("10.0.0.9", now=t) == 0.0
+        limiter.add("10.0.0.9", now=t)
+    assert limiter.retry_after("10.0.0.9", now=30.0) == pytest.approx(30.0)  # oldest + 60 s
+    assert limiter.retry_after("10.0.0.9", now=60.5) == 0.0  # the first attempt slid out
+    assert limiter.retry_after("10.0.0.8", now=30.0) == 0.0  # per address
+    limiter.add("a", now=1.0)
+    limiter.add("b", now=1.0)  # a third address: the stalest one is forgotten
+    assert set(limiter._log) == {"a", "b"}
+
+
+def test_room_gate_settings_are_validated(tmp_path: Path) -> None:
+    c = Config()
+    fleet = configure(c, write_settings(tmp_path))
+    try:
+        assert c.WorkshopAuthenticator.room_size == 40
+        with pytest.raises(TraitError, match="room_size must be >= 0"):
+            WorkshopAuthenticator(room_size=-1)
+    finally:
+        fleet.registry.close()

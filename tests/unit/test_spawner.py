@@ -316,3 +316,20 @@ async def test_cancelled_start_leaves_no_idle_claim_when_ships_go_back(
         assert fleet.registry.get(held.ship_id).owner is None
     else:
         assert fleet.registry.owned_by("jack").ship_id == held.ship_id  # kept for the event
+
+
+async def test_deleting_the_user_frees_the_ship_and_keeps_a_used_volume(fleet: Fleet) -> None:
+    agents = FakeAgents(fleet.registry)
+    ships(agents, 4)
+    spawner = make_spawner("hana")
+    await asyncio.wait_for(spawner.start(), 5)
+    ship_id, volume_id = spawner.ship_id, spawner.volume_id
+    await asyncio.wait_for(spawner.stop(), 5)
+    await spawner.delete_forever()
+    assert fleet.registry.get(ship_id).owner is None
+    assert ship_id not in fleet.cloud.protected and volume_id not in fleet.cloud.attachments
+    kept = fleet.registry.volume(volume_id)
+    assert (kept.owner, kept.retained_for) == (None, "hana")  # mounted once: kept for her
+    again = make_spawner("hana")  # someone types the freed name
+    await asyncio.wait_for(again.start(), 5)
+    assert again.volume_id != volume_id

@@ -1,0 +1,83 @@
+"""Attacks on attendee identity against a real local event (issue 15, part 2).
+
+Each test performs the attack through the hub's own login form and admin API: junk names
+filling the room, password guessing, a freed name handing over its files, a shared computer's
+next user logging in as the last one.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.conftest import Admin, Attendee, registry_of
+
+pytestmark = pytest.mark.slow
+
+
+def test_junk_names_cannot_fill_the_room_logout_unclaims_guessing_waits(event_factory) -> None:
+    event = event_factory(ships=2, heartbeat=1.0)
+    admin = Admin(event)
+    for junk in ("junk1", "junk2"):
+        assert Attendee(event, junk).login().status_code == 302
+    alice = Attendee(event, "alice")
+    r = alice.login()
+    assert r.status_code == 403 and "The room is full" in r.text, r.text
+    assert admin.api("GET", "/users/alice").status_code == 404  # no user was created
+    assert "campfleet-name" not in alice.http.cookies  # and the name was not claimed
+    assert Attendee(event, "junk1").login().status_code == 302  # existing names still log in
+    assert Attendee(event, event.admin).login(event.admin_password).status_code == 302
+
+    # The organizer deletes a junk name (it never started): its place is free again.
+    assert admin.api("DELETE", "/users/junk1").status_code == 204
+    assert alice.login().status_code == 302
+
+    # Logout on a shared computer: the next person must not log in as alice from it.
+    assert alice.http.get(f"{alice.base}/hub/logout", timeout=30).status_code == 200
+    assert "campfleet-name" not in alice.http.cookies
+    r = alice.login()
+    assert r.status_code == 403 and "already in use" in r.text
+
+    # Guessing the room password: after `failed_logins` failures the address must wait,
+    # even with the right password.
+    mallory = Attendee(event, "junk2")
+    codes = [mallory.login(password=f"guess{i}").status_code for i in range(10)]
+    assert codes == [403] * 10
+    r = mallory.login()
+    assert r.status_code == 429 and "Too many login attempts" in r.text, r.text
+
+
+def test_a_freed_name_does_not_hand_over_its_files(event_factory) -> None:
+    event = event_factory(ships=2, heartbeat=1.0)
+    admin = Admin(event)
+    alice = Attendee(event, "alice")
+    assert alice.login().status_code == 302
+    alice.start_server()
+    alice.run_code("open('secret.txt', 'w').write('alice only')")
+    registry = registry_of(event)
+    try:
+        old = next(v for v in registry.volumes() if v.owner == "alice")
+    finally:
+        registry.close()
+
+    # The organizer frees the name; whoever types it next gets an empty home.
+    assert admin.api("DELETE", "/users/alice/server").status_code in (202, 204)
+    assert admin.api("DELETE", "/users/alice").status_code == 204
+    registry = registry_of(event)
+    try:
+        held_after_delete = registry.owned_by("alice")
+    finally:
+        registry.close()
+    newcomer = Attendee(event, "alice")
+    assert newcomer.login().status_code == 302
+    newcomer.start_server()
+    out = newcomer.run_code("import os\nprint(os.path.exists('secret.txt'))")
+    assert out.strip() == "False", out
+    registry = registry_of(event)
+    try:
+        volumes = {v.volume_id: v for v in registry.volumes()}
+    finally:
+        registry.close()
+    assert volumes[old.volume_id].owner is None
+    assert volumes[old.volume_id].retained_for == "alice"  # kept until an organizer acts
+    assert next(v for v in volumes.values() if v.owner == "alice").volume_id != old.volume_id
+    assert held_after_delete is None  # deleting the user gave the ship back to the pool

@@ -117,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{READY_LINE} {event.url}", flush=True)
         print(f"  attendee password: {event.password}  (any new user name)", flush=True)
         print(f"  admin: {event.admin}  password: {event.admin_password}", flush=True)
-        status = f"campfleet status --url {event.url.rstrip('/')} --token {event.api_token}"
+        url = event.url.rstrip("/")
+        status = f"CAMPFLEET_TOKEN={event.api_token} campfleet status --url {url}"
         print(f"  organizer: {status}", flush=True)
         print(f"  logs: {event.log_dir}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)

@@ -41,8 +41,9 @@ NODE_MAX_OLD_SPACE_MB = 1024
 PROXY_TIMEOUT_MS = 5 * 60 * 1000  # long-running notebook requests (uploads, big outputs)
 CLAIM_DAYS = 30
 ADMIN_SERVICE = "campfleet-admin"
-# What organizer tools need: manage users and servers, reach servers, read metrics.
-ADMIN_SCOPES = ["admin:users", "admin:servers", "access:servers", "read:metrics", "read:hub"]
+# What organizer tools need: manage users and servers, read metrics. Not access:servers: a
+# leaked organizer token must not open every attendee's notebook (their files, their kernels).
+ADMIN_SCOPES = ["admin:users", "admin:servers", "read:metrics", "read:hub"]
 
 
 class AttemptLimiter:

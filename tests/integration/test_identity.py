@@ -59,6 +59,9 @@ def test_a_freed_name_does_not_hand_over_its_files(event_factory) -> None:
     finally:
         registry.close()
 
+    # A leaked organizer token (campfleet status/redeploy) must not open her notebook.
+    assert admin.server_get("alice", "api/contents/secret.txt").status_code == 403
+
     # The organizer frees the name; whoever types it next gets an empty home.
     assert admin.api("DELETE", "/users/alice/server").status_code in (202, 204)
     assert admin.api("DELETE", "/users/alice").status_code == 204

@@ -79,7 +79,7 @@ def test_configure_sets_room_hub_proxy_and_spawner(tmp_path: Path) -> None:
         assert hub.spawner_class == "campfleet.mux.spawner.ShipSpawner"
         assert hub.authenticator_class is WorkshopAuthenticator
         assert hub.services == [{"name": "campfleet-admin", "api_token": "t" * 64}]
-        assert "access:servers" in hub.load_roles[0]["scopes"]
+        assert "access:servers" not in hub.load_roles[0]["scopes"]
         proxy = c.ConfigurableHTTPProxy
         assert proxy.auth_token == "p" * 64
         assert "--max-old-space-size=1024" in proxy.command

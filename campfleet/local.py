@@ -229,7 +229,8 @@ class LocalEvent:
         return self.port + 3
 
     def ship_ids(self) -> list[str]:
-        return [f"i-local{i:04d}" for i in range(1, self.ships + 1)]
+        # EC2's id form (the control API accepts no other): i-10ca1 and the ship's number.
+        return [f"i-10ca1{i:012x}" for i in range(1, self.ships + 1)]
 
     def port_base(self, index: int) -> int:
         return self.port + SHIP_PORT_OFFSET + PORTS_PER_SHIP * index

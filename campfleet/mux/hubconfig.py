@@ -27,7 +27,7 @@ from traitlets.config import LoggingConfigurable
 
 from campfleet.mux import fleetview, metrics
 from campfleet.mux.cloud import AwsCloud, Cloud, LocalCloud
-from campfleet.mux.control import ControlServer
+from campfleet.mux.control import PEER_CONNECTIONS, PEER_REQUESTS_PER_S, ControlServer
 from campfleet.mux.fleet import Fleet
 from campfleet.mux.redeploy import Redeployer
 from campfleet.mux.registry import Registry
@@ -249,8 +249,15 @@ def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
         cloud = LocalCloud(settings.local.volumes_root, settings.local.volumes)
     else:
         cloud = AwsCloud(settings.region, settings.stack, settings.ship_group_name)
+    # Caps are per peer address: a local event's ships all share 127.0.0.1.
+    peers = max(settings.ships, 1) if settings.local else 1
     control = ControlServer(
-        registry, secrets.fleet_secret, heartbeat=settings.heartbeat, lost_after=settings.lost_after
+        registry,
+        secrets.fleet_secret,
+        heartbeat=settings.heartbeat,
+        lost_after=settings.lost_after,
+        peer_connections=PEER_CONNECTIONS * peers,
+        peer_requests_per_s=PEER_REQUESTS_PER_S * peers,
     )
     return Fleet(
         registry,

@@ -89,13 +89,13 @@ def test_agent_drives_docker_cli(tmp_path: Path, monkeypatch) -> None:
     mux = Mux(tmp_path)
     agents = Agents(tmp_path, mux)
     try:
-        proc = agents.start("ship-d", "--runtime", "docker", "--image", "tutorial:v1")
-        mux.wait_state("ship-d", ShipState.AVAILABLE)
+        proc = agents.start("i-0000000d", "--runtime", "docker", "--image", "tutorial:v1")
+        mux.wait_state("i-0000000d", ShipState.AVAILABLE)
         mux.registry.claim("alice")
-        mux.registry.set_volume("ship-d", "vol-alice")
+        mux.registry.set_volume("i-0000000d", "vol-alice")
         port = free_port()
         spec = server_spec(port, "v1", greeting="token-abc123")  # stands in for a secret
-        rec = mux.wait_container("ship-d", mux.registry.set_container("ship-d", spec))
+        rec = mux.wait_container("i-0000000d", mux.registry.set_container("i-0000000d", spec))
         assert get(port) == f"{agents.volumes / 'vol-alice'}|token-abc123|v1"
         assert rec.container("").digest.startswith("sha256:")
 
@@ -107,14 +107,20 @@ def test_agent_drives_docker_cli(tmp_path: Path, monkeypatch) -> None:
         assert "token-abc123" not in " ".join(run)
         assert run[run.index("--volume") + 1] == f"{agents.volumes / 'vol-alice'}:/home/jovyan"
 
-        gen = mux.registry.set_container("ship-d", server_spec(port, "v2", greeting="token-abc123"))
-        mux.wait_container("ship-d", gen)  # tutorial:v2 pulled, then run on the same volume
+        gen = mux.registry.set_container(
+            "i-0000000d", server_spec(port, "v2", greeting="token-abc123")
+        )
+        mux.wait_container("i-0000000d", gen)  # tutorial:v2 pulled, then run on the same volume
         wait_for(lambda: (get(port) or "").endswith("|v2"), 10, "redeployed container")
         missing = ContainerSpec("extra", "missing:1", ["x"], {}, free_port())
-        gen = mux.registry.set_container("ship-d", missing)
+        gen = mux.registry.set_container("i-0000000d", missing)
 
         def refused():
-            c = (r := mux.ship("ship-d")) and r.applied_generation >= gen and r.container("extra")
+            c = (
+                (r := mux.ship("i-0000000d"))
+                and r.applied_generation >= gen
+                and r.container("extra")
+            )
             return c and c.state == "failed" and c
 
         assert "manifest unknown" in wait_for(refused, 10, "the pull failure").error
@@ -122,7 +128,7 @@ def test_agent_drives_docker_cli(tmp_path: Path, monkeypatch) -> None:
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
-        assert mux.ship("ship-d").state is ShipState.TERMINATED
+        assert mux.ship("i-0000000d").state is ShipState.TERMINATED
         assert get(port) is None
         assert list(state.glob("*.json")) == []  # stopped and removed
     finally:

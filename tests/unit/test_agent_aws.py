@@ -178,7 +178,9 @@ def test_agent_json_and_flags(tmp_path: Path) -> None:
         False,
         "INFO",
     )
-    cfg, _ = load(["--config", str(cfg_file), "--local", "--ship-id", "s1", "--heartbeat", "0.2"])
+    cfg, _ = load(
+        ["--config", str(cfg_file), "--local", "--ship-id", "i-00000001", "--heartbeat", "0.2"]
+    )
     assert (cfg.runtime, cfg.zone, cfg.address, cfg.heartbeat) == (
         "local",
         "local",
@@ -207,7 +209,7 @@ def test_agent_json_and_flags(tmp_path: Path) -> None:
                 "--secret-file",
                 "{secret}",
                 "--ship-id",
-                "s",
+                "i-00000001",
                 "--heartbeat",
                 "0",
             ],
@@ -221,13 +223,17 @@ def test_agent_json_and_flags(tmp_path: Path) -> None:
                 "--secret-file",
                 "{secret}",
                 "--ship-id",
-                "s",
+                "i-00000001",
                 "--content",
                 "img=/nonexistent",
             ],
             "IMAGE=DIR",
         ),
         (["--config", "{bad}"], "not valid JSON"),
+        (
+            ["--local", "--mux", "http://h:1", "--secret-file", "{secret}", "--ship-id", "s1"],
+            "--ship-id 's1': use the form of an EC2 instance id",
+        ),
     ],
 )
 def test_config_problems_are_one_line(tmp_path: Path, argv: list[str], needle: str) -> None:

@@ -28,6 +28,7 @@ from typing import Callable, Optional
 from campfleet.mux.registry import Registry
 
 DEFAULT_STATE_DIR = Path(".campfleet/local")
+LOCAL_CODES_FILE = Path("secrets/attendee-codes.json")  # under the state directory
 SHIP_PORT_OFFSET = 100  # ship i's ports start at port + 100 + 10 * i
 PORTS_PER_SHIP = 10
 ZONE = "local-a"
@@ -182,6 +183,7 @@ class LocalEvent:
         singleuser_cmd: Optional[list[str]] = None,
         extra_config: str = "",
         projects: Optional[dict] = None,
+        auth: str = "shared",
     ) -> None:
         if ships < 1:
             raise LocalEventError(f"--ships must be at least 1, got {ships}")
@@ -206,6 +208,9 @@ class LocalEvent:
         self.singleuser_cmd = singleuser_cmd or [_bin("jupyterhub-singleuser"), *root]
         self.extra_config = extra_config
         self.projects = projects or {}
+        if auth not in ("shared", "codes"):
+            raise LocalEventError(f"--auth {auth!r}: a local event uses shared or codes")
+        self.auth = auth
         self._password_arg = password
         self.password = ""
         self.admin_password = ""
@@ -227,6 +232,11 @@ class LocalEvent:
     @property
     def control_port(self) -> int:
         return self.port + 3
+
+    @property
+    def codes_file(self) -> Path:
+        """Where `campfleet attendees codes --local` puts the code hashes (auth: codes)."""
+        return self.state_dir / LOCAL_CODES_FILE
 
     def ship_ids(self) -> list[str]:
         # EC2's id form (the control API accepts no other): i-10ca1 and the ship's number.
@@ -316,7 +326,9 @@ class LocalEvent:
             "heartbeat": self.heartbeat,
             "lostAfter": self.lost_after,
             "projects": self.projects,
+            "auth": self.auth,
             "parameters": {
+                "attendeeCodes": str(LOCAL_CODES_FILE),
                 "fleetSecret": "secrets/fleet-secret",
                 "proxyToken": "secrets/proxy-token",
                 "cookieSecret": "secrets/cookie-secret",

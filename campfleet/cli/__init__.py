@@ -122,7 +122,7 @@ def evaluate_stack(project_dir: Path, stack: str, values: dict[str, Any]) -> Any
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from campfleet.cli import local, plan, preflight, status, volumes
+    from campfleet.cli import attendees, local, plan, preflight, status, volumes
 
     parser = argparse.ArgumentParser(
         prog="campfleet",
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fleet status and rolling redeploys.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (local, preflight, plan, status, volumes):
+    for module in (local, preflight, plan, status, volumes, attendees):
         module.register(subparsers)
     return parser
 

@@ -41,6 +41,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--password", help="attendee password (default: a generated one)")
     parser.add_argument("--admin", default="admin", help="admin user name (default admin)")
     parser.add_argument(
+        "--auth",
+        choices=("shared", "codes"),
+        default="shared",
+        help="attendees log in with the shared password (default) or personal codes "
+        "(make them with `campfleet attendees codes --local STATE_DIR --count N`)",
+    )
+    parser.add_argument(
         "--state-dir",
         default=".campfleet/local",
         metavar="DIR",
@@ -108,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             password=args.password,
             admin=args.admin,
             state_dir=Path(args.state_dir),
+            auth=args.auth,
         )
     except LocalEventError as exc:
         raise CliError(str(exc)) from None

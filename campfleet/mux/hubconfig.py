@@ -9,6 +9,7 @@ every hub, proxy, spawner and authenticator option a room of attendees starting 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import math
 import os
@@ -22,16 +23,26 @@ from jupyterhub import orm
 from jupyterhub.authenticators.shared import SharedPasswordAuthenticator
 from jupyterhub.handlers.login import LogoutHandler
 from tornado import web
+from traitlets import Any as AnyTrait
 from traitlets import Float, Integer, TraitError, validate
 from traitlets.config import LoggingConfigurable
 
-from campfleet.mux import fleetview, metrics
+from campfleet.mux import codes, fleetview, metrics
+from campfleet.mux import fleet as fleet_mod
 from campfleet.mux.cloud import AwsCloud, Cloud, LocalCloud
+from campfleet.mux.codes import CodesError
 from campfleet.mux.control import PEER_CONNECTIONS, PEER_REQUESTS_PER_S, ControlServer
 from campfleet.mux.fleet import Fleet
 from campfleet.mux.redeploy import Redeployer
 from campfleet.mux.registry import Registry
-from campfleet.mux.settings import Secrets, Settings, SettingsError, load, load_secrets
+from campfleet.mux.settings import (
+    Secrets,
+    Settings,
+    SettingsError,
+    codes_parameter,
+    load,
+    load_secrets,
+)
 
 log = logging.getLogger("campfleet.hubconfig")
 
@@ -212,6 +223,99 @@ class WorkshopAuthenticator(RoomGate, SharedPasswordAuthenticator):
         return result
 
 
+class CodeAuthenticator(RoomGate, SharedPasswordAuthenticator):
+    """Personal codes (`campfleet:auth: codes`): the attendee types a name and their code as
+    the password. A code binds to the first name that uses it (Registry.bind_code), so the
+    name belongs to whoever holds the code, in any browser, after logout too; organizers
+    (admin_users) log in with the admin password as in shared mode."""
+
+    code_book = AnyTrait(
+        None, config=True, help="campfleet.mux.codes.CodeBook: the event's code hashes."
+    )
+
+    async def authenticate(self, handler: web.RequestHandler, data: dict) -> Optional[dict]:
+        admin = await super().authenticate(handler, data)  # user_password is unset: admins only
+        name = self.normalize_username(data.get("username", ""))
+        if admin or name in self.admin_users or self.code_book is None:
+            return admin
+        try:
+            digest = self.code_book.knows(data.get("password", ""))
+        except CodesError as e:
+            self.log.error("codes login: %s", e)
+            raise web.HTTPError(503, f"Logins are not open yet: {e}") from None
+        if digest is None:
+            return None
+        if not self.validate_username(name):
+            return None
+        refusal = fleet_mod.current().registry.bind_code(digest, name)
+        if refusal is not None:
+            self.log.warning("codes login as %r refused: %s", name, refusal)
+            raise web.HTTPError(403, f"{refusal[0].upper()}{refusal[1:]}.")
+        self.admit(handler, name)
+        return {"name": name, "admin": False, "groups": []}
+
+
+OAUTH_PROVIDERS = {
+    "github": "oauthenticator.github.GitHubOAuthenticator",
+    "google": "oauthenticator.google.GoogleOAuthenticator",
+    "generic": "oauthenticator.generic.GenericOAuthenticator",
+}
+
+
+def oauth_authenticator(provider: str) -> type:
+    """OAuthenticator's class for `provider`, with the room gate (size, login limits) on top."""
+    module, _, name = OAUTH_PROVIDERS[provider].rpartition(".")
+    base = getattr(importlib.import_module(module), name)
+    return type(f"Campfleet{name}", (RoomGate, base), {"__doc__": RoomGate.__doc__})
+
+
+def _configure_auth(c: Any, settings: Settings, secrets: Secrets) -> None:
+    """The authenticator of `settings.auth`; every mode goes through the room gate."""
+    admins = set(settings.admin_users)
+    c.Authenticator.admin_users = admins
+    c.RoomGate.room_size = settings.ships
+    hub = c.JupyterHub
+    if settings.auth == "shared":
+        hub.authenticator_class = WorkshopAuthenticator
+        auth = c.WorkshopAuthenticator
+        auth.user_password = secrets.shared_password or None
+        auth.admin_password = secrets.admin_password or None
+        auth.admin_users = admins
+        auth.allow_all = True  # anyone in the room with the password, up to the room size
+    elif settings.auth == "codes":
+        hub.authenticator_class = CodeAuthenticator
+        auth = c.CodeAuthenticator
+        auth.admin_password = secrets.admin_password or None
+        auth.admin_users = admins
+        auth.allow_all = True  # whoever holds a code; codes and room size bound the names
+        if settings.local:
+            ref = Path(settings.parameters.get("attendeeCodes", "secrets/attendee-codes.json"))
+            auth.code_book = codes.file_book(ref if ref.is_absolute() else settings.state_dir / ref)
+        else:
+            name = settings.parameters.get("attendeeCodes", codes_parameter(settings.stack))
+            auth.code_book = codes.ssm_book(settings.region, name)
+    else:
+        oauth = settings.oauth
+        hub.authenticator_class = oauth_authenticator(oauth["provider"])
+        auth = c.OAuthenticator
+        auth.client_id = oauth["clientId"]
+        auth.client_secret = secrets.oauth_client_secret
+        auth.oauth_callback_url = oauth["callbackUrl"]
+        auth.allowed_users = set(oauth.get("allowedUsers", []))
+        auth.admin_users = admins
+        if oauth["provider"] == "github" and oauth.get("allowedOrganizations"):
+            c.GitHubOAuthenticator.allowed_organizations = set(oauth["allowedOrganizations"])
+        if oauth["provider"] == "google" and oauth.get("hostedDomains"):
+            c.GoogleOAuthenticator.hosted_domain = list(oauth["hostedDomains"])
+        if oauth["provider"] == "generic":
+            generic = c.GenericOAuthenticator
+            generic.authorize_url = oauth["authorizeUrl"]
+            generic.token_url = oauth["tokenUrl"]
+            generic.userdata_url = oauth["userdataUrl"]
+            generic.username_claim = oauth.get("usernameClaim", "preferred_username")
+            generic.scope = list(oauth.get("scope", ["openid", "profile", "email"]))
+
+
 def _chp_script() -> Path:
     """The pinned configurable-http-proxy: the checkout's node_modules (make local), else the
     one on PATH (the mux image puts its npm-ci'd node_modules/.bin there)."""
@@ -322,7 +426,6 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
     hub.init_spawners_timeout = 60
     hub.authenticate_prometheus = True  # /hub/metrics needs a token with read:metrics
     hub.spawner_class = "campfleet.mux.spawner.ShipSpawner"
-    hub.authenticator_class = WorkshopAuthenticator
     hub.admin_access = False
     redeployer = Redeployer(fleet)
     hub.extra_handlers = fleetview.handlers(fleet, redeployer)
@@ -334,13 +437,7 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
     proxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
     proxy.pid_file = str(state / "jupyterhub-proxy.pid")
 
-    auth = c.WorkshopAuthenticator
-    auth.user_password = secrets.shared_password or None
-    auth.admin_password = secrets.admin_password or None
-    auth.admin_users = set(settings.admin_users)
-    auth.allow_all = True  # anyone in the room with the password, up to the room size
-    auth.room_size = settings.ships
-    c.Authenticator.admin_users = set(settings.admin_users)
+    _configure_auth(c, settings, secrets)
 
     # Set on Spawner, not ShipSpawner, so a replacement spawner gets the same room settings.
     spawner = c.Spawner

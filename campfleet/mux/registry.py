@@ -70,6 +70,11 @@ CREATE TABLE IF NOT EXISTS volumes (
     owner TEXT UNIQUE,
     assigned_at REAL
 );
+CREATE TABLE IF NOT EXISTS codes (
+    code_hash TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    bound_at REAL NOT NULL
+);
 """
 # Columns added after the first release: added to an existing registry file on open.
 _MIGRATIONS = (
@@ -653,3 +658,23 @@ class Registry:
             f"SELECT {_VOLUME_COLUMNS} FROM volumes WHERE volume_id=?", (volume_id,)
         ).fetchone()
         return VolumeRecord(r[0], r[1], r[2], bool(r[3]), r[4])
+
+    # -- attendee codes -----------------------------------------------------------------------
+
+    def bind_code(self, code_hash: str, name: str) -> Optional[str]:
+        """Bind a personal code to the first name that uses it (atomically); afterwards only
+        that name logs in with it and that name only with it. None when `name` may log in with
+        the code, else the reason it may not."""
+        with self._write():
+            row = self._db.execute(
+                "SELECT name FROM codes WHERE code_hash=?", (code_hash,)
+            ).fetchone()
+            if row is not None:
+                return None if row[0] == name else "this code already belongs to another name"
+            if self._db.execute("SELECT 1 FROM codes WHERE name=?", (name,)).fetchone():
+                return f"the name {name!r} is taken; use the name you chose with your code"
+            self._db.execute(
+                "INSERT INTO codes (code_hash, name, bound_at) VALUES (?, ?, ?)",
+                (code_hash, name, time.time()),
+            )
+        return None

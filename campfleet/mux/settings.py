@@ -24,7 +24,24 @@ SECRET_NAMES = (
     "sharedPassword",
     "adminPassword",
     "apiToken",
+    "oauthClientSecret",  # auth: oauth only
 )
+AUTH_MODES = ("shared", "codes", "oauth")
+OAUTH_PROVIDERS = ("github", "google", "generic")
+# What each OAuth provider needs in the `oauth` block (the client secret stays in SSM).
+OAUTH_REQUIRED = {
+    "github": ("clientId", "callbackUrl"),
+    "google": ("clientId", "callbackUrl"),
+    "generic": ("clientId", "callbackUrl", "authorizeUrl", "tokenUrl", "userdataUrl"),
+}
+
+
+def codes_parameter(stack: str) -> str:
+    """SSM parameter with the hashes of a stack's attendee codes (`campfleet attendees codes`
+    writes it; the mux reads it)."""
+    return f"/campfleet/{stack}/attendee-codes"
+
+
 IMDS = "http://169.254.169.254/latest"
 MIN_SECRET_CHARS = 32  # fleetSecret, proxyToken: openssl rand -hex 16 at the least
 MAX_PROJECTS = 9  # ship ports port_base .. port_base + 9 (8888-8897 on AWS)
@@ -44,6 +61,7 @@ class Secrets:
     shared_password: str
     admin_password: str
     api_token: str
+    oauth_client_secret: str = ""
 
 
 @dataclass(frozen=True)
@@ -83,6 +101,8 @@ class Settings:
     hub_port: int
     proxy_api_port: int
     local: Optional[LocalSettings]
+    auth: str = "shared"  # how attendees prove who they are: AUTH_MODES
+    oauth: Optional[dict] = None  # auth: oauth: provider, clientId, callbackUrl, allowed...
 
     @property
     def is_local(self) -> bool:
@@ -122,10 +142,34 @@ def _projects(raw: Any) -> dict:
     return dict(raw)
 
 
+def _auth(data: dict) -> tuple[str, Optional[dict]]:
+    auth = data.get("auth", "shared")
+    if auth not in AUTH_MODES:
+        modes = ", ".join(AUTH_MODES)
+        raise SettingsError(f"mux settings: 'auth' must be one of {modes}, got {auth!r}")
+    if auth != "oauth":
+        return auth, None
+    oauth = data.get("oauth")
+    if not isinstance(oauth, dict) or oauth.get("provider") not in OAUTH_PROVIDERS:
+        raise SettingsError(
+            "mux settings: auth oauth needs 'oauth': {\"provider\": "
+            + " | ".join(f'"{p}"' for p in OAUTH_PROVIDERS)
+            + ', "clientId": ..., "callbackUrl": ...}'
+        )
+    provider = oauth["provider"]
+    missing = [k for k in OAUTH_REQUIRED[provider] if not isinstance(oauth.get(k) or 0, str)]
+    if missing:
+        raise SettingsError(f"mux settings: oauth ({provider}) lacks {', '.join(missing)}")
+    if "oauthClientSecret" not in data.get("parameters", {}):
+        raise SettingsError("mux settings: auth oauth needs parameters.oauthClientSecret")
+    return auth, dict(oauth)
+
+
 def parse(data: dict, private_ip: str = "") -> Settings:
     """Validate the settings dict; `private_ip` is the control address on AWS (from IMDS)."""
     ships = _require(data, "ships", int)
     ready = _require(data, "readyPercent", int)
+    auth, oauth = _auth(data)
     if ships < 0:
         raise SettingsError(f"mux settings: 'ships' must be >= 0, got {ships}")
     if not 0 <= ready <= 100:
@@ -175,6 +219,8 @@ def parse(data: dict, private_ip: str = "") -> Settings:
         hub_port=local.hub_port if local else int(data.get("hubPort", 8081)),
         proxy_api_port=local.proxy_api_port if local else int(data.get("proxyApiPort", 8001)),
         local=local,
+        auth=auth,
+        oauth=oauth,
     )
 
 
@@ -249,6 +295,11 @@ def load_secrets(settings: Settings) -> Secrets:
                 f"mux settings: {name} is empty or shorter than {MIN_SECRET_CHARS} characters; "
                 "set it to a random value (e.g. openssl rand -hex 32)"
             )
+    if settings.auth == "oauth" and not values.get("oauthClientSecret"):
+        raise SettingsError(
+            "mux settings: the OAuth client secret is empty; put it in the SSM parameter "
+            f"{settings.parameters.get('oauthClientSecret')} (campfleet:oauthClientSecret)"
+        )
     cookie = values.get("cookieSecret") or ""
     try:
         cookie_bytes = bytes.fromhex(cookie)
@@ -263,4 +314,5 @@ def load_secrets(settings: Settings) -> Secrets:
         shared_password=values.get("sharedPassword") or "",
         admin_password=values.get("adminPassword") or "",
         api_token=values.get("apiToken") or "",
+        oauth_client_secret=values.get("oauthClientSecret") or "",
     )

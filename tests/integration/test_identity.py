@@ -84,3 +84,34 @@ def test_a_freed_name_does_not_hand_over_its_files(event_factory) -> None:
     assert volumes[old.volume_id].retained_for == "alice"  # kept until an organizer acts
     assert next(v for v in volumes.values() if v.owner == "alice").volume_id != old.volume_id
     assert held_after_delete is None  # deleting the user gave the ship back to the pool
+
+
+def test_personal_codes_bind_a_name_to_its_holder(event_factory, tmp_path) -> None:
+    """auth: codes. A code works for the first name that uses it, in any browser; nobody
+    else takes that name, and a code never opens a second name."""
+    from campfleet.cli import main
+
+    event = event_factory(ships=2, heartbeat=1.0, auth="codes")
+    admin = Admin(event)
+    r = Attendee(event, "alice").login(password="K7M2Q-9XWCR")
+    assert r.status_code == 503 and "no attendee codes" in r.text  # none issued yet
+    out = tmp_path / "cards"
+    assert main(["attendees", "codes", "--local", str(event.state_dir), "--count", "2",
+                 "--out", str(out)]) == 0  # fmt: skip
+    rows = (out / "attendee-codes-local.csv").read_text().splitlines()
+    code_a, code_b = (row.split(",")[1] for row in rows[1:])
+    assert code_a not in event.codes_file.read_text()  # only hashes are stored
+
+    assert Attendee(event, "alice").login(password="K7M2Q-9XWCR").status_code == 403
+    assert Attendee(event, "alice").login(password=event.password).status_code == 403
+    alice = Attendee(event, "alice")
+    assert alice.login(password=code_a.lower()).status_code == 302  # typed loosely: fine
+    r = Attendee(event, "mallory").login(password=code_a)
+    assert r.status_code == 403 and "already belongs to another name" in r.text
+    r = Attendee(event, "alice").login(password=code_b)
+    assert r.status_code == 403 and "is taken" in r.text
+    assert admin.api("GET", "/users/mallory").status_code == 404
+    # The holder logs in again from another browser (or after logout) with her code.
+    assert Attendee(event, "alice").login(password=code_a).status_code == 302
+    assert Attendee(event, "bob").login(password=code_b).status_code == 302
+    assert Attendee(event, event.admin).login(event.admin_password).status_code == 302

@@ -89,6 +89,7 @@ def test_progress_ready_lines_and_clean_stop(
         "password": None,
         "admin": "admin",
         "state_dir": tmp_path,
+        "auth": "shared",
     }
 
 

@@ -172,7 +172,7 @@ def test_room_gate_settings_are_validated(tmp_path: Path) -> None:
     c = Config()
     fleet = configure(c, write_settings(tmp_path))
     try:
-        assert c.WorkshopAuthenticator.room_size == 40
+        assert c.RoomGate.room_size == 40
         with pytest.raises(TraitError, match="room_size must be >= 0"):
             WorkshopAuthenticator(room_size=-1)
     finally:

@@ -116,6 +116,19 @@ def test_projects_become_named_servers(tmp_path: Path) -> None:
         ({"readyPercent": 120}, "'readyPercent' must be 0..100, got 120"),
         ({"parameters": {"fleetSecret": "x"}}, "'parameters' lacks proxyToken, cookieSecret"),
         ({"projects": {"intro": {"cmd": []}}}, "project 'intro' has no 'image'"),
+        ({"auth": "ldap"}, "'auth' must be one of shared, codes, oauth, got 'ldap'"),
+        ({"auth": "oauth"}, "auth oauth needs 'oauth'"),
+        (
+            {
+                "auth": "oauth",
+                "oauth": {"provider": "generic", "clientId": "c", "callbackUrl": "u"},
+            },
+            "oauth (generic) lacks authorizeUrl, tokenUrl, userdataUrl",
+        ),
+        (
+            {"auth": "oauth", "oauth": {"provider": "github", "clientId": "c", "callbackUrl": "u"}},
+            "auth oauth needs parameters.oauthClientSecret",
+        ),
     ],
 )
 def test_bad_settings_name_the_key(tmp_path: Path, change: dict, message: str) -> None:
@@ -177,3 +190,59 @@ def test_room_gate_settings_are_validated(tmp_path: Path) -> None:
             WorkshopAuthenticator(room_size=-1)
     finally:
         fleet.registry.close()
+
+
+def test_oauth_mode_uses_oauthenticator_behind_the_room_gate(tmp_path: Path) -> None:
+    from oauthenticator.github import GitHubOAuthenticator
+
+    from campfleet.mux.hubconfig import RoomGate
+
+    (tmp_path / "oauth-secret").write_text("gh-client-secret\n")
+    path = write_settings(tmp_path)
+    data = json.loads(path.read_text())
+    data["parameters"]["oauthClientSecret"] = "oauth-secret"
+    data["auth"] = "oauth"
+    data["oauth"] = {
+        "provider": "github",
+        "clientId": "Iv1.abc",
+        "callbackUrl": "https://event.example.org/hub/oauth_callback",
+        "allowedUsers": ["alice"],
+        "allowedOrganizations": ["workshop-org"],
+    }
+    path.write_text(json.dumps(data))
+    c = Config()
+    fleet = configure(c, path)
+    try:
+        cls = c.JupyterHub.authenticator_class
+        assert issubclass(cls, RoomGate) and issubclass(cls, GitHubOAuthenticator)
+        assert c.OAuthenticator.client_id == "Iv1.abc"
+        assert c.OAuthenticator.client_secret == "gh-client-secret"
+        assert c.OAuthenticator.allowed_users == {"alice"}
+        assert c.GitHubOAuthenticator.allowed_organizations == {"workshop-org"}
+        assert c.RoomGate.room_size == 40
+        auth = cls(config=c)  # the real class accepts the whole configuration
+        assert (auth.client_id, auth.room_size, auth.admin_users) == ("Iv1.abc", 40, {"organizer"})
+    finally:
+        fleet.registry.close()
+    (tmp_path / "oauth-secret").write_text("")
+    with pytest.raises(SettingsError, match="OAuth client secret is empty"):
+        load_secrets(load(path))
+
+
+def test_codes_book_rereads_and_refuses_clearly(tmp_path: Path) -> None:
+    from campfleet.mux import codes
+
+    issued = codes.generate(3)
+    assert len(set(issued)) == 3 and all(len(c) == 11 and c[5] == "-" for c in issued)
+    book = codes.file_book(tmp_path / "codes.json")
+    with pytest.raises(codes.CodesError, match="no attendee codes in .* yet"):
+        book.hashes()
+    (tmp_path / "codes.json").write_text(codes.document_from_hashes([codes.code_hash(issued[0])]))
+    assert book.knows(" " + issued[0].lower().replace("-", " ")) == codes.code_hash(issued[0])
+    assert book.knows(issued[1]) is None
+    (tmp_path / "codes.json").write_text("{}")
+    book.ttl = 0
+    with pytest.raises(codes.CodesError, match="unreadable"):
+        book.hashes()
+    with pytest.raises(codes.CodesError, match="--count must be from 1 to 5000"):
+        codes.generate(0)

@@ -367,3 +367,14 @@ def test_registry_follows_the_transition_model(tmp_path_factory, steps) -> None:
             assert (rec.state if rec else S.PENDING) is state
     finally:
         reg.close()
+
+
+def test_a_code_binds_to_its_first_name_for_good(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "f.sqlite")
+    assert reg.bind_code("h-a", "alice") is None
+    assert reg.bind_code("h-a", "alice") is None  # again, any browser
+    assert reg.bind_code("h-a", "mallory") == "this code already belongs to another name"
+    assert "'alice' is taken" in reg.bind_code("h-b", "alice")
+    assert reg.bind_code("h-b", "bob") is None
+    reg.close()
+    assert Registry(tmp_path / "f.sqlite").bind_code("h-a", "mallory") is not None  # kept

@@ -235,7 +235,7 @@ def test_codes_book_rereads_and_refuses_clearly(tmp_path: Path) -> None:
     issued = codes.generate(3)
     assert len(set(issued)) == 3 and all(len(c) == 11 and c[5] == "-" for c in issued)
     book = codes.file_book(tmp_path / "codes.json")
-    with pytest.raises(codes.CodesError, match="no attendee codes in .* yet"):
+    with pytest.raises(codes.CodesError, match=r"no attendee codes in .* yet"):
         book.hashes()
     (tmp_path / "codes.json").write_text(codes.document_from_hashes([codes.code_hash(issued[0])]))
     assert book.knows(" " + issued[0].lower().replace("-", " ")) == codes.code_hash(issued[0])

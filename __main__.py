@@ -41,7 +41,12 @@ images = {
 }
 secrets = Secrets(
     "secrets",
-    SecretsArgs(stack=config.stack, tags=tags, shared_password=config.shared_password),
+    SecretsArgs(
+        stack=config.stack,
+        tags=tags,
+        shared_password=config.shared_password,
+        oauth_client_secret=config.oauth_client_secret,
+    ),
 )
 ships = ShipFleet(
     "ships",
@@ -90,6 +95,8 @@ mux = Mux(
         region=region,
         account_id=account_id,
         tags=tags,
+        auth=config.auth,
+        oauth=config.oauth,
     ),
 )
 

@@ -20,11 +20,14 @@ from typing import Any, Optional
 
 import yaml
 
+from campfleet.mux.settings import AUTH_MODES, OAUTH_PROVIDERS, OAUTH_REQUIRED
+
 PROJECT = "campfleet"
 PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
 # Declared keys without a default are required by the CLI, so this optional secret is not
 # declared in Pulumi.yaml; it is the only key known here and not there.
 SHARED_PASSWORD = "sharedPassword"
+OAUTH_CLIENT_SECRET = "oauthClientSecret"
 
 _STACK_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 # family.size, e.g. t3.large, m7i-flex.2xlarge, c6in.metal, u-6tb1.metal-24xl
@@ -77,6 +80,9 @@ class FleetConfig:
     monthly_budget_usd: int  # 0 = no budget alert
     # A secret given by the organizer (None = generate one). Never printed.
     shared_password: Optional[str] = field(default=None, repr=False)
+    auth: str = "shared"
+    oauth: Optional[dict[str, Any]] = None  # the mux settings' `oauth` block (auth: oauth)
+    oauth_client_secret: Optional[str] = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,49 @@ def _unknown_key(key: str, known: list[str]) -> str:
     return f"{PROJECT}:{key}: unknown key; {hint}"
 
 
+def _auth(
+    check: _Checker, raw: dict[str, Any], client_secret: Optional[str]
+) -> tuple[str, Optional[dict[str, Any]]]:
+    """campfleet:auth and, for oauth, the mux settings' `oauth` block (one problem per key)."""
+    auth = raw["auth"]
+    if auth not in AUTH_MODES:
+        check.bad("auth", auth, " or ".join(f'"{m}"' for m in AUTH_MODES))
+        return AUTH_MODES[0], None
+    if auth != "oauth":
+        return auth, None
+    provider = raw["oauthProvider"]
+    if provider not in OAUTH_PROVIDERS:
+        check.bad("oauthProvider", provider, " or ".join(f'"{p}"' for p in OAUTH_PROVIDERS))
+        return auth, None
+    oauth: dict[str, Any] = {
+        "provider": provider,
+        "clientId": raw["oauthClientId"],
+        "callbackUrl": raw["oauthCallbackUrl"],
+        "allowedUsers": check.string_list("oauthAllowedUsers", raw["oauthAllowedUsers"]),
+        "allowedOrganizations": check.string_list(
+            "oauthAllowedOrganizations", raw["oauthAllowedOrganizations"]
+        ),
+    }
+    if provider == "generic":
+        for name in ("authorizeUrl", "tokenUrl", "userdataUrl"):
+            oauth[name] = raw[f"oauth{name[0].upper()}{name[1:]}"]
+    for name in OAUTH_REQUIRED[provider]:
+        key = f"oauth{name[0].upper()}{name[1:]}"
+        if not isinstance(oauth[name], str) or not oauth[name]:
+            check.problems.append(f"{PROJECT}:{key}: missing; auth oauth ({provider}) needs it")
+    if client_secret is None:
+        check.problems.append(
+            f"{PROJECT}:{OAUTH_CLIENT_SECRET}: missing; auth oauth needs the app's client "
+            f"secret: `pulumi config set --secret {PROJECT}:{OAUTH_CLIENT_SECRET} <secret>`"
+        )
+    if not oauth["allowedUsers"] and not oauth["allowedOrganizations"]:
+        check.problems.append(
+            f"{PROJECT}:oauthAllowedUsers: empty (and no oauthAllowedOrganizations); list who "
+            "may log in, or every account of the provider could take a seat"
+        )
+    return auth, oauth
+
+
 def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
     """Validate a stack's values (keyed like the stack file) over Pulumi.yaml's defaults.
 
@@ -195,7 +244,7 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
     `load()`; offline, the ciphertext stands in for the value (it is never deployed from here).
     """
     keys = schema()
-    known = [*keys, SHARED_PASSWORD]
+    known = [*keys, SHARED_PASSWORD, OAUTH_CLIENT_SECRET]
     check = _Checker()
     given: dict[str, Any] = {}
     for full_key, value in values.items():
@@ -217,6 +266,17 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
                 f"{PROJECT}:{SHARED_PASSWORD}: given in plain text; expected a secret — run "
                 f"`pulumi config set --secret {PROJECT}:{SHARED_PASSWORD} <password>`"
             )
+
+    client_secret = given.pop(OAUTH_CLIENT_SECRET, None)
+    if client_secret is not None and not (
+        isinstance(client_secret, dict) and isinstance(client_secret.get("secure"), str)
+    ):
+        check.problems.append(
+            f"{PROJECT}:{OAUTH_CLIENT_SECRET}: given in plain text; expected a secret — run "
+            f"`pulumi config set --secret {PROJECT}:{OAUTH_CLIENT_SECRET} <secret>`"
+        )
+        client_secret = None
+    client_secret = client_secret["secure"] or None if client_secret else None
 
     raw: dict[str, Any] = {}
     for key, spec in keys.items():
@@ -261,6 +321,7 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
             "budget alert goes to; set it or set monthlyBudgetUsd to 0"
         )
 
+    auth, oauth = _auth(check, raw, client_secret)
     config = FleetConfig(
         stack=stack,
         ships=ships,
@@ -279,6 +340,9 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
         alert_email=alert_email,
         monthly_budget_usd=budget,
         shared_password=shared_password,
+        auth=auth,
+        oauth=oauth,
+        oauth_client_secret=client_secret if auth == "oauth" else None,
     )
     if check.problems:
         raise ConfigError(stack, check.problems)

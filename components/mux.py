@@ -8,11 +8,13 @@ ships of this group, read its own SSM parameters, pull its image, publish fleet 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import pulumi
 import pulumi_aws as aws
 
 from campfleet.mux import cloudwatch
+from campfleet.mux.settings import codes_parameter
 from components import userdata
 from components.iam import ecr_statements, instance_role
 from components.network import CONTROL_PORT, HUB_API_PORT
@@ -50,6 +52,8 @@ class MuxArgs:
     region: pulumi.Input[str]
     account_id: pulumi.Input[str]
     tags: dict[str, str]
+    auth: str = "shared"
+    oauth: Optional[dict[str, Any]] = None
 
 
 def mux_settings(args: MuxArgs, region: str, ship_image: str) -> dict[str, object]:
@@ -69,8 +73,16 @@ def mux_settings(args: MuxArgs, region: str, ship_image: str) -> dict[str, objec
         "shipGroupName": args.ship_group_name,
         "shipImage": ship_image,
         "volumeTagKey": STACK_TAG,
-        "parameters": dict(args.parameter_names),
+        "parameters": {**args.parameter_names, **_codes_parameter(args)},
+        "auth": args.auth,
+        **({"oauth": dict(args.oauth)} if args.oauth else {}),
     }
+
+
+def _codes_parameter(args: MuxArgs) -> dict[str, str]:
+    """auth codes: the parameter `campfleet attendees codes` writes (not a Pulumi resource, so
+    new codes never fight `pulumi up`)."""
+    return {"attendeeCodes": codes_parameter(args.stack)} if args.auth == "codes" else {}
 
 
 class Mux(pulumi.ComponentResource):
@@ -134,7 +146,15 @@ class Mux(pulumi.ComponentResource):
                 "Sid": "Parameters",
                 "Effect": "Allow",
                 "Action": ["ssm:GetParameter", "ssm:GetParameters"],
-                "Resource": [args.parameter_arns[key] for key in sorted(args.parameter_arns)],
+                "Resource": [
+                    *(args.parameter_arns[key] for key in sorted(args.parameter_arns)),
+                    *(
+                        pulumi.Output.format(
+                            "arn:aws:ssm:{0}:{1}:parameter{2}", args.region, args.account_id, name
+                        )
+                        for name in _codes_parameter(args).values()
+                    ),
+                ],
             },
             *ecr_statements(args.image_repository_arn),
             {

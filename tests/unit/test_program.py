@@ -14,6 +14,7 @@ import pulumi_aws as aws
 import pulumi_docker as docker
 import pulumi_random as random
 import pytest
+import yaml
 
 from campfleet.evaluate import Evaluation, Resource, evaluate
 
@@ -550,3 +551,55 @@ def test_dockerfiles_pin_bases_and_copy_existing_paths(role: str) -> None:
     pins = " ".join(lines)
     assert "jupyterhub==6.1.1" in pins  # the hub and the single-user servers must match
     assert "jupyterhub==6.1.1" in (ROOT / "requirements.txt").read_text()
+
+
+def _mux_settings(evaluation: Evaluation) -> tuple[str, dict]:
+    """The mux's user data and the mux.json it writes."""
+    text = gzip.decompress(
+        base64.b64decode(evaluation.one(INSTANCE).inputs["userDataBase64"])
+    ).decode()
+    files = yaml.safe_load(text)["write_files"]
+    content = next(f["content"] for f in files if f["path"] == "/etc/campfleet/mux.json")
+    return text, json.loads(content)
+
+
+def test_auth_modes_reach_the_mux_with_secrets_in_ssm_only() -> None:
+    oauth = evaluate(
+        ROOT,
+        "oauth",
+        {
+            "aws:region": "eu-west-1",
+            "campfleet:ships": 2,
+            "campfleet:auth": "oauth",
+            "campfleet:oauthClientId": "Iv1.abc",
+            "campfleet:oauthCallbackUrl": "https://ws.example.org/hub/oauth_callback",
+            "campfleet:oauthAllowedOrganizations": ["ws-org"],
+            "campfleet:oauthClientSecret": {"secure": "gh-secret-value"},
+        },
+    )
+    secret = by_name(oauth)["secrets-oauth-client-secret-parameter"]
+    assert secret.inputs["type"] == "SecureString"
+    text, settings = _mux_settings(oauth)
+    assert "gh-secret-value" not in text
+    assert settings["parameters"]["oauthClientSecret"] == "/campfleet/oauth/oauth-client-secret"
+    assert settings["auth"] == "oauth"
+    assert settings["oauth"] == {
+        "provider": "github",
+        "clientId": "Iv1.abc",
+        "callbackUrl": "https://ws.example.org/hub/oauth_callback",
+        "allowedUsers": [],
+        "allowedOrganizations": ["ws-org"],
+    }
+    parameters = {s["Sid"]: s for s in policy(oauth, "mux-policy")}["Parameters"]["Resource"]
+    assert secret.outputs["arn"] in parameters
+
+    codes = evaluate(
+        ROOT, "codes", {"aws:region": "eu-west-1", "campfleet:ships": 2, "campfleet:auth": "codes"}
+    )
+    _, settings = _mux_settings(codes)
+    assert settings["auth"] == "codes"
+    assert settings["parameters"]["attendeeCodes"] == "/campfleet/codes/attendee-codes"
+    parameters = {s["Sid"]: s for s in policy(codes, "mux-policy")}["Parameters"]["Resource"]
+    assert "arn:aws:ssm:eu-west-1:123456789012:parameter/campfleet/codes/attendee-codes" in (
+        parameters
+    )

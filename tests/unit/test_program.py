@@ -365,6 +365,22 @@ def test_interface_endpoints_when_no_nat(edge: Evaluation) -> None:
         assert len(endpoint["subnetIds"]) == 3
 
 
+def test_s3_endpoint_reads_only_the_buckets_ships_need_without_nat(
+    dev: Evaluation, edge: Evaluation
+) -> None:
+    """shipEgress endpoints means no internet: S3 must not be a way out (PutObject to any
+    bucket) or in (GetObject from any bucket); with a NAT there is nothing to close."""
+    s3 = "aws:ec2/vpcEndpoint:VpcEndpoint"
+    gateway = next(r for r in edge.of_type(s3) if r.inputs["serviceName"].endswith(".s3"))
+    statements = json.loads(gateway.inputs["policy"])["Statement"]
+    assert {(s["Effect"], s["Action"], s["Resource"]) for s in statements} == {
+        ("Allow", "s3:GetObject", "arn:aws:s3:::prod-us-west-2-starport-layer-bucket/*"),
+        ("Allow", "s3:GetObject", "arn:aws:s3:::al2023-repos-us-west-2-de612dc2/*"),
+    }
+    nat = next(r for r in dev.of_type(s3) if r.inputs["serviceName"].endswith(".s3"))
+    assert "policy" not in nat.inputs
+
+
 def test_auto_scaling_group(prod: Evaluation) -> None:
     group = prod.one(GROUP).inputs
     template = prod.one(LAUNCH_TEMPLATE)

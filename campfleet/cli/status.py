@@ -152,6 +152,11 @@ def register(subparsers: Any) -> None:
     redeploy.add_argument("--image", required=True, help="the new image reference")
     redeploy.add_argument("--batch", type=int, default=5, help="ships at a time (default 5)")
     redeploy.add_argument(
+        "--allow-external-image",
+        action="store_true",
+        help="allow an image from outside the stack's own repository (refused by default)",
+    )
+    redeploy.add_argument(
         "--interval", type=float, default=1.0, help="seconds between progress checks (default 1)"
     )
     redeploy.set_defaults(run=run_redeploy)
@@ -308,7 +313,10 @@ def run_redeploy(args: argparse.Namespace) -> int:
     if not 0.1 <= args.interval <= 60:  # checked before the rollout starts, not mid-way
         raise CliError(f"--interval must be from 0.1 to 60 seconds, got {args.interval:g}")
     mux = _connection(args)
-    rollout = mux.call("POST", "/redeploy", {"image": image, "batch": batch})
+    body: dict[str, Any] = {"image": image, "batch": batch}
+    if args.allow_external_image:
+        body["allowExternalImage"] = True
+    rollout = mux.call("POST", "/redeploy", body)
     con = console()
     con.print(
         f"Rollout {rollout['id']}: {image} to {rollout['total']} ships, {batch} at a time "

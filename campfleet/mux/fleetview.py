@@ -9,7 +9,9 @@ on all servers, acting on it (open the gate, redeploy) needs `admin:servers`, th
 - GET  /api/fleet           the fleet as JSON (`snapshot`)
 - POST /api/fleet/gate      open the readiness gate now
 - GET  /api/fleet/redeploy  progress of the current/last rollout (null if none)
-- POST /api/fleet/redeploy  {"image": ref, "batch": n} starts a rolling redeploy (202)
+- POST /api/fleet/redeploy  {"image": ref, "batch": n} starts a rolling redeploy (202); an
+                            image from outside the stack's repository needs
+                            "allowExternalImage": true
 - GET  /api/fleet/volumes   home volumes: whose, used or not, kept for a deleted user
 - POST /api/fleet/volumes/<id>  {"assign": name | "free": true, "confirm": id}: the organizer's
                             explicit hand-over of a kept volume (needs `admin:users`)
@@ -139,11 +141,17 @@ class RedeployAPIHandler(_FleetMixin, APIHandler):
         body = self.get_json_body()
         if not isinstance(body, dict):
             raise web.HTTPError(400, 'body must be a JSON object like {"image": "...", "batch": 5}')
-        unknown = sorted(set(body) - {"image", "batch"})
+        unknown = sorted(set(body) - {"image", "batch", "allowExternalImage"})
         if unknown:
-            raise web.HTTPError(400, f"unknown field(s) {', '.join(unknown)}: use image and batch")
+            raise web.HTTPError(
+                400,
+                f"unknown field(s) {', '.join(unknown)}: use image, batch, allowExternalImage",
+            )
+        allow = body.get("allowExternalImage", False)
+        if not isinstance(allow, bool):
+            raise web.HTTPError(400, "allowExternalImage must be true or false")
         try:
-            rollout = self.redeployer.start(body.get("image", ""), body.get("batch", 1))
+            rollout = self.redeployer.start(body.get("image", ""), body.get("batch", 1), allow)
         except RedeployError as e:
             raise web.HTTPError(409 if isinstance(e, RolloutBusy) else 400, str(e)) from None
         self.log.warning(

@@ -33,7 +33,7 @@ from campfleet.mux.cloud import AwsCloud, Cloud, LocalCloud
 from campfleet.mux.codes import CodesError
 from campfleet.mux.control import PEER_CONNECTIONS, PEER_REQUESTS_PER_S, ControlServer
 from campfleet.mux.fleet import Fleet
-from campfleet.mux.redeploy import Redeployer
+from campfleet.mux.redeploy import Redeployer, image_repository
 from campfleet.mux.registry import Registry
 from campfleet.mux.settings import (
     Secrets,
@@ -427,7 +427,9 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
     hub.authenticate_prometheus = True  # /hub/metrics needs a token with read:metrics
     hub.spawner_class = "campfleet.mux.spawner.ShipSpawner"
     hub.admin_access = False
-    redeployer = Redeployer(fleet)
+    # On AWS only the stack's own ship repository, unless the organizer allows another.
+    repository = None if settings.local else image_repository(settings.ship_image)
+    redeployer = Redeployer(fleet, repository=repository)
     hub.extra_handlers = fleetview.handlers(fleet, redeployer)
     metrics.install(fleet, redeployer)  # into the registry /hub/metrics serves
 

@@ -97,6 +97,7 @@ mux = Mux(
         tags=tags,
         auth=config.auth,
         oauth=config.oauth,
+        admin_token_hours=config.admin_token_hours,
     ),
 )
 

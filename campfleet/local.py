@@ -184,6 +184,7 @@ class LocalEvent:
         extra_config: str = "",
         projects: Optional[dict] = None,
         auth: str = "shared",
+        admin_token_hours: float = 168.0,
     ) -> None:
         if ships < 1:
             raise LocalEventError(f"--ships must be at least 1, got {ships}")
@@ -211,6 +212,7 @@ class LocalEvent:
         if auth not in ("shared", "codes"):
             raise LocalEventError(f"--auth {auth!r}: a local event uses shared or codes")
         self.auth = auth
+        self.admin_token_hours = admin_token_hours
         self._password_arg = password
         self.password = ""
         self.admin_password = ""
@@ -305,7 +307,8 @@ class LocalEvent:
             "shared-password", lambda: secrets.token_urlsafe(9), self._password_arg
         )
         self.admin_password = self._secret("admin-password", lambda: secrets.token_urlsafe(32))
-        self.api_token = self._secret("api-token", lambda: secrets.token_hex(32))
+        # A fresh organizer token per start: it expires admin_token_hours after it is set.
+        self.api_token = self._secret("api-token", lambda: "", secrets.token_hex(32))
 
     @property
     def settings_path(self) -> Path:
@@ -327,6 +330,7 @@ class LocalEvent:
             "lostAfter": self.lost_after,
             "projects": self.projects,
             "auth": self.auth,
+            "adminTokenHours": self.admin_token_hours,
             "parameters": {
                 "attendeeCodes": str(LOCAL_CODES_FILE),
                 "fleetSecret": "secrets/fleet-secret",

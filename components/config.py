@@ -82,6 +82,7 @@ class FleetConfig:
     shared_password: Optional[str] = field(default=None, repr=False)
     auth: str = "shared"
     oauth: Optional[dict[str, Any]] = None  # the mux settings' `oauth` block (auth: oauth)
+    admin_token_hours: int = 168
     oauth_client_secret: Optional[str] = field(default=None, repr=False)
 
 
@@ -342,6 +343,7 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
         shared_password=shared_password,
         auth=auth,
         oauth=oauth,
+        admin_token_hours=check.integer("adminTokenHours", raw["adminTokenHours"], 1, 8760),
         oauth_client_secret=client_secret if auth == "oauth" else None,
     )
     if check.problems:

@@ -54,6 +54,7 @@ class MuxArgs:
     tags: dict[str, str]
     auth: str = "shared"
     oauth: Optional[dict[str, Any]] = None
+    admin_token_hours: int = 168
 
 
 def mux_settings(args: MuxArgs, region: str, ship_image: str) -> dict[str, object]:
@@ -75,6 +76,7 @@ def mux_settings(args: MuxArgs, region: str, ship_image: str) -> dict[str, objec
         "volumeTagKey": STACK_TAG,
         "parameters": {**args.parameter_names, **_codes_parameter(args)},
         "auth": args.auth,
+        "adminTokenHours": args.admin_token_hours,
         **({"oauth": dict(args.oauth)} if args.oauth else {}),
     }
 

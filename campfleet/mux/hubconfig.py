@@ -16,6 +16,7 @@ import os
 import shutil
 import time
 from collections import deque
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
@@ -376,6 +377,44 @@ def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
     ).install()
 
 
+def admin_token_expiry(settings: Settings, secrets: Secrets) -> Optional[float]:
+    """When the organizer token stops working (epoch seconds), counted from when it was set;
+    None if that time has passed. A token whose setting time is unknown counts from now."""
+    issued = secrets.api_token_issued or time.time()
+    expires = issued + settings.admin_token_hours * 3600
+    return expires if expires > time.time() else None
+
+
+async def _expire_admin_token(token: str, expires: float) -> None:
+    """Give the organizer token its expiry in the hub database once JupyterHub has loaded it
+    (services' tokens from the config never expire by themselves). An expired token stays in
+    the database, so a hub restart does not revive it."""
+    from jupyterhub.app import JupyterHub
+
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        app = JupyterHub.instance() if JupyterHub.initialized() else None
+        db = getattr(app, "db", None)
+        orm_token = orm.APIToken.find(db, token) if db is not None else None
+        if orm_token is not None:
+            orm_token.expires_at = datetime.fromtimestamp(expires, timezone.utc).replace(
+                tzinfo=None
+            )
+            db.commit()
+            log.info("organizer token expires at %s UTC", orm_token.expires_at)
+            return
+        await asyncio.sleep(0.5)
+    log.error("campfleet: could not set the organizer token's expiry (not loaded in 600 s)")
+
+
+def _in_hub_loop(coro: Any) -> None:
+    """Run `coro` in the loop JupyterHub loads its config in (nothing to do without one)."""
+    try:
+        asyncio.get_running_loop().create_task(coro)
+    except RuntimeError:  # e.g. `jupyterhub --show-config`
+        coro.close()
+
+
 def _start_in_hub_loop(fleet: Fleet) -> None:
     """Start the control API in the loop JupyterHub is loading its config in.
 
@@ -455,10 +494,21 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
         c.ShipSpawner.projects = settings.projects
         hub.allow_named_servers = True
         hub.named_server_limit_per_user = len(settings.projects)
-    if secrets.api_token:
+    expires = admin_token_expiry(settings, secrets)
+    if secrets.api_token and expires is None:
+        log.critical(
+            "campfleet: the organizer token (%s) expired %d h after it was set; it is not "
+            "loaded. Set a new one (on AWS: aws ssm put-parameter --overwrite --name %s "
+            "--value $(openssl rand -hex 32)) and restart the mux.",
+            ADMIN_SERVICE,
+            settings.admin_token_hours,
+            settings.parameters.get("apiToken"),
+        )
+    elif secrets.api_token and expires is not None:
         # An admin token for organizer tools (`campfleet status/redeploy`, benchmarks).
         hub.services = [{"name": ADMIN_SERVICE, "api_token": secrets.api_token}]
         hub.load_roles = [
             {"name": ADMIN_SERVICE, "scopes": ADMIN_SCOPES, "services": [ADMIN_SERVICE]}
         ]
+        _in_hub_loop(_expire_admin_token(secrets.api_token, expires))
     return fleet

@@ -62,6 +62,7 @@ class Secrets:
     admin_password: str
     api_token: str
     oauth_client_secret: str = ""
+    api_token_issued: float = 0.0  # when the organizer token was set (epoch s; 0 = unknown)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class Settings:
     hub_port: int
     proxy_api_port: int
     local: Optional[LocalSettings]
+    admin_token_hours: float = 168.0  # the organizer token's life from when it was set
     auth: str = "shared"  # how attendees prove who they are: AUTH_MODES
     oauth: Optional[dict] = None  # auth: oauth: provider, clientId, callbackUrl, allowed...
 
@@ -165,6 +167,16 @@ def _auth(data: dict) -> tuple[str, Optional[dict]]:
     return auth, dict(oauth)
 
 
+def _token_hours(data: dict) -> float:
+    hours = data.get("adminTokenHours", 168)
+    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not 0 < hours <= 8760:
+        raise SettingsError(
+            f"mux settings: 'adminTokenHours' must be a number of hours from 0 to 8760 "
+            f"(exclusive of 0), got {hours!r}"
+        )
+    return float(hours)
+
+
 def parse(data: dict, private_ip: str = "") -> Settings:
     """Validate the settings dict; `private_ip` is the control address on AWS (from IMDS)."""
     ships = _require(data, "ships", int)
@@ -219,6 +231,7 @@ def parse(data: dict, private_ip: str = "") -> Settings:
         hub_port=local.hub_port if local else int(data.get("hubPort", 8081)),
         proxy_api_port=local.proxy_api_port if local else int(data.get("proxyApiPort", 8001)),
         local=local,
+        admin_token_hours=_token_hours(data),
         auth=auth,
         oauth=oauth,
     )
@@ -256,13 +269,16 @@ def load(path: Path) -> Settings:
     return parse(data, private_ip)
 
 
+def _local_path(settings: Settings, ref: str) -> Path:
+    path = Path(ref)
+    return path if path.is_absolute() else settings.state_dir / path
+
+
 def _local_secret(settings: Settings, name: str) -> Optional[str]:
     ref = settings.parameters.get(name)
     if ref is None:
         return None
-    path = Path(ref)
-    if not path.is_absolute():
-        path = settings.state_dir / path
+    path = _local_path(settings, ref)
     try:
         return path.read_text().strip()
     except FileNotFoundError:
@@ -279,13 +295,19 @@ def _ssm_secrets(settings: Settings) -> dict:
         raise SettingsError(
             "mux settings: SSM parameters not found: " + ", ".join(answer["InvalidParameters"])
         )
-    return {names[p["Name"]]: p["Value"] for p in answer["Parameters"]}
+    values = {names[p["Name"]]: p["Value"] for p in answer["Parameters"]}
+    issued = [p["LastModifiedDate"] for p in answer["Parameters"] if names[p["Name"]] == "apiToken"]
+    values["apiTokenIssued"] = issued[0].timestamp() if issued else 0.0
+    return values
 
 
 def load_secrets(settings: Settings) -> Secrets:
     """Fetch the secrets: from SSM (SecureString, instance role) on AWS, from files locally."""
     if settings.is_local:
-        values = {n: _local_secret(settings, n) for n in SECRET_NAMES}
+        values: dict = {n: _local_secret(settings, n) for n in SECRET_NAMES}
+        if values.get("apiToken"):
+            path = _local_path(settings, settings.parameters["apiToken"])
+            values["apiTokenIssued"] = path.stat().st_mtime
     else:
         values = _ssm_secrets(settings)
     for name in ("fleetSecret", "proxyToken"):
@@ -315,4 +337,5 @@ def load_secrets(settings: Settings) -> Secrets:
         admin_password=values.get("adminPassword") or "",
         api_token=values.get("apiToken") or "",
         oauth_client_secret=values.get("oauthClientSecret") or "",
+        api_token_issued=float(values.get("apiTokenIssued") or 0.0),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import Admin, Attendee, registry_of
+from tests.integration.conftest import Admin, Attendee, registry_of, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -115,3 +115,13 @@ def test_personal_codes_bind_a_name_to_its_holder(event_factory, tmp_path) -> No
     assert Attendee(event, "alice").login(password=code_a).status_code == 302
     assert Attendee(event, "bob").login(password=code_b).status_code == 302
     assert Attendee(event, event.admin).login(event.admin_password).status_code == 302
+
+
+def test_the_organizer_token_expires(event_factory) -> None:
+    """A leaked organizer token stops working on its own (here after ~11 s)."""
+    event = event_factory(ships=1, heartbeat=1.0, admin_token_hours=0.003)
+    admin = Admin(event)
+    assert admin.api("GET", "/users").status_code == 200
+    wait_until(
+        lambda: admin.api("GET", "/users").status_code == 403, 30, "the organizer token to expire"
+    )

@@ -246,3 +246,26 @@ def test_codes_book_rereads_and_refuses_clearly(tmp_path: Path) -> None:
         book.hashes()
     with pytest.raises(codes.CodesError, match="--count must be from 1 to 5000"):
         codes.generate(0)
+
+
+def test_an_expired_organizer_token_is_not_loaded(tmp_path: Path) -> None:
+    """Counted from when the token was set (its file here, its SSM parameter on AWS), so a
+    restart or a purge of the hub database cannot revive it."""
+    import os
+    import time
+
+    path = write_settings(tmp_path, adminTokenHours=24)
+    token_file = tmp_path / "secrets" / "token"
+    os.utime(token_file, (time.time() - 25 * 3600,) * 2)
+    c = Config()
+    fleet = configure(c, path)
+    fleet.registry.close()
+    assert "services" not in c.JupyterHub and "load_roles" not in c.JupyterHub
+    os.utime(token_file, (time.time() - 23 * 3600,) * 2)
+    c = Config()
+    fleet = configure(c, path)
+    fleet.registry.close()
+    assert c.JupyterHub.services == [{"name": "campfleet-admin", "api_token": "t" * 64}]
+    (tmp_path / "x").mkdir()
+    with pytest.raises(SettingsError, match="'adminTokenHours' must be a number of hours"):
+        load(write_settings(tmp_path / "x", adminTokenHours=0))

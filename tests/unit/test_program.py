@@ -613,7 +613,7 @@ def test_auth_modes_reach_the_mux_with_secrets_in_ssm_only() -> None:
         ROOT, "codes", {"aws:region": "eu-west-1", "campfleet:ships": 2, "campfleet:auth": "codes"}
     )
     _, settings = _mux_settings(codes)
-    assert settings["auth"] == "codes"
+    assert settings["auth"] == "codes" and settings["adminTokenHours"] == 168
     assert settings["parameters"]["attendeeCodes"] == "/campfleet/codes/attendee-codes"
     parameters = {s["Sid"]: s for s in policy(codes, "mux-policy")}["Parameters"]["Resource"]
     assert "arn:aws:ssm:eu-west-1:123456789012:parameter/campfleet/codes/attendee-codes" in (

@@ -269,3 +269,44 @@ def test_an_expired_organizer_token_is_not_loaded(tmp_path: Path) -> None:
     (tmp_path / "x").mkdir()
     with pytest.raises(SettingsError, match="'adminTokenHours' must be a number of hours"):
         load(write_settings(tmp_path / "x", adminTokenHours=0))
+
+
+def test_aws_secrets_come_from_ssm_with_the_token_issue_time(monkeypatch) -> None:
+    import time
+
+    import boto3
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    names = {
+        "fleetSecret": "f" * 64,
+        "proxyToken": "p" * 64,
+        "cookieSecret": "ab" * 32,
+        "sharedPassword": "room-password",
+        "apiToken": "t" * 64,
+        "oauthClientSecret": "gh-secret",
+    }
+    with mock_aws():
+        ssm = boto3.client("ssm", region_name="eu-west-1")
+        for key, value in names.items():
+            ssm.put_parameter(Name=f"/campfleet/s/{key}", Value=value, Type="SecureString")
+        settings = parse(
+            {
+                "stack": "s",
+                "event": "s",
+                "region": "eu-west-1",
+                "ships": 3,
+                "readyPercent": 90,
+                "adminUsers": [],
+                "controlPort": 8700,
+                "shipImage": "x/ship@sha256:" + "a" * 64,
+                "parameters": {key: f"/campfleet/s/{key}" for key in names},
+                "auth": "oauth",
+                "oauth": {"provider": "google", "clientId": "c", "callbackUrl": "https://x/cb"},
+            },
+            private_ip="10.0.0.10",
+        )
+        secrets = load_secrets(settings)
+    assert (secrets.api_token, secrets.oauth_client_secret) == ("t" * 64, "gh-secret")
+    assert abs(secrets.api_token_issued - time.time()) < 120

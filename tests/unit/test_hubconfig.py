@@ -310,3 +310,33 @@ def test_aws_secrets_come_from_ssm_with_the_token_issue_time(monkeypatch) -> Non
         secrets = load_secrets(settings)
     assert (secrets.api_token, secrets.oauth_client_secret) == ("t" * 64, "gh-secret")
     assert abs(secrets.api_token_issued - time.time()) < 120
+
+
+def test_two_logins_racing_for_the_last_place_do_not_both_get_it() -> None:
+    """JupyterHub creates the user after authentication returns: a name admitted but not yet
+    created still holds its place, so a second new name is refused meanwhile."""
+    from types import SimpleNamespace
+
+    from tornado import web
+
+    class Db:
+        def __init__(self, names: list[str]) -> None:
+            self.names = names
+
+        def query(self, _column: object) -> list[tuple[str]]:
+            return [(n,) for n in self.names]
+
+    created = ["organizer", "alice"]
+    handler = SimpleNamespace(
+        db=Db(created), find_user=lambda name: object() if name in created else None
+    )
+    gate = WorkshopAuthenticator(room_size=2, admin_users={"organizer"})
+    gate.admit(handler, "bob")  # admitted; JupyterHub has not created bob yet
+    with pytest.raises(web.HTTPError) as refused:
+        gate.admit(handler, "carol")
+    assert refused.value.status_code == 403 and "The room is full" in refused.value.log_message
+    gate.admit(handler, "bob")  # the same name again (a retry) keeps its place
+    gate.admit(handler, "organizer")  # organizers never count
+    created.append("bob")
+    created.remove("alice")  # an organizer deleted alice: her place is free again
+    gate.admit(handler, "carol")

@@ -49,7 +49,12 @@ images = {
 restore = restore_plan(config.restore_from, Path(__file__).parent, config)
 secrets = Secrets(
     "secrets",
-    SecretsArgs(stack=config.stack, tags=tags, shared_password=config.shared_password),
+    SecretsArgs(
+        stack=config.stack,
+        tags=tags,
+        shared_password=config.shared_password,
+        oauth_client_secret=config.oauth_client_secret,
+    ),
 )
 ships = ShipFleet(
     "ships",
@@ -114,6 +119,9 @@ mux = Mux(
         acme_directory=config.acme_directory,
         acme_email=config.acme_email,
         hosted_zone_id=config.hosted_zone_id,
+        auth=config.auth,
+        oauth=config.oauth,
+        admin_token_hours=config.admin_token_hours,
     ),
 )
 

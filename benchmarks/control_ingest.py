@@ -46,7 +46,16 @@ def serve(db: str, cpu: int | None, conn) -> None:
         registry = Registry(db)
         # lost_after is huge: this measures ingest; on a busy machine a slow round must not
         # turn ships lost (that is what the agent integration tests check).
-        server = ControlServer(registry, SECRET, heartbeat=5.0, lost_after=10_000)
+        # Per-peer caps off: one load generator on loopback stands in for every ship, where
+        # on AWS each ship is its own peer address.
+        server = ControlServer(
+            registry,
+            SECRET,
+            heartbeat=5.0,
+            lost_after=10_000,
+            peer_connections=0,
+            peer_requests_per_s=0,
+        )
         await server.start("127.0.0.1", 0)
         conn.send(server.port)
         loop = asyncio.get_running_loop()

@@ -40,6 +40,7 @@ from campfleet.mux.settings import LOCAL_GROUP_FILE
 from campfleet.mux.settings import load as load_settings
 
 DEFAULT_STATE_DIR = Path(".campfleet/local")
+LOCAL_CODES_FILE = Path("secrets/attendee-codes.json")  # under the state directory
 SHIP_PORT_OFFSET = 100  # ship i's ports start at port + 100 + 10 * i
 PORTS_PER_SHIP = 10
 ZONE = "local-a"
@@ -271,6 +272,8 @@ class LocalEvent:
         ship_image: str = "",
         docker_scope: str = "",
         start_timeout: float = 120.0,
+        auth: str = "shared",
+        admin_token_hours: float = 168.0,
     ) -> None:
         if runtime not in ("local", "docker"):
             raise LocalEventError(f"--runtime {runtime!r}: use local or docker")
@@ -310,6 +313,10 @@ class LocalEvent:
         self.projects = projects or {}
         # mux.json's `fleet` block (campfleet.mux.settings.parse_fleet): mode, culler, ...
         self.fleet = fleet or {}
+        if auth not in ("shared", "codes"):
+            raise LocalEventError(f"--auth {auth!r}: a local event uses shared or codes")
+        self.auth = auth
+        self.admin_token_hours = admin_token_hours
         self._password_arg = password
         self.password = ""
         self.admin_password = ""
@@ -376,8 +383,14 @@ class LocalEvent:
         """--tls: Pebble's root certificate, which browsers and clients of the event trust."""
         return self.tls_dir / "pebble-root.pem"
 
+    @property
+    def codes_file(self) -> Path:
+        """Where `campfleet attendees codes --local` puts the code hashes (auth: codes)."""
+        return self.state_dir / LOCAL_CODES_FILE
+
     def ship_ids(self) -> list[str]:
-        return [f"i-local{i:04d}" for i in range(1, self.ships + 1)]
+        # EC2's id form (the control API accepts no other): i-10ca1 and the ship's number.
+        return [f"i-10ca1{i:012x}" for i in range(1, self.ships + 1)]
 
     def port_base(self, index: int) -> int:
         return self.port + SHIP_PORT_OFFSET + PORTS_PER_SHIP * index
@@ -465,7 +478,8 @@ class LocalEvent:
             "shared-password", lambda: secrets.token_urlsafe(9), self._password_arg
         )
         self.admin_password = self._secret("admin-password", lambda: secrets.token_urlsafe(32))
-        self.api_token = self._secret("api-token", lambda: secrets.token_hex(32))
+        # A fresh organizer token per start: it expires admin_token_hours after it is set.
+        self.api_token = self._secret("api-token", lambda: "", secrets.token_hex(32))
 
     @property
     def settings_path(self) -> Path:
@@ -489,7 +503,10 @@ class LocalEvent:
             "fleet": self.fleet,
             "behindTls": self.tls,
             **({"tls": self._tls_settings()} if self.tls else {}),
+            "auth": self.auth,
+            "adminTokenHours": self.admin_token_hours,
             "parameters": {
+                "attendeeCodes": str(LOCAL_CODES_FILE),
                 "fleetSecret": "secrets/fleet-secret",
                 "proxyToken": "secrets/proxy-token",
                 "cookieSecret": "secrets/cookie-secret",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple, Union
@@ -26,6 +27,15 @@ HEADER_SHIP = "X-Campfleet-Ship"
 HEADER_SIGNATURE = "X-Campfleet-Signature"
 CONTAINER_STATES = ("starting", "running", "failed", "stopped")
 _MAX_SEQ = 2**63 - 1
+# What EC2 instance ids look like (old 8-hex and current 17-hex forms); local ships use the
+# same form. Checked before anything is derived from or stored for an id.
+SHIP_ID_PATTERN = re.compile(r"i-(?:[0-9a-f]{8}|[0-9a-f]{17})\Z")
+
+
+def valid_ship_id(ship_id: object) -> bool:
+    """Is this an EC2-form instance id (`i-` and 8 or 17 lower-case hex digits)?"""
+    return isinstance(ship_id, str) and SHIP_ID_PATTERN.match(ship_id) is not None
+
 
 # Rejection kinds (the control API maps each to an HTTP status and counts it).
 OVERSIZED = "oversized"

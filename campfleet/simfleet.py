@@ -399,7 +399,7 @@ class SimFleet:
         ports_per_ship: int = 10,
         zone: str = "local-a",
         address: str = "127.0.0.1",
-        prefix: str = "i-sim",
+        prefix: str = "i-5ea",
         heartbeat: float = 5.0,
         poll_timeout: float = 25.0,
         timeout: float = 10.0,
@@ -422,7 +422,7 @@ class SimFleet:
         self.stats = Stats()
         self.stopping = False
         self.ships = [
-            SimShip(self, f"{prefix}{i:05d}", port_base + ports_per_ship * i) for i in range(ships)
+            SimShip(self, f"{prefix}{i:014x}", port_base + ports_per_ship * i) for i in range(ships)
         ]
         self._tasks: list[asyncio.Task] = []
 
@@ -474,7 +474,11 @@ def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--port-base", type=int, required=True, help="first ship's first port")
     p.add_argument("--ports-per-ship", type=int, default=10)
     p.add_argument("--zone", default="local-a")
-    p.add_argument("--prefix", default="i-sim", help="ship ids are PREFIX00000, PREFIX00001, ...")
+    p.add_argument(
+        "--prefix",
+        default="i-5ea",
+        help="ship ids are PREFIX + 14 hex digits (EC2's form with the default i-5ea)",
+    )
     p.add_argument("--heartbeat", type=float, default=5.0)
     p.add_argument("--poll-timeout", type=float, default=25.0, help="the mux's long-poll wait")
     p.add_argument("--ramp", type=float, default=0.0, help="spread ship boots over this many s")

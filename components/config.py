@@ -22,12 +22,14 @@ from typing import Any, Optional
 import yaml
 
 from campfleet import fleetpolicy
+from campfleet.mux.settings import AUTH_MODES, OAUTH_PROVIDERS, OAUTH_REQUIRED
 
 PROJECT = "campfleet"
 PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
 # Declared keys without a default are required by the CLI, so this optional secret is not
 # declared in Pulumi.yaml; it is the only key known here and not there.
 SHARED_PASSWORD = "sharedPassword"
+OAUTH_CLIENT_SECRET = "oauthClientSecret"
 
 _STACK_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 # family.size, e.g. t3.large, m7i-flex.2xlarge, c6in.metal, u-6tb1.metal-24xl
@@ -135,6 +137,11 @@ class FleetConfig:
             time_zone=fleetpolicy.parse_time_zone(self.time_zone),
             lead=timedelta(minutes=self.session_lead_minutes),
         )
+
+    auth: str = "shared"
+    oauth: Optional[dict[str, Any]] = None  # the mux settings' `oauth` block (auth: oauth)
+    admin_token_hours: int = 168
+    oauth_client_secret: Optional[str] = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -263,6 +270,49 @@ def _unknown_key(key: str, known: list[str]) -> str:
     return f"{PROJECT}:{key}: unknown key; {hint}"
 
 
+def _auth(
+    check: _Checker, raw: dict[str, Any], client_secret: Optional[str]
+) -> tuple[str, Optional[dict[str, Any]]]:
+    """campfleet:auth and, for oauth, the mux settings' `oauth` block (one problem per key)."""
+    auth = raw["auth"]
+    if auth not in AUTH_MODES:
+        check.bad("auth", auth, " or ".join(f'"{m}"' for m in AUTH_MODES))
+        return AUTH_MODES[0], None
+    if auth != "oauth":
+        return auth, None
+    provider = raw["oauthProvider"]
+    if provider not in OAUTH_PROVIDERS:
+        check.bad("oauthProvider", provider, " or ".join(f'"{p}"' for p in OAUTH_PROVIDERS))
+        return auth, None
+    oauth: dict[str, Any] = {
+        "provider": provider,
+        "clientId": raw["oauthClientId"],
+        "callbackUrl": raw["oauthCallbackUrl"],
+        "allowedUsers": check.string_list("oauthAllowedUsers", raw["oauthAllowedUsers"]),
+        "allowedOrganizations": check.string_list(
+            "oauthAllowedOrganizations", raw["oauthAllowedOrganizations"]
+        ),
+    }
+    if provider == "generic":
+        for name in ("authorizeUrl", "tokenUrl", "userdataUrl"):
+            oauth[name] = raw[f"oauth{name[0].upper()}{name[1:]}"]
+    for name in OAUTH_REQUIRED[provider]:
+        key = f"oauth{name[0].upper()}{name[1:]}"
+        if not isinstance(oauth[name], str) or not oauth[name]:
+            check.problems.append(f"{PROJECT}:{key}: missing; auth oauth ({provider}) needs it")
+    if client_secret is None:
+        check.problems.append(
+            f"{PROJECT}:{OAUTH_CLIENT_SECRET}: missing; auth oauth needs the app's client "
+            f"secret: `pulumi config set --secret {PROJECT}:{OAUTH_CLIENT_SECRET} <secret>`"
+        )
+    if not oauth["allowedUsers"] and not oauth["allowedOrganizations"]:
+        check.problems.append(
+            f"{PROJECT}:oauthAllowedUsers: empty (and no oauthAllowedOrganizations); list who "
+            "may log in, or every account of the provider could take a seat"
+        )
+    return auth, oauth
+
+
 def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
     """Validate a stack's values (keyed like the stack file) over Pulumi.yaml's defaults.
 
@@ -270,7 +320,7 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
     `load()`; offline, the ciphertext stands in for the value (it is never deployed from here).
     """
     keys = schema()
-    known = [*keys, SHARED_PASSWORD]
+    known = [*keys, SHARED_PASSWORD, OAUTH_CLIENT_SECRET]
     check = _Checker()
     given: dict[str, Any] = {}
     for full_key, value in values.items():
@@ -292,6 +342,17 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
                 f"{PROJECT}:{SHARED_PASSWORD}: given in plain text; expected a secret — run "
                 f"`pulumi config set --secret {PROJECT}:{SHARED_PASSWORD} <password>`"
             )
+
+    client_secret = given.pop(OAUTH_CLIENT_SECRET, None)
+    if client_secret is not None and not (
+        isinstance(client_secret, dict) and isinstance(client_secret.get("secure"), str)
+    ):
+        check.problems.append(
+            f"{PROJECT}:{OAUTH_CLIENT_SECRET}: given in plain text; expected a secret — run "
+            f"`pulumi config set --secret {PROJECT}:{OAUTH_CLIENT_SECRET} <secret>`"
+        )
+        client_secret = None
+    client_secret = client_secret["secure"] or None if client_secret else None
 
     raw: dict[str, Any] = {}
     for key, spec in keys.items():
@@ -387,6 +448,7 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
     elif hosted_zone and not raw["domainName"]:
         check.bad("hostedZoneId", hosted_zone, "no value unless campfleet:domainName is set too")
 
+    auth, oauth = _auth(check, raw, client_secret)
     config = FleetConfig(
         stack=stack,
         ships=ships,
@@ -421,6 +483,10 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
         fleet_mode=mode,
         spare_ships=check.integer("spareShips", raw["spareShips"], 0, 5000),
         idle_minutes=check.integer("idleMinutes", raw["idleMinutes"], 0, 7 * 24 * 60),
+        auth=auth,
+        oauth=oauth,
+        admin_token_hours=check.integer("adminTokenHours", raw["adminTokenHours"], 1, 8760),
+        oauth_client_secret=client_secret if auth == "oauth" else None,
     )
     if check.problems:
         raise ConfigError(stack, check.problems)

@@ -8,11 +8,13 @@ ships of this group, read its own SSM parameters, pull its image, publish fleet 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import pulumi
 import pulumi_aws as aws
 
 from campfleet.mux import cloudwatch
+from campfleet.mux.settings import codes_parameter
 from components import userdata
 from components.iam import ecr_statements, instance_role
 from components.network import CONTROL_PORT, HUB_API_PORT
@@ -65,6 +67,10 @@ class MuxArgs:
     acme_email: str = ""
     hosted_zone_id: str = ""
 
+    auth: str = "shared"
+    oauth: Optional[dict[str, Any]] = None
+    admin_token_hours: int = 168
+
 
 def mux_settings(args: MuxArgs, region: str, ship_image: str) -> dict[str, object]:
     """/etc/campfleet/mux.json (keys per the team contract; SSM parameter names only)."""
@@ -91,7 +97,10 @@ def mux_settings(args: MuxArgs, region: str, ship_image: str) -> dict[str, objec
         "shipGroupName": args.ship_group_name,
         "shipImage": ship_image,
         "volumeTagKey": STACK_TAG,
-        "parameters": dict(args.parameter_names),
+        "parameters": {**args.parameter_names, **_codes_parameter(args)},
+        "auth": args.auth,
+        "adminTokenHours": args.admin_token_hours,
+        **({"oauth": dict(args.oauth)} if args.oauth else {}),
         "fleet": dict(args.fleet),
     }
 
@@ -101,6 +110,12 @@ def mux_url(domain_name: str, public_ip: pulumi.Output[str]) -> pulumi.Output[st
     if domain_name:
         return pulumi.Output.from_input(f"https://{domain_name}/")
     return public_ip.apply(lambda ip: f"https://{ip}/")
+
+
+def _codes_parameter(args: MuxArgs) -> dict[str, str]:
+    """auth codes: the parameter `campfleet attendees codes` writes (not a Pulumi resource, so
+    new codes never fight `pulumi up`)."""
+    return {"attendeeCodes": codes_parameter(args.stack)} if args.auth == "codes" else {}
 
 
 class Mux(pulumi.ComponentResource):
@@ -192,7 +207,15 @@ class Mux(pulumi.ComponentResource):
                 "Sid": "Parameters",
                 "Effect": "Allow",
                 "Action": ["ssm:GetParameter", "ssm:GetParameters"],
-                "Resource": [args.parameter_arns[key] for key in sorted(args.parameter_arns)],
+                "Resource": [
+                    *(args.parameter_arns[key] for key in sorted(args.parameter_arns)),
+                    *(
+                        pulumi.Output.format(
+                            "arn:aws:ssm:{0}:{1}:parameter{2}", args.region, args.account_id, name
+                        )
+                        for name in _codes_parameter(args).values()
+                    ),
+                ],
             },
             *ecr_statements(args.image_repository_arn),
             {

@@ -10,6 +10,7 @@ docs/network.md (one NAT gateway, or VPC endpoints only).
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 
 import pulumi
@@ -34,6 +35,33 @@ HTTPS = 443
 # the fleet secret (SSM) and the termination hook (Auto Scaling). Layers come from S3,
 # which has a free gateway endpoint in both modes.
 INTERFACE_ENDPOINTS = ("ecr.api", "ecr.dkr", "ssm", "autoscaling")
+
+
+def s3_endpoint_policy(region: str) -> dict:
+    """The S3 gateway endpoint's policy with `shipEgress: endpoints` ("no internet"): read the
+    objects ships need and nothing else, so S3 cannot carry data out (no PutObject to a bucket
+    of the attendee's choosing) nor in (no GetObject from one). Amazon ECR keeps image layers in
+    an AWS-owned bucket per region; Amazon Linux 2023's package repositories (dnf at boot:
+    docker, the ECR credential helper) live in another (its name per AWS's documentation)."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "EcrImageLayers",
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": "s3:GetObject",
+                "Resource": f"arn:aws:s3:::prod-{region}-starport-layer-bucket/*",
+            },
+            {
+                "Sid": "AmazonLinuxRepositories",
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": "s3:GetObject",
+                "Resource": f"arn:aws:s3:::al2023-repos-{region}-de612dc2/*",
+            },
+        ],
+    }
 
 
 def private_cidr(zone_index: int) -> str:
@@ -232,6 +260,14 @@ class Network(pulumi.ComponentResource):
             service_name=pulumi.Output.concat("com.amazonaws.", args.region, ".s3"),
             vpc_endpoint_type="Gateway",
             route_table_ids=[private_routes.id],
+            # With a NAT ships reach S3 (datasets, pip wheels) anyway: no policy to keep.
+            policy=(
+                pulumi.Output.from_input(args.region).apply(
+                    lambda region: json.dumps(s3_endpoint_policy(region))
+                )
+                if args.ship_egress == "endpoints"
+                else None
+            ),
             tags=tags("s3"),
             opts=child,
         )

@@ -28,6 +28,10 @@ SECRETS: dict[str, tuple[str, Optional[int]]] = {
 }
 
 
+# Given by the organizer (auth: oauth), never generated: a parameter only when given.
+OAUTH_CLIENT_SECRET = ("oauthClientSecret", "oauth-client-secret")
+
+
 def parameter_names(stack: str) -> dict[str, str]:
     """SSM parameter names by mux.json key; known before anything is created."""
     return {key: f"/campfleet/{stack}/{suffix}" for key, (suffix, _) in SECRETS.items()}
@@ -43,6 +47,7 @@ class SecretsArgs:
     stack: str
     tags: dict[str, str]
     shared_password: Optional[str] = None  # given by the organizer as a secret; else generated
+    oauth_client_secret: Optional[str] = None  # auth: oauth only
 
 
 class Secrets(pulumi.ComponentResource):
@@ -73,6 +78,19 @@ class Secrets(pulumi.ComponentResource):
                 name=self.names[key],
                 type="SecureString",
                 value=value,
+                description=f"campfleet {args.stack}: {key}",
+                tags=tagged(args.tags, self.names[key]),
+                opts=child,
+            )
+            self.arns[key] = parameter.arn
+        if args.oauth_client_secret is not None:
+            key, suffix = OAUTH_CLIENT_SECRET
+            self.names[key] = f"/campfleet/{args.stack}/{suffix}"
+            parameter = aws.ssm.Parameter(
+                f"{name}-{suffix}-parameter",
+                name=self.names[key],
+                type="SecureString",
+                value=pulumi.Output.secret(args.oauth_client_secret),
                 description=f"campfleet {args.stack}: {key}",
                 tags=tagged(args.tags, self.names[key]),
                 opts=child,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from campfleet.protocol import ContainerSpec
+from campfleet.protocol import ContainerSpec, valid_ship_id
 
 
 class ConfigProblem(Exception):
@@ -185,6 +185,11 @@ def load(argv: Optional[Sequence[str]] = None) -> tuple[AgentConfig, str]:
         cfg.address = cfg.address or "127.0.0.1"
         if not cfg.ship_id:
             raise ConfigProblem("--local needs --ship-id (a unique name for this ship)")
+        if not valid_ship_id(cfg.ship_id):
+            raise ConfigProblem(
+                f"--ship-id {cfg.ship_id[:64]!r}: use the form of an EC2 instance id, i- and 8 or "
+                "17 hex digits (e.g. i-0123456789abcdef0); the mux accepts no other"
+            )
     if cfg.runtime not in ("local", "docker"):
         raise ConfigProblem(f"runtime {cfg.runtime!r}: use local or docker")
     if cfg.docker_scope and not cfg.docker_scope.replace("-", "").replace("_", "").isalnum():

@@ -41,6 +41,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--password", help="attendee password (default: a generated one)")
     parser.add_argument("--admin", default="admin", help="admin user name (default admin)")
     parser.add_argument(
+        "--auth",
+        choices=("shared", "codes"),
+        default="shared",
+        help="attendees log in with the shared password (default) or personal codes "
+        "(make them with `campfleet attendees codes --local STATE_DIR --count N`)",
+    )
+    parser.add_argument(
         "--state-dir",
         default=".campfleet/local",
         metavar="DIR",
@@ -176,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
             tls=args.tls,
             runtime=args.runtime,
             ship_image=ship_image,
+            auth=args.auth,
         )
     except LocalEventError as exc:
         raise CliError(str(exc)) from None
@@ -190,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{READY_LINE} {event.url}", flush=True)
         print(f"  attendee password: {event.password}  (any new user name)", flush=True)
         print(f"  admin: {event.admin}  password: {event.admin_password}", flush=True)
-        status = f"campfleet status --url {event.url.rstrip('/')} --token {event.api_token}"
+        url = event.url.rstrip("/")
+        status = f"CAMPFLEET_TOKEN={event.api_token} campfleet status --url {url}"
         print(f"  organizer: {status}", flush=True)
         if event.tls:
             print(f"  HTTPS: trust Pebble's root certificate {event.ca_file}", flush=True)

@@ -2,14 +2,18 @@
 
 Both talk to the fleet API inside the hub (campfleet/mux/fleetview.py) with a JupyterHub API
 token, so they need nothing but the mux URL and an admin's token (made at <url>/hub/token):
-no cloud credentials, no SSH. stdlib HTTP only, so the command works wherever campfleet does.
+no cloud credentials, no SSH. The token comes from $CAMPFLEET_TOKEN or a hidden prompt, never
+from argv (every user of the machine can read another's command line). stdlib HTTP only, so
+the command works wherever campfleet does.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -83,7 +87,11 @@ def _http_error(api: str, code: int, body: bytes) -> str:
 
 def _connection(args: argparse.Namespace) -> Mux:
     url = (args.url or os.environ.get("CAMPFLEET_URL", "")).strip().rstrip("/")
-    token = (args.token or os.environ.get("CAMPFLEET_TOKEN", "")).strip()
+    if args.token is not None:
+        raise CliError(
+            "--token is not accepted: a token on the command line shows in `ps` and shell "
+            "history; set CAMPFLEET_TOKEN or let campfleet prompt for it"
+        )
     if not url:
         raise CliError(
             "no mux URL: pass --url (the stack's muxUrl output, e.g. http://203.0.113.7) "
@@ -92,9 +100,12 @@ def _connection(args: argparse.Namespace) -> Mux:
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise CliError(f"--url {url!r} is not an http(s) URL: use e.g. http://mux.example.org")
+    token = os.environ.get("CAMPFLEET_TOKEN", "").strip()
+    if not token and sys.stdin.isatty():
+        token = getpass.getpass(f"API token for {url} (input hidden): ").strip()
     if not token:
         raise CliError(
-            f"no API token: pass --token or set CAMPFLEET_TOKEN "
+            f"no API token: set CAMPFLEET_TOKEN or run in a terminal to be asked for it "
             f"(an admin makes one at {url}/hub/token; on AWS it is the SSM parameter "
             "/campfleet/<stack>/api-token)"
         )
@@ -103,9 +114,8 @@ def _connection(args: argparse.Namespace) -> Mux:
 
 def _add_connection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="the mux URL (default: $CAMPFLEET_URL)")
-    parser.add_argument(
-        "--token", help="an admin's JupyterHub API token (default: $CAMPFLEET_TOKEN)"
-    )
+    # Refused with a clear message: the token comes from $CAMPFLEET_TOKEN or a prompt.
+    parser.add_argument("--token", help=argparse.SUPPRESS)
 
 
 def register(subparsers: Any) -> None:
@@ -142,6 +152,11 @@ def register(subparsers: Any) -> None:
     _add_connection(redeploy)
     redeploy.add_argument("--image", required=True, help="the new image reference")
     redeploy.add_argument("--batch", type=int, default=5, help="ships at a time (default 5)")
+    redeploy.add_argument(
+        "--allow-external-image",
+        action="store_true",
+        help="allow an image from outside the stack's own repository (refused by default)",
+    )
     redeploy.add_argument(
         "--interval", type=float, default=1.0, help="seconds between progress checks (default 1)"
     )
@@ -312,7 +327,10 @@ def run_redeploy(args: argparse.Namespace) -> int:
     if not 0.1 <= args.interval <= 60:  # checked before the rollout starts, not mid-way
         raise CliError(f"--interval must be from 0.1 to 60 seconds, got {args.interval:g}")
     mux = _connection(args)
-    rollout = mux.call("POST", "/redeploy", {"image": image, "batch": batch})
+    body: dict[str, Any] = {"image": image, "batch": batch}
+    if args.allow_external_image:
+        body["allowExternalImage"] = True
+    rollout = mux.call("POST", "/redeploy", body)
     con = console()
     con.print(
         f"Rollout {rollout['id']}: {image} to {rollout['total']} ships, {batch} at a time "

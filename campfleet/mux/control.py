@@ -44,12 +44,28 @@ from campfleet.protocol import (
     Verdict,
     derive_key,
     encode_desired,
+    valid_ship_id,
     validate,
 )
 
 log = logging.getLogger(__name__)
 
-STATUS = {MALFORMED: 400, FORGED: 401, STALE: 403, REPLAY: 409, OVERSIZED: 413, ILLEGAL: 422}
+THROTTLED = "throttled"  # a peer over its connection or request cap
+STATUS = {
+    MALFORMED: 400,
+    FORGED: 401,
+    STALE: 403,
+    REPLAY: 409,
+    OVERSIZED: 413,
+    ILLEGAL: 422,
+    THROTTLED: 429,
+}
+# Per peer address (on AWS every ship has its own): a ship holds one report and one long-poll
+# connection and sends a report per heartbeat, so these leave room for restarts and retries
+# while one compromised ship cannot exhaust the hub's sockets or loop.
+PEER_CONNECTIONS = 8
+PEER_REQUESTS_PER_S = 20.0
+PEER_BURST_SECONDS = 5.0  # a peer may send PEER_BURST_SECONDS worth of requests at once
 # Bodies above this never reach a handler: tornado drops the connection (nothing is stored).
 # Between MAX_BODY and this they are answered 413 and counted.
 _TRANSPORT_LIMIT = 16 * MAX_BODY
@@ -65,6 +81,8 @@ class ControlServer:
         heartbeat: float = 5.0,
         lost_after: int = 3,
         poll_timeout: float = 25.0,
+        peer_connections: int = PEER_CONNECTIONS,
+        peer_requests_per_s: float = PEER_REQUESTS_PER_S,
     ) -> None:
         if not fleet_secret:
             raise ValueError("fleet_secret is empty: the control API cannot verify any ship")
@@ -73,6 +91,9 @@ class ControlServer:
         self.heartbeat = heartbeat
         self.lost_after = lost_after
         self.poll_timeout = poll_timeout
+        self.peer_connections = peer_connections
+        self.peer_requests_per_s = peer_requests_per_s
+        self._peer_tokens: dict[str, tuple[float, float]] = {}  # peer -> (tokens, monotonic)
         self.rejections: dict[str, int] = dict.fromkeys(STATUS, 0)
         self.accepted = 0  # reports applied to the registry (a Prometheus counter)
         self.port: Optional[int] = None
@@ -96,11 +117,12 @@ class ControlServer:
     async def start(self, address: str, port: int) -> None:
         self._loop = asyncio.get_running_loop()
         app = tornado.web.Application([(r"/v1/poll", _PollHandler, {"server": self})])
-        self._http = tornado.httpserver.HTTPServer(
+        self._http = _PeerCappedServer(
             _Router(self, app),
             max_body_size=_TRANSPORT_LIMIT,
             idle_connection_timeout=4 * self.poll_timeout,
         )
+        self._http.control = self
         sockets = tornado.netutil.bind_sockets(port, address)
         self._http.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
@@ -161,11 +183,32 @@ class ControlServer:
                         len(lost), self.lost_after, ", ".join(lost[:5]), more)  # fmt: skip
         return lost
 
+    def allow_request(self, peer: str) -> bool:
+        """Token bucket per peer address: peer_requests_per_s, bursts of PEER_BURST_SECONDS."""
+        rate = self.peer_requests_per_s
+        if rate <= 0:
+            return True
+        now = time.monotonic()
+        burst = rate * PEER_BURST_SECONDS
+        tokens, then = self._peer_tokens.pop(peer, (burst, now))
+        tokens = min(burst, tokens + (now - then) * rate)
+        allowed = tokens >= 1.0
+        self._peer_tokens[peer] = (tokens - 1.0 if allowed else tokens, now)
+        while len(self._peer_tokens) > 65536:  # bounded: the stalest peers are forgotten
+            self._peer_tokens.pop(next(iter(self._peer_tokens)))
+        return allowed
+
     def key(self, ship_id: str) -> bytes:
         return self._keys(ship_id)
 
     def verify(self, body: bytes, headers: tornado.httputil.HTTPHeaders, expect: str) -> Verdict:
         ship_id = headers.get(HEADER_SHIP)
+        if ship_id is not None and not valid_ship_id(ship_id):
+            # Before any key is derived or cached and any seq looked up: a made-up id of any
+            # length must cost nothing and leave nothing behind.
+            reason = f"{HEADER_SHIP} is not an EC2 instance id (i- and 8 or 17 hex digits)"
+            self.count(MALFORMED, reason, None)
+            return Verdict(False, MALFORMED, reason)
         after_seq = None
         if expect == "report" and ship_id:
             after_seq = self._seqs.get(ship_id)
@@ -237,7 +280,7 @@ class ControlServer:
     def open_poll(self, ship_id: str, seq: int) -> bool:
         """Register a verified long-poll as the ship's newest (False: an older one, refused)
         and answer the one it supersedes at once."""
-        if seq < self._poll_seqs.get(ship_id, -1):
+        if seq <= self._poll_seqs.get(ship_id, -1):  # equal: the same poll replayed
             return False
         self._poll_seqs[ship_id] = seq
         self._wake(ship_id)
@@ -275,6 +318,35 @@ class ControlServer:
                         del self._waiters[ship_id]
 
 
+class _PeerCappedServer(tornado.httpserver.HTTPServer):
+    """HTTPServer that closes a new connection at once when its peer address already holds
+    `peer_connections` (counted in the control server's rejections as throttled)."""
+
+    control: ControlServer
+    _peers: dict[str, int]
+
+    def handle_stream(self, stream: object, address: object) -> None:  # type: ignore[override]
+        peer = address[0] if isinstance(address, tuple) else str(address)
+        peers = self.__dict__.setdefault("_peers", {})
+        cap = self.control.peer_connections
+        if cap > 0 and peers.get(peer, 0) >= cap:
+            self.control.count(THROTTLED, f"{peer} already holds {cap} connections", None)
+            stream.close()  # type: ignore[attr-defined]
+            return
+        peers[peer] = peers.get(peer, 0) + 1
+        super().handle_stream(stream, address)  # type: ignore[arg-type]
+
+    def on_close(self, server_conn: object) -> None:
+        address = getattr(getattr(server_conn, "context", None), "address", None)
+        peer = address[0] if isinstance(address, tuple) else str(address)
+        peers = self.__dict__.setdefault("_peers", {})
+        if peers.get(peer, 0) <= 1:
+            peers.pop(peer, None)
+        else:
+            peers[peer] -= 1
+        super().on_close(server_conn)
+
+
 class _Router(tornado.httputil.HTTPServerConnectionDelegate):
     """POST /v1/report -> _Exchange (raw, fast); everything else -> the tornado Application."""
 
@@ -302,8 +374,14 @@ class _Exchange(tornado.httputil.HTTPMessageDelegate):
         self.body = b""
         self.headers = tornado.httputil.HTTPHeaders()
         self.closed = False
+        self.throttled = False
 
     def headers_received(self, start_line, headers):  # type: ignore[no-untyped-def]
+        address = getattr(getattr(self.server_conn, "context", None), "address", None)
+        peer = address[0] if isinstance(address, tuple) else str(address)
+        if not self.router.server.allow_request(peer):
+            self.throttled = True
+            return None
         if start_line.method == "POST" and start_line.path == "/v1/report":
             self.headers = headers
             return None
@@ -313,12 +391,19 @@ class _Exchange(tornado.httputil.HTTPMessageDelegate):
     def data_received(self, chunk: bytes):  # type: ignore[no-untyped-def]
         if self.inner is not None:
             return self.inner.data_received(chunk)
-        self.chunks.append(chunk)
+        if not self.throttled:
+            self.chunks.append(chunk)
         return None
 
     def finish(self) -> None:
         if self.inner is not None:
             self.inner.finish()
+            return
+        if self.throttled:
+            server = self.router.server
+            reason = f"over {server.peer_requests_per_s:g} requests/s from this address"
+            server.count(THROTTLED, reason, self.headers.get(HEADER_SHIP) or None)
+            self.reject(THROTTLED, reason)
             return
         self.body = b"".join(self.chunks)
         self.router.server.ingest(self)
@@ -364,7 +449,7 @@ class _PollHandler(tornado.web.RequestHandler):
         server = self.server
         verdict = server.verify(self.request.body, self.request.headers, "poll")
         if verdict.ok and not server.open_poll(verdict.message.ship_id, verdict.seq):
-            reason = f"poll seq {verdict.seq} is older than this ship's newest long-poll"
+            reason = f"poll seq {verdict.seq} is not newer than this ship's newest long-poll"
             server.count(REPLAY, reason, verdict.message.ship_id)
             verdict = Verdict(False, REPLAY, reason)
         if not verdict.ok:

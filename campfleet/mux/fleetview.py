@@ -9,7 +9,12 @@ on all servers, acting on it (open the gate, redeploy) needs `admin:servers`, th
 - GET  /api/fleet           the fleet as JSON (`snapshot`)
 - POST /api/fleet/gate      open the readiness gate now
 - GET  /api/fleet/redeploy  progress of the current/last rollout (null if none)
-- POST /api/fleet/redeploy  {"image": ref, "batch": n} starts a rolling redeploy (202)
+- POST /api/fleet/redeploy  {"image": ref, "batch": n} starts a rolling redeploy (202); an
+                            image from outside the stack's repository needs
+                            "allowExternalImage": true
+- GET  /api/fleet/volumes   home volumes: whose, used or not, kept for a deleted user
+- POST /api/fleet/volumes/<id>  {"assign": name | "free": true, "confirm": id}: the organizer's
+                            explicit hand-over of a kept volume (needs `admin:users`)
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from tornado import web
 
 from campfleet.mux.fleet import Fleet
 from campfleet.mux.redeploy import Redeployer, RedeployError, RolloutBusy
+from campfleet.mux.registry import RegistryError, VolumeRecord
 from campfleet.protocol import ShipState
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -149,11 +155,17 @@ class RedeployAPIHandler(_FleetMixin, APIHandler):
         body = self.get_json_body()
         if not isinstance(body, dict):
             raise web.HTTPError(400, 'body must be a JSON object like {"image": "...", "batch": 5}')
-        unknown = sorted(set(body) - {"image", "batch"})
+        unknown = sorted(set(body) - {"image", "batch", "allowExternalImage"})
         if unknown:
-            raise web.HTTPError(400, f"unknown field(s) {', '.join(unknown)}: use image and batch")
+            raise web.HTTPError(
+                400,
+                f"unknown field(s) {', '.join(unknown)}: use image, batch, allowExternalImage",
+            )
+        allow = body.get("allowExternalImage", False)
+        if not isinstance(allow, bool):
+            raise web.HTTPError(400, "allowExternalImage must be true or false")
         try:
-            rollout = self.redeployer.start(body.get("image", ""), body.get("batch", 1))
+            rollout = self.redeployer.start(body.get("image", ""), body.get("batch", 1), allow)
         except RedeployError as e:
             raise web.HTTPError(409 if isinstance(e, RolloutBusy) else 400, str(e)) from None
         self.log.warning(
@@ -164,6 +176,57 @@ class RedeployAPIHandler(_FleetMixin, APIHandler):
         )
         self.set_status(202)
         self.write(json.dumps(rollout.to_json()))
+
+
+def volume_json(v: VolumeRecord) -> dict[str, Any]:
+    return {
+        "volume_id": v.volume_id,
+        "zone": v.zone,
+        "owner": v.owner,
+        "used": v.used,
+        "kept_for": v.retained_for,
+    }
+
+
+class VolumesAPIHandler(_FleetMixin, APIHandler):
+    @needs_scope("read:servers")
+    def get(self) -> None:
+        self.write(json.dumps([volume_json(v) for v in self.fleet.registry.volumes()]))
+
+
+class VolumeAPIHandler(_FleetMixin, APIHandler):
+    """Hand a volume (and the files on it) to a name, or back to the pool: never implicit, and
+    the body must name the volume again (`confirm`) so a slip of the id changes nothing."""
+
+    @needs_scope("admin:users")
+    def post(self, volume_id: str) -> None:
+        body = self.get_json_body()
+        usage = 'body must be {"assign": "<name>", "confirm": "<volume id>"} or {"free": true, ...}'
+        if not isinstance(body, dict) or set(body) - {"assign", "free", "confirm"}:
+            raise web.HTTPError(400, usage)
+        if ("assign" in body) == bool(body.get("free")):
+            raise web.HTTPError(400, usage)
+        if body.get("confirm") != volume_id:
+            raise web.HTTPError(
+                400, f"confirm must repeat the volume id {volume_id!r}: nothing was changed"
+            )
+        registry = self.fleet.registry
+        try:
+            if body.get("free"):
+                volume = registry.free_volume(volume_id)
+                action = "freed to the pool"
+            else:
+                name = body["assign"]
+                if not isinstance(name, str) or not self.authenticator.validate_username(name):
+                    raise web.HTTPError(400, f"assign: {name!r} is not a valid user name")
+                volume = registry.assign_volume(
+                    volume_id, self.authenticator.normalize_username(name)
+                )
+                action = f"assigned to {volume.owner!r}"
+        except RegistryError as e:
+            raise web.HTTPError(409, str(e)) from None
+        self.log.warning("volume %s %s by %s", volume_id, action, self.current_user.name)
+        self.write(json.dumps(volume_json(volume)))
 
 
 class FleetPageHandler(_FleetMixin, BaseHandler):
@@ -194,4 +257,6 @@ def handlers(
         (r"/api/fleet", FleetAPIHandler, kwargs),
         (r"/api/fleet/gate", GateAPIHandler, kwargs),
         (r"/api/fleet/redeploy", RedeployAPIHandler, kwargs),
+        (r"/api/fleet/volumes", VolumesAPIHandler, kwargs),
+        (r"/api/fleet/volumes/([^/]+)", VolumeAPIHandler, kwargs),
     ]

@@ -9,52 +9,203 @@ every hub, proxy, spawner and authenticator option a room of attendees starting 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+import math
 import os
 import sqlite3
 import sys
+import time
+from collections import deque
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
+from jupyterhub import orm
 from jupyterhub.app import JupyterHub
 from jupyterhub.authenticators.shared import SharedPasswordAuthenticator
+from jupyterhub.handlers.login import LogoutHandler
 from jupyterhub.utils import url_path_join
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from tornado import web
+from traitlets import Any as AnyTrait
+from traitlets import Float, Integer, TraitError, validate
+from traitlets.config import LoggingConfigurable
 
+from campfleet.mux import codes, fleetview, metrics
 from campfleet.mux import fleet as fleet_mod
-from campfleet.mux import fleetview, metrics
 from campfleet.mux.cloud import AwsCloud, Cloud, LocalCloud
-from campfleet.mux.control import ControlServer
+from campfleet.mux.codes import CodesError
+from campfleet.mux.control import PEER_CONNECTIONS, PEER_REQUESTS_PER_S, ControlServer
 from campfleet.mux.demand import DemandController
 from campfleet.mux.fleet import Fleet
 from campfleet.mux.proxy import hub_url
 from campfleet.mux.proxywatch import ProxyWatch
-from campfleet.mux.redeploy import Redeployer
+from campfleet.mux.redeploy import Redeployer, image_repository
 from campfleet.mux.registry import Registry
-from campfleet.mux.settings import LOCAL_GROUP_FILE, Secrets, Settings, load, load_secrets
+from campfleet.mux.settings import (
+    LOCAL_GROUP_FILE,
+    Secrets,
+    Settings,
+    codes_parameter,
+    load,
+    load_secrets,
+)
 
 log = logging.getLogger("campfleet.hubconfig")
 
 CLAIM_COOKIE = "campfleet-name"
 CLAIM_DAYS = 30
 ADMIN_SERVICE = "campfleet-admin"
-# What organizer tools need: manage users and servers, reach servers, read metrics.
-ADMIN_SCOPES = ["admin:users", "admin:servers", "access:servers", "read:metrics", "read:hub"]
+# What organizer tools need: manage users and servers, read metrics. Not access:servers: a
+# leaked organizer token must not open every attendee's notebook (their files, their kernels).
+ADMIN_SCOPES = ["admin:users", "admin:servers", "read:metrics", "read:hub"]
 CULLER_SERVICE = "idle-culler"
 # What jupyterhub-idle-culler needs to find idle servers and stop them (its README's role).
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
 
 
-class WorkshopAuthenticator(SharedPasswordAuthenticator):
+class AttemptLimiter:
+    """At most `limit` events per key in any `window` seconds (a sliding log per key).
+
+    Keys are client addresses; at most `max_keys` are tracked (the stalest are dropped), so a
+    flood of addresses cannot grow the hub without bound.
+    """
+
+    def __init__(self, limit: int, window: float, max_keys: int = 10000) -> None:
+        self.limit, self.window, self.max_keys = limit, window, max_keys
+        self._log: dict[str, deque[float]] = {}
+
+    def retry_after(self, key: str, now: Optional[float] = None) -> float:
+        """Seconds until `key` may try again (0: now)."""
+        now = time.monotonic() if now is None else now
+        times = self._log.get(key)
+        if not times:
+            return 0.0
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if len(times) < self.limit:
+            return 0.0
+        return times[0] + self.window - now
+
+    def add(self, key: str, now: Optional[float] = None) -> None:
+        now = time.monotonic() if now is None else now
+        times = self._log.pop(key, None) or deque()
+        times.append(now)
+        while len(times) > self.limit:
+            times.popleft()
+        self._log[key] = times  # re-inserted: dict order is least recently used first
+        while len(self._log) > self.max_keys:
+            self._log.pop(next(iter(self._log)))
+
+
+class RoomGate(LoggingConfigurable):
+    """What every campfleet login goes through, whichever way attendees prove who they are:
+    login attempts limited per client address, and new names only while the room has seats.
+
+    A refused name is refused before JupyterHub creates the user, so junk logins cannot fill
+    the room (each user would take a home volume and a ship at their first start).
+    """
+
+    room_size = Integer(
+        0,
+        config=True,
+        help="""Attendee names the room admits (campfleet:ships); a new name beyond it is
+        refused with a page saying the room is full. Organizer (admin) names do not count.
+        0 = no limit.""",
+    )
+    login_attempts = Integer(
+        60,
+        config=True,
+        help="""Login attempts (right or wrong) one client address may make per login_window.
+        High enough for a classroom behind one NAT address logging in together.""",
+    )
+    failed_logins = Integer(
+        10,
+        config=True,
+        help="Failed login attempts one client address may make per login_window.",
+    )
+    login_window = Float(60.0, config=True, help="Seconds the login limits are counted over.")
+
+    @validate("room_size", "login_attempts", "failed_logins")
+    def _non_negative(self, proposal: dict) -> int:
+        if proposal["value"] < 0:
+            raise TraitError(f"{proposal['trait'].name} must be >= 0, got {proposal['value']}")
+        return proposal["value"]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._attempts = AttemptLimiter(self.login_attempts, self.login_window)
+        self._failures = AttemptLimiter(self.failed_logins, self.login_window)
+        # Names admitted in the last minute that JupyterHub may not have created yet: two
+        # logins racing for the last seat cannot both take it.
+        self._admitted: dict[str, float] = {}
+
+    def _throttle(self, address: str) -> None:
+        wait = max(self._attempts.retry_after(address), self._failures.retry_after(address))
+        if wait > 0:
+            self.log.warning("login from %s refused: too many attempts", address)
+            raise web.HTTPError(
+                429, f"Too many login attempts from your address; try again in {math.ceil(wait)} s."
+            )
+        self._attempts.add(address)
+
+    def admit(self, handler: web.RequestHandler, name: str) -> None:
+        """Refuse (403, page says the room is full) a new attendee name once the room is full."""
+        admins = set(getattr(self, "admin_users", ()))
+        if self.room_size <= 0 or name in admins or handler.find_user(name) is not None:
+            return
+        now = time.monotonic()
+        users = {n for (n,) in handler.db.query(orm.User.name)}
+        # Once created, a name counts as a user (and stops counting when deleted).
+        self._admitted = {
+            n: t for n, t in self._admitted.items() if now - t < 60 and n not in users
+        }
+        names = users | set(self._admitted)
+        taken = len(names - admins)
+        if name not in names and taken >= self.room_size:
+            self.log.warning("refused new name %r: the room is full (%d names)", name, taken)
+            raise web.HTTPError(
+                403,
+                f"The room is full: all {self.room_size} places have a name. If you already "
+                "have one, log in with it; otherwise ask an organizer.",
+            )
+        self._admitted[name] = now
+
+    async def get_authenticated_user(
+        self, handler: web.RequestHandler, data: Optional[dict]
+    ) -> Optional[dict]:
+        address = handler.request.remote_ip or "?"
+        self._throttle(address)
+        result = await super().get_authenticated_user(handler, data)  # type: ignore[misc]
+        if not result:
+            self._failures.add(address)
+            return result
+        if not result.get("admin"):
+            self.admit(handler, result["name"])
+        return result
+
+
+class ClaimLogoutHandler(LogoutHandler):
+    """Logout also clears the browser's claim on its name (a shared computer's next user
+    must not log in as the last one)."""
+
+    async def handle_logout(self) -> None:
+        self.clear_cookie(CLAIM_COOKIE, path=self.hub.base_url)
+
+
+class WorkshopAuthenticator(RoomGate, SharedPasswordAuthenticator):
     """Shared-password login where a name, once used, belongs to the browser that took it.
 
     JupyterHub's SharedPasswordAuthenticator lets anyone with the password log in as any
     user; at a workshop that means one attendee can open another's notebook by typing their
     name. Here a name that has logged in before only logs in again from a browser holding that
-    name's claim cookie (kept across logout); an organizer frees a name by deleting the user.
+    name's claim cookie (cleared at logout); an organizer frees a name by deleting the user.
     """
+
+    def get_handlers(self, app: Any) -> list:
+        return [*super().get_handlers(app), (r"/logout", ClaimLogoutHandler)]
 
     async def authenticate(self, handler: web.RequestHandler, data: dict) -> Optional[dict]:
         result = await super().authenticate(handler, data)
@@ -74,6 +225,7 @@ class WorkshopAuthenticator(SharedPasswordAuthenticator):
             )
             fleet_mod.current().refuse(name, "name-in-use", message)
             raise web.HTTPError(403, "%s", message)
+        self.admit(handler, name)  # before the claim: a refused name gets no cookie
         handler.set_secure_cookie(
             CLAIM_COOKIE,
             name,
@@ -83,6 +235,99 @@ class WorkshopAuthenticator(SharedPasswordAuthenticator):
             **handler.settings.get("cookie_options", {}),  # secure behind TLS
         )
         return result
+
+
+class CodeAuthenticator(RoomGate, SharedPasswordAuthenticator):
+    """Personal codes (`campfleet:auth: codes`): the attendee types a name and their code as
+    the password. A code binds to the first name that uses it (Registry.bind_code), so the
+    name belongs to whoever holds the code, in any browser, after logout too; organizers
+    (admin_users) log in with the admin password as in shared mode."""
+
+    code_book = AnyTrait(
+        None, config=True, help="campfleet.mux.codes.CodeBook: the event's code hashes."
+    )
+
+    async def authenticate(self, handler: web.RequestHandler, data: dict) -> Optional[dict]:
+        admin = await super().authenticate(handler, data)  # user_password is unset: admins only
+        name = self.normalize_username(data.get("username", ""))
+        if admin or name in self.admin_users or self.code_book is None:
+            return admin
+        try:
+            digest = self.code_book.knows(data.get("password", ""))
+        except CodesError as e:
+            self.log.error("codes login: %s", e)
+            raise web.HTTPError(503, f"Logins are not open yet: {e}") from None
+        if digest is None:
+            return None
+        if not self.validate_username(name):
+            return None
+        refusal = fleet_mod.current().registry.bind_code(digest, name)
+        if refusal is not None:
+            self.log.warning("codes login as %r refused: %s", name, refusal)
+            raise web.HTTPError(403, f"{refusal[0].upper()}{refusal[1:]}.")
+        self.admit(handler, name)
+        return {"name": name, "admin": False, "groups": []}
+
+
+OAUTH_PROVIDERS = {
+    "github": "oauthenticator.github.GitHubOAuthenticator",
+    "google": "oauthenticator.google.GoogleOAuthenticator",
+    "generic": "oauthenticator.generic.GenericOAuthenticator",
+}
+
+
+def oauth_authenticator(provider: str) -> type:
+    """OAuthenticator's class for `provider`, with the room gate (size, login limits) on top."""
+    module, _, name = OAUTH_PROVIDERS[provider].rpartition(".")
+    base = getattr(importlib.import_module(module), name)
+    return type(f"Campfleet{name}", (RoomGate, base), {"__doc__": RoomGate.__doc__})
+
+
+def _configure_auth(c: Any, settings: Settings, secrets: Secrets) -> None:
+    """The authenticator of `settings.auth`; every mode goes through the room gate."""
+    admins = set(settings.admin_users)
+    c.Authenticator.admin_users = admins
+    c.RoomGate.room_size = settings.ships
+    hub = c.JupyterHub
+    if settings.auth == "shared":
+        hub.authenticator_class = WorkshopAuthenticator
+        auth = c.WorkshopAuthenticator
+        auth.user_password = secrets.shared_password or None
+        auth.admin_password = secrets.admin_password or None
+        auth.admin_users = admins
+        auth.allow_all = True  # anyone in the room with the password, up to the room size
+    elif settings.auth == "codes":
+        hub.authenticator_class = CodeAuthenticator
+        auth = c.CodeAuthenticator
+        auth.admin_password = secrets.admin_password or None
+        auth.admin_users = admins
+        auth.allow_all = True  # whoever holds a code; codes and room size bound the names
+        if settings.local:
+            ref = Path(settings.parameters.get("attendeeCodes", "secrets/attendee-codes.json"))
+            auth.code_book = codes.file_book(ref if ref.is_absolute() else settings.state_dir / ref)
+        else:
+            name = settings.parameters.get("attendeeCodes", codes_parameter(settings.stack))
+            auth.code_book = codes.ssm_book(settings.region, name)
+    else:
+        oauth = settings.oauth
+        hub.authenticator_class = oauth_authenticator(oauth["provider"])
+        auth = c.OAuthenticator
+        auth.client_id = oauth["clientId"]
+        auth.client_secret = secrets.oauth_client_secret
+        auth.oauth_callback_url = oauth["callbackUrl"]
+        auth.allowed_users = set(oauth.get("allowedUsers", []))
+        auth.admin_users = admins
+        if oauth["provider"] == "github" and oauth.get("allowedOrganizations"):
+            c.GitHubOAuthenticator.allowed_organizations = set(oauth["allowedOrganizations"])
+        if oauth["provider"] == "google" and oauth.get("hostedDomains"):
+            c.GoogleOAuthenticator.hosted_domain = list(oauth["hostedDomains"])
+        if oauth["provider"] == "generic":
+            generic = c.GenericOAuthenticator
+            generic.authorize_url = oauth["authorizeUrl"]
+            generic.token_url = oauth["tokenUrl"]
+            generic.userdata_url = oauth["userdataUrl"]
+            generic.username_claim = oauth.get("usernameClaim", "preferred_username")
+            generic.scope = list(oauth.get("scope", ["openid", "profile", "email"]))
 
 
 def hub_db_wal(dbapi_connection: Any, _record: Any) -> None:
@@ -180,8 +425,15 @@ def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
     else:
         cloud = AwsCloud(settings.region, settings.stack, settings.ship_group_name)
     cloud.mounted_grace = settings.mounted_grace
+    # Caps are per peer address: a local event's ships all share 127.0.0.1.
+    peers = max(settings.ships, 1) if settings.local else 1
     control = ControlServer(
-        registry, secrets.fleet_secret, heartbeat=settings.heartbeat, lost_after=settings.lost_after
+        registry,
+        secrets.fleet_secret,
+        heartbeat=settings.heartbeat,
+        lost_after=settings.lost_after,
+        peer_connections=PEER_CONNECTIONS * peers,
+        peer_requests_per_s=PEER_REQUESTS_PER_S * peers,
     )
     demand = settings.fleet.demand
     fleet = Fleet(
@@ -205,6 +457,44 @@ def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
 
 
 _background: set[asyncio.Task] = set()  # keeps the hub's background tasks referenced
+
+
+def admin_token_expiry(settings: Settings, secrets: Secrets) -> Optional[float]:
+    """When the organizer token stops working (epoch seconds), counted from when it was set;
+    None if that time has passed. A token whose setting time is unknown counts from now."""
+    issued = secrets.api_token_issued or time.time()
+    expires = issued + settings.admin_token_hours * 3600
+    return expires if expires > time.time() else None
+
+
+async def _expire_admin_token(token: str, expires: float) -> None:
+    """Give the organizer token its expiry in the hub database once JupyterHub has loaded it
+    (services' tokens from the config never expire by themselves). An expired token stays in
+    the database, so a hub restart does not revive it."""
+    from jupyterhub.app import JupyterHub
+
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        app = JupyterHub.instance() if JupyterHub.initialized() else None
+        db = getattr(app, "db", None)
+        orm_token = orm.APIToken.find(db, token) if db is not None else None
+        if orm_token is not None:
+            orm_token.expires_at = datetime.fromtimestamp(expires, timezone.utc).replace(
+                tzinfo=None
+            )
+            db.commit()
+            log.info("organizer token expires at %s UTC", orm_token.expires_at)
+            return
+        await asyncio.sleep(0.5)
+    log.error("campfleet: could not set the organizer token's expiry (not loaded in 600 s)")
+
+
+def _in_hub_loop(coro: Any) -> None:
+    """Run `coro` in the loop JupyterHub loads its config in (nothing to do without one)."""
+    try:
+        asyncio.get_running_loop().create_task(coro)
+    except RuntimeError:  # e.g. `jupyterhub --show-config`
+        coro.close()
 
 
 def _start_in_hub_loop(fleet: Fleet) -> None:
@@ -262,9 +552,10 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
     hub.init_spawners_timeout = 60
     hub.authenticate_prometheus = True  # /hub/metrics needs a token with read:metrics
     hub.spawner_class = "campfleet.mux.spawner.ShipSpawner"
-    hub.authenticator_class = WorkshopAuthenticator
     hub.admin_access = False
-    redeployer = Redeployer(fleet)
+    # On AWS only the stack's own ship repository, unless the organizer allows another.
+    repository = None if settings.local else image_repository(settings.ship_image)
+    redeployer = Redeployer(fleet, repository=repository)
     hub.extra_handlers = fleetview.handlers(fleet, redeployer)
     metrics.install(fleet, redeployer)  # into the registry /hub/metrics serves
     hub.default_url = landing_url
@@ -283,12 +574,7 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
     proxy.auth_token = secrets.proxy_token
     proxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
 
-    auth = c.WorkshopAuthenticator
-    auth.user_password = secrets.shared_password or None
-    auth.admin_password = secrets.admin_password or None
-    auth.admin_users = set(settings.admin_users)
-    auth.allow_all = True  # anyone in the room with the password
-    c.Authenticator.admin_users = set(settings.admin_users)
+    _configure_auth(c, settings, secrets)
 
     # Set on Spawner, not ShipSpawner, so a replacement spawner gets the same room settings.
     spawner = c.Spawner
@@ -308,10 +594,21 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
         hub.named_server_limit_per_user = 0
     services: list[dict[str, Any]] = []
     roles: list[dict[str, Any]] = []
-    if secrets.api_token:
+    expires = admin_token_expiry(settings, secrets)
+    if secrets.api_token and expires is None:
+        log.critical(
+            "campfleet: the organizer token (%s) expired %d h after it was set; it is not "
+            "loaded. Set a new one (on AWS: aws ssm put-parameter --overwrite --name %s "
+            "--value $(openssl rand -hex 32)) and restart the mux.",
+            ADMIN_SERVICE,
+            settings.admin_token_hours,
+            settings.parameters.get("apiToken"),
+        )
+    elif secrets.api_token and expires is not None:
         # An admin token for organizer tools (`campfleet status/redeploy`, benchmarks).
         services.append({"name": ADMIN_SERVICE, "api_token": secrets.api_token})
         roles.append({"name": ADMIN_SERVICE, "scopes": ADMIN_SCOPES, "services": [ADMIN_SERVICE]})
+        _in_hub_loop(_expire_admin_token(secrets.api_token, expires))
     fleet_settings = settings.fleet
     if fleet_settings.idle_seconds > 0:
         services.append(

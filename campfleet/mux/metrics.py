@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from campfleet.mux.registry import ShipRecord
 
 DOWN = (ShipState.LOST, ShipState.FAILED)
-VOLUME_STATES = ("free", "assigned", "mounted")
+VOLUME_STATES = ("free", "assigned", "mounted", "kept")
 REDEPLOY_STATUSES = ("waiting", "redeploying", "done", "failed", "skipped")
 MAX_REASON = 200  # characters of a failure reason kept in a label
 
@@ -219,7 +219,7 @@ class FleetCollector(Collector):
         volumes = GaugeMetricFamily(
             "campfleet_volumes",
             "Home volumes: free (no attendee), assigned (an attendee's, not mounted on a live "
-            "ship) or mounted.",
+            "ship), mounted, or kept (a deleted user's files, until an organizer acts).",
             labels=["state", "zone"],
         )
         mounted = {
@@ -228,6 +228,8 @@ class FleetCollector(Collector):
         by_state: dict[tuple[str, str], int] = {}
         for volume in fleet.registry.volumes():
             state = "free" if volume.owner is None else "assigned"
+            if volume.owner is None and volume.retained_for is not None:
+                state = "kept"
             if volume.owner is not None and volume.volume_id in mounted:
                 state = "mounted"
             by_state[(state, volume.zone)] = by_state.get((state, volume.zone), 0) + 1

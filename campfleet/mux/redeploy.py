@@ -126,19 +126,39 @@ class Rollout:
         }
 
 
-class Redeployer:
-    """Runs at most one rollout at a time against the hub's Fleet."""
+def image_repository(ref: str) -> str:
+    """The repository of an image reference: without its digest and tag."""
+    name = ref.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[:colon] if colon > slash else name
 
-    def __init__(self, fleet: Fleet, timeout: float = 600.0) -> None:
+
+class Redeployer:
+    """Runs at most one rollout at a time against the hub's Fleet.
+
+    `repository` (the stack's own ship image repository, on AWS): images from anywhere else
+    are refused unless the organizer says so (`--allow-external-image`): a leaked organizer
+    token must not be enough to run an image of the attacker's choosing next to every
+    attendee's files. None (a local event, where images are labels): no such check.
+    """
+
+    def __init__(self, fleet: Fleet, timeout: float = 600.0, repository: str | None = None) -> None:
         self.fleet = fleet
         self.timeout = timeout
+        self.repository = repository
         self.current: Rollout | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def start(self, image: str, batch: int) -> Rollout:
+    def start(self, image: str, batch: int, allow_external: bool = False) -> Rollout:
         """Plan a rollout and start it in the background; RedeployError if it cannot start."""
         check_image_ref(image)
         check_batch(batch)
+        if self.repository and not allow_external and image_repository(image) != self.repository:
+            raise RedeployError(
+                f"image {image!r} is not from this stack's repository {self.repository}: push "
+                "it there, or allow it explicitly (--allow-external-image)"
+            )
         if self.current is not None and self.current.state == "running":
             raise RolloutBusy(
                 f"rollout {self.current.id} to {self.current.image} is still running; "

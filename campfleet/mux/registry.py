@@ -72,9 +72,18 @@ CREATE TABLE IF NOT EXISTS volumes (
     mounted_at REAL
 );
 CREATE INDEX IF NOT EXISTS volumes_free ON volumes(zone, volume_id) WHERE owner IS NULL;
+CREATE TABLE IF NOT EXISTS codes (
+    code_hash TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    bound_at REAL NOT NULL
+);
 """
-# Columns added after the first release, for a registry file an older mux wrote.
-_MIGRATIONS = (("volumes", "mounted_at", "REAL"),)
+# Columns added after the first release: added to an existing registry file on open.
+_MIGRATIONS = (
+    ("volumes", "mounted_at", "REAL"),
+    ("volumes", "used", "INTEGER NOT NULL DEFAULT 0"),
+    ("volumes", "retained_for", "TEXT"),
+)
 
 # A volume the registry has never seen mounted may be formatted when blank (Desired.may_format);
 # one it has seen mounted never is: a blank read of it is an error, not a new volume.
@@ -106,6 +115,7 @@ _APPLY_UPDATE = (
     "UPDATE ships SET zone=?, address=?, port_base=?, state=?, containers=?, mounted_volume=?, "
     "error=?, agent_version=?, applied_generation=?, seq=?, last_seen=? WHERE ship_id=?"
 )
+_VOLUME_COLUMNS = "volume_id, zone, owner, used, retained_for"
 _LIVE_SQL = "(" + ",".join(f"'{s.value}'" for s in sorted(LIVE)) + ")"  # constants only
 
 
@@ -164,6 +174,8 @@ class VolumeRecord:
     volume_id: str
     zone: str
     owner: Optional[str]
+    used: bool = False  # mounted by a ship at least once: may hold someone's files
+    retained_for: Optional[str] = None  # the deleted user whose files it keeps
 
 
 @dataclass(frozen=True)
@@ -359,9 +371,14 @@ class Registry:
             return Rejected(REPLAY, f"seq {report.seq} is not above the last accepted {row[9]}")
         if row is None:
             self._db.execute(_APPLY_INSERT, (report.ship_id, *new, report.seq, now))
+            if report.volume is not None:
+                self._db.execute("UPDATE volumes SET used=1 WHERE volume_id=?", (report.volume,))
             tx.changed.append(report.ship_id)
             return Desired()
         self._db.execute(_APPLY_UPDATE, (*new, report.seq, now, report.ship_id))
+        if report.volume is not None and report.volume != row[5]:
+            # Mounted once = may hold the attendee's files: never back to the pool by itself.
+            self._db.execute("UPDATE volumes SET used=1 WHERE volume_id=?", (report.volume,))
         if tuple(row[:9]) != new:
             tx.changed.append(report.ship_id)
         return Desired(
@@ -545,10 +562,11 @@ class Registry:
 
     def volume_for(self, owner: str, prefer_zone: Optional[str] = None) -> VolumeRecord:
         """The owner's home volume: the same one forever; a new one from the pool the first time,
-        in prefer_zone when one is free there, else in the zone with the most free volumes."""
+        in prefer_zone when one is free there, else in the zone with the most free volumes.
+        A volume retained for a deleted user is never in the pool (see release_owner)."""
         with self._write():
             row = self._db.execute(
-                "SELECT volume_id, zone, owner FROM volumes WHERE owner=?", (owner,)
+                f"SELECT {_VOLUME_COLUMNS} FROM volumes WHERE owner=?", (owner,)
             ).fetchone()
             if row is None:
                 row = self._free_volume(prefer_zone)
@@ -556,15 +574,19 @@ class Registry:
                     total = self._db.execute("SELECT count(*) FROM volumes").fetchone()[0]
                     raise RoomFull(
                         f"no free home volume for {owner!r}: all {total} pool volumes are "
-                        "assigned; raise campfleet:ships (the pool size) and run pulumi up",
+                        "assigned or kept for deleted users; raise campfleet:ships (the pool "
+                        "size) and run pulumi up, or free a kept volume (campfleet volumes)",
                         total,
                     )
                 self._db.execute(
                     "UPDATE volumes SET owner=?, assigned_at=? WHERE volume_id=?",
                     (owner, time.time(), row[0]),
                 )
-                return VolumeRecord(volume_id=row[0], zone=row[1], owner=owner)
-        return VolumeRecord(volume_id=row[0], zone=row[1], owner=row[2])
+                used = self._db.execute(
+                    "SELECT used FROM volumes WHERE volume_id=?", (row[0],)
+                ).fetchone()[0]
+                return VolumeRecord(row[0], row[1], owner, bool(used), None)
+        return VolumeRecord(row[0], row[1], row[2], bool(row[3]), row[4])
 
     def mount_status(self, volume_id: str, ship_id: str) -> tuple[Optional[bool], Optional[float]]:
         """Did the agent on `ship_id` last report `volume_id` mounted, and when?
@@ -624,7 +646,8 @@ class Registry:
         per-row count of the zone's free volumes made every start O(volumes^2))."""
         free = dict(
             self._db.execute(
-                "SELECT zone, count(*) FROM volumes WHERE owner IS NULL GROUP BY zone"
+                "SELECT zone, count(*) FROM volumes WHERE owner IS NULL AND retained_for IS NULL "
+                "GROUP BY zone"
             ).fetchall()
         )
         if not free:
@@ -636,14 +659,122 @@ class Registry:
             zones = [zone for zone, n in free.items() if n == most]
         marks = ",".join("?" * len(zones))
         return self._db.execute(
-            f"SELECT volume_id, zone FROM volumes WHERE owner IS NULL AND zone IN ({marks}) "
-            "ORDER BY volume_id LIMIT 1",
+            f"SELECT volume_id, zone FROM volumes WHERE owner IS NULL AND retained_for IS NULL "
+            f"AND zone IN ({marks}) ORDER BY volume_id LIMIT 1",
             zones,
         ).fetchone()
 
     def volumes(self) -> list[VolumeRecord]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT volume_id, zone, owner FROM volumes ORDER BY volume_id"
+                f"SELECT {_VOLUME_COLUMNS} FROM volumes ORDER BY volume_id"
             ).fetchall()
-        return [VolumeRecord(*r) for r in rows]
+        return [VolumeRecord(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
+
+    def volume(self, volume_id: str) -> Optional[VolumeRecord]:
+        with self._lock:
+            r = self._db.execute(
+                f"SELECT {_VOLUME_COLUMNS} FROM volumes WHERE volume_id=?", (volume_id,)
+            ).fetchone()
+        return None if r is None else VolumeRecord(r[0], r[1], r[2], bool(r[3]), r[4])
+
+    def release_owner(self, owner: str) -> Optional[VolumeRecord]:
+        """A user was deleted: their name no longer holds a volume. A volume no ship ever
+        mounted goes back to the pool (nothing of theirs is on it); a used one is kept for
+        them (retained_for) until an organizer re-assigns or frees it: whoever types the same
+        name next gets a fresh volume, never the deleted user's files."""
+        with self._write():
+            row = self._db.execute(
+                "SELECT volume_id, used FROM volumes WHERE owner=?", (owner,)
+            ).fetchone()
+            if row is None:
+                return None
+            self._db.execute(
+                "UPDATE volumes SET owner=NULL, assigned_at=NULL, retained_for=? WHERE volume_id=?",
+                (owner if row[1] else None, row[0]),
+            )
+        return self.volume(row[0])
+
+    def _volume_in_use(self, volume_id: str) -> Optional[str]:
+        row = self._db.execute(
+            "SELECT ship_id FROM ships WHERE volume_id=? OR (mounted_volume=? AND state IN "
+            f"{_LIVE_SQL})",
+            (volume_id, volume_id),
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def assign_volume(self, volume_id: str, owner: str) -> VolumeRecord:
+        """An organizer's explicit action: `owner` gets this volume (and its files) as home."""
+        with self._write():
+            row = self._db.execute(
+                "SELECT owner FROM volumes WHERE volume_id=?", (volume_id,)
+            ).fetchone()
+            if row is None:
+                raise RegistryError(f"unknown volume {volume_id!r}; see `campfleet volumes list`")
+            if row[0] == owner:
+                return self._volume_row(volume_id)
+            if row[0] is not None:
+                raise RegistryError(
+                    f"volume {volume_id} is the home of {row[0]!r}; delete that user first"
+                )
+            held = self._db.execute(
+                "SELECT volume_id FROM volumes WHERE owner=?", (owner,)
+            ).fetchone()
+            if held is not None:
+                raise RegistryError(
+                    f"{owner!r} already has volume {held[0]}; delete that user first "
+                    "(their volume is then kept) and assign again"
+                )
+            ship = self._volume_in_use(volume_id)
+            if ship is not None:
+                raise RegistryError(f"volume {volume_id} is still on ship {ship}; try again soon")
+            self._db.execute(
+                "UPDATE volumes SET owner=?, assigned_at=?, retained_for=NULL WHERE volume_id=?",
+                (owner, time.time(), volume_id),
+            )
+            return self._volume_row(volume_id)
+
+    def free_volume(self, volume_id: str) -> VolumeRecord:
+        """An organizer's explicit action: a kept volume goes back to the pool, files and all
+        (the next new name may get it)."""
+        with self._write():
+            row = self._db.execute(
+                "SELECT owner FROM volumes WHERE volume_id=?", (volume_id,)
+            ).fetchone()
+            if row is None:
+                raise RegistryError(f"unknown volume {volume_id!r}; see `campfleet volumes list`")
+            if row[0] is not None:
+                raise RegistryError(
+                    f"volume {volume_id} is the home of {row[0]!r}; delete that user first"
+                )
+            ship = self._volume_in_use(volume_id)
+            if ship is not None:
+                raise RegistryError(f"volume {volume_id} is still on ship {ship}; try again soon")
+            self._db.execute("UPDATE volumes SET retained_for=NULL WHERE volume_id=?", (volume_id,))
+            return self._volume_row(volume_id)
+
+    def _volume_row(self, volume_id: str) -> VolumeRecord:
+        r = self._db.execute(
+            f"SELECT {_VOLUME_COLUMNS} FROM volumes WHERE volume_id=?", (volume_id,)
+        ).fetchone()
+        return VolumeRecord(r[0], r[1], r[2], bool(r[3]), r[4])
+
+    # -- attendee codes -----------------------------------------------------------------------
+
+    def bind_code(self, code_hash: str, name: str) -> Optional[str]:
+        """Bind a personal code to the first name that uses it (atomically); afterwards only
+        that name logs in with it and that name only with it. None when `name` may log in with
+        the code, else the reason it may not."""
+        with self._write():
+            row = self._db.execute(
+                "SELECT name FROM codes WHERE code_hash=?", (code_hash,)
+            ).fetchone()
+            if row is not None:
+                return None if row[0] == name else "this code already belongs to another name"
+            if self._db.execute("SELECT 1 FROM codes WHERE name=?", (name,)).fetchone():
+                return f"the name {name!r} is taken; use the name you chose with your code"
+            self._db.execute(
+                "INSERT INTO codes (code_hash, name, bound_at) VALUES (?, ?, ?)",
+                (code_hash, name, time.time()),
+            )
+        return None

@@ -27,7 +27,24 @@ SECRET_NAMES = (
     "sharedPassword",
     "adminPassword",
     "apiToken",
+    "oauthClientSecret",  # auth: oauth only
 )
+AUTH_MODES = ("shared", "codes", "oauth")
+OAUTH_PROVIDERS = ("github", "google", "generic")
+# What each OAuth provider needs in the `oauth` block (the client secret stays in SSM).
+OAUTH_REQUIRED = {
+    "github": ("clientId", "callbackUrl"),
+    "google": ("clientId", "callbackUrl"),
+    "generic": ("clientId", "callbackUrl", "authorizeUrl", "tokenUrl", "userdataUrl"),
+}
+
+
+def codes_parameter(stack: str) -> str:
+    """SSM parameter with the hashes of a stack's attendee codes (`campfleet attendees codes`
+    writes it; the mux reads it)."""
+    return f"/campfleet/{stack}/attendee-codes"
+
+
 IMDS = "http://169.254.169.254/latest"
 MIN_SECRET_CHARS = 32  # fleetSecret, proxyToken: openssl rand -hex 16 at the least
 MAX_PROJECTS = 9  # ship ports port_base .. port_base + 9 (8888-8897 on AWS)
@@ -50,6 +67,8 @@ class Secrets:
     shared_password: str
     admin_password: str
     api_token: str
+    oauth_client_secret: str = ""
+    api_token_issued: float = 0.0  # when the organizer token was set (epoch s; 0 = unknown)
 
 
 @dataclass(frozen=True)
@@ -164,6 +183,9 @@ class Settings:
     behind_tls: bool = False
     # {"domainName", "acmeDirectory", "acmeEmail"} for the mux's front door (campfleet.mux.tls)
     tls: Optional[dict] = None
+    admin_token_hours: float = 168.0  # the organizer token's life from when it was set
+    auth: str = "shared"  # how attendees prove who they are: AUTH_MODES
+    oauth: Optional[dict] = None  # auth: oauth: provider, clientId, callbackUrl, allowed...
 
     @property
     def is_local(self) -> bool:
@@ -211,10 +233,44 @@ def _grace(value: Any) -> float:
     return float(value)
 
 
+def _auth(data: dict) -> tuple[str, Optional[dict]]:
+    auth = data.get("auth", "shared")
+    if auth not in AUTH_MODES:
+        modes = ", ".join(AUTH_MODES)
+        raise SettingsError(f"mux settings: 'auth' must be one of {modes}, got {auth!r}")
+    if auth != "oauth":
+        return auth, None
+    oauth = data.get("oauth")
+    if not isinstance(oauth, dict) or oauth.get("provider") not in OAUTH_PROVIDERS:
+        raise SettingsError(
+            "mux settings: auth oauth needs 'oauth': {\"provider\": "
+            + " | ".join(f'"{p}"' for p in OAUTH_PROVIDERS)
+            + ', "clientId": ..., "callbackUrl": ...}'
+        )
+    provider = oauth["provider"]
+    missing = [k for k in OAUTH_REQUIRED[provider] if not isinstance(oauth.get(k) or 0, str)]
+    if missing:
+        raise SettingsError(f"mux settings: oauth ({provider}) lacks {', '.join(missing)}")
+    if "oauthClientSecret" not in data.get("parameters", {}):
+        raise SettingsError("mux settings: auth oauth needs parameters.oauthClientSecret")
+    return auth, dict(oauth)
+
+
+def _token_hours(data: dict) -> float:
+    hours = data.get("adminTokenHours", 168)
+    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not 0 < hours <= 8760:
+        raise SettingsError(
+            f"mux settings: 'adminTokenHours' must be a number of hours from 0 to 8760 "
+            f"(exclusive of 0), got {hours!r}"
+        )
+    return float(hours)
+
+
 def parse(data: dict, private_ip: str = "") -> Settings:
     """Validate the settings dict; `private_ip` is the control address on AWS (from IMDS)."""
     ships = _require(data, "ships", int)
     ready = _require(data, "readyPercent", int)
+    auth, oauth = _auth(data)
     if ships < 0:
         raise SettingsError(f"mux settings: 'ships' must be >= 0, got {ships}")
     if not 0 <= ready <= 100:
@@ -268,6 +324,9 @@ def parse(data: dict, private_ip: str = "") -> Settings:
         fleet=parse_fleet(data.get("fleet"), ships),
         behind_tls=bool(data.get("behindTls", False)),
         tls=data.get("tls"),
+        admin_token_hours=_token_hours(data),
+        auth=auth,
+        oauth=oauth,
     )
 
 
@@ -312,13 +371,16 @@ def load(path: Path) -> Settings:
     return parse(data, private_ip)
 
 
+def _local_path(settings: Settings, ref: str) -> Path:
+    path = Path(ref)
+    return path if path.is_absolute() else settings.state_dir / path
+
+
 def _local_secret(settings: Settings, name: str) -> Optional[str]:
     ref = settings.parameters.get(name)
     if ref is None:
         return None
-    path = Path(ref)
-    if not path.is_absolute():
-        path = settings.state_dir / path
+    path = _local_path(settings, ref)
     try:
         return path.read_text().strip()
     except FileNotFoundError:
@@ -335,13 +397,19 @@ def _ssm_secrets(settings: Settings) -> dict:
         raise SettingsError(
             "mux settings: SSM parameters not found: " + ", ".join(answer["InvalidParameters"])
         )
-    return {names[p["Name"]]: p["Value"] for p in answer["Parameters"]}
+    values = {names[p["Name"]]: p["Value"] for p in answer["Parameters"]}
+    issued = [p["LastModifiedDate"] for p in answer["Parameters"] if names[p["Name"]] == "apiToken"]
+    values["apiTokenIssued"] = issued[0].timestamp() if issued else 0.0
+    return values
 
 
 def load_secrets(settings: Settings) -> Secrets:
     """Fetch the secrets: from SSM (SecureString, instance role) on AWS, from files locally."""
     if settings.is_local:
-        values = {n: _local_secret(settings, n) for n in SECRET_NAMES}
+        values: dict = {n: _local_secret(settings, n) for n in SECRET_NAMES}
+        if values.get("apiToken"):
+            path = _local_path(settings, settings.parameters["apiToken"])
+            values["apiTokenIssued"] = path.stat().st_mtime
     else:
         values = _ssm_secrets(settings)
     for name in ("fleetSecret", "proxyToken"):
@@ -351,6 +419,11 @@ def load_secrets(settings: Settings) -> Secrets:
                 f"mux settings: {name} is empty or shorter than {MIN_SECRET_CHARS} characters; "
                 "set it to a random value (e.g. openssl rand -hex 32)"
             )
+    if settings.auth == "oauth" and not values.get("oauthClientSecret"):
+        raise SettingsError(
+            "mux settings: the OAuth client secret is empty; put it in the SSM parameter "
+            f"{settings.parameters.get('oauthClientSecret')} (campfleet:oauthClientSecret)"
+        )
     cookie = values.get("cookieSecret") or ""
     try:
         cookie_bytes = bytes.fromhex(cookie)
@@ -365,4 +438,6 @@ def load_secrets(settings: Settings) -> Secrets:
         shared_password=values.get("sharedPassword") or "",
         admin_password=values.get("adminPassword") or "",
         api_token=values.get("apiToken") or "",
+        oauth_client_secret=values.get("oauthClientSecret") or "",
+        api_token_issued=float(values.get("apiTokenIssued") or 0.0),
     )

@@ -484,3 +484,31 @@ class ShipSpawner(Spawner):
             registry.release(ship_id)
         if self.ship_id == ship_id:
             self.ship_id = ""
+
+    # -- delete ------------------------------------------------------------------------------
+
+    async def delete_forever(self) -> None:
+        """The user (or this named server) is deleted: give the ship back; for the user's
+        default server also let go of the name's home volume (Registry.release_owner): a volume
+        never mounted returns to the pool, a used one is kept for the deleted user until an
+        organizer re-assigns or frees it, so the next person to type the name gets a fresh one.
+        """
+        fleet = self.fleet
+        registry = fleet.registry
+        owner = self.user.name
+        async with _owner_locks.setdefault(owner, asyncio.Lock()):
+            held = registry.owned_by(owner)
+            if held is not None and not registry.desired(held.ship_id).containers:
+                registry.set_volume(held.ship_id, None)
+                if held.volume_id:
+                    await fleet.cloud.detach_volume(held.volume_id, held.ship_id)
+                await fleet.cloud.set_protected(held.ship_id, False)
+                registry.release(held.ship_id)
+            if not self.name:
+                volume = registry.release_owner(owner)
+                if volume is not None:
+                    kept = f"kept for {owner!r}" if volume.retained_for else "back in the pool"
+                    self.log.info("%s deleted: volume %s %s", owner, volume.volume_id, kept)
+        _owner_locks.pop(owner, None)
+        self.ship_id = ""
+        self.volume_id = ""

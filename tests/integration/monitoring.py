@@ -290,7 +290,8 @@ def ship_down_round_trip(event: Any, monitoring: Monitoring, timeout: float = 60
     firing = monitoring.webhook.wait_for(about("firing"), timeout)
     replaced = time.time()
     # The Auto Scaling group's part, on loopback: a new ship on the dead one's ports.
-    event.start_ship(f"{ship}-replacement", index)
+    # A new instance id in EC2's form (the control API takes no other): first digit f.
+    event.start_ship(f"i-f{ship[3:]}", index)
     resolved = monitoring.webhook.wait_for(about("resolved"), timeout)
     return {
         "ship": ship,

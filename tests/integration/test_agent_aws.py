@@ -24,7 +24,7 @@ with open(os.environ["FAKE_AWS_LOG"], "a") as f:
 def test_identity_from_imds_and_termination_via_lifecycle_hook(tmp_path: Path) -> None:
     FakeImds.tokens = []
     FakeImds.data = {
-        "instance-id": "i-0aws",
+        "instance-id": "i-0a0b0c0d",
         "placement/availability-zone": "eu-west-1c",
         "local-ipv4": "127.0.0.1",
         "autoscaling/target-lifecycle-state": "InService",
@@ -58,17 +58,17 @@ def test_identity_from_imds_and_termination_via_lifecycle_hook(tmp_path: Path) -
         cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True,
     )  # fmt: skip
     try:
-        rec = mux.wait_state("i-0aws", ShipState.AVAILABLE)
+        rec = mux.wait_state("i-0a0b0c0d", ShipState.AVAILABLE)
         assert (rec.zone, rec.address) == ("eu-west-1c", "127.0.0.1")
         FakeImds.data["autoscaling/target-lifecycle-state"] = "Terminated"
         assert proc.wait(15) == 0
-        assert mux.ship("i-0aws").state is ShipState.TERMINATED
+        assert mux.ship("i-0a0b0c0d").state is ShipState.TERMINATED
         calls = [json.loads(x) for x in (tmp_path / "aws.log").read_text().splitlines()]
         assert calls == [[
             "autoscaling", "complete-lifecycle-action",
             "--lifecycle-hook-name", "campfleet-drain",
             "--auto-scaling-group-name", "campfleet-dev-ships",
-            "--instance-id", "i-0aws",
+            "--instance-id", "i-0a0b0c0d",
             "--lifecycle-action-result", "CONTINUE",
             "--region", "eu-west-1",
         ]]  # fmt: skip

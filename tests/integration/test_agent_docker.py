@@ -141,7 +141,7 @@ def test_pull_by_digest_redeploy_and_agent_restart_keep_the_attendees_files(
     local_registry: LocalRegistry,
 ) -> None:
     v1, v2 = ship_digests
-    ship = "ship-docker"
+    ship = "i-d0c4e200000000001"
     proc = start_agent(agents, ship, scope, v1)
     mux.wait_state(ship, ShipState.AVAILABLE, timeout=START)
     assert mux.registry.get(ship).error == ""
@@ -210,7 +210,7 @@ def test_a_container_that_exits_non_zero_fails_with_its_log(
     mux: Mux, agents: Agents, scope: str, ship_digests: tuple[str, str]
 ) -> None:
     v1, _ = ship_digests
-    ship = "ship-broken"
+    ship = "i-d0c4e200000000002"
     start_agent(agents, ship, scope, v1)
     mux.wait_state(ship, ShipState.AVAILABLE, timeout=START)
     mux.registry.claim("bob")
@@ -226,7 +226,7 @@ def test_the_attendee_cannot_reach_the_secret_the_socket_or_the_agent_state(
     tmp_path: Path, mux: Mux, agents: Agents, scope: str, ship_digests: tuple[str, str]
 ) -> None:
     v1, _ = ship_digests
-    ship = "ship-probe"
+    ship = "i-d0c4e200000000003"
     start_agent(agents, ship, scope, v1)
     mux.wait_state(ship, ShipState.AVAILABLE, timeout=START)
     mux.registry.claim("eve")

@@ -185,17 +185,17 @@ def test_boot_claim_start_redeploy_and_sigterm(tmp_path: Path, mux: Mux, agents:
     content = tmp_path / "content-v1"
     (content / "lessons").mkdir(parents=True)
     (content / "lessons" / "intro.ipynb").write_text("intro v1")
-    proc = agents.start("ship-1", "--content", f"tutorial:v1={content}")
-    mux.wait_state("ship-1", ShipState.AVAILABLE, timeout=15)
-    assert mux.states["ship-1"][:2] == ["booting", "available"]
+    proc = agents.start("i-00000001", "--content", f"tutorial:v1={content}")
+    mux.wait_state("i-00000001", ShipState.AVAILABLE, timeout=15)
+    assert mux.states["i-00000001"][:2] == ["booting", "available"]
 
     ship = mux.registry.claim("alice")
-    assert ship.ship_id == "ship-1"
+    assert ship.ship_id == "i-00000001"
     port = free_port()
-    mux.registry.set_volume("ship-1", "vol-alice")
+    mux.registry.set_volume("i-00000001", "vol-alice")
     t0 = time.monotonic()
-    gen = mux.registry.set_container("ship-1", server_spec(port, "v1", greeting="hi alice"))
-    rec = mux.wait_container("ship-1", gen)
+    gen = mux.registry.set_container("i-00000001", server_spec(port, "v1", greeting="hi alice"))
+    rec = mux.wait_container("i-00000001", gen)
     started = time.monotonic() - t0
     volume = agents.volumes / "vol-alice"
     assert get(port) == f"{volume}|hi alice|v1"
@@ -206,8 +206,8 @@ def test_boot_claim_start_redeploy_and_sigterm(tmp_path: Path, mux: Mux, agents:
 
     (volume / "notes.txt").write_text("my work")  # the attendee's files
     (volume / "lessons" / "intro.ipynb").write_text("my edits")
-    gen = mux.registry.set_container("ship-1", server_spec(port, "v2", greeting="hi alice"))
-    rec = mux.wait_container("ship-1", gen)
+    gen = mux.registry.set_container("i-00000001", server_spec(port, "v2", greeting="hi alice"))
+    rec = mux.wait_container("i-00000001", gen)
     wait_for(lambda: get(port) == f"{volume}|hi alice|v2", 10, "redeployed server")
     assert rec.container("").digest != first_digest and rec.container("").image == "tutorial:v2"
     assert (volume / "notes.txt").read_text() == "my work"
@@ -215,52 +215,55 @@ def test_boot_claim_start_redeploy_and_sigterm(tmp_path: Path, mux: Mux, agents:
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0
-    rec = mux.wait_state("ship-1", ShipState.TERMINATED, timeout=5)
+    rec = mux.wait_state("i-00000001", ShipState.TERMINATED, timeout=5)
     assert rec.containers == [] and rec.mounted_volume is None
     assert get(port) is None  # the container was stopped
     # The same ship (state dir) never comes back after terminated.
-    again = agents.start("ship-1")
+    again = agents.start("i-00000001")
     assert again.wait(15) == 3
 
 
 def test_kill_9_agent_turns_ship_lost_in_time(mux: Mux, agents: Agents) -> None:
-    proc = agents.start("ship-k")
-    mux.wait_state("ship-k", ShipState.AVAILABLE)
+    proc = agents.start("i-00000004")
+    mux.wait_state("i-00000004", ShipState.AVAILABLE)
     mux.registry.claim("bob")
     port = free_port()
-    mux.wait_container("ship-k", mux.registry.set_container("ship-k", server_spec(port, "v1")))
+    mux.wait_container(
+        "i-00000004", mux.registry.set_container("i-00000004", server_spec(port, "v1"))
+    )
     os.killpg(proc.pid, signal.SIGKILL)
     killed = time.monotonic()
-    mux.wait_state("ship-k", ShipState.LOST, timeout=20)
+    mux.wait_state("i-00000004", ShipState.LOST, timeout=20)
     took = time.monotonic() - killed
     # lost after LOST_AFTER silent heartbeats, found by a checker running every heartbeat
     # (+2 s for scheduling on a busy CI machine)
     assert took <= HEARTBEAT * (LOST_AFTER + 1) + 2.0, took
     wait_for(lambda: get(port) is None, 5, "the container to die with its agent")
-    assert mux.ship("ship-k").owner == "bob"  # the spawner decides what to do with the claim
+    assert mux.ship("i-00000004").owner == "bob"  # the spawner decides what to do with the claim
 
 
 def test_failures_surface_with_their_reason(tmp_path: Path, mux: Mux, agents: Agents) -> None:
     bad_init = "import sys; sys.stderr.write('init.sh: cannot fetch lesson data\\n'); sys.exit(3)"
     spec = {"name": "p", "image": "tutorial:broken", "cmd": [sys.executable, "-c", bad_init]}
     probe = json.dumps({**spec, "port": free_port()})
-    agents.start("ship-bad", "--probe", probe)
-    rec = mux.wait_state("ship-bad", ShipState.FAILED)
+    agents.start("i-0000000b", "--probe", probe)
+    rec = mux.wait_state("i-0000000b", ShipState.FAILED)
     assert "boot failed" in rec.error and "init.sh: cannot fetch lesson data" in rec.error
     assert "exited with code 3" in rec.error
     assert mux.registry.claim("carol") is None  # a failed ship is never handed out
 
-    agents.start("ship-ok")
-    mux.wait_state("ship-ok", ShipState.AVAILABLE)
+    agents.start("i-00000005")
+    mux.wait_state("i-00000005", ShipState.AVAILABLE)
     mux.registry.claim("carol")
     good_port = free_port()
-    mux.registry.set_container("ship-ok", server_spec(good_port, "v1", name="good"))
+    mux.registry.set_container("i-00000005", server_spec(good_port, "v1", name="good"))
     gen = mux.registry.set_container(
-        "ship-ok", ContainerSpec("broken", "tutorial:x", [sys.executable, "-c", bad_init], {}, 9999)
+        "i-00000005",
+        ContainerSpec("broken", "tutorial:x", [sys.executable, "-c", bad_init], {}, 9999),
     )
 
     def settled():
-        r = mux.ship("ship-ok")
+        r = mux.ship("i-00000005")
         states = {c.name: c.state for c in r.containers}
         return (
             r.applied_generation >= gen and states == {"good": "running", "broken": "failed"} and r
@@ -273,32 +276,38 @@ def test_failures_surface_with_their_reason(tmp_path: Path, mux: Mux, agents: Ag
 
 
 def test_mux_can_terminate_and_drain_a_ship(mux: Mux, agents: Agents) -> None:
-    proc = agents.start("ship-t")
-    mux.wait_state("ship-t", ShipState.AVAILABLE)
+    proc = agents.start("i-00000008")
+    mux.wait_state("i-00000008", ShipState.AVAILABLE)
     mux.registry.claim("dave")
     port = free_port()
-    mux.wait_container("ship-t", mux.registry.set_container("ship-t", server_spec(port, "v1")))
-    mux.registry.set_drain("ship-t", True)  # drained: containers stop, ship available, unclaimable
-    rec = mux.wait_state("ship-t", ShipState.AVAILABLE)
+    mux.wait_container(
+        "i-00000008", mux.registry.set_container("i-00000008", server_spec(port, "v1"))
+    )
+    mux.registry.set_drain(
+        "i-00000008", True
+    )  # drained: containers stop, ship available, unclaimable
+    rec = mux.wait_state("i-00000008", ShipState.AVAILABLE)
     assert rec.containers == [] and get(port) is None
-    mux.registry.release("ship-t")
+    mux.registry.release("i-00000008")
     assert mux.registry.claim("erin") is None  # still drained
-    mux.registry.set_terminate("ship-t", True)
+    mux.registry.set_terminate("i-00000008", True)
     assert proc.wait(10) == 0
-    assert mux.ship("ship-t").state is ShipState.TERMINATED
+    assert mux.ship("i-00000008").state is ShipState.TERMINATED
 
 
 def test_ship_declared_lost_stands_down(mux: Mux, agents: Agents) -> None:
     """A ship the mux gave up on (e.g. after a partition) stops using the attendee's volume."""
-    proc = agents.start("ship-p")
-    mux.wait_state("ship-p", ShipState.AVAILABLE)
+    proc = agents.start("i-00000006")
+    mux.wait_state("i-00000006", ShipState.AVAILABLE)
     mux.registry.claim("frank")
-    mux.registry.set_volume("ship-p", "vol-frank")
+    mux.registry.set_volume("i-00000006", "vol-frank")
     port = free_port()
-    mux.wait_container("ship-p", mux.registry.set_container("ship-p", server_spec(port, "v1")))
-    assert mux.registry.mark_lost(now=time.time() + 3600, timeout=1) == ["ship-p"]
+    mux.wait_container(
+        "i-00000006", mux.registry.set_container("i-00000006", server_spec(port, "v1"))
+    )
+    assert mux.registry.mark_lost(now=time.time() + 3600, timeout=1) == ["i-00000006"]
     assert proc.wait(10) == 0  # its next report is refused (lost), so it stands down
-    assert mux.ship("ship-p").state is ShipState.TERMINATED  # lost -> terminated is allowed
+    assert mux.ship("i-00000006").state is ShipState.TERMINATED  # lost -> terminated is allowed
     assert get(port) is None
     assert mux.server.rejections["illegal"] >= 1
 
@@ -306,11 +315,11 @@ def test_ship_declared_lost_stands_down(mux: Mux, agents: Agents) -> None:
 def test_ship_booted_while_the_mux_was_down_registers(mux: Mux, agents: Agents) -> None:
     """Its `booting` report was lost; it must still get in (booting, then available)."""
     mux.stop()
-    agents.start("ship-early")
+    agents.start("i-0000000e")
     time.sleep(1.5)  # boots fully (available) while nobody listens
     mux.start()
-    mux.wait_state("ship-early", ShipState.AVAILABLE, timeout=10)
-    assert mux.states["ship-early"] == ["booting", "available"]
+    mux.wait_state("i-0000000e", ShipState.AVAILABLE, timeout=10)
+    assert mux.states["i-0000000e"] == ["booting", "available"]
     assert mux.server.rejections == dict.fromkeys(mux.server.rejections, 0)
 
 
@@ -319,23 +328,23 @@ def test_a_new_registry_is_obeyed_from_generation_zero(
 ) -> None:
     """The mux came back with a new registry file (generations restart at 0): the ship registers
     again, drops the claim nobody knows of any more, and obeys the new registry's orders."""
-    agents.start("ship-r")
-    mux.wait_state("ship-r", ShipState.AVAILABLE)
+    agents.start("i-00000007")
+    mux.wait_state("i-00000007", ShipState.AVAILABLE)
     mux.registry.claim("gina")
     old_port = free_port()
     for version in ("v1", "v2", "v3"):
-        gen = mux.registry.set_container("ship-r", server_spec(old_port, version))
-    mux.wait_container("ship-r", gen)
+        gen = mux.registry.set_container("i-00000007", server_spec(old_port, version))
+    mux.wait_container("i-00000007", gen)
     assert gen == 3
 
     mux.stop()
     mux.db = tmp_path / "new-fleet.sqlite"
     mux.start()
-    mux.wait_state("ship-r", ShipState.AVAILABLE)
+    mux.wait_state("i-00000007", ShipState.AVAILABLE)
     wait_for(lambda: get(old_port) is None, 10, "the unknown claim's container to stop")
-    assert mux.registry.claim("hugo").ship_id == "ship-r"
+    assert mux.registry.claim("hugo").ship_id == "i-00000007"
     port = free_port()
-    gen = mux.registry.set_container("ship-r", server_spec(port, "v1", greeting="hi hugo"))
+    gen = mux.registry.set_container("i-00000007", server_spec(port, "v1", greeting="hi hugo"))
     assert gen == 1  # below what the agent knew from the old registry
-    mux.wait_container("ship-r", gen)
+    mux.wait_container("i-00000007", gen)
     assert (get(port) or "").endswith("|hi hugo|v1")

@@ -172,13 +172,19 @@ def test_local_event_serves_a_login_and_stops_clean_on_sigint(tmp_path: Path) ->
         assert url == f"http://127.0.0.1:{port}/"
         assert out.wait_for("  attendee password:", 5).split()[2] == "let-me-in-please"
         assert out.wait_for("  admin:", 5).split()[1] == "boss"
-        organizer = out.wait_for("  organizer: campfleet status", 5).split("organizer: ", 1)[1]
+        organizer = out.wait_for("  organizer: CAMPFLEET_TOKEN=", 5).split("organizer: ", 1)[1]
         running = descendants(proc.pid)
         assert running, "campfleet local started no processes"
 
-        # the printed organizer line works as is
+        # the printed organizer line works as is (the token in the environment, not argv)
+        assignment, _, *args = organizer.split()
+        token = assignment.split("=", 1)[1]
         status = subprocess.run(
-            [str(CAMPFLEET), *organizer.split()[1:]], capture_output=True, text=True, timeout=30
+            [str(CAMPFLEET), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "CAMPFLEET_TOKEN": token},
         )
         assert status.returncode == 0, status.stderr
         assert f"http://127.0.0.1:{port}" in status.stdout

@@ -27,9 +27,9 @@ def test_mux_restart_keeps_every_ship_and_claim(tmp_path: Path) -> None:
     agents = Agents(tmp_path, mux)
     try:
         for n in range(3):
-            agents.start(f"ship-{n}")
+            agents.start(f"i-{n:08x}")
         for n in range(3):
-            mux.wait_state(f"ship-{n}", ShipState.AVAILABLE)
+            mux.wait_state(f"i-{n:08x}", ShipState.AVAILABLE)
         claimed = mux.registry.claim("alice")
         mux.registry.set_volume(claimed.ship_id, "vol-alice")
         port = free_port()

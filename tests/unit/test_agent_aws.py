@@ -187,7 +187,9 @@ def test_agent_json_and_flags(tmp_path: Path) -> None:
         False,
         "INFO",
     )
-    cfg, _ = load(["--config", str(cfg_file), "--local", "--ship-id", "s1", "--heartbeat", "0.2"])
+    cfg, _ = load(
+        ["--config", str(cfg_file), "--local", "--ship-id", "i-00000001", "--heartbeat", "0.2"]
+    )
     assert (cfg.runtime, cfg.zone, cfg.address, cfg.heartbeat) == (
         "local",
         "local",
@@ -216,7 +218,7 @@ def test_agent_json_and_flags(tmp_path: Path) -> None:
                 "--secret-file",
                 "{secret}",
                 "--ship-id",
-                "s",
+                "i-00000001",
                 "--heartbeat",
                 "0",
             ],
@@ -230,7 +232,7 @@ def test_agent_json_and_flags(tmp_path: Path) -> None:
                 "--secret-file",
                 "{secret}",
                 "--ship-id",
-                "s",
+                "i-00000001",
                 "--content",
                 "img=/nonexistent",
             ],
@@ -245,13 +247,17 @@ def test_agent_json_and_flags(tmp_path: Path) -> None:
                 "--secret-file",
                 "{secret}",
                 "--ship-id",
-                "s",
+                "i-0123456789abcdef0",
                 "--runtime",
                 "docker",
                 "--docker-scope",
                 "ev 1;rm",
             ],
             "docker-scope 'ev 1;rm': use letters, digits, - or _",
+        ),
+        (
+            ["--local", "--mux", "http://h:1", "--secret-file", "{secret}", "--ship-id", "s1"],
+            "--ship-id 's1': use the form of an EC2 instance id",
         ),
     ],
 )

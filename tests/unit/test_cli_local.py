@@ -75,7 +75,7 @@ def test_progress_ready_lines_and_clean_stop(
         "campfleet local is ready: http://127.0.0.1:8123/",
         "  attendee password: generated-pw  (any new user name)",
         "  admin: admin  password: admin-pw",
-        "  organizer: campfleet status --url http://127.0.0.1:8123 --token tok",
+        "  organizer: CAMPFLEET_TOKEN=tok campfleet status --url http://127.0.0.1:8123",
         f"  logs: {tmp_path / 'logs'}",
         "Press Ctrl-C to stop.",
         "stopping campfleet local ...",
@@ -94,6 +94,7 @@ def test_progress_ready_lines_and_clean_stop(
         "tls": False,
         "runtime": "local",  # the default: no Docker, no image build
         "ship_image": "",
+        "auth": "shared",
     }
 
 

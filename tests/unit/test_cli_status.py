@@ -70,7 +70,7 @@ async def test_status_shows_gate_zones_attendees_failures_and_rejections(hub: Hu
     assert "alice" not in out  # per-ship rows only with --ships
 
     code, out, _ = await campfleet(
-        "status", "--ships", "--url", hub.url, "--token", hub.admin_token
+        "status", "--ships", "--url", hub.url, CAMPFLEET_TOKEN=hub.admin_token
     )
     assert code == 0
     alice = hub.fleet.registry.owned_by("alice").ship_id
@@ -92,31 +92,31 @@ async def test_status_and_redeploy_fail_with_one_clear_line(hub: Hub) -> None:
         (
             ("status", "--url", hub.url),
             {},
-            "campfleet: no API token: pass --token or set CAMPFLEET_TOKEN "
-            f"(an admin makes one at {hub.url}/hub/token; on AWS it is the SSM parameter "
+            "campfleet: no API token: set CAMPFLEET_TOKEN or run in a terminal to be asked for "
+            f"it (an admin makes one at {hub.url}/hub/token; on AWS it is the SSM parameter "
             "/campfleet/<stack>/api-token)",
         ),
         (
-            ("status", "--url", "mux.example.org", "--token", "t"),
-            {},
+            ("status", "--url", "mux.example.org"),
+            {"CAMPFLEET_TOKEN": "t"},
             "campfleet: --url 'mux.example.org' is not an http(s) URL: "
             "use e.g. http://mux.example.org",
         ),
         (
-            ("status", "--url", closed, "--token", "t"),
-            {},
+            ("status", "--url", closed),
+            {"CAMPFLEET_TOKEN": "t"},
             f"campfleet: cannot reach the mux at {closed}: [Errno 111] Connection refused",
         ),
         (
-            ("status", "--url", hub.url, "--token", hub.user_token),
-            {},
+            ("status", "--url", hub.url),
+            {"CAMPFLEET_TOKEN": hub.user_token},
             "campfleet: the mux refused the token (403: Action is not authorized with current "
             "scopes; requires any of [read:servers]); use an admin's token (read:servers to "
             "read, admin:servers to act)",
         ),
         (
-            ("status", "--url", hub.url + "/nothing-here", "--token", hub.admin_token),
-            {},
+            ("status", "--url", hub.url + "/nothing-here"),
+            {"CAMPFLEET_TOKEN": hub.admin_token},
             f"campfleet: no fleet API at {hub.url}/nothing-here/hub/api/fleet (404): "
             "is this URL a campfleet mux?",
         ),
@@ -137,13 +137,21 @@ async def test_status_and_redeploy_fail_with_one_clear_line(hub: Hub) -> None:
             "campfleet: --interval must be from 0.1 to 60 seconds, got -1",
         ),
         (
-            ("redeploy", "--image", NEW, "--url", hub.url, "--token", hub.reader_token),
-            {},
+            ("redeploy", "--image", NEW, "--url", hub.url),
+            {"CAMPFLEET_TOKEN": hub.reader_token},
             "campfleet: the mux refused the token (403: Action is not authorized with current "
             "scopes; requires any of [admin:servers]); use an admin's token (read:servers to "
             "read, admin:servers to act)",
         ),
     ]
+    cases.append(
+        (
+            ("status", "--url", hub.url, "--token", hub.admin_token),
+            {},
+            "campfleet: --token is not accepted: a token on the command line shows in `ps` and "
+            "shell history; set CAMPFLEET_TOKEN or let campfleet prompt for it",
+        )
+    )
     for args, env, message in cases:
         code, out, err = await campfleet(*args, **env)
         assert (code, out, err) == (2, "", message + "\n"), args
@@ -173,7 +181,7 @@ async def test_redeploy_follows_the_rollout_to_the_end(hub: Hub) -> None:
     assert "rollout 1 done" in out and "2/2" in out  # the progress bar's final state
     assert {hub.fleet.registry.get(s).container("").image for s in ships} == {NEW}
 
-    code, out, _ = await campfleet("status", "--url", hub.url, "--token", hub.admin_token)
+    code, out, _ = await campfleet("status", "--url", hub.url, CAMPFLEET_TOKEN=hub.admin_token)
     assert f"ship image {NEW}" in out
     assert f"Last rollout: rollout 1 to {NEW} done: 2 of 2 ships done" in out
 
@@ -192,8 +200,7 @@ async def test_redeploy_that_halts_exits_1_naming_ship_and_reason(hub: Hub) -> N
         "0.1",
         "--url",
         hub.url,
-        "--token",
-        hub.admin_token,
+        CAMPFLEET_TOKEN=hub.admin_token,
     )
     assert (code, err) == (1, ""), out + err
     assert f"  batch 1: {first} failed notebook failed: exited with code 3" in out
@@ -212,8 +219,8 @@ async def test_watch_refreshes_until_ctrl_c(hub: Hub) -> None:
         sys.executable,
         "-c",
         "from campfleet.cli import main; raise SystemExit(main())",
-        *("status", "--watch", "--interval", "0.5", "--url", hub.url, "--token", hub.admin_token),
-        env={**clean, "NO_COLOR": "1"},
+        *("status", "--watch", "--interval", "0.5", "--url", hub.url),
+        env={**clean, "NO_COLOR": "1", "CAMPFLEET_TOKEN": hub.admin_token},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -264,7 +271,43 @@ async def test_watch_on_a_terminal_redraws_and_survives_an_unreachable_mux(hub: 
 
 async def test_watch_interval_is_checked(hub: Hub) -> None:
     code, out, err = await campfleet(
-        "status", "--watch", "--interval", "0", "--url", hub.url, "--token", hub.admin_token
+        "status", "--watch", "--interval", "0", "--url", hub.url, CAMPFLEET_TOKEN=hub.admin_token
     )
     assert (code, out) == (2, "")
     assert err == "campfleet: --interval must be from 0.5 to 600 seconds, got 0\n"
+
+
+async def test_volumes_kept_for_a_deleted_user_move_only_when_confirmed(hub: Hub) -> None:
+    registry = hub.fleet.registry
+    ship = registry.owned_by("alice")
+    assert registry.volume(ship.volume_id).used  # alice's ship has mounted it
+    registry.release(ship.ship_id)
+    kept = registry.release_owner("alice")  # what deleting the user does
+    assert kept.retained_for == "alice"
+    vol, env = kept.volume_id, {"CAMPFLEET_URL": hub.url, "CAMPFLEET_TOKEN": hub.admin_token}
+
+    code, out, err = await campfleet("volumes", **env)
+    assert (code, err) == (0, ""), err
+    row = next(line for line in out.splitlines() if vol in line)
+    assert [c.strip() for c in row.split("|")[1:-1]] == [vol, kept.zone, "", "yes", "alice"]
+
+    code, out, err = await campfleet("volumes", "assign", vol, "carol", "--confirm", "vol-x", **env)
+    refused = f"campfleet: confirmation 'vol-x' is not {vol!r}: nothing was changed\n"
+    assert (code, err) == (2, refused)
+    code, out, err = await campfleet("volumes", "assign", vol, "carol", **env)  # no terminal
+    assert code == 2 and f"pass --confirm {vol} to confirm" in err
+    reader = {**env, "CAMPFLEET_TOKEN": hub.reader_token}
+    code, out, err = await campfleet("volumes", "free", vol, "--confirm", vol, **reader)
+    assert code == 2 and "requires any of [admin:users]" in err
+    assert registry.volume(vol).retained_for == "alice"  # nothing moved so far
+
+    code, out, err = await campfleet("volumes", "assign", vol, "carol", "--confirm", vol, **env)
+    assert (code, err) == (0, ""), err
+    assert out.strip() == f"volume {vol} ({kept.zone}) is now 'carol''s home"
+    assert registry.volume_for("carol").volume_id == vol
+    code, out, err = await campfleet("volumes", "free", vol, "--confirm", vol, **env)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"campfleet: the mux refused the request (409): volume {vol} is the home of 'carol'; "
+        "delete that user first\n"
+    )

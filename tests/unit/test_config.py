@@ -232,6 +232,32 @@ def test_front_door_keys_default_to_lets_encrypt_and_the_elastic_ip() -> None:
     assert (config.domain_name, config.hosted_zone_id) == ("jupyter.example.org", "Z0123456789ABC")
 
 
+@pytest.mark.parametrize(
+    ("values", "lines"),
+    [
+        (
+            {"campfleet:auth": "ldap"},
+            ['campfleet:auth: got "ldap" (a string); expected "shared" or "codes" or "oauth"'],
+        ),
+        (
+            {"campfleet:auth": "oauth", "campfleet:oauthClientSecret": "plain"},
+            [
+                "campfleet:oauthClientSecret: given in plain text; expected a secret — run "
+                "`pulumi config set --secret campfleet:oauthClientSecret <secret>`",
+                "campfleet:oauthClientId: missing; auth oauth (github) needs it",
+                "campfleet:oauthCallbackUrl: missing; auth oauth (github) needs it",
+                "campfleet:oauthClientSecret: missing; auth oauth needs the app's client secret: "
+                "`pulumi config set --secret campfleet:oauthClientSecret <secret>`",
+                "campfleet:oauthAllowedUsers: empty (and no oauthAllowedOrganizations); list who "
+                "may log in, or every account of the provider could take a seat",
+            ],
+        ),
+    ],
+)
+def test_auth_problems_name_each_key(values: dict, lines: list[str]) -> None:
+    assert problems({"campfleet:ships": 3, **values}) == lines
+
+
 def test_missing_ships_names_the_stack_file() -> None:
     (line,) = problems({}, stack="dev")
     assert line.startswith("campfleet:ships: missing; expected a value in Pulumi.dev.yaml (")

@@ -25,6 +25,9 @@ class Running:
     """A ControlServer in its own thread and loop (as a test client sees it)."""
 
     def __init__(self, tmp: Path, **kw: float) -> None:
+        # One loopback address plays every ship here; the per-peer caps have their own test.
+        kw.setdefault("peer_connections", 0)
+        kw.setdefault("peer_requests_per_s", 0)
         self.registry = Registry(tmp / "fleet.sqlite")
         self.server = ControlServer(self.registry, SECRET, **kw)
         self.loop = asyncio.new_event_loop()
@@ -84,44 +87,48 @@ def desired_of(headers: dict[str, str], body: bytes, ship: str, seq: int) -> p.D
 
 
 def test_report_answers_signed_desired(srv: Running) -> None:
-    status, headers, body, seq = srv.report("i-1", S.BOOTING)
+    status, headers, body, seq = srv.report("i-00000001", S.BOOTING)
     assert status == 200
-    assert desired_of(headers, body, "i-1", seq) == p.Desired()
-    srv.report("i-1", S.AVAILABLE)
-    srv.registry.set_container("i-1", p.ContainerSpec("", "img", ["x"], {"A": "b"}, 9000, "/"))
-    status, headers, body, seq = srv.report("i-1", S.AVAILABLE)
-    d = desired_of(headers, body, "i-1", seq)
+    assert desired_of(headers, body, "i-00000001", seq) == p.Desired()
+    srv.report("i-00000001", S.AVAILABLE)
+    srv.registry.set_container(
+        "i-00000001", p.ContainerSpec("", "img", ["x"], {"A": "b"}, 9000, "/")
+    )
+    status, headers, body, seq = srv.report("i-00000001", S.AVAILABLE)
+    d = desired_of(headers, body, "i-00000001", seq)
     assert d.generation == 1 and d.containers[0].env == {"A": "b"}
-    assert srv.registry.get("i-1").state is S.AVAILABLE
+    assert srv.registry.get("i-00000001").state is S.AVAILABLE
 
 
 def test_each_rejection_kind_status_counter_and_no_change(srv: Running) -> None:
-    srv.report("i-1", S.BOOTING)
-    key = p.derive_key(SECRET, "i-1")
+    srv.report("i-00000001", S.BOOTING)
+    key = p.derive_key(SECRET, "i-00000001")
     now = time.time()
 
     def rep(seq: int, ts: float = now, state: S = S.AVAILABLE) -> tuple[bytes, dict[str, str]]:
-        return p.encode_report(p.Report("i-1", "z1", "127.0.0.1", 9000, state, seq=seq, ts=ts), key)
+        return p.encode_report(
+            p.Report("i-00000001", "z1", "127.0.0.1", 9000, state, seq=seq, ts=ts), key
+        )
 
     body, h = rep(50)
     bad_json = b'{"v": 1'
     cases = [
         ("oversized", 413, b" " * (p.MAX_BODY + 1), h),
         ("forged", 401, body, {**h, p.HEADER_SIGNATURE: "ab" * 32}),
-        ("forged", 401, body, {p.HEADER_SHIP: "i-1"}),
+        ("forged", 401, body, {p.HEADER_SHIP: "i-00000001"}),
         (
             "forged",
             401,
             *p.encode_report(
-                p.Report("i-1", "z1", "a", 9000, S.AVAILABLE, seq=60, ts=now),
-                p.derive_key(b"x", "i-1"),
+                p.Report("i-00000001", "z1", "a", 9000, S.AVAILABLE, seq=60, ts=now),
+                p.derive_key(b"x", "i-00000001"),
             ),
         ),
         (
             "malformed",
             400,
             bad_json,
-            {p.HEADER_SHIP: "i-1", p.HEADER_SIGNATURE: p.sign(bad_json, key)},
+            {p.HEADER_SHIP: "i-00000001", p.HEADER_SIGNATURE: p.sign(bad_json, key)},
         ),
         ("stale", 403, *rep(51, ts=now - 3600)),
         ("replay", 409, *rep(1)),
@@ -146,22 +153,25 @@ def test_each_rejection_kind_status_counter_and_no_change(srv: Running) -> None:
         "stale": 1,
         "replay": 1,
         "illegal": 1,
+        "throttled": 0,
     }
     assert srv.post("/v1/report", *rep(53))[0] == 200  # a good one still goes through
 
 
 def test_replay_of_accepted_report_is_refused(srv: Running) -> None:
-    key = p.derive_key(SECRET, "i-1")
-    msg = p.encode_report(p.Report("i-1", "z1", "a", 9000, S.BOOTING, seq=7, ts=time.time()), key)
+    key = p.derive_key(SECRET, "i-00000001")
+    msg = p.encode_report(
+        p.Report("i-00000001", "z1", "a", 9000, S.BOOTING, seq=7, ts=time.time()), key
+    )
     assert srv.post("/v1/report", *msg)[0] == 200
     assert srv.post("/v1/report", *msg)[0] == 409
 
 
 def test_concurrent_copies_of_one_report_apply_once(srv: Running) -> None:
-    srv.report("i-1", S.BOOTING)
-    key = p.derive_key(SECRET, "i-1")
+    srv.report("i-00000001", S.BOOTING)
+    key = p.derive_key(SECRET, "i-00000001")
     msg = p.encode_report(
-        p.Report("i-1", "z1", "a", 9000, S.AVAILABLE, seq=99, ts=time.time()), key
+        p.Report("i-00000001", "z1", "a", 9000, S.AVAILABLE, seq=99, ts=time.time()), key
     )
     seen: list[str] = []
     srv.registry.add_listener(seen.append)
@@ -178,7 +188,7 @@ def test_concurrent_copies_of_one_report_apply_once(srv: Running) -> None:
     for t in threads:
         t.join(60)
     assert sorted(codes) == [200] + [409] * 7
-    assert seen == ["i-1"] and srv.registry.last_seq("i-1") == 99
+    assert seen == ["i-00000001"] and srv.registry.last_seq("i-00000001") == 99
     assert srv.server.rejections["replay"] == 7
 
 
@@ -197,14 +207,18 @@ def test_long_poll_answers_at_once_on_change(tmp_path: Path) -> None:
     # timeout" cannot be confused
     srv = Running(tmp_path, heartbeat=5.0, lost_after=3, poll_timeout=6.0)
     try:
-        srv.report("i-1", S.BOOTING)
-        srv.report("i-1", S.AVAILABLE)
-        d, took = poll(srv, "i-1", generation=5)  # differs already
+        srv.report("i-00000001", S.BOOTING)
+        srv.report("i-00000001", S.AVAILABLE)
+        d, took = poll(srv, "i-00000001", generation=5)  # differs already
         assert d.generation == 0 and took < 3.0
-        threading.Timer(0.3, srv.registry.set_volume, ("i-1", "vol-1")).start()  # other thread
-        d, took = poll(srv, "i-1", generation=0)
+        threading.Timer(
+            0.3, srv.registry.set_volume, ("i-00000001", "vol-1")
+        ).start()  # other thread
+        d, took = poll(srv, "i-00000001", generation=0)
         assert d.volume == "vol-1" and d.generation == 1 and 0.25 < took < 3.0  # not at timeout
-        d, took = poll(srv, "i-1", generation=1, timeout=30)  # no change: answered at timeout
+        d, took = poll(
+            srv, "i-00000001", generation=1, timeout=30
+        )  # no change: answered at timeout
         assert d.generation == 1 and 5.9 < took < 20
     finally:
         srv.close()
@@ -219,11 +233,11 @@ def test_a_ship_holds_at_most_one_long_poll_and_old_polls_are_refused(tmp_path: 
 
 
 def _one_long_poll(srv: Running) -> None:
-    srv.report("i-1", S.BOOTING)
-    key = p.derive_key(SECRET, "i-1")
-    first = p.encode_poll(p.Poll("i-1", 0, srv.next_seq("i-1"), time.time()), key)
-    second_seq = srv.next_seq("i-1")
-    second = p.encode_poll(p.Poll("i-1", 0, second_seq, time.time()), key)
+    srv.report("i-00000001", S.BOOTING)
+    key = p.derive_key(SECRET, "i-00000001")
+    first = p.encode_poll(p.Poll("i-00000001", 0, srv.next_seq("i-00000001"), time.time()), key)
+    second_seq = srv.next_seq("i-00000001")
+    second = p.encode_poll(p.Poll("i-00000001", 0, second_seq, time.time()), key)
     answers: list[float] = []
 
     def hold() -> None:
@@ -245,11 +259,74 @@ def _one_long_poll(srv: Running) -> None:
     status, _, body = srv.post("/v1/poll", *first)  # the older poll again: a replay
     assert status == 409 and json.loads(body)["error"] == "replay"
     assert srv.server.rejections["replay"] == 1
+    status, _, body = srv.post("/v1/poll", *second)  # the newest poll replayed as is: equal seq
+    assert status == 409 and json.loads(body)["error"] == "replay"
+    assert srv.server.rejections["replay"] == 2
+
+
+@pytest.mark.parametrize(
+    "ship_id",
+    ["i-" + "a" * 60_000, "i-1", "i-0000000G", "I-00000001", "i-000000010", "../i-00000001"],
+)
+def test_only_ec2_form_ship_ids_and_nothing_derived_or_kept_for_others(
+    srv: Running, ship_id: str
+) -> None:
+    """A made-up id (the 60 kB one grew the hub by 115 MiB over 2,000 requests) is refused
+    before a key is derived or cached, for reports and polls alike."""
+    cached = srv.server._keys.cache_info().currsize
+    report = p.Report(ship_id, "z1", "a", 9000, S.BOOTING, seq=1, ts=time.time())
+    body, h = p.encode_report(report, p.derive_key(SECRET, ship_id))
+    for path in ("/v1/report", "/v1/poll"):
+        status, _, answer = srv.post(path, body, h)
+        assert status == 400 and "not an EC2 instance id" in json.loads(answer)["reason"]
+    assert srv.server._keys.cache_info().currsize == cached
+    assert srv.server.rejections["malformed"] == 2 and srv.registry.ships() == []
+    assert srv.server._seqs == {} and srv.server._poll_seqs == {}
+
+
+def test_per_peer_connection_and_request_caps(tmp_path: Path) -> None:
+    import socket
+
+    srv = Running(tmp_path, poll_timeout=3.0, peer_connections=2, peer_requests_per_s=1.0)
+    try:
+        held = [socket.create_connection(("127.0.0.1", srv.server.port)) for _ in range(2)]
+        extra = socket.create_connection(("127.0.0.1", srv.server.port))
+        extra.settimeout(5)
+        try:  # closed by the server at once: a third connection from this address
+            closed = extra.recv(1) == b""
+        except ConnectionResetError:
+            closed = True
+        assert closed
+        extra.close()
+        assert srv.server.rejections["throttled"] == 1
+        held.pop().close()
+
+        def report() -> int:
+            """A report; retried while the server has not yet seen a closed connection go."""
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    return srv.report("i-00000001", S.BOOTING)[0]
+                except (ConnectionError, http.client.HTTPException):
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+
+        # 1 request/s with bursts of 5 s: the burst is used up, the next request is refused.
+        statuses = [report() for _ in range(7)]
+        assert statuses[0] == 200 and statuses[-1] == 429 and statuses.count(200) <= 5
+        assert srv.server.rejections["throttled"] >= 2
+        for s in held:
+            s.close()
+    finally:
+        srv.close()
 
 
 def test_poll_is_verified(srv: Running) -> None:
-    seq = srv.next_seq("i-1")
-    body, h = p.encode_poll(p.Poll("i-1", 0, seq, time.time()), p.derive_key(b"wrong", "i-1"))
+    seq = srv.next_seq("i-00000001")
+    body, h = p.encode_poll(
+        p.Poll("i-00000001", 0, seq, time.time()), p.derive_key(b"wrong", "i-00000001")
+    )
     assert srv.post("/v1/poll", body, h)[0] == 401
     assert srv.server.rejections["forged"] == 1
 
@@ -257,14 +334,14 @@ def test_poll_is_verified(srv: Running) -> None:
 def test_lost_checker_marks_silent_ships(tmp_path: Path) -> None:
     srv = Running(tmp_path, heartbeat=0.5, lost_after=2, poll_timeout=1.0)  # lost after 1 s
     try:
-        srv.report("i-1", S.BOOTING)
-        srv.report("i-2", S.BOOTING)
+        srv.report("i-00000001", S.BOOTING)
+        srv.report("i-00000002", S.BOOTING)
         deadline = time.monotonic() + 20  # generous: a loaded machine delays the checker
-        while srv.registry.get("i-1").state is not S.LOST and time.monotonic() < deadline:
-            srv.report("i-2", S.BOOTING)
+        while srv.registry.get("i-00000001").state is not S.LOST and time.monotonic() < deadline:
+            srv.report("i-00000002", S.BOOTING)
             time.sleep(0.1)
-        assert srv.registry.get("i-1").state is S.LOST
-        assert srv.registry.get("i-2").state is S.BOOTING
+        assert srv.registry.get("i-00000001").state is S.LOST
+        assert srv.registry.get("i-00000002").state is S.BOOTING
     finally:
         srv.close()
 
@@ -313,17 +390,17 @@ def test_random_and_mutated_messages_change_nothing(
     tmp_path_factory, mutation, field, value, resign, raw
 ) -> None:
     srv = _shared(tmp_path_factory)
-    key = p.derive_key(SECRET, "i-h")
-    seq = srv.next_seq("i-h") + 1000
+    key = p.derive_key(SECRET, "i-0000000a")
+    seq = srv.next_seq("i-0000000a") + 1000
     good = json.loads(
         p.encode_report(
-            p.Report("i-h", "z1", "a", 9000, S.AVAILABLE, seq=seq, ts=time.time()), key
+            p.Report("i-0000000a", "z1", "a", 9000, S.AVAILABLE, seq=seq, ts=time.time()), key
         )[0]
     )
     good[field] = value  # a signed but schema-breaking (or still valid) message
     bodies = [json.dumps(good).encode(), raw]
     body, h = p.encode_report(
-        p.Report("i-h", "z1", "a", 9000, S.AVAILABLE, seq=seq + 1, ts=time.time()), key
+        p.Report("i-0000000a", "z1", "a", 9000, S.AVAILABLE, seq=seq + 1, ts=time.time()), key
     )
     kind, at, byte = mutation
     at %= len(body)
@@ -334,18 +411,18 @@ def test_random_and_mutated_messages_change_nothing(
     }[kind]
     for b in [*bodies, mutated]:
         headers = {
-            p.HEADER_SHIP: "i-h",
+            p.HEADER_SHIP: "i-0000000a",
             p.HEADER_SIGNATURE: p.sign(b, key) if resign else h[p.HEADER_SIGNATURE],
         }
         before = srv.snapshot()
         verdict = p.validate(
             b,
-            "i-h",
+            "i-0000000a",
             headers[p.HEADER_SIGNATURE],
             key,
             expect="report",
             now=time.time(),
-            after_seq=srv.registry.last_seq("i-h"),
+            after_seq=srv.registry.last_seq("i-0000000a"),
         )
         status, _, _ = srv.post("/v1/report", b, headers)
         if status != 200:
@@ -359,8 +436,8 @@ _SHARED: dict[str, Running] = {}
 def _shared(factory) -> Running:
     if "srv" not in _SHARED:
         srv = Running(factory.mktemp("hyp"), heartbeat=60.0, poll_timeout=1.0)
-        srv.report("i-h", S.BOOTING)
-        srv.report("i-h", S.AVAILABLE)
+        srv.report("i-0000000a", S.BOOTING)
+        srv.report("i-0000000a", S.AVAILABLE)
         _SHARED["srv"] = srv
     return _SHARED["srv"]
 
@@ -374,16 +451,18 @@ def _close_shared():
 
 def test_no_ship_is_lost_right_after_a_restart(tmp_path: Path) -> None:
     reg = Registry(tmp_path / "fleet.sqlite")
-    reg.apply_report(p.Report("i-old", "z1", "a", 9000, S.BOOTING, seq=1), now=time.time() - 3600)
+    reg.apply_report(
+        p.Report("i-000001d0", "z1", "a", 9000, S.BOOTING, seq=1), now=time.time() - 3600
+    )
     reg.close()
     srv = Running(tmp_path, heartbeat=0.2, lost_after=3, poll_timeout=1.0)  # reopens the file
     try:
         assert srv.server.check_lost() == []  # grace: ships get lost_after heartbeats to report
-        assert srv.registry.get("i-old").state is S.BOOTING
+        assert srv.registry.get("i-000001d0").state is S.BOOTING
         deadline = time.monotonic() + 15  # after the grace, the first checks mark it lost
-        while srv.registry.get("i-old").state is not S.LOST and time.monotonic() < deadline:
+        while srv.registry.get("i-000001d0").state is not S.LOST and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert srv.registry.get("i-old").state is S.LOST
+        assert srv.registry.get("i-000001d0").state is S.LOST
     finally:
         srv.close()
 
@@ -398,17 +477,17 @@ def test_a_stalled_mux_loop_loses_no_ship(tmp_path: Path) -> None:
 
     def beat() -> None:
         while not stop.is_set():
-            statuses.append(srv.report("i-1", S.BOOTING)[0])
+            statuses.append(srv.report("i-00000001", S.BOOTING)[0])
             time.sleep(0.1)
 
     beater = threading.Thread(target=beat)
     try:
-        srv.report("i-1", S.BOOTING)
+        srv.report("i-00000001", S.BOOTING)
         beater.start()
         time.sleep(2.0)  # past the start-up grace, heartbeats flowing
         srv.loop.call_soon_threadsafe(time.sleep, 3.0)  # the loop stalls twice the lost timeout
         time.sleep(4.5)
-        assert srv.registry.get("i-1").state is S.BOOTING
+        assert srv.registry.get("i-00000001").state is S.BOOTING
         assert srv.server.rejections["illegal"] == 0
         assert statuses and set(statuses) == {200}
     finally:
@@ -421,17 +500,17 @@ def test_a_wall_clock_step_loses_no_ship(tmp_path: Path, monkeypatch) -> None:
     """last_seen is wall-clock time: a forward step (chrony) must not look like silence."""
     srv = Running(tmp_path, heartbeat=0.5, lost_after=2, poll_timeout=1.0)
     try:
-        srv.report("i-1", S.BOOTING)
+        srv.report("i-00000001", S.BOOTING)
         deadline = time.monotonic() + 15
         while time.monotonic() < srv.server._grace_until and time.monotonic() < deadline:
-            srv.report("i-1", S.BOOTING)  # keep it alive past the start-up grace
+            srv.report("i-00000001", S.BOOTING)  # keep it alive past the start-up grace
             time.sleep(0.1)
         real = time.time
         monkeypatch.setattr(time, "time", lambda: real() + 3600)  # the clock jumps an hour
         assert srv.server.check_lost() == []
-        srv.report("i-1", S.BOOTING)  # its next heartbeat comes within the grace
-        assert srv.registry.get("i-1").state is S.BOOTING
-        srv.report("i-2", S.BOOTING)
+        srv.report("i-00000001", S.BOOTING)  # its next heartbeat comes within the grace
+        assert srv.registry.get("i-00000001").state is S.BOOTING
+        srv.report("i-00000002", S.BOOTING)
         assert srv.server.check_lost() == []  # and a checker right after still loses nobody
     finally:
         srv.close()

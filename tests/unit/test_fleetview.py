@@ -231,7 +231,8 @@ async def test_admin_redeploys_and_reads_progress(hub: Hub) -> None:
     for body, status, message in [
         ({"image": "Not A Ref", "batch": 1}, 400, "is not a valid image reference"),
         ({"image": NEW, "batch": 0}, 400, "batch must be a whole number"),
-        ({"image": NEW, "size": 2}, 400, "unknown field(s) size: use image and batch"),
+        ({"image": NEW, "size": 2}, 400, "unknown field(s) size: use image, batch, allow"),
+        ({"image": NEW, "allowExternalImage": "yes"}, 400, "allowExternalImage must be true"),
         (["not", "an", "object"], 400, "body must be a JSON object"),
     ]:
         r = await call(hub, "POST", "/api/fleet/redeploy", hub.admin_token, body)

@@ -7,10 +7,17 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
+from traitlets import TraitError
 from traitlets.config import Config
 
 from campfleet.mux import fleet as fleet_mod
-from campfleet.mux.hubconfig import WorkshopAuthenticator, configure, hub_db_wal, landing_url
+from campfleet.mux.hubconfig import (
+    AttemptLimiter,
+    WorkshopAuthenticator,
+    configure,
+    hub_db_wal,
+    landing_url,
+)
 from campfleet.mux.proxy import TOKEN_ENV, main, proxy_command
 from campfleet.mux.settings import SettingsError, load, load_secrets, parse
 
@@ -80,7 +87,7 @@ def test_configure_sets_room_hub_proxy_and_spawner(tmp_path: Path) -> None:
         assert hub.spawner_class == "campfleet.mux.spawner.ShipSpawner"
         assert hub.authenticator_class is WorkshopAuthenticator
         assert hub.services == [{"name": "campfleet-admin", "api_token": "t" * 64}]
-        assert "access:servers" in hub.load_roles[0]["scopes"]
+        assert "access:servers" not in hub.load_roles[0]["scopes"]
         proxy = c.ConfigurableHTTPProxy
         assert proxy.auth_token == "p" * 64
         assert proxy.should_start is False  # its own service: a hub restart leaves it running
@@ -131,6 +138,19 @@ def test_projects_become_named_servers(tmp_path: Path) -> None:
         ({"readyPercent": 120}, "'readyPercent' must be 0..100, got 120"),
         ({"parameters": {"fleetSecret": "x"}}, "'parameters' lacks proxyToken, cookieSecret"),
         ({"projects": {"intro": {"cmd": []}}}, "project 'intro' has no 'image'"),
+        ({"auth": "ldap"}, "'auth' must be one of shared, codes, oauth, got 'ldap'"),
+        ({"auth": "oauth"}, "auth oauth needs 'oauth'"),
+        (
+            {
+                "auth": "oauth",
+                "oauth": {"provider": "generic", "clientId": "c", "callbackUrl": "u"},
+            },
+            "oauth (generic) lacks authorizeUrl, tokenUrl, userdataUrl",
+        ),
+        (
+            {"auth": "oauth", "oauth": {"provider": "github", "clientId": "c", "callbackUrl": "u"}},
+            "auth oauth needs parameters.oauthClientSecret",
+        ),
     ],
 )
 def test_bad_settings_name_the_key(tmp_path: Path, change: dict, message: str) -> None:
@@ -236,3 +256,177 @@ def test_proxy_service_bad_settings_is_one_line(tmp_path: Path, capsys) -> None:
     assert main([str(tmp_path / "missing.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("campfleet-proxy: mux settings:") and err.count("\n") == 1
+
+
+def test_attempt_limiter_slides_and_stays_bounded() -> None:
+    limiter = AttemptLimiter(limit=3, window=60.0, max_keys=2)
+    for t in (0.0, 1.0, 2.0):
+        assert limiter.retry_after("10.0.0.9", now=t) == 0.0
+        limiter.add("10.0.0.9", now=t)
+    assert limiter.retry_after("10.0.0.9", now=30.0) == pytest.approx(30.0)  # oldest + 60 s
+    assert limiter.retry_after("10.0.0.9", now=60.5) == 0.0  # the first attempt slid out
+    assert limiter.retry_after("10.0.0.8", now=30.0) == 0.0  # per address
+    limiter.add("a", now=1.0)
+    limiter.add("b", now=1.0)  # a third address: the stalest one is forgotten
+    assert set(limiter._log) == {"a", "b"}
+
+
+def test_room_gate_settings_are_validated(tmp_path: Path) -> None:
+    c = Config()
+    fleet = configure(c, write_settings(tmp_path))
+    try:
+        assert c.RoomGate.room_size == 40
+        with pytest.raises(TraitError, match="room_size must be >= 0"):
+            WorkshopAuthenticator(room_size=-1)
+    finally:
+        fleet.registry.close()
+
+
+def test_oauth_mode_uses_oauthenticator_behind_the_room_gate(tmp_path: Path) -> None:
+    from oauthenticator.github import GitHubOAuthenticator
+
+    from campfleet.mux.hubconfig import RoomGate
+
+    (tmp_path / "oauth-secret").write_text("gh-client-secret\n")
+    path = write_settings(tmp_path)
+    data = json.loads(path.read_text())
+    data["parameters"]["oauthClientSecret"] = "oauth-secret"
+    data["auth"] = "oauth"
+    data["oauth"] = {
+        "provider": "github",
+        "clientId": "Iv1.abc",
+        "callbackUrl": "https://event.example.org/hub/oauth_callback",
+        "allowedUsers": ["alice"],
+        "allowedOrganizations": ["workshop-org"],
+    }
+    path.write_text(json.dumps(data))
+    c = Config()
+    fleet = configure(c, path)
+    try:
+        cls = c.JupyterHub.authenticator_class
+        assert issubclass(cls, RoomGate) and issubclass(cls, GitHubOAuthenticator)
+        assert c.OAuthenticator.client_id == "Iv1.abc"
+        assert c.OAuthenticator.client_secret == "gh-client-secret"
+        assert c.OAuthenticator.allowed_users == {"alice"}
+        assert c.GitHubOAuthenticator.allowed_organizations == {"workshop-org"}
+        assert c.RoomGate.room_size == 40
+        auth = cls(config=c)  # the real class accepts the whole configuration
+        assert (auth.client_id, auth.room_size, auth.admin_users) == ("Iv1.abc", 40, {"organizer"})
+    finally:
+        fleet.registry.close()
+    (tmp_path / "oauth-secret").write_text("")
+    with pytest.raises(SettingsError, match="OAuth client secret is empty"):
+        load_secrets(load(path))
+
+
+def test_codes_book_rereads_and_refuses_clearly(tmp_path: Path) -> None:
+    from campfleet.mux import codes
+
+    issued = codes.generate(3)
+    assert len(set(issued)) == 3 and all(len(c) == 11 and c[5] == "-" for c in issued)
+    book = codes.file_book(tmp_path / "codes.json")
+    with pytest.raises(codes.CodesError, match=r"no attendee codes in .* yet"):
+        book.hashes()
+    (tmp_path / "codes.json").write_text(codes.document_from_hashes([codes.code_hash(issued[0])]))
+    assert book.knows(" " + issued[0].lower().replace("-", " ")) == codes.code_hash(issued[0])
+    assert book.knows(issued[1]) is None
+    (tmp_path / "codes.json").write_text("{}")
+    book.ttl = 0
+    with pytest.raises(codes.CodesError, match="unreadable"):
+        book.hashes()
+    with pytest.raises(codes.CodesError, match="--count must be from 1 to 5000"):
+        codes.generate(0)
+
+
+def test_an_expired_organizer_token_is_not_loaded(tmp_path: Path) -> None:
+    """Counted from when the token was set (its file here, its SSM parameter on AWS), so a
+    restart or a purge of the hub database cannot revive it."""
+    import os
+    import time
+
+    path = write_settings(tmp_path, adminTokenHours=24)
+    token_file = tmp_path / "secrets" / "token"
+    os.utime(token_file, (time.time() - 25 * 3600,) * 2)
+    c = Config()
+    fleet = configure(c, path)
+    fleet.registry.close()
+    assert "services" not in c.JupyterHub and "load_roles" not in c.JupyterHub
+    os.utime(token_file, (time.time() - 23 * 3600,) * 2)
+    c = Config()
+    fleet = configure(c, path)
+    fleet.registry.close()
+    assert c.JupyterHub.services == [{"name": "campfleet-admin", "api_token": "t" * 64}]
+    (tmp_path / "x").mkdir()
+    with pytest.raises(SettingsError, match="'adminTokenHours' must be a number of hours"):
+        load(write_settings(tmp_path / "x", adminTokenHours=0))
+
+
+def test_aws_secrets_come_from_ssm_with_the_token_issue_time(monkeypatch) -> None:
+    import time
+
+    import boto3
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    names = {
+        "fleetSecret": "f" * 64,
+        "proxyToken": "p" * 64,
+        "cookieSecret": "ab" * 32,
+        "sharedPassword": "room-password",
+        "apiToken": "t" * 64,
+        "oauthClientSecret": "gh-secret",
+    }
+    with mock_aws():
+        ssm = boto3.client("ssm", region_name="eu-west-1")
+        for key, value in names.items():
+            ssm.put_parameter(Name=f"/campfleet/s/{key}", Value=value, Type="SecureString")
+        settings = parse(
+            {
+                "stack": "s",
+                "event": "s",
+                "region": "eu-west-1",
+                "ships": 3,
+                "readyPercent": 90,
+                "adminUsers": [],
+                "controlPort": 8700,
+                "shipImage": "x/ship@sha256:" + "a" * 64,
+                "parameters": {key: f"/campfleet/s/{key}" for key in names},
+                "auth": "oauth",
+                "oauth": {"provider": "google", "clientId": "c", "callbackUrl": "https://x/cb"},
+            },
+            private_ip="10.0.0.10",
+        )
+        secrets = load_secrets(settings)
+    assert (secrets.api_token, secrets.oauth_client_secret) == ("t" * 64, "gh-secret")
+    assert abs(secrets.api_token_issued - time.time()) < 120
+
+
+def test_two_logins_racing_for_the_last_place_do_not_both_get_it() -> None:
+    """JupyterHub creates the user after authentication returns: a name admitted but not yet
+    created still holds its place, so a second new name is refused meanwhile."""
+    from types import SimpleNamespace
+
+    from tornado import web
+
+    class Db:
+        def __init__(self, names: list[str]) -> None:
+            self.names = names
+
+        def query(self, _column: object) -> list[tuple[str]]:
+            return [(n,) for n in self.names]
+
+    created = ["organizer", "alice"]
+    handler = SimpleNamespace(
+        db=Db(created), find_user=lambda name: object() if name in created else None
+    )
+    gate = WorkshopAuthenticator(room_size=2, admin_users={"organizer"})
+    gate.admit(handler, "bob")  # admitted; JupyterHub has not created bob yet
+    with pytest.raises(web.HTTPError) as refused:
+        gate.admit(handler, "carol")
+    assert refused.value.status_code == 403 and "The room is full" in refused.value.log_message
+    gate.admit(handler, "bob")  # the same name again (a retry) keeps its place
+    gate.admit(handler, "organizer")  # organizers never count
+    created.append("bob")
+    created.remove("alice")  # an organizer deleted alice: her place is free again
+    gate.admit(handler, "carol")

@@ -349,7 +349,9 @@ async def test_status_names_the_refusal(tmp_path: Path) -> None:
 
     async with running_hub(tmp_path) as hub:
         hub.fleet.refusal = "the mux state volume is not mounted at /var/lib/campfleet"
-        code, out, err = await campfleet("status", "--url", hub.url, "--token", hub.admin_token)
+        code, out, err = await campfleet(
+            "status", "--url", hub.url, CAMPFLEET_TOKEN=hub.admin_token
+        )
     assert code == 0, err
     assert out.splitlines()[2] == (
         "HOME VOLUMES REFUSED: the mux state volume is not mounted at /var/lib/campfleet"

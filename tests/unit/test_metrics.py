@@ -150,10 +150,20 @@ async def test_volumes_by_state_and_zone(fleet: Fleet) -> None:
         (("state", "free"), ("zone", "local-a")): 1,
         (("state", "assigned"), ("zone", "local-a")): 0,
         (("state", "mounted"), ("zone", "local-a")): 1,
+        (("state", "kept"), ("zone", "local-a")): 0,
         (("state", "free"), ("zone", "local-b")): 1,
         (("state", "assigned"), ("zone", "local-b")): 1,
         (("state", "mounted"), ("zone", "local-b")): 0,
+        (("state", "kept"), ("zone", "local-b")): 0,
     }
+    # Users deleted: bob's volume was never mounted (back to free), alice's is kept.
+    fleet.registry.release_owner("bob")
+    fleet.registry.release_owner("alice")
+    values = scrape(fleet)
+    volumes = {k[1:]: v for k, v in values.items() if k[0] == "campfleet_volumes"}
+    assert volumes[(("state", "kept"), ("zone", "local-a"))] == 1
+    assert volumes[(("state", "mounted"), ("zone", "local-a"))] == 0
+    assert volumes[(("state", "free"), ("zone", "local-b"))] == 2
 
 
 async def test_report_ages_max_and_p95_over_live_ships(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pulumi_aws as aws
 import pulumi_docker as docker
 import pulumi_random as random
 import pytest
+import yaml
 
 from campfleet.evaluate import Evaluation, Resource, evaluate
 from components.config import read_stack_config
@@ -377,6 +378,22 @@ def test_interface_endpoints_when_no_nat(edge: Evaluation) -> None:
         assert len(endpoint["subnetIds"]) == 3
 
 
+def test_s3_endpoint_reads_only_the_buckets_ships_need_without_nat(
+    dev: Evaluation, edge: Evaluation
+) -> None:
+    """shipEgress endpoints means no internet: S3 must not be a way out (PutObject to any
+    bucket) or in (GetObject from any bucket); with a NAT there is nothing to close."""
+    s3 = "aws:ec2/vpcEndpoint:VpcEndpoint"
+    gateway = next(r for r in edge.of_type(s3) if r.inputs["serviceName"].endswith(".s3"))
+    statements = json.loads(gateway.inputs["policy"])["Statement"]
+    assert {(s["Effect"], s["Action"], s["Resource"]) for s in statements} == {
+        ("Allow", "s3:GetObject", "arn:aws:s3:::prod-us-west-2-starport-layer-bucket/*"),
+        ("Allow", "s3:GetObject", "arn:aws:s3:::al2023-repos-us-west-2-de612dc2/*"),
+    }
+    nat = next(r for r in dev.of_type(s3) if r.inputs["serviceName"].endswith(".s3"))
+    assert "policy" not in nat.inputs
+
+
 def test_auto_scaling_group(prod: Evaluation) -> None:
     group = prod.one(GROUP).inputs
     template = prod.one(LAUNCH_TEMPLATE)
@@ -597,3 +614,55 @@ def test_domain_without_a_zone_says_which_record_to_create(dev: Evaluation) -> N
     )
     ip = ev.outputs["muxPublicIp"]
     assert ev.outputs["muxDnsRecord"] == f"create: jupyter.example.org A {ip} (TTL 300)"
+
+
+def _mux_settings(evaluation: Evaluation) -> tuple[str, dict]:
+    """The mux's user data and the mux.json it writes."""
+    text = gzip.decompress(
+        base64.b64decode(evaluation.one(INSTANCE).inputs["userDataBase64"])
+    ).decode()
+    files = yaml.safe_load(text)["write_files"]
+    content = next(f["content"] for f in files if f["path"] == "/etc/campfleet/mux.json")
+    return text, json.loads(content)
+
+
+def test_auth_modes_reach_the_mux_with_secrets_in_ssm_only() -> None:
+    oauth = evaluate(
+        ROOT,
+        "oauth",
+        {
+            "aws:region": "eu-west-1",
+            "campfleet:ships": 2,
+            "campfleet:auth": "oauth",
+            "campfleet:oauthClientId": "Iv1.abc",
+            "campfleet:oauthCallbackUrl": "https://ws.example.org/hub/oauth_callback",
+            "campfleet:oauthAllowedOrganizations": ["ws-org"],
+            "campfleet:oauthClientSecret": {"secure": "gh-secret-value"},
+        },
+    )
+    secret = by_name(oauth)["secrets-oauth-client-secret-parameter"]
+    assert secret.inputs["type"] == "SecureString"
+    text, settings = _mux_settings(oauth)
+    assert "gh-secret-value" not in text
+    assert settings["parameters"]["oauthClientSecret"] == "/campfleet/oauth/oauth-client-secret"
+    assert settings["auth"] == "oauth"
+    assert settings["oauth"] == {
+        "provider": "github",
+        "clientId": "Iv1.abc",
+        "callbackUrl": "https://ws.example.org/hub/oauth_callback",
+        "allowedUsers": [],
+        "allowedOrganizations": ["ws-org"],
+    }
+    parameters = {s["Sid"]: s for s in policy(oauth, "mux-policy")}["Parameters"]["Resource"]
+    assert secret.outputs["arn"] in parameters
+
+    codes = evaluate(
+        ROOT, "codes", {"aws:region": "eu-west-1", "campfleet:ships": 2, "campfleet:auth": "codes"}
+    )
+    _, settings = _mux_settings(codes)
+    assert settings["auth"] == "codes" and settings["adminTokenHours"] == 168
+    assert settings["parameters"]["attendeeCodes"] == "/campfleet/codes/attendee-codes"
+    parameters = {s["Sid"]: s for s in policy(codes, "mux-policy")}["Parameters"]["Resource"]
+    assert "arn:aws:ssm:eu-west-1:123456789012:parameter/campfleet/codes/attendee-codes" in (
+        parameters
+    )

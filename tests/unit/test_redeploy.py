@@ -12,7 +12,7 @@ import pytest
 from campfleet.mux.cloud import LocalCloud
 from campfleet.mux.control import ControlServer
 from campfleet.mux.fleet import Fleet
-from campfleet.mux.redeploy import Redeployer, RedeployError, check_image_ref
+from campfleet.mux.redeploy import Redeployer, RedeployError, check_image_ref, image_repository
 from campfleet.mux.registry import Registry
 from campfleet.protocol import ContainerSpec, ContainerStatus, Desired, Report, ShipState
 
@@ -247,3 +247,21 @@ def test_valid_image_refs(ref: str) -> None:
 def test_invalid_image_refs(ref: str) -> None:
     with pytest.raises(RedeployError):
         check_image_ref(ref)
+
+
+async def test_only_the_stacks_repository_unless_allowed(event) -> None:
+    """A leaked organizer token must not roll an image of the attacker's choosing out to
+    every attendee's ship."""
+    fleet, _agents, _ = event
+    redeployer = Redeployer(fleet, timeout=2.0, repository=image_repository(OLD))
+    evil = "attacker.example.org/campfleet/ship:v2"
+    with pytest.raises(RedeployError, match="not from this stack's repository campfleet/ship"):
+        redeployer.start(evil, 1)
+    assert redeployer.current is None and fleet.ship_image == OLD  # nothing started
+    assert redeployer.start(NEW + "@sha256:" + "a" * 64, 1).image.startswith(NEW)
+    await redeployer.wait()
+    assert redeployer.start(evil, 1, allow_external=True).image == evil
+    await redeployer.wait()
+    ecr = "123.dkr.ecr.eu-west-1.amazonaws.com/campfleet-dev-ship"
+    assert image_repository(f"{ecr}@sha256:ab") == image_repository(f"{ecr}:v1") == ecr
+    assert image_repository("localhost:5000/ship:v1") == "localhost:5000/ship"

@@ -279,6 +279,61 @@ def test_volume_from_the_roomiest_zone_then_the_lowest_id(tmp_path: Path) -> Non
     assert reg.volume_for("dan", prefer_zone="z3").volume_id == "vol-b2"  # z3 exhausted
 
 
+def test_a_deleted_users_used_volume_is_kept_never_pooled(tmp_path: Path) -> None:
+    """The attack: delete alice, type "alice" again, get her files. A volume a ship mounted
+    is kept for the deleted user; the name gets a fresh one; only an organizer's explicit
+    assign or free moves the kept volume."""
+    reg = Registry(tmp_path / "f.sqlite")
+    reg.add_volumes([("vol-1", "z1"), ("vol-2", "z1"), ("vol-3", "z1")])
+    ship = Ship(reg, "i-1").to(S.AVAILABLE)
+    used = reg.volume_for("alice").volume_id
+    ship.report(S.RUNNING, volume=used)  # mounted: it may hold her files now
+    unused = reg.volume_for("junk").volume_id  # never mounted
+    assert reg.release_owner("junk").retained_for is None  # nothing of theirs: back in the pool
+    kept = reg.release_owner("alice")
+    assert (kept.volume_id, kept.owner, kept.retained_for, kept.used) == (used, None, "alice", True)
+    assert reg.release_owner("nobody") is None
+    fresh = reg.volume_for("alice")
+    assert fresh.volume_id != used and reg.volume_for("eve").volume_id != used
+    assert unused in {fresh.volume_id, reg.volume_for("eve").volume_id}
+    with pytest.raises(RegistryError, match=r"no free home volume.*kept for deleted users"):
+        reg.volume_for("mallory")
+    with pytest.raises(RegistryError, match="'alice' already has volume"):
+        reg.assign_volume(used, "alice")
+    with pytest.raises(RegistryError, match=f"volume {fresh.volume_id} is the home of 'alice'"):
+        reg.free_volume(fresh.volume_id)
+    with pytest.raises(RegistryError, match="unknown volume 'vol-9'"):
+        reg.assign_volume("vol-9", "bob")
+    with pytest.raises(RegistryError, match="still on ship i-1"):
+        reg.free_volume(used)  # the desired state of i-1 has no volume, but it is mounted
+    ship.report(S.AVAILABLE, volume=None)
+    reg.release_owner("alice")  # delete the new alice too (her fresh volume was never used)
+    assert reg.assign_volume(used, "alice").owner == "alice"  # the organizer gives it back
+    assert reg.volume_for("alice").volume_id == used
+    reg.release_owner("alice")
+    assert reg.free_volume(used).retained_for is None  # explicit: back to the pool
+    reg.close()
+    reg = Registry(tmp_path / "f.sqlite")  # all of it survives a restart
+    assert reg.volume(used) == reg.volumes()[[v.volume_id for v in reg.volumes()].index(used)]
+    assert reg.volume(used).used is True
+
+
+def test_old_registry_file_gains_the_volume_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "old.sqlite")
+    db.execute(
+        "CREATE TABLE volumes (volume_id TEXT PRIMARY KEY, zone TEXT NOT NULL, "
+        "owner TEXT UNIQUE, assigned_at REAL)"
+    )
+    db.execute("INSERT INTO volumes VALUES ('vol-1', 'z1', 'alice', 1.0)")
+    db.commit()
+    db.close()
+    reg = Registry(tmp_path / "old.sqlite")
+    assert reg.volume_for("alice").volume_id == "vol-1"
+    assert reg.volume("vol-1").retained_for is None
+
+
 def test_everything_survives_restart(tmp_path: Path) -> None:
     reg = Registry(tmp_path / "f.sqlite")
     Ship(reg, "i-1").to(S.RUNNING)
@@ -322,3 +377,14 @@ def test_registry_follows_the_transition_model(tmp_path_factory, steps) -> None:
             assert (rec.state if rec else S.PENDING) is state
     finally:
         reg.close()
+
+
+def test_a_code_binds_to_its_first_name_for_good(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "f.sqlite")
+    assert reg.bind_code("h-a", "alice") is None
+    assert reg.bind_code("h-a", "alice") is None  # again, any browser
+    assert reg.bind_code("h-a", "mallory") == "this code already belongs to another name"
+    assert "'alice' is taken" in reg.bind_code("h-b", "alice")
+    assert reg.bind_code("h-b", "bob") is None
+    reg.close()
+    assert Registry(tmp_path / "f.sqlite").bind_code("h-a", "mallory") is not None  # kept

@@ -403,3 +403,20 @@ async def test_attendees_waiting_for_a_ship_wake_only_when_one_is_freed(
     agents.report("i-local-5", ShipState.AVAILABLE)
     urls = await asyncio.wait_for(asyncio.gather(*starts), 5)
     assert len(set(urls)) == 2
+
+
+async def test_deleting_the_user_frees_the_ship_and_keeps_a_used_volume(fleet: Fleet) -> None:
+    agents = FakeAgents(fleet.registry)
+    ships(agents, 4)
+    spawner = make_spawner("hana")
+    await asyncio.wait_for(spawner.start(), 5)
+    ship_id, volume_id = spawner.ship_id, spawner.volume_id
+    await asyncio.wait_for(spawner.stop(), 5)
+    await spawner.delete_forever()
+    assert fleet.registry.get(ship_id).owner is None
+    assert ship_id not in fleet.cloud.protected and volume_id not in fleet.cloud.attachments
+    kept = fleet.registry.volume(volume_id)
+    assert (kept.owner, kept.retained_for) == (None, "hana")  # mounted once: kept for her
+    again = make_spawner("hana")  # someone types the freed name
+    await asyncio.wait_for(again.start(), 5)
+    assert again.volume_id != volume_id

@@ -872,10 +872,11 @@ class LocalEvent:
             index = next((i for i in range(self.ships) if i not in used), None)
             if index is None:
                 raise LocalEventError(f"all {self.ships} ship port blocks are in use")
+            # EC2's id form (the control API accepts no other), apart from ship_ids' i-10ca1...
             number = len(self._slots) + 1
-            while f"i-local{number:04d}" in self._slots:
+            while f"i-1a0c4{number:012x}" in self._slots:
                 number += 1
-            ship_id = f"i-local{number:04d}"
+            ship_id = f"i-1a0c4{number:012x}"
             self.start_ship(ship_id, index)
         return ship_id
 

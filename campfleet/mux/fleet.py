@@ -59,6 +59,11 @@ def current() -> Fleet:
     return _current
 
 
+def installed() -> Optional[Fleet]:
+    """The hub's Fleet, or None where none is configured (an authenticator tested alone)."""
+    return _current
+
+
 def _claimable(record: ShipRecord) -> bool:
     """What Registry.claim may hand out (its query's conditions, any zone)."""
     desired = record.desired

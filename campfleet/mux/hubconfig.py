@@ -165,12 +165,15 @@ class RoomGate(LoggingConfigurable):
         names = users | set(self._admitted)
         taken = len(names - admins)
         if name not in names and taken >= self.room_size:
-            self.log.warning("refused new name %r: the room is full (%d names)", name, taken)
-            raise web.HTTPError(
-                403,
+            message = (
                 f"The room is full: all {self.room_size} places have a name. If you already "
-                "have one, log in with it; otherwise ask an organizer.",
+                "have one, log in with it; otherwise ask an organizer."
             )
+            self.log.warning("refused new name %r: the room is full (%d names)", name, taken)
+            fleet = fleet_mod.installed()
+            if fleet is not None:  # organizers read it on the fleet page
+                fleet.refuse(name, "capacity", message)
+            raise web.HTTPError(403, "%s", message)
         self._admitted[name] = now
 
     async def get_authenticated_user(

@@ -173,7 +173,7 @@ class RoomGate(LoggingConfigurable):
             fleet = fleet_mod.installed()
             if fleet is not None:  # organizers read it on the fleet page
                 fleet.refuse(name, "capacity", message)
-            raise web.HTTPError(403, "%s", message)
+            raise web.HTTPError(403, message)
         self._admitted[name] = now
 
     async def get_authenticated_user(

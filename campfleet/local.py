@@ -686,6 +686,14 @@ class LocalEvent:
         os.kill(process.pid, signal.SIGKILL)
         return process.pid
 
+    def stop_supervising(self) -> None:
+        """Stop restarting services, as when `campfleet local` itself dies; they keep running
+        (the next start in this state directory sweeps them)."""
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=5)
+            self._supervisor = None
+
     def _supervise(self) -> None:
         """Restart every wanted service that exited, like systemd's Restart=always."""
         while not self._stopping.wait(SUPERVISE_INTERVAL):
@@ -1007,10 +1015,7 @@ class LocalEvent:
             self._follow_stop.set()
             self._follower.join(timeout=30)
             self._follower = None
-        self._stopping.set()
-        if self._supervisor is not None:
-            self._supervisor.join(timeout=5)
-            self._supervisor = None
+        self.stop_supervising()
         if self._renewer is not None:
             self._renewer.join(timeout=200)
             self._renewer = None

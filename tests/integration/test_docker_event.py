@@ -87,7 +87,9 @@ def test_attendees_get_real_containers_and_nothing_is_left_behind(
         reasons = [f["reason"] for f in fleet["failures"] if f["attendee"] == "bob"]
         assert any("init: tutorial data missing" in r for r in reasons), fleet["failures"]
 
-        # The event crashes (agents kill -9, hub gone): alice's container outlives it ...
+        # The event crashes (its supervisor, agents kill -9, hub gone): alice's container
+        # outlives it ...
+        event.stop_supervising()
         for ship_id in list(event.agents):
             event.kill_ship(ship_id)
         event.stop_hub()

@@ -249,7 +249,7 @@ def measure_boot(samples: int = 3) -> float:
         (Path(tmp) / "secret").write_bytes(secret)
         try:
             for i in range(samples):
-                ship = f"i-boot{i}"
+                ship = f"i-b007{i:013x}"  # EC2's id form, as the control API requires
                 started = time.perf_counter()
                 agent = subprocess.Popen(
                     [

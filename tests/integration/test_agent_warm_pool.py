@@ -36,7 +36,7 @@ class Ship:
     def __init__(self, tmp: Path, mux: Mux) -> None:
         FakeImds.tokens = []
         FakeImds.data = {
-            "instance-id": "i-0warm",
+            "instance-id": "i-0a7e5001",
             "placement/availability-zone": "eu-west-1a",
             "local-ipv4": "127.0.0.1",
         }
@@ -121,26 +121,26 @@ def test_warm_up_stop_start_then_serve_and_report(world) -> None:
     ship.boot()
     wait_for(lambda: ship.hooks_completed() == [LAUNCH_HOOK], 15, "the launch hook")
     time.sleep(3 * HEARTBEAT)
-    assert mux.ship("i-0warm") is None  # the mux never hears of a ship in the pool
+    assert mux.ship("i-0a7e5001") is None  # the mux never hears of a ship in the pool
     assert ship.proc.poll() is None  # waits to be stopped (systemd would restart an exit)
 
     # AWS stops it: the agent ends cleanly, without a report and without the terminated
     # marker that would keep it from ever serving.
     assert ship.stop_instance() == 0
     assert not (ship.state_dir / TERMINATED_MARKER).exists()
-    assert mux.ship("i-0warm") is None
+    assert mux.ship("i-0a7e5001") is None
 
     # Out of the pool: the instance starts again from its warm disk and the agent serves.
     ship.set_state("InService")
     ship.boot()
-    record = mux.wait_state("i-0warm", ShipState.AVAILABLE)
+    record = mux.wait_state("i-0a7e5001", ShipState.AVAILABLE)
     assert (record.zone, record.address) == ("eu-west-1a", "127.0.0.1")
     wait_for(lambda: ship.hooks_completed() == [LAUNCH_HOOK] * 2, 15, "the second hook")
 
     # And it ends like any ship: scale-in terminates it with a report.
     ship.set_state("Terminated")
     assert ship.proc.wait(15) == 0
-    assert mux.ship("i-0warm").state is ShipState.TERMINATED
+    assert mux.ship("i-0a7e5001").state is ShipState.TERMINATED
     assert ship.hooks_completed()[-1] == "campfleet-dev-ships-terminating"
 
 
@@ -149,7 +149,7 @@ def test_warm_running_pool_moves_in_service_without_a_reboot(world) -> None:
     ship.set_state("Warmed:Running")
     ship.boot()
     wait_for(lambda: ship.hooks_completed() == [LAUNCH_HOOK], 15, "the launch hook")
-    assert mux.ship("i-0warm") is None
+    assert mux.ship("i-0a7e5001") is None
     ship.set_state("InService")
-    mux.wait_state("i-0warm", ShipState.AVAILABLE)
+    mux.wait_state("i-0a7e5001", ShipState.AVAILABLE)
     assert ship.proc.poll() is None

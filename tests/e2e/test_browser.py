@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+from tests.e2e.jupyterlab import log_in, run_in_new_notebook
 
 pytestmark = pytest.mark.slow
 
@@ -14,31 +15,10 @@ def test_login_land_in_jupyterlab_and_run_a_cell(browser, event, tmp_path: Path)
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.set_default_timeout(60_000)
     page.goto(event.url)
-    page.fill("#username_input", "alice")
-    page.fill("#password_input", event.password)
-    page.click("#login_submit")
-
-    page.wait_for_url("**/user/alice/lab**")
-    page.locator(".jp-LauncherCard[data-category='Notebook']").first.click()
-    cell = page.locator(".jp-Notebook .jp-Cell .cm-content").first
-    cell.wait_for()
-    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for()
-    cell.click()
-    page.keyboard.type("print('campfleet', 6 * 7)")
-    output = page.locator(".jp-OutputArea-output").filter(has_text="campfleet 42")
+    log_in(page, "alice", event.password)
     shot = tmp_path / "jupyterlab.png"
     try:
-        # JupyterLab may drop a run requested while its fresh kernel connection settles (the
-        # cell stays "[ ]"); an attendee presses run again, and so does this test.
-        for attempt in range(3):
-            page.locator(".jp-Notebook .jp-Cell").first.click()
-            page.keyboard.press("Shift+Enter")
-            try:
-                output.wait_for(timeout=20_000)
-                break
-            except PlaywrightTimeout:
-                if attempt == 2:
-                    raise
+        run_in_new_notebook(page, "print('campfleet', 6 * 7)", "campfleet 42")
     finally:
         page.screenshot(path=str(shot))  # also when it fails: what the attendee saw
     assert shot.stat().st_size > 10_000

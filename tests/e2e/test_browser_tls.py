@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from campfleet.local import LocalEvent
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.jupyterlab import log_in, run_in_new_notebook
 from tests.integration.conftest import make_event, stop_and_check
 
 pytestmark = pytest.mark.slow
@@ -65,26 +65,8 @@ def test_login_over_https_and_run_a_cell_over_wss(tls_event: LocalEvent, tmp_pat
             page.on("websocket", lambda ws: sockets.append(ws.url))
             page.goto(tls_event.url)  # a certificate error would raise here
             assert page.url.startswith(f"https://localhost:{tls_event.port}/hub/login")
-            page.fill("#username_input", "alice")
-            page.fill("#password_input", tls_event.password)
-            page.click("#login_submit")
-            page.wait_for_url("**/user/alice/lab**")
-            page.locator(".jp-LauncherCard[data-category='Notebook']").first.click()
-            cell = page.locator(".jp-Notebook .jp-Cell .cm-content").first
-            cell.wait_for()
-            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for()
-            cell.click()
-            page.keyboard.type("print('over', 'wss', 6 * 7)")
-            output = page.locator(".jp-OutputArea-output").filter(has_text="over wss 42")
-            for attempt in range(3):  # see test_browser.py: a fresh kernel may drop a first run
-                page.locator(".jp-Notebook .jp-Cell").first.click()
-                page.keyboard.press("Shift+Enter")
-                try:
-                    output.wait_for(timeout=20_000)
-                    break
-                except PlaywrightTimeout:
-                    if attempt == 2:
-                        raise
+            log_in(page, "alice", tls_event.password)
+            run_in_new_notebook(page, "print('over', 'wss', 6 * 7)", "over wss 42")
             kernel_sockets = [u for u in sockets if "/api/kernels/" in u]
             wss = f"wss://localhost:{tls_event.port}/user/alice/"
             assert kernel_sockets and all(u.startswith(wss) for u in kernel_sockets), sockets

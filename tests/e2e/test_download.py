@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.jupyterlab import log_in
+
 pytestmark = pytest.mark.slow
 
 WORK = "print('my homework')\n"
@@ -19,10 +21,7 @@ def test_download_my_files_returns_a_zip_with_what_the_attendee_wrote(
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.set_default_timeout(60_000)
     page.goto(event.url)
-    page.fill("#username_input", "alice")
-    page.fill("#password_input", event.password)
-    page.click("#login_submit")
-    page.wait_for_url("**/user/alice/lab**")
+    log_in(page, "alice", event.password)
 
     # The attendee saves a file through the contents API Lab's editor uses, with the browser's
     # own cookies; from the test's side, so a Lab navigation cannot abort it mid-flight.

@@ -433,6 +433,15 @@ class TestIdentityAuthority:
             RSA2048_PATH: _lines(base64.b64encode(signed)),
         }
 
+    def write(self, directory: Union[str, Path], document: Mapping[str, object]) -> None:
+        """Sign `document` into `directory` as the files `document` and `rsa2048` (what a
+        local agent's --identity-dir holds)."""
+        items = self.sign(document)
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "document").write_bytes(items[DOCUMENT_PATH])
+        (directory / "rsa2048").write_bytes(items[RSA2048_PATH])
+
 
 def _lines(b64: bytes, width: int = 64) -> bytes:
     return b"\n".join(b64[i : i + width] for i in range(0, len(b64), width))

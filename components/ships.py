@@ -72,8 +72,6 @@ class ShipFleetArgs:
     security_group_id: pulumi.Input[str]
     image: pulumi.Input[str]  # repo digest
     image_repository_arn: pulumi.Input[str]
-    fleet_secret_parameter: str
-    fleet_secret_arn: pulumi.Input[str]
     mux_private_ip: str
     region: pulumi.Input[str]
     account_id: pulumi.Input[str]
@@ -126,13 +124,6 @@ class ShipFleet(pulumi.ComponentResource):
         statements = [
             *ecr_statements(args.image_repository_arn),
             {
-                # A SecureString under aws/ssm: no kms:Decrypt needed (see components/mux.py).
-                "Sid": "FleetSecret",
-                "Effect": "Allow",
-                "Action": "ssm:GetParameter",
-                "Resource": args.fleet_secret_arn,
-            },
-            {
                 "Sid": "TerminationHook",
                 "Effect": "Allow",
                 "Action": "autoscaling:CompleteLifecycleAction",
@@ -153,9 +144,7 @@ class ShipFleet(pulumi.ComponentResource):
             }
             if warm_pool is not None:
                 agent["launchHookName"] = launch_hook_name
-            return userdata.pack(
-                userdata.ship_user_data(agent, image, region, args.fleet_secret_parameter)
-            )
+            return userdata.pack(userdata.ship_user_data(agent, image))
 
         template = aws.ec2.LaunchTemplate(
             f"{name}-launch-template",

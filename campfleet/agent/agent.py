@@ -286,7 +286,7 @@ class Agent:
                 self._stop.wait(backoff.next())
             except MuxRejected as exc:
                 if exc.kind == UNATTESTED:  # the main thread attests; poll once it has a key
-                    self._stop.wait(min(1.0, self.cfg.heartbeat))
+                    self._stop.wait(min(0.1, self.cfg.heartbeat))
                     continue
                 log.error("long-poll refused: %s", exc)
                 self._stop.wait(self.cfg.heartbeat)

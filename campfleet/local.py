@@ -40,6 +40,7 @@ from campfleet.contracts.muxjson import local_block, mux_json
 from campfleet.mux import tls
 from campfleet.mux.registry import Registry
 from campfleet.mux.settings import load as load_settings
+from campfleet.protocol import READY
 
 DEFAULT_STATE_DIR = Path(".campfleet/local")
 SHIP_PORT_OFFSET = 100  # ship i's ports start at port + 100 + 10 * i
@@ -971,7 +972,7 @@ class LocalEvent:
         while True:
             self._check_alive()
             counts = self.counts()
-            ready = counts.get("available", 0) + counts.get("running", 0)
+            ready = sum(counts.get(state.value, 0) for state in READY)
             if counts != last and progress is not None:
                 progress(counts, ready, needed)
             last = counts

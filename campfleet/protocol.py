@@ -1,8 +1,8 @@
 """Ship states, control-channel messages and their signing.
 
-Shared by the ship agent (Python 3.9, stdlib only) and the mux, so both sides accept and refuse
-exactly the same messages: every message goes through `validate`, which returns a `Verdict`
-with the rejection kind and a one-line reason instead of raising.
+Shared by the ship agent (the AMI's Python 3.11, stdlib only) and the mux, so both sides
+accept and refuse exactly the same messages: every message goes through `validate`, which
+returns a `Verdict` with the rejection kind and a one-line reason instead of raising.
 
 Wire format: the HTTP body is a JSON object (at most MAX_BODY bytes) with a "type" ("report",
 "poll" or "desired"), "ship_id", "seq" and "ts"; the signature is HMAC-SHA256 over the exact

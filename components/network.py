@@ -41,8 +41,8 @@ def s3_endpoint_policy(region: str) -> dict:
     """The S3 gateway endpoint's policy with `shipEgress: endpoints` ("no internet"): read the
     objects ships need and nothing else, so S3 cannot carry data out (no PutObject to a bucket
     of the attendee's choosing) nor in (no GetObject from one). Amazon ECR keeps image layers in
-    an AWS-owned bucket per region; Amazon Linux 2023's package repositories (dnf at boot:
-    docker, the ECR credential helper) live in another (its name per AWS's documentation)."""
+    an AWS-owned bucket per region. Debian's package mirrors are not in S3 (CloudFront), so in
+    this mode ships boot an AMI with their packages baked in (campfleet:shipAmi)."""
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -52,13 +52,6 @@ def s3_endpoint_policy(region: str) -> dict:
                 "Principal": "*",
                 "Action": "s3:GetObject",
                 "Resource": f"arn:aws:s3:::prod-{region}-starport-layer-bucket/*",
-            },
-            {
-                "Sid": "AmazonLinuxRepositories",
-                "Effect": "Allow",
-                "Principal": "*",
-                "Action": "s3:GetObject",
-                "Resource": f"arn:aws:s3:::al2023-repos-{region}-de612dc2/*",
             },
         ],
     }

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple, Union
 
+from campfleet.contracts.ports import SHIP_PORT_BASE
+
 PROTOCOL_VERSION = 1
 MAX_BODY = 64 * 1024  # bytes; a report with a dozen containers is ~2 KiB
 TIME_WINDOW = 60.0  # seconds either side of the receiver's clock (ships run chrony)
@@ -115,7 +117,7 @@ class ContainerSpec:
     image: str
     cmd: List[str] = field(default_factory=list)
     env: Dict[str, str] = field(default_factory=dict)
-    port: int = 8888
+    port: int = SHIP_PORT_BASE
     health_path: str = "/"
 
 

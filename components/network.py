@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from campfleet.contracts.ports import CONTROL_PORT, HUB_API_PORT, SHIP_PORTS
 from campfleet.tags import MUX_ROLE, ROLE_TAG, SHIP_ROLE, STACK_TAG, tagged
 
 VPC_CIDR = "10.0.0.0/16"
@@ -27,9 +28,6 @@ MUX_PRIVATE_IP = "10.0.0.10"
 # unannounced addresses (docs/tls.md).
 WEB_PORTS = (443,)
 ACME_PORT = 80
-CONTROL_PORT = 8700
-HUB_API_PORT = 8081  # single-user servers on ships call the hub API / OAuth here
-JUPYTER_PORTS = (8888, 8899)  # one port per project container, from 8888 up
 HTTPS = 443
 # Interface endpoints ships need when there is no NAT: image pulls (ECR API + registry),
 # the fleet secret (SSM) and the termination hook (Auto Scaling). Layers come from S3,
@@ -235,12 +233,12 @@ class Network(pulumi.ComponentResource):
                 referenced_security_group_id=ship_sg.id,
             )
         ingress(
-            "ship-jupyter-from-mux", ship_sg, JUPYTER_PORTS, referenced_security_group_id=mux_sg.id
+            "ship-jupyter-from-mux", ship_sg, SHIP_PORTS, referenced_security_group_id=mux_sg.id
         )
         # Egress: HTTPS for AWS APIs, ECR, packages and attendees' pip/git; the mux also
         # reaches Jupyter on ships, ships reach the control and hub API ports on the mux.
         egress("mux-https", mux_sg, (HTTPS, HTTPS), cidr_ipv4="0.0.0.0/0")
-        egress("mux-to-ships", mux_sg, JUPYTER_PORTS, referenced_security_group_id=ship_sg.id)
+        egress("mux-to-ships", mux_sg, SHIP_PORTS, referenced_security_group_id=ship_sg.id)
         egress("ship-https", ship_sg, (HTTPS, HTTPS), cidr_ipv4="0.0.0.0/0")
         for port in (CONTROL_PORT, HUB_API_PORT):
             egress(

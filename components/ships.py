@@ -15,6 +15,7 @@ import pulumi
 import pulumi_aws as aws
 
 from campfleet.contracts.agentjson import agent_json
+from campfleet.contracts.ports import CONTROL_PORT
 from campfleet.tags import (
     HOME_OF_TAG,
     HOME_ROLE,
@@ -27,7 +28,6 @@ from campfleet.tags import (
 )
 from components import scaling, userdata
 from components.iam import ecr_statements, instance_role
-from components.network import CONTROL_PORT
 from components.restore import Restored
 
 HEARTBEAT_SECONDS = 5

@@ -81,6 +81,9 @@ class ShipFleetArgs:
     scaling: scaling.ScalingArgs = field(default_factory=scaling.ScalingArgs)
     # campfleet:restoreFrom: what each slot's volume is created from (components/restore.py).
     restore: Mapping[int, Restored] = field(default_factory=dict)
+    # Each attendee container's limits (campfleet.limits); 0 = no limit.
+    container_memory_mib: int = 0
+    container_pids_limit: int = 0
 
 
 def home_volume_tags(
@@ -150,6 +153,8 @@ class ShipFleet(pulumi.ComponentResource):
                 "runtime": "docker",
                 "shipGroupName": self.group_name,
                 "lifecycleHookName": hook_name,
+                "containerMemoryMiB": args.container_memory_mib,
+                "containerPidsLimit": args.container_pids_limit,
             }
             if warm_pool is not None:
                 agent["launchHookName"] = launch_hook_name

@@ -22,8 +22,8 @@ from typing import Any, Optional
 import yaml
 
 from campfleet import fleetpolicy, limits
-from campfleet.needs import DataError
 from campfleet.mux.settings import AUTH_MODES, OAUTH_PROVIDERS, OAUTH_REQUIRED
+from campfleet.needs import DataError
 
 PROJECT = "campfleet"
 PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"

@@ -13,7 +13,6 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from campfleet.protocol import ContainerSpec, valid_ship_id
 
-
 MIN_MEMORY_MIB = 64  # less and not even the container's own init fits
 MIN_PIDS = 16
 

@@ -47,6 +47,7 @@ from campfleet.mux.proxywatch import ProxyWatch
 from campfleet.mux.redeploy import Redeployer, image_repository
 from campfleet.mux.registry import Registry
 from campfleet.mux.settings import Secrets, Settings, load, load_secrets
+from campfleet.mux.tls import public_origin, user_subdomains
 
 log = logging.getLogger("campfleet.hubconfig")
 
@@ -607,6 +608,14 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
     if settings.behind_tls:
         # Cookies only over HTTPS (the hub's, and every notebook server's via the spawner).
         hub.tornado_settings = {"cookie_options": {"secure": True}}
+    domain = user_subdomains(settings)
+    if domain:
+        # Each attendee's server in its own origin (https://<name>.<domain>/user/<name>/):
+        # another attendee's pages can neither read it nor open its kernels. __Host- cookies
+        # cannot be set or shadowed from a sibling subdomain (JupyterHub recommends them
+        # exactly with per-user domains).
+        hub.subdomain_host = public_origin(settings, domain)
+        hub.cookie_host_prefix_enabled = True
 
     proxy = c.ConfigurableHTTPProxy
     proxy.should_start = False

@@ -285,11 +285,10 @@ def _container_memory(check: _Checker, ship_type: str, value: Any) -> int:
     try:
         problem = limits.memory_problem(ship_type, gib)
         mib = limits.container_memory_mib(ship_type, gib)
-    except DataError as exc:
-        if gib:
-            return gib * 1024  # the organizer chose; nothing to derive
-        check.bad("containerMemoryGiB", value, f"a size in GiB, since {exc}")
-        return 0
+    except DataError:
+        # A type campfleet/data/aws.json does not list (`campfleet plan` says so): the
+        # organizer's size, or no memory limit; never a refusal to deploy.
+        return gib * 1024
     if problem:
         check.bad("containerMemoryGiB", value, problem)
     return mib

@@ -72,11 +72,6 @@ def test_configured_limits_reach_the_fleet_config() -> None:
             "campfleet:containerPidsLimit: got 10 (an integer); expected an integer from 64 to "
             "1000000",
         ),
-        (
-            {"campfleet:shipInstanceType": "x2iedn.32xlarge"},
-            "campfleet:containerMemoryGiB: got 0 (an integer); expected a size in GiB, since "
-            "instance type 'x2iedn.32xlarge' is not in campfleet/data/aws.json",
-        ),
     ],
 )
 def test_each_bad_limit_gives_one_clear_line(values: dict, line: str) -> None:
@@ -94,6 +89,11 @@ def test_an_unknown_type_with_an_explicit_memory_is_the_organizers_choice() -> N
         },
     )
     assert config.container_memory_mib == 3072
+    # Not set: no memory limit (the size is unknown), and the deployment is not refused.
+    unknown = parse_config(
+        "t", {"campfleet:ships": 1, "campfleet:shipInstanceType": "x2iedn.32xlarge"}
+    )
+    assert unknown.container_memory_mib == 0
 
 
 def test_agent_json_limits_become_docker_run_flags(tmp_path: Path) -> None:

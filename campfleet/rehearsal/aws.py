@@ -9,8 +9,10 @@ standing in for ECR, a per-host IMDSv2, and loop devices for EBS volumes.
     aws.seed_secrets({"/campfleet/dev/fleet-secret": "..."})
     ref = aws.push_image("campfleet-ship:local", "campfleet-ship")   # ".../repo@sha256:..."
     aws.ensure_group("campfleet-dev-ships", launch_hook="...", terminate_hook="...")
-    iid = aws.register_host("campfleet-dev-ship-1", "10.0.1.21", "eu-west-1a", "ship-role",
-                            group="campfleet-dev-ships")
+    iid = aws.register_host("campfleet-dev-ship-1", "10.0.1.21", "i-0123456789abcdef0",
+                            "eu-west-1a", "ship-role", group="campfleet-dev-ships")
+    vol = aws.create_volume("eu-west-1a", 10, volume_id="vol-0123456789abcdef0")
+    aws.attach_volume(vol, iid)                   # or the mux attaches it with boto3
     hooks.install(container)                      # CA trusted + IMDS route, once it runs
     aws.terminate(iid); aws.lifecycle_completed(iid)
     aws.stop()                                    # idempotent; removes all it made
@@ -154,7 +156,7 @@ def _install_responders() -> None:
                 {
                     "group": group_name,
                     "hook": hook_name,
-                    "transition": hook.transition or "",
+                    "transition": hook.lifecycle_transition or "",
                     "instance": instance_id,
                     "token": token,
                     "result": result,
@@ -174,9 +176,9 @@ class HostHooks:
 
     - `hosts` (hook `aws-names`): /etc/hosts entries sending the real AWS names to the front;
       pass `docker_run_args()` to `docker run` (it adds them with --add-host).
-    - `ca_pem` (hook `rehearsal-ca`): install at CA_PATH_IN_HOST + `update-ca-certificates`
-      (`install()` does it); botocore in the mux image needs `env` (AWS_CA_BUNDLE) or the CA
-      appended to its certifi bundle.
+    - `ca_pem` (hook `rehearsal-ca`): install at CA_PATH_IN_HOST and append it to
+      /etc/ssl/certs/ca-certificates.crt (`install()` does both); botocore in the mux image
+      needs `env` (AWS_CA_BUNDLE) or the CA appended to its certifi bundle.
     - `imds_route` (hook `imds-route`): the route to the IMDS emulator (`install()` adds it
       from outside the container with nsenter; or bake the command into the host image).
     - `device_cgroup_rule` (hook `loop-volumes`): `docker run --device-cgroup-rule`.
@@ -197,11 +199,15 @@ class HostHooks:
 
     def install(self, container: str) -> None:
         """Trust the rehearsal CA and route IMDS in a running host container."""
+        # Appended to the system bundle (if not there yet) rather than regenerated with
+        # update-ca-certificates: the bundle may hold CAs that are in no source directory
+        # (this machine's inspecting proxy, copied in by scripts/build-bases.sh). A later
+        # update-ca-certificates (a package upgrade) still finds it in the source directory.
+        bundle = "/etc/ssl/certs/ca-certificates.crt"
         script = (
             f"mkdir -p {os.path.dirname(CA_PATH_IN_HOST)} && cat > {CA_PATH_IN_HOST}"
-            " && if command -v update-ca-certificates >/dev/null; then"
-            " update-ca-certificates >/dev/null; else"
-            f" cat {CA_PATH_IN_HOST} >> /etc/ssl/certs/ca-certificates.crt; fi"
+            f' && {{ grep -qxF "$(sed -n 2p {CA_PATH_IN_HOST})" {bundle} 2>/dev/null'
+            f" || cat {CA_PATH_IN_HOST} >> {bundle}; }}"
         )
         done = subprocess.run(
             ["docker", "exec", "-i", container, "sh", "-c", script],
@@ -269,7 +275,8 @@ class LocalAws:
         self._gateway = ""
         self._subnet = ""
         self._imds_ip = ""
-        self._vpc = ""
+        self._zone_subnets: Dict[str, str] = {}
+        self._root_volumes: set[str] = set()
         self._started = False
         self._stop = threading.Event()
         self._watcher: Optional[threading.Thread] = None
@@ -323,7 +330,6 @@ class LocalAws:
         self._start_registry()
         self._start_front()
         self._start_imds()
-        self._seed_vpc()
         self._stop.clear()
         self._watcher = threading.Thread(target=self._watch, name="local-aws-watch", daemon=True)
         self._watcher.start()
@@ -358,6 +364,7 @@ class LocalAws:
             if self.workdir.exists():
                 shutil.rmtree(self.workdir, ignore_errors=True)
             self.hosts.clear()
+            self._zone_subnets.clear()
             self._started = False
 
     def __enter__(self) -> LocalAws:
@@ -382,6 +389,11 @@ class LocalAws:
         # address then.
         first = next(ipaddress.ip_network(self._subnet).hosts())
         self._gateway = config[0].get("Gateway") or str(first)
+        network = ipaddress.ip_network(self._subnet)
+        if not 16 <= network.prefixlen <= 28:
+            raise LocalAwsError(
+                f"network {self.network} is {network}: a VPC needs a /16 to /28 subnet"
+            )
 
     def _start_moto(self) -> None:
         try:
@@ -534,12 +546,6 @@ http {{
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         ).stdout  # fmt: skip
 
-    def _seed_vpc(self) -> None:
-        network = ipaddress.ip_network(self._subnet)
-        cidr = str(network) if network.prefixlen >= 16 else str(network.network_address) + "/16"
-        ec2 = self.client("ec2")
-        self._vpc = ec2.create_vpc(CidrBlock=cidr)["Vpc"]["VpcId"]
-
     # --- the API issue10b calls ------------------------------------------------------------------
 
     def host_hooks(self) -> HostHooks:
@@ -628,28 +634,40 @@ http {{
         self,
         container: str,
         ip: str,
+        instance_id: Optional[str],
         zone: str,
         role: str,
         group: Optional[str] = None,
         tags: Optional[Dict[str, str]] = None,
     ) -> str:
-        """Launch `container` as an EC2 instance at `ip` in `zone` (in `group` if given);
-        returns its instance id (moto makes it: use it as cloud-init's instance-id too)."""
+        """Launch `container` as an EC2 instance at `ip` in `zone` with instance profile `role`
+        (in Auto Scaling `group` if given); returns its instance id: `instance_id` when given
+        (the one in the host's cloud-init meta-data), else one moto makes."""
         if ipaddress.ip_address(ip) not in ipaddress.ip_network(self._subnet):
             raise LocalAwsError(f"{ip} is not on the rehearsal network {self._subnet}")
         if not zone.startswith(self.region):
             raise LocalAwsError(f"zone {zone} is not in region {self.region}")
+        if instance_id is not None and instance_id in self.hosts:
+            raise LocalAwsError(f"{instance_id} is already registered")
         ec2 = self.client("ec2")
-        subnet = self._subnet_for(ec2, ip, zone)
-        tag_list = [{"Key": k, "Value": v} for k, v in (tags or {}).items()]
         run = ec2.run_instances(
             ImageId="ami-12c6146b", InstanceType="t3.medium", MinCount=1, MaxCount=1,
-            SubnetId=subnet, PrivateIpAddress=ip,
+            SubnetId=self._subnet_for(ec2, ip, zone), PrivateIpAddress=ip,
             MetadataOptions={"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
-            **({"TagSpecifications": [{"ResourceType": "instance", "Tags": tag_list}]}
-               if tag_list else {}),
         )  # fmt: skip
-        instance_id = run["Instances"][0]["InstanceId"]
+        made = run["Instances"][0]["InstanceId"]
+        # moto gives each instance a root EBS volume; the host container's own file system
+        # is its root disk (nvme0 on EC2), so that volume gets no loop device.
+        self._root_volumes.update(
+            m["Ebs"]["VolumeId"] for m in run["Instances"][0].get("BlockDeviceMappings", [])
+        )
+        if instance_id is not None and instance_id != made:
+            self._rename("instance", made, instance_id)
+        instance_id = instance_id or made
+        if tags:
+            ec2.create_tags(
+                Resources=[instance_id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()]
+            )
         if group:
             self.client("autoscaling").attach_instances(
                 AutoScalingGroupName=group, InstanceIds=[instance_id]
@@ -659,40 +677,51 @@ http {{
             self._write_table()
         return instance_id
 
-    def _subnet_for(self, ec2: Any, ip: str, zone: str) -> str:
-        address = ipaddress.ip_address(ip)
-        for subnet in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [self._vpc]}])[
-            "Subnets"
-        ]:
-            if address in ipaddress.ip_network(subnet["CidrBlock"]):
-                if subnet["AvailabilityZone"] != zone:
-                    raise LocalAwsError(
-                        f"{ip} shares subnet {subnet['CidrBlock']} with hosts in "
-                        f"{subnet['AvailabilityZone']}: give hosts of {zone} addresses in "
-                        "another /28"
-                    )
-                return subnet["SubnetId"]
-        for prefix in (24, 26, 28):
-            cidr = str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
-            try:
-                return ec2.create_subnet(VpcId=self._vpc, CidrBlock=cidr, AvailabilityZone=zone)[
-                    "Subnet"
-                ]["SubnetId"]
-            except ec2.exceptions.ClientError:
-                continue  # overlaps another zone's subnet: try a smaller one
-        raise LocalAwsError(f"no subnet of zone {zone} can hold {ip} (another zone's /28 has it)")
+    def _rename(self, kind: str, old: str, new: str) -> None:
+        """Give a moto instance or volume the id the rendered stack uses (moto makes its own
+        ids and has no API to choose one; the user data names them, e.g. the state volume)."""
+        from moto.ec2.models import ec2_backends
 
-    def create_volume(self, zone: str, size_gib: int, tags: Optional[Dict[str, str]] = None) -> str:
-        """An encrypted gp3 volume (as Pulumi would create the home and state volumes)."""
+        backend = ec2_backends[self.account][self.region]
+        if kind == "instance":
+            backend.get_instance(old).id = new
+        else:
+            if new in backend.volumes:
+                raise LocalAwsError(f"volume {new} exists already")
+            volume = backend.volumes.pop(old)
+            volume.id = new
+            backend.volumes[new] = volume
+        if old in backend.tags:
+            backend.tags[new] = backend.tags.pop(old)
+
+    def _subnet_for(self, ec2: Any, ip: str, zone: str) -> str:
+        """The zone's subnet: one VPC per zone, each holding the whole rehearsal network, since
+        Docker gives the rehearsal one flat network and moto refuses overlapping subnets in a
+        VPC (on AWS each zone has its own subnet of one VPC)."""
+        if zone not in self._zone_subnets:
+            vpc = ec2.create_vpc(CidrBlock=self._subnet)["Vpc"]["VpcId"]
+            ec2.create_tags(Resources=[vpc], Tags=[{"Key": "Name", "Value": f"rehearsal {zone}"}])
+            subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=self._subnet, AvailabilityZone=zone)
+            self._zone_subnets[zone] = subnet["Subnet"]["SubnetId"]
+        return self._zone_subnets[zone]
+
+    def create_volume(
+        self,
+        zone: str,
+        size_gib: int,
+        tags: Optional[Dict[str, str]] = None,
+        volume_id: Optional[str] = None,
+    ) -> str:
+        """An encrypted gp3 volume, as Pulumi creates the home and state volumes; `volume_id`
+        gives it the id the rendered user data names (else moto makes one)."""
         spec: Dict[str, Any] = {"AvailabilityZone": zone, "Size": size_gib, "VolumeType": "gp3"}
         if tags:
-            spec["TagSpecifications"] = [
-                {
-                    "ResourceType": "volume",
-                    "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
-                }
-            ]
-        return self.client("ec2").create_volume(Encrypted=True, **spec)["VolumeId"]
+            pairs = [{"Key": k, "Value": v} for k, v in tags.items()]
+            spec["TagSpecifications"] = [{"ResourceType": "volume", "Tags": pairs}]
+        made = self.client("ec2").create_volume(Encrypted=True, **spec)["VolumeId"]
+        if volume_id is not None and volume_id != made:
+            self._rename("volume", made, volume_id)
+        return volume_id or made
 
     def attach_volume(self, volume_id: str, instance_id: str, device: str = "/dev/xvdf") -> None:
         """Attach as Pulumi's VolumeAttachment would (the mux's state volume)."""
@@ -821,6 +850,8 @@ http {{
             wanted: Dict[str, tuple[str, int, str]] = {}
             for page in self.client("ec2").get_paginator("describe_volumes").paginate():
                 for volume in page["Volumes"]:
+                    if volume["VolumeId"] in self._root_volumes:
+                        continue
                     for att in volume.get("Attachments", []):
                         if att.get("State") in ("attached", "attaching"):
                             wanted[volume["VolumeId"]] = (

@@ -166,7 +166,10 @@ class IdentityAuthority:
             pkcs7.PKCS7SignatureBuilder()
             .set_data(document)
             .add_signer(self.cert, self._key, hashes.SHA256())
-            .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.NoCerts])
+            .sign(
+                serialization.Encoding.DER,
+                [pkcs7.PKCS7Options.NoCerts, pkcs7.PKCS7Options.Binary],
+            )
         )
         return base64.b64encode(signature).decode(), _wrap64(base64.b64encode(der).decode())
 

@@ -21,7 +21,6 @@ class ConfigProblem(Exception):
 @dataclass
 class AgentConfig:
     mux_url: str
-    fleet_secret: bytes
     local: bool = False
     ship_id: str = ""  # local mode; on AWS from IMDS
     zone: str = ""
@@ -44,6 +43,9 @@ class AgentConfig:
     mount_path: str = "/home/jovyan"
     docker_scope: str = ""  # several agents on one engine (campfleet local): names + labels
     imds_url: str = "http://169.254.169.254"
+    # Local mode: the directory with this ship's identity `document` and `rsa2048` files (on
+    # AWS they come from IMDS).
+    identity_dir: Optional[Path] = None
 
 
 # JSON key -> (attribute, type)
@@ -52,7 +54,6 @@ _FILE_KEYS = {
     "heartbeat": ("heartbeat", (int, float)),
     "region": ("region", str),
     "runtime": ("runtime", str),
-    "secretFile": ("secret_file", str),
     "stateDir": ("state_dir", str),
     "volumesRoot": ("volumes_root", str),
     "portBase": ("port_base", int),
@@ -79,7 +80,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="JSON settings file (agent.json)")
     p.add_argument("--local", action="store_true", help="identity from flags, not EC2 metadata")
     p.add_argument("--mux", dest="mux_url", help="control API URL, e.g. http://10.0.0.5:8700")
-    p.add_argument("--secret-file", type=Path, help="file holding the fleet secret")
+    p.add_argument(
+        "--identity-dir",
+        type=Path,
+        help="local mode: directory with this ship's identity `document` and `rsa2048` "
+        "(campfleet local writes them; on AWS they come from IMDS)",
+    )
     p.add_argument("--ship-id", help="ship id (local mode)")
     p.add_argument("--zone", help="zone name (local mode; default 'local')")
     p.add_argument("--address", help="address containers listen on (local: 127.0.0.1)")
@@ -140,7 +146,7 @@ def load(argv: Optional[Sequence[str]] = None) -> tuple[AgentConfig, str]:
                 raise ConfigProblem(f"{args.config}: {key}={value!r} has the wrong type")
             values[attr] = value
     for attr in (
-        "mux_url", "secret_file", "ship_id", "zone", "address", "port_base", "volumes_root",
+        "mux_url", "identity_dir", "ship_id", "zone", "address", "port_base", "volumes_root",
         "state_dir", "heartbeat", "runtime", "poll_timeout", "start_timeout", "volume_timeout",
         "imds_url", "docker_scope",
     ):  # fmt: skip
@@ -155,15 +161,6 @@ def load(argv: Optional[Sequence[str]] = None) -> tuple[AgentConfig, str]:
 
     if not values.get("mux_url"):
         raise ConfigProblem("no mux URL: pass --mux http://HOST:PORT or set muxUrl in --config")
-    secret_file = Path(values.pop("secret_file", "/etc/campfleet/fleet-secret"))
-    try:
-        secret = secret_file.read_bytes().strip()
-    except OSError as exc:
-        raise ConfigProblem(
-            f"secret file {secret_file}: {exc.strerror}; pass --secret-file"
-        ) from exc
-    if not secret:
-        raise ConfigProblem(f"secret file {secret_file} is empty")
     content: Dict[str, Path] = {}
     for item in args.content:
         image, sep, directory = item.partition("=")
@@ -172,7 +169,6 @@ def load(argv: Optional[Sequence[str]] = None) -> tuple[AgentConfig, str]:
         content[image] = Path(directory)
     cfg = AgentConfig(
         mux_url=values.pop("mux_url"),
-        fleet_secret=secret,
         local=args.local,
         content=content,
         probe=_spec(values.pop("probe"), "probe") if values.get("probe") else None,
@@ -185,6 +181,11 @@ def load(argv: Optional[Sequence[str]] = None) -> tuple[AgentConfig, str]:
         cfg.address = cfg.address or "127.0.0.1"
         if not cfg.ship_id:
             raise ConfigProblem("--local needs --ship-id (a unique name for this ship)")
+        if cfg.identity_dir is None or not Path(cfg.identity_dir).is_dir():
+            raise ConfigProblem(
+                "--local needs --identity-dir: a directory with this ship's identity `document` "
+                "and `rsa2048` (campfleet local writes them with its test identity authority)"
+            )
         if not valid_ship_id(cfg.ship_id):
             raise ConfigProblem(
                 f"--ship-id {cfg.ship_id[:64]!r}: use the form of an EC2 instance id, i- and 8 or "

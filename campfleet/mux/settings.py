@@ -51,6 +51,10 @@ MAX_PROJECTS = 9  # ship ports port_base .. port_base + 9 (8888-8897 on AWS)
 # A local event's stand-in Auto Scaling group, in the hub's state dir: LocalCloud writes
 # {"desired": n, "remove": [ship ids]}, LocalEvent.follow_group starts and stops ships to match.
 LOCAL_GROUP_FILE = "group.json"
+# A local event's stand-in for EC2's DescribeInstances, in the hub's state dir: the local event
+# writes {ship id: {"state", "group", "privateIp"}} as it starts and stops ships; attesting
+# ships are checked against it (campfleet.mux.attest).
+LOCAL_INSTANCES_FILE = "instances.json"
 
 
 class SettingsError(Exception):
@@ -186,6 +190,9 @@ class Settings:
     admin_token_hours: float = 168.0  # the organizer token's life from when it was set
     auth: str = "shared"  # how attendees prove who they are: AUTH_MODES
     oauth: Optional[dict] = None  # auth: oauth: provider, clientId, callbackUrl, allowed...
+    # PEM file of the certificates ship identity documents must be signed with; None = AWS's
+    # published ones (campfleet/data). Local events and the rehearsal name a test authority's.
+    trusted_certificates: Optional[Path] = None
 
     @property
     def is_local(self) -> bool:
@@ -327,7 +334,24 @@ def parse(data: dict, private_ip: str = "") -> Settings:
         admin_token_hours=_token_hours(data),
         auth=auth,
         oauth=oauth,
+        trusted_certificates=_trusted(data, state_dir),
     )
+
+
+def _trusted(data: dict, state_dir: Path) -> Optional[Path]:
+    """attestation.trustedCertificates (relative to the state dir), or None for AWS's."""
+    raw = data.get("attestation", {})
+    if not isinstance(raw, dict):
+        raise SettingsError("mux settings: 'attestation' must be an object")
+    ref = raw.get("trustedCertificates")
+    if ref is None:
+        return None
+    if not isinstance(ref, str) or not ref:
+        raise SettingsError(
+            "mux settings: attestation.trustedCertificates must be the path of a PEM file"
+        )
+    path = Path(ref)
+    return path if path.is_absolute() else state_dir / path
 
 
 def imds_private_ip(timeout: float = 2.0) -> str:

@@ -53,7 +53,12 @@ import sys, time
 assert sys.version_info[:2] == (3, 9), sys.version
 from campfleet import protocol as p
 import campfleet.agent.agent, campfleet.agent.__main__, campfleet.agent.docker  # noqa
-key = p.derive_key(b"secret", "i-1")
+priv, pub = p.x25519_keypair()
+priv2, pub2 = p.x25519_keypair()
+assert p.x25519_shared(priv, pub2) == p.x25519_shared(priv2, pub)
+ctx = p.attest_context("i-1", "n", pub, pub2)
+wrapped = p.wrap_key(bytes(32), p.x25519_shared(priv, pub2), ctx)
+key = p.unwrap_key(*wrapped, p.x25519_shared(priv2, pub), ctx)
 c = p.ContainerStatus("", "img", "sha256:x", "running", 8888)
 r = p.Report("i-1", "z", "10.0.0.1", 8888, p.ShipState.RUNNING, [c], "vol-1", seq=5, ts=time.time())
 body, h = p.encode_report(r, key)

@@ -54,8 +54,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from campfleet.evaluate import ACCOUNT
+from campfleet.identity import (
+    DOCUMENT_PATH,
+    RSA2048_PATH,
+    SIGNATURE_PATH,
+    TestIdentityAuthority,
+)
 from campfleet.rehearsal import imds as imds_server
-from campfleet.rehearsal.ca import IdentityAuthority, RehearsalCA
+from campfleet.rehearsal.ca import RehearsalCA
 from campfleet.rehearsal.volumes import DEVICE_CGROUP_RULE, LoopVolumes, VolumeError
 
 LABEL_KEY = "campfleet.rehearsal"
@@ -238,6 +244,10 @@ class Host:
     group: Optional[str]
     lifecycle: str = "InService"
     terminated_at: Optional[float] = None
+    # The identity document's pendingTime: the launch, stable across table rewrites.
+    launched: str = field(
+        default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    )
 
 
 class LocalAws:
@@ -253,6 +263,7 @@ class LocalAws:
         account: str = ACCOUNT,
         imds_image: Optional[str] = None,
         poll: float = 0.5,
+        identity: Optional[TestIdentityAuthority] = None,
     ) -> None:
         self.stack = stack
         self.region = region
@@ -265,7 +276,9 @@ class LocalAws:
         self.registry_host = registry_host(region, account)
         self.hosts: Dict[str, Host] = {}  # by instance id
         self.volumes = LoopVolumes(self.workdir / "volumes")
-        self.identity = IdentityAuthority(region)
+        # Signs each host's identity document as AWS's regional key does; the mux's
+        # attestation must trust `identity.cert_pem` (AWS's published certificates otherwise).
+        self.identity = identity or TestIdentityAuthority(name=f"campfleet rehearsal {stack}")
         self._ca: Optional[RehearsalCA] = None
         self._moto: Any = None
         self._moto_port = 0
@@ -767,28 +780,15 @@ http {{
         now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
         stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
         expires = (now + datetime.timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        document = json.dumps(
-            {
-                "accountId": self.account,
-                "architecture": "x86_64",
-                "availabilityZone": host.zone,
-                "billingProducts": None,
-                "devpayProductCodes": None,
-                "marketplaceProductCodes": None,
-                "imageId": "ami-12c6146b",
-                "instanceId": host.instance_id,
-                "instanceType": "t3.medium",
-                "kernelId": None,
-                "pendingTime": stamp,
-                "privateIp": host.ip,
-                "ramdiskId": None,
-                "region": self.region,
-                "version": "2017-09-30",
-            },
-            indent=2,
-            separators=(",", " : "),
+        signed = self.identity.sign(
+            TestIdentityAuthority.document(
+                host.instance_id, host.ip, self.region, host.zone, self.account,
+                pending_time=host.launched, instance_type="t3.medium", image_id="ami-12c6146b",
+            )
+        )  # fmt: skip
+        document, signature, rsa2048 = (
+            signed[path].decode() for path in (DOCUMENT_PATH, SIGNATURE_PATH, RSA2048_PATH)
         )
-        signature, rsa2048 = self.identity.sign(document.encode())
         credentials = {
             "Code": "Success",
             "LastUpdated": stamp,

@@ -21,6 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
+from campfleet import identity
 from campfleet.images import MUX_TAG
 from campfleet.rehearsal.aws import CA_PATH_IN_HOST, LABEL_KEY, LocalAws, aws_names
 from campfleet.rehearsal.volumes import by_id_path
@@ -160,6 +161,19 @@ def test_imds_v2_token_flow_and_per_host_identity(lab: Lab) -> None:
     document = one["dynamic/instance-identity/document"][1]
     assert json.loads(document)["instanceId"] == iid1
     assert json.loads(document)["privateIp"] == f"{lab.prefix}.21"
+    # campfleet's own attestation check (issue 15) accepts it, trusting the rehearsal authority.
+    facts = identity.verify(
+        one["dynamic/instance-identity/rsa2048"][1], lab.aws.identity.trusted, document.encode()
+    )
+    assert (facts.instance_id, facts.private_ip, facts.zone) == (
+        iid1,
+        f"{lab.prefix}.21",
+        f"{REGION}a",
+    )
+    with pytest.raises(identity.IdentityRefused):
+        identity.verify(
+            two["dynamic/instance-identity/rsa2048"][1], lab.aws.identity.trusted, document.encode()
+        )
     key = lab.aws.identity.cert.public_key()
     signature = base64.b64decode(one["dynamic/instance-identity/signature"][1])
     key.verify(signature, document.encode(), padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr]

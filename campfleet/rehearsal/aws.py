@@ -89,11 +89,14 @@ def registry_host(region: str, account: str = ACCOUNT) -> str:
     return f"{account}.dkr.ecr.{region}.amazonaws.com"
 
 
-def _run(argv: List[str], what: str, timeout: float = 120) -> str:
+def _run(
+    argv: List[str], what: str, timeout: float = 120, env: Optional[Dict[str, str]] = None
+) -> str:
     try:
         done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-        )
+            argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+            env={**os.environ, **env} if env else None,
+        )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise LocalAwsError(f"{what}: {exc}") from exc
     if done.returncode != 0:
@@ -290,6 +293,8 @@ class LocalAws:
         self._imds_ip = ""
         self._zone_subnets: Dict[str, str] = {}
         self._root_volumes: set[str] = set()
+        self._rules: List[List[str]] = []  # iptables rules added (removed by stop)
+        self._images: List[str] = []  # the CA-trusting children push_image built
         self._started = False
         self._stop = threading.Event()
         self._watcher: Optional[threading.Thread] = None
@@ -343,6 +348,7 @@ class LocalAws:
         self._start_registry()
         self._start_front()
         self._start_imds()
+        self._allow_imds_on_bridge()
         self._stop.clear()
         self._watcher = threading.Thread(target=self._watch, name="local-aws-watch", daemon=True)
         self._watcher.start()
@@ -355,6 +361,9 @@ class LocalAws:
                 self._watcher.join(10)
                 self._watcher = None
             self.volumes.remove_all()
+            for rule in self._rules:
+                subprocess.run(["iptables", "-w", "-D", *rule], capture_output=True)
+            self._rules = []
             labelled = subprocess.run(
                 ["docker", "ps", "-aq", "--filter", f"label={LABEL_KEY}={self.stack}",
                  "--filter", f"name=^campfleet-{self.stack}-imds$"],
@@ -371,6 +380,9 @@ class LocalAws:
                         proc.kill()
             self._nginx = self._registry = None
             self._untag_registry_images()
+            if self._images:
+                subprocess.run(["docker", "rmi", *self._images], capture_output=True)
+                self._images.clear()
             if self._moto is not None:
                 self._moto.stop()
                 self._moto = None
@@ -553,6 +565,38 @@ http {{
                 )
             time.sleep(0.2)
 
+    def _imds_rules(self) -> List[List[str]]:
+        """On an --internal network Docker drops bridged packets to or from addresses outside
+        the subnet (the hosts' packets to 169.254.169.254 and the answers): accept exactly
+        those, on this network's bridge only, ahead of Docker's isolation (DOCKER-USER)."""
+        out = _run(
+            ["docker", "network", "inspect", "-f",
+             '{{.Internal}} {{.Id}} {{index .Options "com.docker.network.bridge.name"}}',
+             self.network],
+            f"network {self.network}",
+        )  # fmt: skip
+        internal, network_id, *name = out.split()
+        if internal != "true":
+            return []
+        bridge = name[0] if name and name[0] != "<no" else f"br-{network_id[:12]}"
+        return [
+            ["DOCKER-USER", "-i", bridge, "-o", bridge, way, f"{IMDS_ADDRESS}/32", "-j", "ACCEPT"]
+            for way in ("-d", "-s")
+        ]
+
+    def _allow_imds_on_bridge(self) -> None:
+        rules = self._imds_rules()
+        if (
+            rules
+            and subprocess.run(
+                ["iptables", "-w", "-S", "DOCKER-USER"], capture_output=True
+            ).returncode
+            == 0
+        ):
+            for rule in rules:
+                _run(["iptables", "-w", "-I", *rule], "letting IMDS packets through the bridge")
+            self._rules = rules
+
     def _imds_log(self) -> str:
         return subprocess.run(
             ["docker", "logs", self.imds_container],
@@ -578,8 +622,15 @@ http {{
         for name, value in values.items():
             ssm.put_parameter(Name=name, Value=value, Type="SecureString", Overwrite=True)
 
-    def push_image(self, local_tag: str, repo: str) -> str:
-        """Push a local image into the ECR stand-in; returns `<registry>/<repo>@sha256:...`."""
+    def push_image(self, local_tag: str, repo: str, trust_ca: bool = False) -> str:
+        """Push a local image into the ECR stand-in; returns `<registry>/<repo>@sha256:...`.
+
+        `trust_ca` (hook `image-ca`, for the mux image): push a one-layer child that trusts
+        the rehearsal CA in the system bundle and in certifi's (botocore and requests inside
+        the image read certifi's, and the mux's units pass no AWS_CA_BUNDLE), so the mux's
+        boto3 calls reach the front. The digest is the child's."""
+        if trust_ca:
+            local_tag = self._trusting(local_tag, repo)
         ecr = self.client("ecr")
         with contextlib.suppress(ecr.exceptions.RepositoryAlreadyExistsException):
             ecr.create_repository(repositoryName=repo)
@@ -600,6 +651,34 @@ http {{
         if digest is None:
             raise LocalAwsError(f"pushing {local_tag}: the registry returned no digest")
         return f"{self.registry_host}/{repo}@{digest}"
+
+    def _trusting(self, local_tag: str, repo: str) -> str:
+        if self._ca is None:
+            raise LocalAwsError("push_image(trust_ca=True) needs a started LocalAws")
+        context = self.workdir / "images" / repo
+        context.mkdir(parents=True, exist_ok=True)
+        (context / "campfleet-rehearsal.crt").write_bytes(self._ca.cert_pem)
+        user = _run(["docker", "image", "inspect", "-f", "{{.Config.User}}", local_tag], "inspect")
+        (context / "Dockerfile").write_text(
+            f"FROM {local_tag}\n"
+            + ("USER root\n" if user else "")
+            + f"COPY campfleet-rehearsal.crt {CA_PATH_IN_HOST}\n"
+            f"RUN cat {CA_PATH_IN_HOST} >> /etc/ssl/certs/ca-certificates.crt"
+            " && for py in $(command -v python3) /usr/bin/python3; do"
+            " where=$($py -c 'import certifi; print(certifi.where())' 2>/dev/null) || continue;"
+            f' grep -qF "$(sed -n 2p {CA_PATH_IN_HOST})" "$where"'
+            f' || cat {CA_PATH_IN_HOST} >> "$where"; done\n' + (f"USER {user}\n" if user else "")
+        )
+        tag = f"campfleet-rehearsal-{self.stack}-{repo}:trusting"
+        argv = ["docker", "build", "-q", "--network", "none", "-t", tag]
+        for key, value in self.labels.items():
+            argv += ["--label", f"{key}={value}"]
+        _run(
+            [*argv, str(context)], f"adding the rehearsal CA to {local_tag}", timeout=600,
+            env={"DOCKER_BUILDKIT": "0"},  # the classic builder needs no plugin
+        )  # fmt: skip
+        self._images.append(tag)
+        return tag
 
     def ensure_group(
         self,

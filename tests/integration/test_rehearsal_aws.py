@@ -37,8 +37,8 @@ def make_network(name: str) -> str:
     for _ in range(20):
         prefix = f"10.{random.randint(200, 250)}.{random.randint(0, 255)}"
         done = subprocess.run(
-            ["docker", "network", "create", "--subnet", f"{prefix}.0/24", "--label", TEST_LABEL,
-             name],
+            ["docker", "network", "create", "--internal", "--subnet", f"{prefix}.0/24",
+             "--label", TEST_LABEL, name],
             capture_output=True, text=True,
         )  # fmt: skip
         if done.returncode == 0:
@@ -202,7 +202,7 @@ def test_tls_front_answers_at_aws_names_trusting_only_the_rehearsal_ca(lab: Lab)
     front; without the rehearsal CA (certifi only) the same call fails on the certificate."""
     h1 = next(iter(lab.hosts))
     lab.aws.seed_secrets({"/campfleet/test/fleet-secret": "s3cret-value"})
-    ref = lab.aws.push_image(MUX_TAG, "campfleet-mux")
+    ref = lab.aws.push_image(MUX_TAG, "campfleet-mux", trust_ca=True)
     repo, _, digest = ref.partition("@")
     assert repo == f"123456789012.dkr.ecr.{REGION}.amazonaws.com/campfleet-mux"
     code = f"""
@@ -230,16 +230,42 @@ def test_tls_front_answers_at_aws_names_trusting_only_the_rehearsal_ca(lab: Lab)
         "manifest": digest,
     }
     # Only the rehearsal CA vouches for these names: certifi's public roots refuse the front.
-    refused = py(
-        h1,
-        f"""
-        import boto3, certifi
-        ssm = boto3.client("ssm", region_name="{REGION}", verify=certifi.where())
-        ssm.get_parameter(Name="/campfleet/test/fleet-secret", WithDecryption=True)
-        """,
-    )
+    read = f"""
+    import boto3, certifi, sys
+    verify = certifi.where() if sys.argv[1:] == ["certifi"] else None
+    ssm = boto3.client("ssm", region_name="{REGION}", verify=verify)
+    print(ssm.get_parameter(Name="/campfleet/test/fleet-secret", WithDecryption=True)
+          ["Parameter"]["Value"])
+    """
+    refused = subprocess.run(
+        ["docker", "exec", h1, "python3", "-c", textwrap.dedent(read), "certifi"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
     assert refused.returncode != 0
     assert "CERTIFICATE_VERIFY_FAILED" in refused.stderr or "SSLError" in refused.stderr
+    # Hook image-ca: the pushed mux image trusts the rehearsal CA (system and certifi bundles),
+    # so the mux's containers, started by its units with no CA setting, reach the front; the
+    # image as built does not.
+    child = f"campfleet-rehearsal-{lab.aws.stack}-campfleet-mux:trusting"
+    assert docker("image", "inspect", "-f", "{{.Config.User}}", child) == docker(
+        "image", "inspect", "-f", "{{.Config.User}}", MUX_TAG
+    )
+    answers = {}
+    for image in (MUX_TAG, child):
+        for bundle in ("system", "certifi"):
+            answers[image, bundle] = subprocess.run(
+                ["docker", "run", "--rm", "--network", lab.network, "--label", TEST_LABEL,
+                 *lab.aws.host_hooks().docker_run_args(), "-e", "AWS_ACCESS_KEY_ID=AKIDTEST",
+                 "-e", "AWS_SECRET_ACCESS_KEY=rehearsal", image, "python3", "-c",
+                 textwrap.dedent(read), bundle],
+                capture_output=True, text=True, timeout=120,
+            ).stdout.strip()  # fmt: skip
+    assert answers == {
+        (MUX_TAG, "system"): "",
+        (MUX_TAG, "certifi"): "",
+        (child, "system"): "s3cret-value",
+        (child, "certifi"): "s3cret-value",
+    }
 
 
 def test_imds_hop_limit_one_hop_further_gets_no_answer(lab: Lab) -> None:

@@ -74,10 +74,9 @@ def mux_user_data(settings: Mapping[str, Any], mux_image: str, state_volume: str
     )
 
 
-def ship_user_data(
-    agent: Mapping[str, Any], ship_image: str, region: str, secret_parameter: str
-) -> str:
-    """Cloud-config for every ship; `agent` is agent.json."""
+def ship_user_data(agent: Mapping[str, Any], ship_image: str) -> str:
+    """Cloud-config for every ship; `agent` is agent.json. No secret, not even a parameter
+    name: ships attest with their instance identity for keys of their own."""
     if not AGENT_UNIT.is_file():
         raise FileNotFoundError(f"user data: the agent's systemd unit {AGENT_UNIT} is missing")
     return render(
@@ -87,8 +86,6 @@ def ship_user_data(
             "agent_unit": _document(AGENT_UNIT.read_text()),
             "docker_config": _docker_config(_token("ship image", ship_image)),
             "ship_image": ship_image,
-            "region": _token("region", region),
-            "secret_parameter": _token("secret parameter", secret_parameter),
         },
     )
 

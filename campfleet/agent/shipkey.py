@@ -14,11 +14,12 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from campfleet.contracts import paths
 from campfleet.protocol import KEY_BYTES, key_fingerprint
 
 log = logging.getLogger("campfleet.agent")
 
-KEY_FILE = "ship-key.json"  # in the agent's state directory
+KEY_FILE = paths.SHIP_KEY_FILE  # in the agent's state directory
 
 
 def load(path: Path, ship_id: str) -> Optional[bytes]:

@@ -364,7 +364,10 @@ def test_a_new_registry_is_obeyed_from_generation_zero(
     mux.start()
     mux.wait_state("i-00000007", ShipState.AVAILABLE)
     wait_for(lambda: get(old_port) is None, 10, "the unknown claim's container to stop")
-    assert mux.registry.claim("hugo").ship_id == "i-00000007"
+    # (It passes through `available` on its way back to `running` while the old container
+    # still runs; it is free once it reports the container gone.)
+    claimed = wait_for(lambda: mux.registry.claim("hugo"), 10, "the ship free again")
+    assert claimed.ship_id == "i-00000007"
     port = free_port()
     gen = mux.registry.set_container("i-00000007", server_spec(port, "v1", greeting="hi hugo"))
     assert gen == 1  # below what the agent knew from the old registry

@@ -452,11 +452,10 @@ def test_no_statement_is_wider_than_aws_allows(dev: Evaluation) -> None:
 
 def test_ship_role_least_privilege(dev: Evaluation) -> None:
     statements = {s["Sid"]: s for s in policy(dev, "ships-policy")}
-    assert set(statements) == {"EcrToken", "EcrPull", "FleetSecret", "TerminationHook"}
+    # No SSM at all: ships hold no fleet-wide secret; each attests for a key of its own.
+    assert set(statements) == {"EcrToken", "EcrPull", "TerminationHook"}
     names = by_name(dev)
-    secret_arn = names["secrets-fleet-secret-parameter"].outputs["arn"]
-    assert statements["FleetSecret"]["Action"] == "ssm:GetParameter"
-    assert statements["FleetSecret"]["Resource"] == secret_arn
+    assert not any("ssm:" in str(s["Action"]) for s in statements.values())
     assert statements["EcrPull"]["Resource"] == names["ship-image-repo"].outputs["arn"]
     hook = statements["TerminationHook"]
     assert hook["Action"] == "autoscaling:CompleteLifecycleAction"

@@ -8,12 +8,15 @@ standing in for ECR, a per-host IMDSv2, and loop devices for EBS volumes.
     hooks = aws.host_hooks()                      # what every host needs (see HostHooks)
     aws.seed_secrets({"/campfleet/dev/fleet-secret": "..."})
     ref = aws.push_image("campfleet-ship:local", "campfleet-ship")   # ".../repo@sha256:..."
+    mux = aws.push_image("campfleet-mux:local", "campfleet-mux", trust_ca=True)  # hook image-ca
     aws.ensure_group("campfleet-dev-ships", launch_hook="...", terminate_hook="...")
     iid = aws.register_host("campfleet-dev-ship-1", "10.0.1.21", "i-0123456789abcdef0",
                             "eu-west-1a", "ship-role", group="campfleet-dev-ships")
     vol = aws.create_volume("eu-west-1a", 10, volume_id="vol-0123456789abcdef0")
     aws.attach_volume(vol, iid)                   # or the mux attaches it with boto3
+    # start the host with hooks.docker_run_args() (AWS names -> front, loop-device cgroup rule)
     hooks.install(container)                      # CA trusted + IMDS route, once it runs
+    aws.identity.cert_pem                         # what the mux's attestation must trust
     aws.terminate(iid); aws.lifecycle_completed(iid)
     aws.stop()                                    # idempotent; removes all it made
 
@@ -29,7 +32,11 @@ What runs where (all reachable only from the rehearsal network or 127.0.0.1):
   rehearsal-CA certificate for every AWS name in `aws_names()`: the registry's name goes to
   the registry, every other name to moto (which routes by Host and the signature's scope).
   The gateway address belongs to the bridge of the rehearsal's own network.
-- the IMDS emulator (`imds.py`) as container `campfleet-<stack>-imds` on the network.
+- the IMDS emulator (`imds.py`) as container `campfleet-<stack>-imds` on the network (on an
+  --internal network, two DOCKER-USER rules on its bridge let 169.254.169.254 through).
+- a watcher thread following moto's volume attachments with loop devices (`volumes.py`).
+
+Each hook (a place the rehearsal differs from AWS) is listed in docs/rehearsal-aws.md.
 
 Every Docker object carries `label` and `campfleet.rehearsal=<stack>` and is named
 `campfleet-<stack>-...`. moto's state is per process: two LocalAws in one process share it.

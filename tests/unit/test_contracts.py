@@ -29,7 +29,8 @@ SHIP_IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/campfleet-t-ship@sha2
 # By design only one side has these: the mux's listen addresses and TLS front door on AWS;
 # the loopback block and project list of a local event.
 AWS_ONLY = {"publicIp", "publicPort", "hubPort", "tls"}
-LOCAL_ONLY = {"local", "projects"}
+# A local event trusts its own test identity authority; on AWS the mux trusts AWS's certificates.
+LOCAL_ONLY = {"local", "projects", "attestation"}
 SHARED_VALUES = (
     "ships",
     "readyPercent",
@@ -119,6 +120,13 @@ def test_aws_and_local_mux_json_differ_only_where_they_must(tmp_path: Path) -> N
     assert mux_settings_reader.load(tmp_path / paths.MUX_SETTINGS_FILE).is_local
 
 
+_BASE = dict(
+    stack="s", event="e", region="r", ships=1, ready_percent=60, admin_users=["a"],
+    control_port=9000, ship_image="img", heartbeat=2.5, lost_after=4,
+    parameters={"fleetSecret": "f", "proxyToken": "p", "cookieSecret": "c", "sharedPassword": "s"},
+)  # fmt: skip
+
+
 def test_the_mux_reads_what_the_builder_writes(tmp_path: Path) -> None:
     document = mux_json(
         stack="s", event="e", region="r", ships=7, ready_percent=60, admin_users=["a"],
@@ -142,6 +150,11 @@ def test_the_mux_reads_what_the_builder_writes(tmp_path: Path) -> None:
     assert s.volume_tag_key == STACK_TAG and s.state_dir == tmp_path
     assert (s.public_port, s.hub_port, s.proxy_api_port) == (1, 2, 3)  # the local block's
     assert s.local is not None and s.local.singleuser_cmd == ("x",)
+    assert s.trusted_certificates is None  # AWS's own certificates
+    document = mux_json(**{**_BASE, "trusted_certificates": "../ca/cert.pem"})
+    assert mux_settings_reader.parse(document, private_ip="10.0.0.1").trusted_certificates == (
+        paths.MUX_STATE_DIR / "../ca/cert.pem"
+    )
 
 
 def test_every_writer_names_the_secrets_from_the_contract(

@@ -8,10 +8,9 @@ standing in for ECR, a per-host IMDSv2, and loop devices for EBS volumes.
     hooks = aws.host_hooks()                      # what every host needs (see HostHooks)
     aws.seed_secrets({"/campfleet/dev/fleet-secret": "..."})
     ref = aws.push_image("campfleet-ship:local", "campfleet-ship")   # ".../repo@sha256:..."
-    mux = aws.push_image("campfleet-mux:local", "campfleet-mux", trust_ca=True)  # hook image-ca
     aws.ensure_group("campfleet-dev-ships", launch_hook="...", terminate_hook="...")
-    iid = aws.register_host("campfleet-dev-ship-1", "10.0.1.21", "i-0123456789abcdef0",
-                            "eu-west-1a", "ship-role", group="campfleet-dev-ships")
+    iid = aws.register_host("campfleet-dev-ship-1", "10.0.1.21", "eu-west-1a", "ship-role",
+                            group="campfleet-dev-ships")     # or instance_id="i-..."
     vol = aws.create_volume("eu-west-1a", 10, volume_id="vol-0123456789abcdef0")
     aws.attach_volume(vol, iid)                   # or the mux attaches it with boto3
     # start the host with hooks.docker_run_args() (AWS names -> front, loop-device cgroup rule)
@@ -96,14 +95,11 @@ def registry_host(region: str, account: str = ACCOUNT) -> str:
     return f"{account}.dkr.ecr.{region}.amazonaws.com"
 
 
-def _run(
-    argv: List[str], what: str, timeout: float = 120, env: Optional[Dict[str, str]] = None
-) -> str:
+def _run(argv: List[str], what: str, timeout: float = 120) -> str:
     try:
         done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-            env={**os.environ, **env} if env else None,
-        )  # fmt: skip
+            argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise LocalAwsError(f"{what}: {exc}") from exc
     if done.returncode != 0:
@@ -301,7 +297,6 @@ class LocalAws:
         self._zone_subnets: Dict[str, str] = {}
         self._root_volumes: set[str] = set()
         self._rules: List[List[str]] = []  # iptables rules added (removed by stop)
-        self._images: List[str] = []  # the CA-trusting children push_image built
         self._started = False
         self._stop = threading.Event()
         self._watcher: Optional[threading.Thread] = None
@@ -387,9 +382,6 @@ class LocalAws:
                         proc.kill()
             self._nginx = self._registry = None
             self._untag_registry_images()
-            if self._images:
-                subprocess.run(["docker", "rmi", *self._images], capture_output=True)
-                self._images.clear()
             if self._moto is not None:
                 self._moto.stop()
                 self._moto = None
@@ -629,15 +621,10 @@ http {{
         for name, value in values.items():
             ssm.put_parameter(Name=name, Value=value, Type="SecureString", Overwrite=True)
 
-    def push_image(self, local_tag: str, repo: str, trust_ca: bool = False) -> str:
+    def push_image(self, local_tag: str, repo: str) -> str:
         """Push a local image into the ECR stand-in; returns `<registry>/<repo>@sha256:...`.
-
-        `trust_ca` (hook `image-ca`, for the mux image): push a one-layer child that trusts
-        the rehearsal CA in the system bundle and in certifi's (botocore and requests inside
-        the image read certifi's, and the mux's units pass no AWS_CA_BUNDLE), so the mux's
-        boto3 calls reach the front. The digest is the child's."""
-        if trust_ca:
-            local_tag = self._trusting(local_tag, repo)
+        (The mux image must trust the rehearsal CA inside: issue 10's hook "mux image CA",
+        campfleet/rehearsal/hosts.py `trusting_image`, makes that child before the push.)"""
         ecr = self.client("ecr")
         with contextlib.suppress(ecr.exceptions.RepositoryAlreadyExistsException):
             ecr.create_repository(repositoryName=repo)
@@ -658,34 +645,6 @@ http {{
         if digest is None:
             raise LocalAwsError(f"pushing {local_tag}: the registry returned no digest")
         return f"{self.registry_host}/{repo}@{digest}"
-
-    def _trusting(self, local_tag: str, repo: str) -> str:
-        if self._ca is None:
-            raise LocalAwsError("push_image(trust_ca=True) needs a started LocalAws")
-        context = self.workdir / "images" / repo
-        context.mkdir(parents=True, exist_ok=True)
-        (context / "campfleet-rehearsal.crt").write_bytes(self._ca.cert_pem)
-        user = _run(["docker", "image", "inspect", "-f", "{{.Config.User}}", local_tag], "inspect")
-        (context / "Dockerfile").write_text(
-            f"FROM {local_tag}\n"
-            + ("USER root\n" if user else "")
-            + f"COPY campfleet-rehearsal.crt {CA_PATH_IN_HOST}\n"
-            f"RUN cat {CA_PATH_IN_HOST} >> /etc/ssl/certs/ca-certificates.crt"
-            " && for py in $(command -v python3) /usr/bin/python3; do"
-            " where=$($py -c 'import certifi; print(certifi.where())' 2>/dev/null) || continue;"
-            f' grep -qF "$(sed -n 2p {CA_PATH_IN_HOST})" "$where"'
-            f' || cat {CA_PATH_IN_HOST} >> "$where"; done\n' + (f"USER {user}\n" if user else "")
-        )
-        tag = f"campfleet-rehearsal-{self.stack}-{repo}:trusting"
-        argv = ["docker", "build", "-q", "--network", "none", "-t", tag]
-        for key, value in self.labels.items():
-            argv += ["--label", f"{key}={value}"]
-        _run(
-            [*argv, str(context)], f"adding the rehearsal CA to {local_tag}", timeout=600,
-            env={"DOCKER_BUILDKIT": "0"},  # the classic builder needs no plugin
-        )  # fmt: skip
-        self._images.append(tag)
-        return tag
 
     def ensure_group(
         self,
@@ -733,15 +692,15 @@ http {{
         self,
         container: str,
         ip: str,
-        instance_id: Optional[str],
         zone: str,
         role: str,
         group: Optional[str] = None,
         tags: Optional[Dict[str, str]] = None,
+        instance_id: Optional[str] = None,
     ) -> str:
         """Launch `container` as an EC2 instance at `ip` in `zone` with instance profile `role`
-        (in Auto Scaling `group` if given); returns its instance id: `instance_id` when given
-        (the one in the host's cloud-init meta-data), else one moto makes."""
+        (in Auto Scaling `group` if given); returns its instance id (give it to the host's
+        cloud-init meta-data): `instance_id` when given, else the one moto makes."""
         if ipaddress.ip_address(ip) not in ipaddress.ip_network(self._subnet):
             raise LocalAwsError(f"{ip} is not on the rehearsal network {self._subnet}")
         if not zone.startswith(self.region):

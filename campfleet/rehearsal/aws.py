@@ -521,6 +521,10 @@ http {{
                 stdout=out, stderr=out, stdin=subprocess.DEVNULL,
             )  # fmt: skip
         _wait_port(self._gateway, 443, "the TLS front (nginx)", self._nginx)
+        time.sleep(0.2)
+        if self._nginx.poll() is not None:  # another process holds the port (a crashed run?)
+            why = (front / "nginx.out").read_text(errors="replace").strip().splitlines()[-1:]
+            raise LocalAwsError(f"the TLS front (nginx) stopped: {' '.join(why)}")
 
     def _start_imds(self) -> None:
         image = self.imds_image
@@ -535,6 +539,14 @@ http {{
         table_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(imds_server.__file__, table_dir / "imds.py")
         self._write_table()
+        # A crashed run of this stack may have left its emulator (same name, our label).
+        stale = _run(
+            ["docker", "ps", "-aq", "--filter", f"name=^{self.imds_container}$",
+             "--filter", f"label={LABEL_KEY}={self.stack}"],
+            "listing containers",
+        ).split()  # fmt: skip
+        if stale:
+            _run(["docker", "rm", "-f", *stale], "removing a stale IMDS emulator")
         argv = ["docker", "run", "-d", "--name", self.imds_container, "--network", self.network]
         for key, value in self.labels.items():
             argv += ["--label", f"{key}={value}"]
@@ -915,10 +927,42 @@ http {{
                     continue
                 self.volumes.attach(volume_id, size, host.container, device)
 
+    def sync_lifecycle(self) -> None:
+        """A host whose instance moto terminated or put in a Terminating state (the mux's
+        TerminateInstanceInAutoScalingGroup, a group scale-in) reads Terminated from IMDS."""
+        from moto.autoscaling.models import autoscaling_backends
+        from moto.ec2.exceptions import InvalidInstanceIdError
+        from moto.ec2.models import ec2_backends
+
+        ec2 = ec2_backends[self.account][self.region]
+        terminating = {
+            state.instance.id
+            for group in autoscaling_backends[self.account][self.region].autoscaling_groups.values()
+            for state in group.instance_states
+            if state.lifecycle_state.startswith("Terminating")
+        }
+        with self._lock:
+            changed = False
+            for host in self.hosts.values():
+                if host.lifecycle == "Terminated":
+                    continue
+                try:
+                    gone = ec2.get_instance(host.instance_id).state in (
+                        "shutting-down",
+                        "terminated",
+                    )
+                except InvalidInstanceIdError:
+                    gone = True
+                if gone or host.instance_id in terminating:
+                    host.lifecycle, host.terminated_at, changed = "Terminated", time.time(), True
+            if changed:
+                self._write_table()
+
     def _watch(self) -> None:
         while not self._stop.wait(self.poll):
             try:
                 self.sync_volumes()
+                self.sync_lifecycle()
             except (VolumeError, LocalAwsError) as exc:
                 message = str(exc)
                 if message not in self.errors[-5:]:

@@ -377,7 +377,23 @@ def test_stop_removes_everything_it_made(docker_images: dict[str, str], tmp_path
         aws.start()
         aws.start()  # idempotent
         run_host(aws, host, network, f"{prefix}.30")
-        iid = aws.register_host(host, f"{prefix}.30", f"{REGION}a", "mux")
+        aws.ensure_group("ships")
+        iid = aws.register_host(host, f"{prefix}.30", f"{REGION}a", "ship", group="ships")
+        aws.host_hooks().install(host)
+        # The mux scales in (TerminateInstanceInAutoScalingGroup): IMDS follows moto.
+        lifecycle = """
+        token = call("api/token", "PUT", **{"X-aws-ec2-metadata-token-ttl-seconds": "60"})[1]
+        print(call("meta-data/autoscaling/target-lifecycle-state",
+                   **{"X-aws-ec2-metadata-token": token})[1])
+        """
+        assert py(host, lifecycle, prelude=IMDS).stdout.strip() == "InService"
+        aws.client("autoscaling").terminate_instance_in_auto_scaling_group(
+            InstanceId=iid, ShouldDecrementDesiredCapacity=True
+        )
+        wait_for(
+            lambda: py(host, lifecycle, prelude=IMDS).stdout.strip() == "Terminated", 15,
+            "IMDS to say Terminated",
+        )  # fmt: skip
         volume = aws.create_volume(f"{REGION}a", 1, volume_id=f"vol-0{uuid.uuid4().hex[:16]}")
         aws.attach_volume(volume, iid)
         assert exists(host, by_id_path(volume))

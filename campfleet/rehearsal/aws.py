@@ -249,7 +249,6 @@ class Host:
     role: str
     group: Optional[str]
     lifecycle: str = "InService"
-    terminated_at: Optional[float] = None
     # The identity document's pendingTime: the launch, stable across table rewrites.
     launched: str = field(
         default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -804,7 +803,6 @@ http {{
         with self._lock:
             host = self._host(instance_id)
             host.lifecycle = "Terminated"
-            host.terminated_at = time.time()
             self._write_table()
         from moto.autoscaling.models import autoscaling_backends
 
@@ -815,8 +813,8 @@ http {{
                     state.lifecycle_state = "Terminating:Wait"
 
     def lifecycle_completed(self, instance_id: str, hook: Optional[str] = None) -> bool:
-        """Did someone complete a lifecycle action for the instance (`hook`, or any terminating
-        hook since terminate())?"""
+        """Did someone complete a lifecycle action for the instance: `hook`, or (None) any hook
+        of the termination transition?"""
         for done in completions(instance_id):
             if hook is not None:
                 if done["hook"] == hook:
@@ -954,7 +952,7 @@ http {{
                 except InvalidInstanceIdError:
                     gone = True
                 if gone or host.instance_id in terminating:
-                    host.lifecycle, host.terminated_at, changed = "Terminated", time.time(), True
+                    host.lifecycle, changed = "Terminated", True
             if changed:
                 self._write_table()
 

@@ -85,6 +85,7 @@ ships = ShipFleet(
             initial_capacity=config.policy().scheduled(datetime.now(timezone.utc)),
         ),
         restore=restore,
+        ami=config.ship_ami,
     ),
 )
 mux = Mux(

@@ -244,6 +244,12 @@ def _decode_signature(signature: Union[str, bytes]) -> bytes:
         ) from None
 
 
+def _normal(document: bytes) -> bytes:
+    """Line ends and surrounding space aside: a signer may have canonicalised the embedded
+    copy to CRLF (S/MIME text mode). Only the embedded, signed copy is ever used."""
+    return document.replace(b"\r\n", b"\n").strip()
+
+
 def parse_document(document: bytes) -> IdentityDocument:
     """The facts of a document's JSON (not verified: see `verify`)."""
     try:
@@ -278,14 +284,14 @@ def verify(
     """The verified facts of an identity document, or IdentityRefused with the reason.
 
     `rsa2048` is IMDS's rsa2048 item (base64 PKCS#7 embedding the document); `document`, if
-    given, must be the same bytes. The certificate is the document's Region's (or one trusted
-    for any Region)."""
+    given, must be the same text (line ends aside); the facts come from the signed copy. The
+    certificate is the document's Region's (or one trusted for any Region)."""
     der = _decode_signature(rsa2048)
     try:
         embedded, signer = _parse_pkcs7(der)
     except (ValueError, IndexError) as exc:
         raise IdentityRefused(f"rsa2048 signature is not a PKCS#7 SignedData ({exc})") from None
-    if document is not None and document != embedded:
+    if document is not None and _normal(document) != _normal(embedded):
         raise IdentityRefused("identity document differs from the one the signature embeds")
     facts = parse_document(embedded)
     candidates = trusted.get(facts.region, []) + trusted.get(ANY_REGION, [])

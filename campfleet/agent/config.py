@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from campfleet.contracts import paths
 from campfleet.contracts.agentjson import FILE_KEYS
+from campfleet.contracts.ports import SHIP_PORT_BASE
 from campfleet.protocol import ContainerSpec, valid_ship_id
 
 
@@ -27,7 +28,7 @@ class AgentConfig:
     ship_id: str = ""  # local mode; on AWS from IMDS
     zone: str = ""
     address: str = ""
-    port_base: int = 8888
+    port_base: int = SHIP_PORT_BASE
     volumes_root: Path = paths.VOLUMES_ROOT
     state_dir: Path = paths.AGENT_STATE_DIR
     heartbeat: float = 5.0

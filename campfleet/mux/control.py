@@ -136,6 +136,7 @@ class ControlServer:
         # made-up ids cannot grow it), and which of them have signed something.
         self._keys: dict[str, bytes] = {}
         self._used: set[str] = set()
+        self._newly_used: list[str] = []
         self.attested = 0  # keys issued (a Prometheus-style counter)
 
     async def start(self, address: str, port: int) -> None:
@@ -321,9 +322,21 @@ class ControlServer:
         if not verdict.ok:
             self.count(verdict.kind, verdict.reason, ship_id)
         elif ship_id not in self._used:
-            self._used.add(ship_id)  # from now on only a new run may attest again
-            self.registry.mark_key_used(ship_id)
+            # From now on only a new run of the instance may attest again. Recorded with the
+            # next loop iteration's other first uses in one transaction (a boot storm).
+            self._used.add(ship_id)
+            if not self._newly_used:
+                asyncio.get_running_loop().call_soon(self._record_used)
+            self._newly_used.append(ship_id)
         return verdict
+
+    def _record_used(self) -> None:
+        ships, self._newly_used = self._newly_used, []
+        try:
+            self.registry.mark_keys_used(ships)
+        except Exception:  # e.g. disk full: the keys stay usable; re-attesting stays possible
+            log.exception("recording %d ship keys as used failed", len(ships))
+            self._used.difference_update(ships)
 
     def count(self, kind: str, reason: str, ship_id: Optional[str]) -> None:
         self.rejections[kind] += 1

@@ -855,11 +855,13 @@ class Registry:
             )
         return ""
 
-    def mark_key_used(self, ship_id: str) -> None:
-        """A message signed with the ship's current key was accepted: from now on only a new
-        run of the instance (a later pendingTime) may attest again."""
+    def mark_keys_used(self, ship_ids: Sequence[str]) -> None:
+        """Messages signed with these ships' current keys were accepted: from now on only a
+        new run of each instance (a later pendingTime) may attest again. One transaction."""
         with self._write():
-            self._db.execute("UPDATE ship_keys SET used=1 WHERE ship_id=?", (ship_id,))
+            self._db.executemany(
+                "UPDATE ship_keys SET used=1 WHERE ship_id=?", [(s,) for s in ship_ids]
+            )
 
     # -- attendee codes -----------------------------------------------------------------------
 

@@ -103,6 +103,23 @@ def test_altered_document_is_refused(authority):
         identity.verify(base64.b64encode(forged), authority.trusted)
 
 
+def test_a_text_mode_signature_with_crlf_inside_still_verifies(authority):
+    """S/MIME text mode embeds the document with CRLF line ends; the facts come from it."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.serialization import pkcs7
+
+    document = identity.render_document(authority.document("i-0123456789abcdef0", "10.0.1.5"))
+    der = (
+        pkcs7.PKCS7SignatureBuilder()
+        .set_data(document)
+        .add_signer(authority.cert, authority.key, hashes.SHA256())
+        .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.NoCerts])
+    )
+    assert b'",\r\n' in der  # the embedded copy differs from IMDS's in its line ends
+    facts = identity.verify(base64.b64encode(der), authority.trusted, document)
+    assert facts.private_ip == "10.0.1.5"
+
+
 def test_document_other_than_the_signed_one_is_refused(authority):
     items = _signed(authority)
     other = _signed(authority, instance_id="i-0fedcba9876543210")

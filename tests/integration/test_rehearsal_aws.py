@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 from campfleet import identity
 from campfleet.images import MUX_TAG
-from campfleet.rehearsal.aws import CA_PATH_IN_HOST, LABEL_KEY, LocalAws, aws_names
+from campfleet.rehearsal.aws import CA_PATH_IN_HOST, LABEL_KEY, LocalAws, LocalAwsError, aws_names
 from campfleet.rehearsal.volumes import by_id_path
 from tests.docker_kit import TEST_LABEL, docker
 
@@ -415,3 +415,21 @@ def test_stop_removes_everything_it_made(docker_images: dict[str, str], tmp_path
     )
     assert listening.stdout.strip() == ""
     assert len(aws_names(REGION)) == len(set(aws_names(REGION)))
+
+
+def test_bad_input_is_one_clear_line(lab: Lab, tmp_path: Path) -> None:
+    missing = LocalAws("tmissing", REGION, "campfleet-no-such-network", tmp_path / "aws")
+    with pytest.raises(LocalAwsError, match=r"network campfleet-no-such-network .*create it"):
+        missing.start()
+    assert not (tmp_path / "aws").exists()  # a failed start undoes itself
+    h1 = next(iter(lab.hosts))
+    with pytest.raises(LocalAwsError, match="not on the rehearsal network"):
+        lab.aws.register_host(h1, "192.0.2.7", f"{REGION}a", "ship")
+    with pytest.raises(LocalAwsError, match="not in region"):
+        lab.aws.register_host(h1, f"{lab.prefix}.99", "us-east-1a", "ship")
+    with pytest.raises(LocalAwsError, match="already registered"):
+        lab.aws.register_host(
+            h1, f"{lab.prefix}.98", f"{REGION}a", "ship", instance_id=lab.hosts[h1]
+        )
+    with pytest.raises(LocalAwsError, match="not a registered host"):
+        lab.aws.terminate("i-0000000000000000")

@@ -202,7 +202,7 @@ def test_imds_v2_token_flow_and_per_host_identity(lab: Lab) -> None:
 def test_tls_front_answers_at_aws_names_trusting_only_the_rehearsal_ca(lab: Lab) -> None:
     """botocore in a host, with credentials from its IMDS, reads a SecureString through the
     front; without the rehearsal CA (certifi only) the same call fails on the certificate."""
-    h1 = next(iter(lab.hosts))
+    h1, iid1 = next(iter(lab.hosts.items()))
     lab.aws.seed_secrets({"/campfleet/test/fleet-secret": "s3cret-value"})
     ref = lab.aws.push_image(MUX_TAG, "campfleet-mux")
     repo, _, digest = ref.partition("@")
@@ -212,6 +212,10 @@ def test_tls_front_answers_at_aws_names_trusting_only_the_rehearsal_ca(lab: Lab)
     ssm = boto3.client("ssm", region_name="{REGION}")
     value = ssm.get_parameter(Name="/campfleet/test/fleet-secret", WithDecryption=True)
     token = boto3.client("ecr", region_name="{REGION}").get_authorization_token()
+    account = boto3.client("sts", region_name="{REGION}").get_caller_identity()["Account"]
+    autoscaling = boto3.client("autoscaling", region_name="{REGION}")
+    autoscaling.set_instance_health(InstanceId="{iid1}", HealthStatus="Unhealthy")
+    health = autoscaling.describe_auto_scaling_instances(InstanceIds=["{iid1}"])
     ctx = ssl.create_default_context(cafile="{CA_PATH_IN_HOST}")
     req = urllib.request.Request(
         "https://{repo.replace("/", "/v2/", 1)}/manifests/{digest}",
@@ -220,7 +224,9 @@ def test_tls_front_answers_at_aws_names_trusting_only_the_rehearsal_ca(lab: Lab)
     print(json.dumps({{"value": value["Parameter"]["Value"],
                       "type": value["Parameter"]["Type"],
                       "ecr": token["authorizationData"][0]["proxyEndpoint"],
-                      "manifest": "sha256:" + hashlib.sha256(body).hexdigest()}}))
+                      "manifest": "sha256:" + hashlib.sha256(body).hexdigest(),
+                      "account": account,
+                      "health": health["AutoScalingInstances"][0]["HealthStatus"]}}))
     """
     done = py(h1, code, AWS_CA_BUNDLE=CA_PATH_IN_HOST)
     assert done.returncode == 0, done.stderr[-1500:]
@@ -230,6 +236,8 @@ def test_tls_front_answers_at_aws_names_trusting_only_the_rehearsal_ca(lab: Lab)
         "type": "SecureString",
         "ecr": f"https://123456789012.dkr.ecr.{REGION}.amazonaws.com",
         "manifest": digest,
+        "account": "123456789012",
+        "health": "Unhealthy",
     }
     # Only the rehearsal CA vouches for these names: certifi's public roots refuse the front.
     read = f"""

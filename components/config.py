@@ -21,8 +21,9 @@ from typing import Any, Optional
 
 import yaml
 
-from campfleet import fleetpolicy
+from campfleet import fleetpolicy, limits
 from campfleet.mux.settings import AUTH_MODES, OAUTH_PROVIDERS, OAUTH_REQUIRED
+from campfleet.needs import DataError
 
 PROJECT = "campfleet"
 PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
@@ -144,6 +145,9 @@ class FleetConfig:
     auth: str = "shared"
     oauth: Optional[dict[str, Any]] = None  # the mux settings' `oauth` block (auth: oauth)
     admin_token_hours: int = 168
+    # Each attendee container's limits (campfleet.limits): MiB of memory (no swap), processes.
+    container_memory_mib: int = 0
+    container_pids_limit: int = limits.DEFAULT_PIDS
     oauth_client_secret: Optional[str] = field(default=None, repr=False)
 
 
@@ -271,6 +275,23 @@ def _unknown_key(key: str, known: list[str]) -> str:
         close = [k for k in known if k.lower() == key.lower()]
     hint = f"did you mean {PROJECT}:{close[0]}?" if close else "see Pulumi.yaml for the keys"
     return f"{PROJECT}:{key}: unknown key; {hint}"
+
+
+def _container_memory(check: _Checker, ship_type: str, value: Any) -> int:
+    """campfleet:containerMemoryGiB as the MiB each attendee container gets (0 = from the size)."""
+    gib = check.integer("containerMemoryGiB", value, 0, 16384)
+    if not ship_type or gib != value:
+        return 0  # the bad value is already reported
+    try:
+        problem = limits.memory_problem(ship_type, gib)
+        mib = limits.container_memory_mib(ship_type, gib)
+    except DataError:
+        # A type campfleet/data/aws.json does not list (`campfleet plan` says so): the
+        # organizer's size, or no memory limit; never a refusal to deploy.
+        return gib * 1024
+    if problem:
+        check.bad("containerMemoryGiB", value, problem)
+    return mib
 
 
 def _auth(
@@ -467,10 +488,11 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
         check.bad("hostedZoneId", hosted_zone, "no value unless campfleet:domainName is set too")
 
     auth, oauth = _auth(check, raw, client_secret)
+    ship_type = check.instance_type("shipInstanceType", raw["shipInstanceType"])
     config = FleetConfig(
         stack=stack,
         ships=ships,
-        ship_instance_type=check.instance_type("shipInstanceType", raw["shipInstanceType"]),
+        ship_instance_type=ship_type,
         mux_instance_type=check.instance_type("muxInstanceType", raw["muxInstanceType"]),
         home_volume_gib=check.integer("homeVolumeGiB", raw["homeVolumeGiB"], 1, 16384),
         ship_root_volume_gib=check.integer("shipRootVolumeGiB", raw["shipRootVolumeGiB"], 8, 16384),
@@ -506,6 +528,10 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
         oauth=oauth,
         admin_token_hours=check.integer("adminTokenHours", raw["adminTokenHours"], 1, 8760),
         oauth_client_secret=client_secret if auth == "oauth" else None,
+        container_memory_mib=_container_memory(check, ship_type, raw["containerMemoryGiB"]),
+        container_pids_limit=check.integer(
+            "containerPidsLimit", raw["containerPidsLimit"], 64, limits.MAX_PIDS
+        ),
     )
     if check.problems:
         raise ConfigError(stack, check.problems)

@@ -83,6 +83,9 @@ class ShipFleetArgs:
     ami: str = ""
     # campfleet:restoreFrom: what each slot's volume is created from (components/restore.py).
     restore: Mapping[int, Restored] = field(default_factory=dict)
+    # Each attendee container's limits (campfleet.limits); 0 = no limit.
+    container_memory_mib: int = 0
+    container_pids_limit: int = 0
 
 
 def home_volume_tags(
@@ -145,6 +148,8 @@ class ShipFleet(pulumi.ComponentResource):
                 runtime="docker",
                 ship_group_name=self.group_name,
                 lifecycle_hook_name=hook_name,
+                container_memory_mib=args.container_memory_mib,
+                container_pids_limit=args.container_pids_limit,
                 **({"launch_hook_name": launch_hook_name} if warm_pool is not None else {}),
             )
             return userdata.pack(userdata.ship_user_data(agent, image))

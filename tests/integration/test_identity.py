@@ -126,3 +126,25 @@ def test_the_organizer_token_expires(event_factory) -> None:
     wait_until(
         lambda: admin.api("GET", "/users").status_code == 403, 60, "the organizer token to expire"
     )
+
+
+def test_a_tossed_claim_cookie_does_not_lock_the_owner_out(event_factory) -> None:
+    """Without per-user domains a page in the mux's origin (one an attendee's server serves)
+    cannot read or overwrite the HttpOnly claim cookie on /hub/, but it can set cookies of the
+    same name on other paths: a junk one on "/" (sent last, so tornado kept it and alice's
+    next login was refused as "already in use"), or Mallory's own signed claim (issue 15)."""
+    event = event_factory(ships=2, heartbeat=1.0)
+    alice, mallory = Attendee(event, "alice"), Attendee(event, "mallory")
+    assert alice.login().status_code == 302 and mallory.login().status_code == 302
+    host = alice.http.cookies.list_domains()[0]
+    mallorys_claim = mallory.http.cookies.get("campfleet-name")
+    assert mallorys_claim
+    alice.http.cookies.set("campfleet-name", mallorys_claim, domain=host, path="/hub/login")
+    alice.http.cookies.set("campfleet-name", "junk", domain=host, path="/")
+    r = alice.login()
+    assert r.status_code == 302, r.text[-300:]
+    # Mallory's claim still proves only her own name: it does not log her in as alice.
+    thief = Attendee(event, "alice")
+    thief.http.cookies.set("campfleet-name", mallorys_claim, domain=host, path="/hub/")
+    r = thief.login()
+    assert r.status_code == 403 and "already in use" in r.text

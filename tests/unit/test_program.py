@@ -611,12 +611,30 @@ def test_domain_with_a_hosted_zone_gets_its_record_and_https_url() -> None:
         "campfleet:acmeEmail": "organizer@example.org",
     }
     ev = evaluate(ROOT, "dev", values)
-    record = ev.one("aws:route53/record:Record")
-    assert record.inputs["zoneId"] == "Z0123456789ABC"
-    assert (record.inputs["name"], record.inputs["type"]) == ("jupyter.example.org", "A")
-    assert record.inputs["records"] == [ev.outputs["muxPublicIp"]]
+    records = {r.inputs["name"]: r for r in ev.of_type("aws:route53/record:Record")}
+    # The mux's name, and (per-user subdomains, issue 15) every name under it.
+    assert set(records) == {"jupyter.example.org", "*.jupyter.example.org"}
+    for record in records.values():
+        assert record.inputs["zoneId"] == "Z0123456789ABC" and record.inputs["type"] == "A"
+        assert record.inputs["records"] == [ev.outputs["muxPublicIp"]]
     assert ev.outputs["muxUrl"] == "https://jupyter.example.org/"
     assert "muxDnsRecord" not in ev.outputs
+    _, settings = _mux_settings(ev)
+    assert settings["tls"]["userSubdomains"] is True
+    # The mux may write only the DNS-01 challenge's TXT record, in that zone.
+    statements = {s["Sid"]: s for s in policy(ev, "mux-policy")}
+    change = statements["AcmeDnsChallenge"]
+    assert change["Action"] == "route53:ChangeResourceRecordSets"
+    assert change["Resource"] == "arn:aws:route53:::hostedzone/Z0123456789ABC"
+    only = change["Condition"]["ForAllValues:StringEquals"]
+    assert only["route53:ChangeResourceRecordSetsNormalizedRecordNames"] == [
+        "_acme-challenge.jupyter.example.org"
+    ]
+    assert only["route53:ChangeResourceRecordSetsRecordTypes"] == ["TXT"]
+    assert statements["AcmeDnsFindZone"]["Action"] == [
+        "route53:ListHostedZones",
+        "route53:GetChange",
+    ]
 
 
 def test_domain_without_a_zone_says_which_record_to_create(dev: Evaluation) -> None:
@@ -627,6 +645,9 @@ def test_domain_without_a_zone_says_which_record_to_create(dev: Evaluation) -> N
     )
     ip = ev.outputs["muxPublicIp"]
     assert ev.outputs["muxDnsRecord"] == f"create: jupyter.example.org A {ip} (TTL 300)"
+    # No zone: no wildcard certificate, so one origin and no Route 53 rights.
+    assert _mux_settings(ev)[1]["tls"]["userSubdomains"] is False
+    assert not any(s["Sid"].startswith("AcmeDns") for s in policy(ev, "mux-policy"))
 
 
 def _mux_settings(evaluation: Evaluation) -> tuple[str, dict]:

@@ -122,6 +122,8 @@ def test_ship_files(prod: Evaluation, rendered: dict[str, str]) -> None:
     assert agent["heartbeat"] > 0
     assert agent["shipGroupName"] == prod.outputs["shipGroupName"]
     assert agent["lifecycleHookName"] == "campfleet-prod-ships-terminating"
+    # Container limits (issue 15): prod's ships are the default t3.large (8 GiB, 1 GiB kept).
+    assert (agent["containerMemoryMiB"], agent["containerPidsLimit"]) == (7168, 2048)
     unit = written["/etc/systemd/system/campfleet-agent.service"]["content"]
     assert unit == userdata.AGENT_UNIT.read_text()
     script = written["/usr/local/sbin/campfleet-ship-init"]

@@ -1,0 +1,1 @@
+"""`campfleet rehearse`: the rendered user data boots on this machine (docs/rehearsal.md)."""

@@ -1,0 +1,289 @@
+"""`campfleet rehearse`: the stack's own user data boots a mux and ships on this machine.
+
+Order: the host image (cached), the VPC and edge networks, the local AWS (moto behind TLS on
+the real AWS names, the ECR stand-in with the built images, SSM holding the stack's secrets,
+IMDSv2, loop-device volumes: campfleet.rehearsal.aws and friends), the user data rendered
+with the registry's digests, the apt cache, then the mux host and the ship hosts. Each host
+is followed through booting -> cloud-init done -> agent reporting -> available (ships) or
+booting -> cloud-init done -> hub up (mux). `stop` removes every container, network, volume
+and loop device the rehearsal made, whatever state it got to.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from campfleet.rehearsal import hosts
+from campfleet.rehearsal.render import RenderedStack, render
+
+BOOTING = "booting"
+CLOUD_INIT_DONE = "cloud-init done"
+AGENT_REPORTING = "agent reporting"
+AVAILABLE = "available"
+HUB_UP = "hub up"
+FAILED = "failed"
+# The mux's registry, read inside the mux host's hub container (no HTTP needed).
+_REGISTRY_QUERY = (
+    "import json,sqlite3;"
+    "c=sqlite3.connect('file:/var/lib/campfleet/registry.sqlite?mode=ro',uri=True);"
+    "print(json.dumps(dict(c.execute('select ship_id,state from ships'))))"
+)
+
+
+class RehearsalError(Exception):
+    """The rehearsal could not be set up; one line saying why and what to do."""
+
+
+@dataclass
+class HostStatus:
+    name: str
+    role: str
+    instance_id: str
+    ip: str
+    phase: str = BOOTING
+    detail: str = ""  # failing step and last log lines when failed
+    started: float = field(default_factory=time.monotonic)
+    phase_times: Dict[str, float] = field(default_factory=dict)
+
+    def advance(self, phase: str, detail: str = "") -> None:
+        if phase != self.phase:
+            self.phase_times[phase] = time.monotonic() - self.started
+        self.phase, self.detail = phase, detail
+
+
+def instance_id(stack: str, index: int) -> str:
+    """EC2-form ids (i- + 17 hex), stable per stack and host, so logs compare between runs."""
+    import hashlib
+
+    return "i-" + hashlib.sha256(f"{stack}/{index}".encode()).hexdigest()[:17]
+
+
+class Rehearsal:
+    """One rehearsal of one stack; `start`, then `poll`/`wait_ready`, then `stop`."""
+
+    def __init__(
+        self,
+        project_dir: Path,
+        stack: str,
+        values: Mapping[str, Any],
+        ships: Optional[int] = None,
+        port: int = 8443,
+        password: Optional[str] = None,
+        workdir: Optional[Path] = None,
+        say: Optional[Callable[[str], None]] = None,
+        aws_factory: Optional[Callable[..., Any]] = None,
+    ) -> None:
+        self.project_dir = Path(project_dir)
+        self.stack = stack
+        self.values = dict(values)
+        if ships is not None:
+            if ships < 1:
+                raise RehearsalError(f"--ships must be 1 or more, got {ships}")
+            self.values["campfleet:ships"] = ships
+        self.port = port
+        self.password = password
+        self.say = say or (lambda line: None)
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"campfleet-rehearsal-{stack}-"))
+        self.aws_factory = aws_factory
+        self.aws: Any = None
+        self.network = hosts.Network(stack, "")
+        self.rendered: Optional[RenderedStack] = None
+        self.hosts: Dict[str, HostStatus] = {}
+        self.made: List[str] = []  # container names, in start order
+        self.apt_url = ""
+
+    # -- names -------------------------------------------------------------------------------
+    def name(self, role: str, index: int = 0) -> str:
+        return f"campfleet-rehearsal-{self.stack}-{role}" + (f"-{index}" if role == "ship" else "")
+
+    @property
+    def mux(self) -> str:
+        return self.name("mux")
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/"
+
+    # -- start -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.say("host image (Debian bookworm, cached after the first build) ...")
+        image = hosts.build_host_image(self.say)
+        apt_image = hosts.build_apt_cache_image(image)
+        # Render once to learn the network (the digests come after the push).
+        self.rendered = render(self.project_dir, self.stack, self.values)
+        self.network = hosts.Network(self.stack, self.rendered.vpc_cidr)
+        self.say(f"network {self.rendered.vpc_cidr} (mux at {self.rendered.mux_ip})")
+        self.network.create()
+        digests: Dict[str, str] = {}
+        hooks: Dict[str, Any] = {}
+        if self.aws_factory is not None:
+            self.say("local AWS (moto, ECR stand-in, IMDSv2, volumes) ...")
+            self.aws = self.aws_factory(self.rendered, self.network, self.workdir, self.stack)
+            self.aws.start()
+            digests = self.aws.push_images(self.rendered.images)
+        self.rendered = render(self.project_dir, self.stack, self.values, digests)
+        secrets = dict(self.rendered.secrets)
+        if self.password:
+            for name in secrets:
+                if name.endswith("/shared-password"):
+                    secrets[name] = self.password
+        self.secrets = secrets
+        if self.aws is not None:
+            self.aws.seed_secrets(secrets)
+            hooks = self.aws.host_hooks()
+        cidr = ipaddress.ip_network(self.rendered.vpc_cidr)
+        self.apt_url = hosts.start_apt_cache(
+            apt_image, self.stack, self.network, str(cidr.broadcast_address - 2)
+        )
+        self.made.append(f"campfleet-rehearsal-{self.stack}-aptcache")
+        self.say(f"apt cache {self.apt_url}")
+        self._boot(
+            "mux",
+            0,
+            self.rendered.mux_ip,
+            self.rendered.mux_user_data,
+            self.rendered.state_zone,
+            image,
+            hooks,
+        )
+        for index in range(self.rendered.ships):
+            zone, subnet = self.rendered.ship_subnets[index % len(self.rendered.ship_subnets)]
+            ip = str(ipaddress.ip_network(subnet).network_address + 10 + index)
+            self._boot("ship", index, ip, self.rendered.ship_user_data, zone, image, hooks)
+
+    def _boot(
+        self,
+        role: str,
+        index: int,
+        ip: str,
+        user_data: str,
+        zone: str,
+        image: str,
+        hooks: Mapping[str, Any],
+    ) -> None:
+        name = self.name(role, index)
+        iid = instance_id(self.stack, 0 if role == "mux" else index + 1)
+        spec = hosts.HostSpec(
+            name=name,
+            role=role,
+            instance_id=iid,
+            ip=ip,
+            user_data=user_data,
+            zone=zone,
+            mounts=dict(hooks.get("mounts", {})),
+            extra_hosts=dict(hooks.get("hosts", {})),
+            env=dict(hooks.get("env", {})),
+            publish=(f"127.0.0.1:{self.port}:443",) if role == "mux" else (),
+        )
+        seed = hosts.write_seed(self.workdir / name / "seed", spec)
+        self.made.append(name)
+        hosts.start_host(spec, image, self.stack, self.network, seed, self.apt_url)
+        if self.aws is not None:
+            self.aws.register_host(name, ip, iid, zone, role)
+        self.hosts[name] = HostStatus(name, role, iid, ip)
+        self.say(f"{name}: {iid} at {ip} booting")
+
+    # -- progress ----------------------------------------------------------------------------
+    def ship_states(self) -> Dict[str, str]:
+        """ship id -> state, from the mux's registry (empty until the hub has made it)."""
+        import json
+
+        done = hosts.host_exec(
+            self.mux, "docker", "exec", "campfleet-mux", "python3", "-c", _REGISTRY_QUERY
+        )
+        if done.returncode != 0:
+            return {}
+        try:
+            return dict(json.loads(done.stdout))
+        except ValueError:
+            return {}
+
+    def poll(self) -> Dict[str, HostStatus]:
+        states = self.ship_states() if self.hosts else {}
+        for status in self.hosts.values():
+            if status.phase == FAILED:
+                continue
+            ci = hosts.cloud_init(status.name)
+            if ci.status in ("error", "gone"):
+                status.advance(FAILED, f"{ci.detail}\n{hosts.failing_step(status.name)}".strip())
+                continue
+            if ci.status != "done":
+                continue
+            if status.role == "mux":
+                up = hosts.unit_state(status.name, "campfleet-mux") == "active"
+                status.advance(HUB_UP if up and states is not None else CLOUD_INIT_DONE)
+                continue
+            ship_state = states.get(status.instance_id)
+            if ship_state == "failed":
+                status.advance(FAILED, f"the agent reports failed on {status.instance_id}")
+            elif ship_state == AVAILABLE or ship_state == "running":
+                status.advance(AVAILABLE)
+            elif ship_state or hosts.unit_state(status.name, "campfleet-agent") == "active":
+                status.advance(AGENT_REPORTING)
+            else:
+                status.advance(CLOUD_INIT_DONE)
+        return self.hosts
+
+    def ready(self) -> bool:
+        ships = [h for h in self.hosts.values() if h.role == "ship"]
+        return all(h.phase == AVAILABLE for h in ships) and bool(ships)
+
+    def wait_ready(
+        self, timeout: float, show: Optional[Callable[[Dict[str, HostStatus]], None]] = None
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            statuses = self.poll()
+            if show:
+                show(statuses)
+            if self.ready():
+                return
+            if time.monotonic() > deadline:
+                raise RehearsalError(
+                    f"not every ship was available within {timeout:.0f} s: "
+                    + ", ".join(f"{h.name} {h.phase}" for h in statuses.values())
+                )
+            time.sleep(2)
+
+    # -- stop --------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Remove every container, volume, network and loop device this rehearsal made."""
+        for name in reversed(self.made):
+            hosts.remove_host(name)
+        # Anything labelled for this stack that a crash left behind goes too.
+        leftover = hosts.docker(
+            "ps", "-aq", "--filter", f"label={hosts.LABEL}={self.stack}", check=False
+        ).split()
+        if leftover:
+            hosts.docker("rm", "-f", "-v", *leftover, check=False, timeout=180)
+        if self.aws is not None:
+            try:
+                self.aws.stop()
+            except Exception as exc:
+                self.say(f"local AWS stop: {exc}")
+        self.network.remove()
+        volumes = hosts.docker(
+            "volume", "ls", "-q", "--filter", f"label={hosts.LABEL}={self.stack}", check=False
+        ).split()
+        if volumes:
+            hosts.docker("volume", "rm", "-f", *volumes, check=False)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def leftovers(stack: str) -> List[str]:
+    """Every Docker object still labelled for this stack's rehearsal (a clean stop: none)."""
+    found: List[str] = []
+    for kind in ("container", "network", "volume"):
+        argv = [kind, "ls", "-q", "--filter", f"label={hosts.LABEL}={stack}"]
+        if kind == "container":
+            argv = ["ps", "-aq", "--filter", f"label={hosts.LABEL}={stack}"]
+        out = subprocess.run(["docker", *argv], capture_output=True, text=True).stdout
+        found += [f"{kind} {x}" for x in out.split()]
+    return found

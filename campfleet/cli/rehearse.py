@@ -90,7 +90,7 @@ def _aws_factory() -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from campfleet.rehearsal.hosts import HostError
-    from campfleet.rehearsal.rehearsal import FAILED, Rehearsal, RehearsalError
+    from campfleet.rehearsal.rehearsal import BOOTING, FAILED, Rehearsal, RehearsalError
 
     project_dir = find_project_dir(args.project_dir)
     values = stack_values(project_dir, args.stack)
@@ -111,11 +111,11 @@ def run(args: argparse.Namespace) -> int:
         say=lambda line: print(line, flush=True),
         aws_factory=_aws_factory(),
     )
-    shown: Dict[str, str] = {}
+    shown: Dict[str, str] = {}  # host -> phase last printed ("booting" is said at start)
 
     def show(statuses: Dict[str, Any]) -> None:
         for status in statuses.values():
-            if shown.get(status.name) == status.phase:
+            if shown.get(status.name, BOOTING) == status.phase:
                 continue
             shown[status.name] = status.phase
             took = status.phase_times.get(status.phase)

@@ -257,29 +257,51 @@ class CloudInit:
 
 
 def cloud_init(name: str) -> CloudInit:
+    """Judged once cloud-init has finished (its final stage writes boot-finished): 22.4
+    reports "error" as soon as one early module failed, while later stages still run."""
     try:
-        done = host_exec(name, "cloud-init", "status", "--format", "json", timeout=20)
+        done = host_exec(
+            name,
+            "sh",
+            "-c",
+            "test -e /var/lib/cloud/instance/boot-finished && echo finished; "
+            "cloud-init status --format json",
+            timeout=20,
+        )
     except subprocess.TimeoutExpired:
         return CloudInit("running")
-    if done.returncode not in (0, 1, 2) or not done.stdout.strip().startswith("{"):
-        if "is not running" in done.stderr or "No such container" in done.stderr:
-            return CloudInit("gone", done.stderr.strip())
+    if "No such container" in done.stderr or "is not running" in done.stderr:
+        return CloudInit("gone", done.stderr.strip())
+    finished, _, text = (
+        done.stdout.partition("\n")
+        if done.stdout.startswith("finished")
+        else (
+            "",
+            "",
+            done.stdout,
+        )
+    )
+    if not text.strip().startswith("{"):
         return CloudInit("not started")
-    data = json.loads(done.stdout)
+    data = json.loads(text)
     status = str(data.get("status", "running"))
     if status == "disabled":
         return CloudInit("error", "cloud-init is disabled (no NoCloud seed found)")
+    if not finished:
+        return CloudInit("running")
     errors = data.get("errors") or []
     if status == "error" or errors:
         return CloudInit("error", "; ".join(str(e) for e in errors) or "cloud-init error")
-    return CloudInit(status if status in ("running", "done") else "running")
+    return CloudInit("done")
 
 
-def failing_step(name: str, lines: int = 12) -> str:
-    """The last lines of cloud-init's output and the host's console: what failed and why."""
+def failing_step(name: str, lines: int = 10) -> str:
+    """The last lines of cloud-init's output log and what the host said on its console
+    (campfleet's own lines: why an init script stopped)."""
     log = host_exec(name, "tail", "-n", str(lines), "/var/log/cloud-init-output.log").stdout
-    console = docker("logs", "--tail", str(lines), name, check=False)
-    return "\n".join(part for part in (log.strip(), console.strip()) if part)
+    console = docker("logs", "--tail", "200", name, check=False)
+    said = [line for line in console.splitlines() if "campfleet" in line and "failed" in line]
+    return "\n".join([*log.strip().splitlines(), *said[-3:]])
 
 
 def unit_state(name: str, unit: str) -> str:

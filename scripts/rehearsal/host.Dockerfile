@@ -15,12 +15,14 @@ RUN printf '%s\n' \
  && apt-get update -qq \
  && apt-get install -y -qq --no-install-recommends \
       systemd systemd-sysv dbus udev cloud-init awscli amazon-ec2-utils python3 iptables \
-      e2fsprogs ca-certificates curl iproute2 procps kmod gnupg util-linux mount \
+      e2fsprogs ca-certificates curl iproute2 procps kmod gnupg util-linux mount locales \
       >/dev/null \
  && apt-get clean && rm -rf /var/lib/apt/lists/*
 # Hook "machine CA": the base already trusts this machine's CA bundle; keep it trusted when a
 # package later runs update-ca-certificates.
 RUN cp /etc/ssl/certs/ca-certificates.crt /usr/local/share/ca-certificates/campfleet-machine.crt
+# As on Debian's cloud images: the locale cloud-init sets (en_US.UTF-8) is generated.
+RUN sed -i 's/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/' /etc/locale.gen && locale-gen >/dev/null
 # Hook "NoCloud only": cloud-init reads the seed the rehearsal mounts at
 # /var/lib/cloud/seed/nocloud and leaves the network to Docker (a container has no NIC to
 # configure). Every module of the user data runs as on EC2.

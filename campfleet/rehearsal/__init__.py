@@ -1,1 +1,1 @@
-"""`campfleet rehearse`: the rendered user data boots on this machine (docs/rehearsal.md)."""
+"""`campfleet rehearse`: the rendered user data boots on this machine against a local AWS."""

@@ -125,8 +125,10 @@ def _mocks_class():
     class FleetMocks(pulumi.runtime.Mocks):
         """Plausible AWS answers so every Output in the program resolves."""
 
-        def __init__(self, region: str, digests: Mapping[str, str]) -> None:
+        def __init__(self, region: str, digests: Mapping[str, str], ids: Mapping[str, str]) -> None:
             self.region = region
+            # Resource name -> physical id, as a local AWS made it (the rehearsal's volumes).
+            self.ids = dict(ids)
             # Image name (no tag) -> sha256 digest, as the registry answered a push (the
             # rehearsal's local ECR); other images get a made-up digest.
             self.digests = dict(digests)
@@ -195,6 +197,7 @@ def _mocks_class():
                 out["arn"] = f"arn:aws:iam::{ACCOUNT}:{typ.split(':')[-1].lower()}/{out['name']}"
                 out["uniqueId"] = f"AROA{h[:16].upper()}"
                 rid = out["name"]
+            rid = self.ids.get(name, rid)
             out.setdefault("arn", self._arn(module or "mock", f"{name}"))
             out.setdefault("id", rid)
             return rid, out
@@ -325,13 +328,14 @@ def _run(
     values: Mapping[str, Any],
     config: FleetConfig,
     digests: Mapping[str, str],
+    ids: Mapping[str, str],
 ) -> Evaluation:
     from pulumi.runtime import mocks, settings
     from pulumi.runtime.config import set_all_config
     from pulumi.runtime.stack import run_in_stack
 
     region = values.get("aws:region") or DEFAULT_REGION
-    monitor = _monitor_class()(_mocks_class()(str(region), digests))
+    monitor = _monitor_class()(_mocks_class()(str(region), digests, ids))
     features = set(monitor.GetDeploymentInfo(None).supportedFeatures)
     settings.ROOT.set(None)
     settings.configure(
@@ -389,11 +393,13 @@ def evaluate(
     stack: str,
     values: Optional[Mapping[str, Any]] = None,
     digests: Optional[Mapping[str, str]] = None,
+    ids: Optional[Mapping[str, str]] = None,
 ) -> Evaluation:
     """Evaluate the program for `stack` (values default to Pulumi.<stack>.yaml's `config:`).
 
     `digests` (image name without tag -> "sha256:...") makes the built images' digests the
     ones a registry gave them (`campfleet rehearse` pushes them first); others are made up.
+    `ids` (resource name -> physical id) does the same for resources a local AWS made.
 
     Raises ConfigError (every problem, one line each) before anything runs.
     """
@@ -401,4 +407,6 @@ def evaluate(
     if values is None:
         values = read_stack_config(project_dir, stack)
     config = parse_config(stack, values)
-    return contextvars.copy_context().run(_run, project_dir, stack, values, config, digests or {})
+    return contextvars.copy_context().run(
+        _run, project_dir, stack, values, config, digests or {}, ids or {}
+    )

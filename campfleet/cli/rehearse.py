@@ -78,17 +78,14 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def _aws_factory() -> Any:
-    """The local AWS (campfleet.rehearsal.aws), or None where it is not installed."""
-    try:
-        from campfleet.rehearsal.aws import LocalAws  # noqa: F401
-    except ImportError:
-        return None
-    from campfleet.rehearsal.localaws import local_aws
+    """The local AWS (campfleet.rehearsal.aws: moto, ECR stand-in, IMDSv2, loop volumes)."""
+    from campfleet.rehearsal.aws import LocalAws
 
-    return local_aws
+    return LocalAws
 
 
 def run(args: argparse.Namespace) -> int:
+    from campfleet.rehearsal.aws import LocalAwsError
     from campfleet.rehearsal.hosts import HostError
     from campfleet.rehearsal.rehearsal import BOOTING, FAILED, Rehearsal, RehearsalError
 
@@ -132,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{READY_LINE} {rehearsal.url}", flush=True)
         print("Press Ctrl-C to stop and remove everything.", flush=True)
         threading.Event().wait()
-    except (RehearsalError, HostError) as exc:
+    except (RehearsalError, HostError, LocalAwsError) as exc:
         con.print(host_table(rehearsal.hosts, con))
         raise CliError(str(exc)) from None
     except KeyboardInterrupt:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +134,42 @@ def start_apt_cache(image: str, stack: str, network: Network, ip: str) -> str:
     return f"http://{ip}:{APT_PORT}"
 
 
+def trusting_image(image: str, ca_pem: str) -> str:
+    """Hook "mux image CA": the mux image plus the rehearsal CA in the bundle botocore and
+    requests use (certifi's; AWS_CA_BUNDLE points at a copy with the CA appended). The hosts'
+    own tools trust it through the system store; a container has its own."""
+    import hashlib
+
+    key = hashlib.sha256((image + ca_pem).encode()).hexdigest()[:12]
+    tag = f"campfleet-rehearsal-mux:{key}"
+    if subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0:
+        return tag
+    work = Path(tempfile.mkdtemp(prefix="campfleet-rehearsal-ca-"))
+    try:
+        (work / "rehearsal-ca.pem").write_text(ca_pem)
+        (work / "Dockerfile").write_text(
+            f"FROM {image}\n"
+            "USER root\n"
+            "COPY rehearsal-ca.pem /etc/campfleet-rehearsal-ca.pem\n"
+            'RUN python3 -c "import certifi,shutil;shutil.copy(certifi.where(),'
+            "'/etc/campfleet-rehearsal-bundle.pem')\" 2>/dev/null "
+            "|| cp /etc/ssl/certs/ca-certificates.crt /etc/campfleet-rehearsal-bundle.pem; "
+            "cat /etc/campfleet-rehearsal-ca.pem >> /etc/campfleet-rehearsal-bundle.pem\n"
+            "ENV AWS_CA_BUNDLE=/etc/campfleet-rehearsal-bundle.pem\n"
+        )
+        done = subprocess.run(
+            ["docker", "build", "-q", "--label", "campfleet.rehearsal.image=mux", "-t", tag,
+             str(work)],
+            capture_output=True, text=True, timeout=600, check=False,
+            env={**os.environ, "DOCKER_BUILDKIT": "0"},
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if done.returncode != 0:
+        raise HostError(f"adding the rehearsal CA to {image}: {done.stderr.strip()[-300:]}")
+    return tag
+
+
 def labels(stack: str, role: str) -> List[str]:
     return ["--label", f"{LABEL}={stack}", "--label", f"{ROLE_LABEL}={role}"]
 
@@ -177,6 +215,7 @@ class HostSpec:
     extra_hosts: Dict[str, str] = field(default_factory=dict)  # name -> address
     publish: Sequence[str] = ()
     env: Dict[str, str] = field(default_factory=dict)
+    extra_args: List[str] = field(default_factory=list)  # the local AWS's hooks
 
 
 def write_seed(directory: Path, spec: HostSpec) -> Path:
@@ -226,7 +265,7 @@ def start_host(
         argv += ["-p", port]
     for key, value in spec.env.items():
         argv += ["-e", f"{key}={value}"]
-    docker(*argv, image)
+    docker(*argv, *spec.extra_args, image)
     if spec.role == "mux":  # a public address on AWS: the edge network is its way out
         docker("network", "connect", network.edge, spec.name)
     docker("start", spec.name)

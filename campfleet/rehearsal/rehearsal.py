@@ -98,6 +98,10 @@ class Rehearsal:
         self.hosts: Dict[str, HostStatus] = {}
         self.made: List[str] = []  # container names, in start order
         self.apt_url = ""
+        self.image = ""
+        self.hooks: Any = None
+        self.secrets: Dict[str, str] = {}
+        self.skip_images: tuple = ()  # roles not pushed (a test's broken ship)
 
     # -- names -------------------------------------------------------------------------------
     def name(self, role: str, index: int = 0) -> str:
@@ -116,47 +120,90 @@ class Rehearsal:
         self.say("host image (Debian bookworm, cached after the first build) ...")
         image = hosts.build_host_image(self.say)
         apt_image = hosts.build_apt_cache_image(image)
-        # Render once to learn the network (the digests come after the push).
-        self.rendered = render(self.project_dir, self.stack, self.values)
-        self.network = hosts.Network(self.stack, self.rendered.vpc_cidr)
-        self.say(f"network {self.rendered.vpc_cidr} (mux at {self.rendered.mux_ip})")
+        # Render once to learn the network and the volumes; again once they exist locally.
+        first = render(self.project_dir, self.stack, self.values)
+        self.network = hosts.Network(self.stack, first.vpc_cidr)
+        self.say(f"network {first.vpc_cidr} (mux at {first.mux_ip})")
         self.network.create()
-        digests: Dict[str, str] = {}
-        hooks: Dict[str, Any] = {}
-        if self.aws_factory is not None:
-            self.say("local AWS (moto, ECR stand-in, IMDSv2, volumes) ...")
-            self.aws = self.aws_factory(self.rendered, self.network, self.workdir, self.stack)
-            self.aws.start()
-            digests = self.aws.push_images(self.rendered.images)
-        self.rendered = render(self.project_dir, self.stack, self.values, digests)
-        secrets = dict(self.rendered.secrets)
-        if self.password:
-            for name in secrets:
-                if name.endswith("/shared-password"):
-                    secrets[name] = self.password
-        self.secrets = secrets
-        if self.aws is not None:
-            self.aws.seed_secrets(secrets)
-            hooks = self.aws.host_hooks()
-        cidr = ipaddress.ip_network(self.rendered.vpc_cidr)
+        cidr = ipaddress.ip_network(first.vpc_cidr)
         self.apt_url = hosts.start_apt_cache(
             apt_image, self.stack, self.network, str(cidr.broadcast_address - 2)
         )
         self.made.append(f"campfleet-rehearsal-{self.stack}-aptcache")
         self.say(f"apt cache {self.apt_url}")
-        self._boot(
-            "mux",
-            0,
-            self.rendered.mux_ip,
-            self.rendered.mux_user_data,
-            self.rendered.state_zone,
-            image,
-            hooks,
+        hooks = self._local_aws(first) if self.aws_factory is not None else None
+        digests = self._push_images(first) if self.aws is not None else {}
+        ids = self._create_volumes(first) if self.aws is not None else {}
+        self.rendered = render(self.project_dir, self.stack, self.values, digests, ids)
+        self.secrets = dict(self.rendered.secrets)
+        if self.password:
+            for name in self.secrets:
+                if name.endswith("/shared-password"):
+                    self.secrets[name] = self.password
+        if self.aws is not None:
+            self.aws.seed_secrets(self.secrets)
+            self.aws.ensure_group(
+                self.rendered.group_name,
+                launch_hook=self.rendered.hooks.get("launching"),
+                terminate_hook=self.rendered.hooks.get("terminating"),
+            )
+        rendered = self.rendered
+        mux_id = self._boot("mux", 0, rendered.mux_ip, rendered.mux_user_data,
+                            rendered.state_zone, image, hooks)  # fmt: skip
+        if self.aws is not None:  # Pulumi's VolumeAttachment, just after the instance starts
+            self.aws.attach_volume(rendered.state_volume, mux_id)
+        for index in range(rendered.ships):
+            self.add_ship(index, image, hooks)
+        self.image = image
+        self.hooks = hooks
+
+    def add_ship(self, index: int, image: str = "", hooks: Any = None) -> str:
+        """Boot ship `index` in its zone's subnet (as the group would launch it)."""
+        assert self.rendered is not None
+        zone, subnet = self.rendered.ship_subnets[index % len(self.rendered.ship_subnets)]
+        ip = str(ipaddress.ip_network(subnet).network_address + 10 + index)
+        return self._boot(
+            "ship", index, ip, self.rendered.ship_user_data, zone,
+            image or self.image, hooks if hooks is not None else self.hooks,
+        )  # fmt: skip
+
+    def _local_aws(self, first: RenderedStack) -> Any:
+        assert self.aws_factory is not None
+        self.say("local AWS (moto behind TLS at the AWS names, ECR stand-in, IMDSv2) ...")
+        self.aws = self.aws_factory(
+            stack=self.stack,
+            region=first.region,
+            network=self.network.vpc,
+            workdir=self.workdir / "aws",
+            label={hosts.LABEL: self.stack},
         )
-        for index in range(self.rendered.ships):
-            zone, subnet = self.rendered.ship_subnets[index % len(self.rendered.ship_subnets)]
-            ip = str(ipaddress.ip_network(subnet).network_address + 10 + index)
-            self._boot("ship", index, ip, self.rendered.ship_user_data, zone, image, hooks)
+        self.aws.start()
+        return self.aws.host_hooks()
+
+    def _push_images(self, first: RenderedStack) -> Dict[str, str]:
+        """Build (cached) and push both images; the mux's gets the rehearsal CA (hook)."""
+        from campfleet.images import ImageError, ensure_images
+
+        self.say("images (built on this machine, pushed to the ECR stand-in) ...")
+        try:
+            built = ensure_images(progress=self.say)
+        except ImageError as exc:
+            raise RehearsalError(str(exc)) from None
+        built["mux"] = hosts.trusting_image(built["mux"], self.aws.host_hooks().ca_pem)
+        digests: Dict[str, str] = {}
+        for role, name in first.images.items():
+            if role in self.skip_images:
+                continue
+            ref = self.aws.push_image(built[role], name.split("/", 1)[1])
+            digests[name] = ref.split("@", 1)[1]
+        return digests
+
+    def _create_volumes(self, first: RenderedStack) -> Dict[str, str]:
+        """The stack's volumes in the local AWS (as `pulumi up` creates them); name -> id."""
+        return {
+            name: self.aws.create_volume(zone, size, tags)
+            for name, (zone, size, tags) in first.volumes.items()
+        }
 
     def _boot(
         self,
@@ -166,10 +213,19 @@ class Rehearsal:
         user_data: str,
         zone: str,
         image: str,
-        hooks: Mapping[str, Any],
-    ) -> None:
+        hooks: Any,
+    ) -> str:
         name = self.name(role, index)
-        iid = instance_id(self.stack, 0 if role == "mux" else index + 1)
+        if self.aws is not None:
+            iid = self.aws.register_host(
+                name,
+                ip,
+                zone,
+                f"campfleet-{self.stack}-{role}",
+                group=self.rendered.group_name if role == "ship" and self.rendered else None,
+            )
+        else:
+            iid = instance_id(self.stack, 0 if role == "mux" else index + 1)
         spec = hosts.HostSpec(
             name=name,
             role=role,
@@ -177,18 +233,18 @@ class Rehearsal:
             ip=ip,
             user_data=user_data,
             zone=zone,
-            mounts=dict(hooks.get("mounts", {})),
-            extra_hosts=dict(hooks.get("hosts", {})),
-            env=dict(hooks.get("env", {})),
+            extra_args=list(hooks.docker_run_args()) if hooks is not None else [],
             publish=(f"127.0.0.1:{self.port}:443",) if role == "mux" else (),
         )
         seed = hosts.write_seed(self.workdir / name / "seed", spec)
         self.made.append(name)
         hosts.start_host(spec, image, self.stack, self.network, seed, self.apt_url)
-        if self.aws is not None:
-            self.aws.register_host(name, ip, iid, zone, role)
+        if hooks is not None:
+            hooks.install(name)  # the rehearsal CA trusted, IMDS routed: before cloud-init's
+            # runcmd, which follows the package installs
         self.hosts[name] = HostStatus(name, role, iid, ip)
         self.say(f"{name}: {iid} at {ip} booting")
+        return iid
 
     # -- progress ----------------------------------------------------------------------------
     def ship_states(self) -> Dict[str, str]:

@@ -48,6 +48,9 @@ class RenderedStack:
     ships: int
     secrets: Dict[str, str]  # SSM parameter name -> value
     images: Dict[str, str] = field(default_factory=dict)  # role -> image name (no tag)
+    # Every EBS volume of the stack: resource name -> (zone, GiB, tags), for the local AWS.
+    volumes: Dict[str, Tuple[str, int, Dict[str, str]]] = field(default_factory=dict)
+    hooks: Dict[str, str] = field(default_factory=dict)  # "launching"/"terminating" -> name
     outputs: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -99,6 +102,18 @@ def from_evaluation(ev: Any, stack: str, region: str) -> RenderedStack:
             if r.type == PARAMETER and r.inputs.get("type") == "SecureString"
         },
         images=images,
+        volumes={
+            r.name: (
+                str(r.inputs.get("availabilityZone", "")),
+                int(r.inputs.get("size", 1)),
+                dict(r.inputs.get("tags") or {}),
+            )
+            for r in volumes
+        },
+        hooks={
+            str(h.get("lifecycleTransition", "")).rsplit("_", 1)[-1].lower(): str(h["name"])
+            for h in group.inputs.get("initialLifecycleHooks") or []
+        },
         outputs=dict(ev.outputs),
     )
 
@@ -108,9 +123,10 @@ def render(
     stack: str,
     values: Mapping[str, Any],
     digests: Optional[Mapping[str, str]] = None,
+    ids: Optional[Mapping[str, str]] = None,
 ) -> RenderedStack:
     """Evaluate the stack (with the local registry's digests) and take what a rehearsal boots."""
     from campfleet.evaluate import DEFAULT_REGION, evaluate
 
     region = str(values.get("aws:region") or DEFAULT_REGION)
-    return from_evaluation(evaluate(project_dir, stack, values, digests), stack, region)
+    return from_evaluation(evaluate(project_dir, stack, values, digests, ids), stack, region)

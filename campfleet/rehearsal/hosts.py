@@ -115,7 +115,7 @@ def build_apt_cache_image(host_image: str) -> str:
 
 
 def start_apt_cache(image: str, stack: str, network: Network, ip: str) -> str:
-    """The apt cache on the VPC (at `ip`) and the edge network; returns its URL."""
+    """The apt cache on the VPC network (at `ip`); returns its URL for the hosts."""
     name = f"campfleet-rehearsal-{stack}-aptcache"
     APT_CACHE_DIR.mkdir(parents=True, exist_ok=True)
     docker(
@@ -124,12 +124,13 @@ def start_apt_cache(image: str, stack: str, network: Network, ip: str) -> str:
         name,
         *labels(stack, "aptcache"),
         "--network",
-        network.edge,
+        network.vpc,
+        "--ip",
+        ip,
         "-v",
         f"{APT_CACHE_DIR}:/var/cache/apt-cacher-ng",
         image,
     )
-    docker("network", "connect", "--ip", ip, network.vpc, name)
     docker("start", name)
     return f"http://{ip}:{APT_PORT}"
 
@@ -176,28 +177,26 @@ def labels(stack: str, role: str) -> List[str]:
 
 @dataclass
 class Network:
-    """The VPC (the stack's CIDR; ships and the mux) and the edge (published port, egress).
-
-    The VPC network is internal: nothing in it reaches outside this machine. The mux, which
-    has a public address on AWS, and the apt cache are on the edge network too.
-    """
+    """The VPC: a Docker network with the stack's CIDR, the mux at its fixed address, ships in
+    their zones' subnets. Not `--internal`: Docker's isolation rules for internal networks drop
+    bridged packets to any address outside the subnet, 169.254.169.254 (IMDS) included; the
+    stack's default egress (`shipEgress: nat`) lets hosts out anyway. Only the mux's HTTPS port
+    is published, on 127.0.0.1."""
 
     stack: str
     cidr: str
     vpc: str = ""
-    edge: str = ""
 
     def create(self) -> None:
-        base = f"campfleet-rehearsal-{self.stack}"
-        self.vpc = f"{base}-vpc"
-        self.edge = f"{base}-edge"
-        for name, extra in ((self.vpc, ["--internal", f"--subnet={self.cidr}"]), (self.edge, [])):
-            docker("network", "create", *extra, "--label", f"{LABEL}={self.stack}", name)
+        self.vpc = f"campfleet-rehearsal-{self.stack}-vpc"
+        docker(
+            "network", "create", f"--subnet={self.cidr}", "--label", f"{LABEL}={self.stack}",
+            self.vpc,
+        )  # fmt: skip
 
     def remove(self) -> None:
-        for name in (self.vpc, self.edge):
-            if name:
-                docker("network", "rm", name, check=False)
+        if self.vpc:
+            docker("network", "rm", self.vpc, check=False)
 
 
 @dataclass
@@ -266,8 +265,6 @@ def start_host(
     for key, value in spec.env.items():
         argv += ["-e", f"{key}={value}"]
     docker(*argv, *spec.extra_args, image)
-    if spec.role == "mux":  # a public address on AWS: the edge network is its way out
-        docker("network", "connect", network.edge, spec.name)
     docker("start", spec.name)
     return spec.name
 
@@ -348,10 +345,13 @@ def unit_state(name: str, unit: str) -> str:
     return done.stdout.strip() or "unknown"
 
 
-def wait_running(name: str, timeout: float = 60) -> None:
+def wait_early_boot(name: str, timeout: float = 60) -> None:
+    """Until systemd has set up its temporary files (it empties /tmp at boot): then files put
+    into the host from outside stay put."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if host_exec(name, "systemctl", "is-system-running").stdout.strip() not in ("", "offline"):
+        done = host_exec(name, "systemctl", "is-active", "systemd-tmpfiles-setup.service")
+        if done.stdout.strip() in ("active", "failed"):
             return
-        time.sleep(0.5)
-    raise HostError(f"{name}: systemd did not come up within {timeout:.0f} s")
+        time.sleep(0.3)
+    raise HostError(f"{name}: systemd did not finish early boot within {timeout:.0f} s")

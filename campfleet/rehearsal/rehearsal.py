@@ -1,6 +1,6 @@
 """`campfleet rehearse`: the stack's own user data boots a mux and ships on this machine.
 
-Order: the host image (cached), the VPC and edge networks, the local AWS (moto behind TLS on
+Order: the host image (cached), the VPC network, the local AWS (moto behind TLS on
 the real AWS names, the ECR stand-in with the built images, SSM holding the stack's secrets,
 IMDSv2, loop-device volumes: campfleet.rehearsal.aws and friends), the user data rendered
 with the registry's digests, the apt cache, then the mux host and the ship hosts. Each host
@@ -240,6 +240,7 @@ class Rehearsal:
         self.made.append(name)
         hosts.start_host(spec, image, self.stack, self.network, seed, self.apt_url)
         if hooks is not None:
+            hosts.wait_early_boot(name)
             hooks.install(name)  # the rehearsal CA trusted, IMDS routed: before cloud-init's
             # runcmd, which follows the package installs
         self.hosts[name] = HostStatus(name, role, iid, ip)

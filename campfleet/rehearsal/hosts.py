@@ -39,7 +39,10 @@ HOST_FLAGS = (
     "--cap-drop=SYS_RESOURCE",
     "--security-opt=seccomp=unconfined",
     "--security-opt=apparmor=unconfined",
-    "--cgroupns=private",
+    "--cgroupns=host",
+    # systemd manages its own subtree (/docker/<id>) of the machine's cgroup v1 hierarchy;
+    # the nested engine puts its containers beneath its own cgroup (daemon.json hook).
+    "--volume=/sys/fs/cgroup:/sys/fs/cgroup:rw",
     "--tmpfs=/run:exec",
     "--tmpfs=/run/lock",
     "--tmpfs=/tmp:exec",

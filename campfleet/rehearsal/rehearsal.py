@@ -282,7 +282,7 @@ class Rehearsal:
                 status.advance(FAILED, f"the agent reports failed on {status.instance_id}")
             elif ship_state == AVAILABLE or ship_state == "running":
                 status.advance(AVAILABLE)
-            elif ship_state or hosts.unit_state(status.name, "campfleet-agent") == "active":
+            elif ship_state:
                 status.advance(AGENT_REPORTING)
             else:
                 status.advance(CLOUD_INIT_DONE)

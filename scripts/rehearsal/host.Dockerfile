@@ -34,6 +34,12 @@ RUN printf '%s\n' '# campfleet rehearsal hook "NoCloud only" (docs/rehearsal.md)
       systemd-udev-trigger.service systemd-firstboot.service \
  # A fresh machine id per host at first boot, as on a new instance.
  && : >/etc/machine-id && rm -f /var/lib/dbus/machine-id
+
+
+
+# Hook "nested cgroups": the nested Docker engine (docker.io, installed by the user data) puts
+# its containers beneath its own cgroup, not at the root of the machine's hierarchy.
+RUN mkdir -p /etc/docker && printf '{"cgroup-parent": "campfleet-nested"}\n' >/etc/docker/daemon.json
 ENV container=docker
 STOPSIGNAL SIGRTMIN+3
 CMD ["/sbin/init"]

@@ -4,11 +4,9 @@ promises holds there. One rehearsal is shared by the module (it takes minutes to
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -43,12 +41,15 @@ def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
         aws_factory=LocalAws,
     )
     try:
-        run.start()
-        run.wait_ready(timeout=1200)
+        try:
+            run.start()
+            run.wait_ready(timeout=1200)
+        except Exception as exc:
+            details = [f"{h.name} {h.phase}: {h.detail}" for h in run.hosts.values()]
+            raise AssertionError(
+                "rehearsal did not come up:\n" + "\n".join([*lines, *details])
+            ) from exc
         yield run
-    except Exception:
-        details = [f"{h.name} {h.phase}: {h.detail}" for h in run.hosts.values()]
-        raise AssertionError("rehearsal did not come up:\n" + "\n".join(lines + details))
     finally:
         run.stop()
         assert_nothing_left(stack)

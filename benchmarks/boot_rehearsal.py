@@ -124,7 +124,7 @@ def main() -> int:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"boot_rehearsal-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
+    out = RESULTS / "boot_rehearsal.json"
     out.write_text(json.dumps(summary, indent=2) + "\n")
     print(
         f"packages {summary['mean_packages_s']} s, init script {summary['mean_init_script_s']}"

@@ -191,11 +191,21 @@ class Network:
     vpc: str = ""
 
     def create(self) -> None:
-        self.vpc = f"campfleet-rehearsal-{self.stack}-vpc"
-        docker(
-            "network", "create", f"--subnet={self.cidr}", "--label", f"{LABEL}={self.stack}",
-            self.vpc,
-        )  # fmt: skip
+        name = f"campfleet-rehearsal-{self.stack}-vpc"
+        try:
+            docker(
+                "network", "create", f"--subnet={self.cidr}", "--label",
+                f"{LABEL}={self.stack}", name,
+            )  # fmt: skip
+        except HostError as exc:
+            if "overlaps" not in str(exc):
+                raise
+            raise HostError(
+                f"another Docker network already uses the VPC's {self.cidr} (another rehearsal "
+                "runs: every stack's VPC has this CIDR); stop it, or find it with "
+                "`docker network ls --filter label=campfleet.rehearsal`"
+            ) from None
+        self.vpc = name
 
     def remove(self) -> None:
         if self.vpc:

@@ -150,7 +150,11 @@ def test_agent_lands_where_its_unit_imports_it(rendered: dict[str, str]) -> None
     assert 'docker cp "$source":/opt/campfleet/. /opt/campfleet/' in init
     dockerfile = (ROOT / "images/ship/Dockerfile").read_text().splitlines()
     copies = {line.split()[-1] for line in dockerfile if line.startswith("COPY campfleet/")}
-    assert copies == {"/opt/campfleet/campfleet/", "/opt/campfleet/campfleet/agent/"}
+    assert copies == {
+        "/opt/campfleet/campfleet/",
+        "/opt/campfleet/campfleet/agent/",
+        "/opt/campfleet/campfleet/contracts/",
+    }
 
 
 @pytest.mark.parametrize(("cached", "pulled"), [(True, False), (False, True)])

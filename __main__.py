@@ -70,8 +70,6 @@ ships = ShipFleet(
         security_group_id=network.ship_security_group_id,
         image=images["ship"].repo_digest,
         image_repository_arn=images["ship"].repository_arn,
-        fleet_secret_parameter=secrets.names["fleetSecret"],
-        fleet_secret_arn=secrets.arns["fleetSecret"],
         mux_private_ip=MUX_PRIVATE_IP,
         region=region,
         account_id=account_id,
@@ -87,6 +85,7 @@ ships = ShipFleet(
             initial_capacity=config.policy().scheduled(datetime.now(timezone.utc)),
         ),
         restore=restore,
+        ami=config.ship_ami,
     ),
 )
 mux = Mux(

@@ -59,6 +59,10 @@ def serve(db: str, cpu: int | None, conn) -> None:
         await server.start("127.0.0.1", 0)
         conn.send(server.port)
         loop = asyncio.get_running_loop()
+        # Each ship's own key, as attestation would issue it (not timed: attest_storm.py
+        # measures attestation); the load generator signs with them.
+        ships = await loop.run_in_executor(None, conn.recv)
+        conn.send({ship_id(n): server.issue_key(ship_id(n)) for n in range(ships)})
         await loop.run_in_executor(None, conn.recv)  # "start"
         cpu0 = time.process_time()
         await loop.run_in_executor(None, conn.recv)  # "stop"
@@ -77,7 +81,11 @@ def serve(db: str, cpu: int | None, conn) -> None:
     asyncio.run(main())
 
 
-def messages(ships: int, rnd: int) -> list[bytes]:
+def ship_id(n: int) -> str:
+    return f"i-{n:017x}"
+
+
+def messages(ships: int, rnd: int, keys: dict[str, bytes]) -> list[bytes]:
     """Round `rnd`'s signed HTTP requests: booting, available, then running heartbeats.
 
     Made before the round is timed (signing is the ships' work, not the mux's) and just
@@ -88,10 +96,10 @@ def messages(ships: int, rnd: int) -> list[bytes]:
     now = time.time()
     out = []
     for n in range(ships):
-        ship_id = f"i-{n:017x}"
+        ship = ship_id(n)
         status = p.ContainerStatus("", "ecr/ship:v1", "sha256:" + "ab" * 32, "running", 8888)
         report = p.Report(
-            ship_id=ship_id,
+            ship_id=ship,
             zone=f"eu-west-1{'abc'[n % 3]}",
             address=f"10.0.{n // 250}.{n % 250}",
             port_base=8888,
@@ -102,7 +110,7 @@ def messages(ships: int, rnd: int) -> list[bytes]:
             seq=rnd + 1,
             ts=now,
         )
-        body, headers = p.encode_report(report, p.derive_key(SECRET, ship_id))
+        body, headers = p.encode_report(report, keys[ship])
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         request = (
             f"POST /v1/report HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}"
@@ -165,6 +173,8 @@ def main() -> int:
                 print("control_ingest: the server did not start within 30 s", file=sys.stderr)
                 return 1
             port = parent.recv()
+            parent.send(args.ships)
+            keys = parent.recv()
             if client_cpu is not None:
                 os.sched_setaffinity(0, {client_cpu})
             per_round = []
@@ -173,7 +183,7 @@ def main() -> int:
             load0 = os.getloadavg()[0]
             start = time.perf_counter()
             for n in range(args.rounds):
-                batch = messages(args.ships, n)
+                batch = messages(args.ships, n, keys)
                 t0 = time.perf_counter()
                 ok, bad = asyncio.run(drive(port, batch, args.connections))
                 took = time.perf_counter() - t0

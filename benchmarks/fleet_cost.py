@@ -232,30 +232,36 @@ def always_on(visits: list[tuple[str, int, int]], ships: int, horizon_s: int) ->
 
 def measure_boot(samples: int = 3) -> float:
     """Seconds from starting a local agent to its `available` report, on loopback (median)."""
+    from campfleet.identity import TestIdentityAuthority
+    from campfleet.mux.attest import KnownInstances, local_attestor
     from campfleet.mux.control import ControlServer
     from campfleet.mux.registry import Registry
     from campfleet.protocol import ShipState
 
     secret = b"fleet-cost-benchmark-secret-0123456789"
+    authority, instances = TestIdentityAuthority(), KnownInstances()
     times = []
     with tempfile.TemporaryDirectory() as tmp:
         registry = Registry(Path(tmp) / "registry.sqlite")
-        server = ControlServer(registry, secret, 1.0, 5, poll_timeout=2.0)
+        attestor = local_attestor(authority.trusted, instances)
+        server = ControlServer(registry, secret, 1.0, 5, poll_timeout=2.0, attestor=attestor)
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, daemon=True)
         thread.start()
         port = _free_port()
         asyncio.run_coroutine_threadsafe(server.start("127.0.0.1", port), loop).result(10)
-        (Path(tmp) / "secret").write_bytes(secret)
         try:
             for i in range(samples):
                 ship = f"i-b007{i:013x}"  # EC2's id form, as the control API requires
+                instances.add([ship])
+                identity_dir = Path(tmp) / ship / "identity"
+                authority.write(identity_dir, authority.document(ship, "127.0.0.1", "local"))
                 started = time.perf_counter()
                 agent = subprocess.Popen(
                     [
                         sys.executable, "-m", "campfleet.agent", "--local",
                         "--mux", f"http://127.0.0.1:{port}",
-                        "--secret-file", str(Path(tmp) / "secret"),
+                        "--identity-dir", str(identity_dir),
                         "--ship-id", ship, "--zone", "local-a", "--address", "127.0.0.1",
                         "--port-base", str(_free_port()),
                         "--volumes-root", str(Path(tmp) / "volumes"),

@@ -37,12 +37,16 @@ from campfleet.agent.docker import SCOPE_LABEL
 from campfleet.contracts import paths
 from campfleet.contracts import secrets as contract
 from campfleet.contracts.muxjson import local_block, mux_json
+from campfleet.identity import TestIdentityAuthority
 from campfleet.mux import tls
 from campfleet.mux.registry import Registry
 from campfleet.mux.settings import load as load_settings
 from campfleet.protocol import READY
 
 DEFAULT_STATE_DIR = Path(".campfleet/local")
+# The local stand-in for AWS's signing of instance identity documents (under the state dir).
+IDENTITY_AUTHORITY_DIR = Path(contract.LOCAL_SECRETS_DIR) / "identity-authority"
+SIM_PREFIX = "i-5ea"  # the fleet simulator's ship ids: SIM_PREFIX + 14 hex digits
 SHIP_PORT_OFFSET = 100  # ship i's ports start at port + 100 + 10 * i
 PORTS_PER_SHIP = 10
 ZONE = "local-a"
@@ -328,6 +332,7 @@ class LocalEvent:
         # Which port block (index) each ship ever started used; guarded with `agents`.
         self._slots: dict[str, int] = {}
         self._agents_lock = threading.RLock()
+        self._authority: Optional[TestIdentityAuthority] = None
         self._follow_stop = threading.Event()
         self._follower: Optional[threading.Thread] = None
         self._lock = threading.RLock()
@@ -420,6 +425,7 @@ class LocalEvent:
                 stale.unlink()
         shutil.rmtree(self.state_dir / "ships", ignore_errors=True)
         self._write_secrets()
+        self.authority  # noqa: B018 - made now, before the hub reads its certificate
         self._write_settings()
         if self.tls:
             self._start_tls()
@@ -516,6 +522,8 @@ class LocalEvent:
             projects=self.projects,
             behind_tls=self.tls,
             tls=self._tls_settings() if self.tls else None,
+            # Relative to the settings' stateDir (the hub dir), like the secrets.
+            trusted_certificates=f"../{self._authority_cert}",
             local=local_block(
                 state_dir=str(self.hub_dir),
                 volumes_root=str(self.volumes_root),
@@ -758,14 +766,54 @@ class LocalEvent:
         self.stop_hub()
         self.start_hub()
 
+    # -- the local EC2: instances and their identity documents --------------------------------
+
+    @property
+    def _authority_cert(self) -> Path:
+        return IDENTITY_AUTHORITY_DIR / TestIdentityAuthority.CERT_FILE
+
+    @property
+    def authority(self) -> TestIdentityAuthority:
+        """The event's test identity authority (made on first use, kept with the secrets)."""
+        if self._authority is None:
+            self._authority = TestIdentityAuthority.open(self.state_dir / IDENTITY_AUTHORITY_DIR)
+        return self._authority
+
+    @property
+    def instances_file(self) -> Path:
+        return self.hub_dir / paths.LOCAL_INSTANCES_FILE
+
+    def set_instances(self, ship_ids: list[str], state: str) -> None:
+        """Record instances as EC2 would list them (the mux checks attesting ships here)."""
+        with self._agents_lock:
+            try:
+                known = json.loads(self.instances_file.read_text())
+            except (FileNotFoundError, ValueError):
+                known = {}
+            for ship_id in ship_ids:
+                known[ship_id] = {"state": state, "group": "", "privateIp": "127.0.0.1"}
+            tmp = self.instances_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(known, indent=1))
+            tmp.replace(self.instances_file)
+
+    def write_identity(self, ship_id: str, directory: Path, new_run: bool = False) -> None:
+        """The ship's signed identity document as IMDS would serve it; kept across agent
+        restarts (the same run of the instance) unless `new_run` (a stop and start)."""
+        if (directory / "document").exists() and not new_run:
+            return
+        document = self.authority.document(ship_id, "127.0.0.1", region="local", zone=ZONE)
+        self.authority.write(directory, document)
+
     def start_ship(self, ship_id: str, index: int) -> None:
         """Start the agent of one local ship (also used to bring a replacement ship up)."""
         ship_dir = self.state_dir / "ships" / ship_id
         ship_dir.mkdir(parents=True, exist_ok=True)
+        self.write_identity(ship_id, ship_dir / "identity")
+        self.set_instances([ship_id], "running")
         cmd = [
             sys.executable, "-m", "campfleet.agent", "--local",
             "--mux", f"http://127.0.0.1:{self.control_port}",
-            "--secret-file", str(self.state_dir / contract.local_file(contract.FLEET_SECRET)),
+            "--identity-dir", str(ship_dir / "identity"),
             "--ship-id", ship_id,
             "--zone", ZONE,
             "--address", "127.0.0.1",
@@ -791,10 +839,12 @@ class LocalEvent:
         flags (ramp=2.0 -> --ramp 2.0). Stopped with the event like an agent."""
         sim_dir = self.state_dir / "ships" / "simfleet"
         sim_dir.mkdir(parents=True, exist_ok=True)
+        self.set_instances([f"{SIM_PREFIX}{i:014x}" for i in range(self.ships)], "running")
         cmd = [
             sys.executable, "-m", "campfleet.simfleet",
             "--mux", f"http://127.0.0.1:{self.control_port}",
-            "--secret-file", str(self.state_dir / contract.local_file(contract.FLEET_SECRET)),
+            "--identity-authority", str(self.state_dir / IDENTITY_AUTHORITY_DIR),
+            "--prefix", SIM_PREFIX,
             "--ships", str(self.ships),
             "--port-base", str(self.port_base(0)),
             "--ports-per-ship", str(PORTS_PER_SHIP),
@@ -893,6 +943,7 @@ class LocalEvent:
             agent = self.agents.pop(ship_id, None)
         if agent is None:
             return
+        self.set_instances([ship_id], "terminated")
         descendants = _children(agent.pid)
         _terminate([agent.pid], timeout)
         if descendants:

@@ -1,24 +1,37 @@
 """Ship states, control-channel messages and their signing.
 
-Shared by the ship agent (Python 3.9, stdlib only) and the mux, so both sides accept and refuse
-exactly the same messages: every message goes through `validate`, which returns a `Verdict`
-with the rejection kind and a one-line reason instead of raising.
+Shared by the ship agent (the AMI's Python 3.11, stdlib only) and the mux, so both sides
+accept and refuse exactly the same messages: every message goes through `validate`, which
+returns a `Verdict` with the rejection kind and a one-line reason instead of raising.
 
 Wire format: the HTTP body is a JSON object (at most MAX_BODY bytes) with a "type" ("report",
 "poll" or "desired"), "ship_id", "seq" and "ts"; the signature is HMAC-SHA256 over the exact
 body bytes with the ship's key, hex in the X-Campfleet-Signature header, the ship id in
-X-Campfleet-Ship (so the key can be derived before the body is parsed).
+X-Campfleet-Ship (so the key can be looked up before the body is parsed).
+
+Keys: every ship has its own random key, issued by the mux after the ship proved which EC2
+instance it is (attestation): POST /v1/attest/challenge {"ship_id"} gives a single-use nonce;
+POST /v1/attest {"ship_id", "nonce", "document", "rsa2048", "public"} sends IMDS's instance
+identity document, its RSA-2048 signature and an ephemeral X25519 public key; the answer holds
+the mux's X25519 public key and the ship key encrypted and authenticated under their shared
+secret, so an eavesdropper on the VPC learns nothing it could sign with. No ship ever holds a
+secret that signs for another. (X25519 here is RFC 7748 in plain Python: the agent is
+stdlib-only; the mux uses `cryptography`'s.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple, Union
+
+from campfleet.contracts.ports import SHIP_PORT_BASE
 
 PROTOCOL_VERSION = 1
 MAX_BODY = 64 * 1024  # bytes; a report with a dozen containers is ~2 KiB
@@ -43,6 +56,13 @@ MALFORMED = "malformed"
 STALE = "stale"
 REPLAY = "replay"
 ILLEGAL = "illegal"
+UNATTESTED = "unattested"  # no key for this ship (never attested, or its key was replaced)
+UNTRUSTED = "untrusted"  # an identity the mux does not accept (other group, address, ...)
+
+ATTEST_CHALLENGE_PATH = "/v1/attest/challenge"
+ATTEST_PATH = "/v1/attest"
+KEY_BYTES = 32
+MAX_ATTEST_BODY = 16 * 1024  # the document (~0.5 kB) and its PKCS#7 signature (~2.3 kB)
 
 
 class ShipState(str, Enum):
@@ -115,7 +135,7 @@ class ContainerSpec:
     image: str
     cmd: List[str] = field(default_factory=list)
     env: Dict[str, str] = field(default_factory=dict)
-    port: int = 8888
+    port: int = SHIP_PORT_BASE
     health_path: str = "/"
 
 
@@ -183,13 +203,6 @@ class Verdict:
     reason: str = ""
     message: Optional[Message] = None
     seq: int = 0
-
-
-def derive_key(fleet_secret: bytes, ship_id: str) -> bytes:
-    """Per-ship key: a signature binds the message to its ship id, and the mux derives any key
-    from the one fleet secret. (Ships read the fleet secret itself today, so this does not yet
-    contain a ship whose root is compromised; that needs the key handed out per ship.)"""
-    return hmac.digest(fleet_secret, b"campfleet-ship-key:" + ship_id.encode(), "sha256")
 
 
 def sign(body: bytes, key: bytes) -> str:
@@ -374,7 +387,7 @@ def validate(
 ) -> Verdict:
     """Check one received message: size, signature, schema, timestamp, then sequence.
 
-    `key` is derive_key(fleet_secret, ship_id-from-header). The receiver passes `after_seq` (the
+    `key` is the key of the ship named in the header. The receiver passes `after_seq` (the
     last accepted seq of that ship: this one must be greater) or `reply_to` (the seq of the
     request this answers: must be equal).
     """
@@ -416,3 +429,93 @@ def validate(
     if reply_to is not None and seq != reply_to:
         return Verdict(False, REPLAY, f"answer is for request seq {seq}, not {reply_to}")
     return Verdict(True, message=message, seq=seq)
+
+
+# -- attestation: X25519 (RFC 7748) and the ship key's wrapping ------------------------------
+
+_P25519 = 2**255 - 19
+_A24 = 121665
+
+
+def x25519(scalar: bytes, u: bytes) -> bytes:
+    """RFC 7748 X25519(scalar, u), both 32 bytes little-endian (the Montgomery ladder)."""
+    if len(scalar) != 32 or len(u) != 32:
+        raise ValueError("X25519 takes 32-byte values")
+    k = bytearray(scalar)
+    k[0] &= 248
+    k[31] = (k[31] & 127) | 64
+    n = int.from_bytes(bytes(k), "little")
+    x1 = int.from_bytes(u, "little") & ((1 << 255) - 1)
+    x2, z2, x3, z3, swap = 1, 0, x1, 1, 0
+    p = _P25519
+    for t in range(254, -1, -1):
+        bit = (n >> t) & 1
+        swap ^= bit
+        if swap:
+            x2, x3, z2, z3 = x3, x2, z3, z2
+        swap = bit
+        a, b = x2 + z2, x2 - z2
+        aa, bb = a * a % p, b * b % p
+        e = aa - bb
+        c, d = x3 + z3, x3 - z3
+        da, cb = d * a % p, c * b % p
+        x3 = (da + cb) ** 2 % p
+        z3 = x1 * (da - cb) ** 2 % p
+        x2 = aa * bb % p
+        z2 = e * (aa + _A24 * e) % p
+    if swap:
+        x2, z2 = x3, z3
+    return (x2 * pow(z2, p - 2, p) % p).to_bytes(32, "little")
+
+
+_BASE_POINT = (9).to_bytes(32, "little")
+
+
+def x25519_keypair() -> Tuple[bytes, bytes]:
+    """(private, public) ephemeral X25519 keys."""
+    private = os.urandom(32)
+    return private, x25519(private, _BASE_POINT)
+
+
+def x25519_shared(private: bytes, peer_public: bytes) -> bytes:
+    """The shared secret; refuses a low-order peer key (all-zero result, RFC 7748 6.1)."""
+    shared = x25519(private, peer_public)
+    if not any(shared):
+        raise ValueError("the peer's X25519 public key is of low order")
+    return shared
+
+
+def _wrap_keys(shared: bytes, context: bytes) -> Tuple[bytes, bytes]:
+    prk = hmac.digest(b"campfleet-attest-v1", shared, "sha256")  # HKDF-extract
+    return (
+        hmac.digest(prk, b"enc\0" + context, "sha256"),
+        hmac.digest(prk, b"mac\0" + context, "sha256"),
+    )
+
+
+def attest_context(ship_id: str, nonce: str, ship_public: bytes, mux_public: bytes) -> bytes:
+    """What a wrapped key is bound to: this ship, this challenge, both public keys."""
+    return b"|".join([ship_id.encode(), nonce.encode(), ship_public, mux_public])
+
+
+def wrap_key(key: bytes, shared: bytes, context: bytes) -> Tuple[str, str]:
+    """(ciphertext hex, tag hex) of a KEY_BYTES key under the X25519 shared secret."""
+    enc, mac = _wrap_keys(shared, context)
+    sealed = bytes(a ^ b for a, b in zip(key, enc))
+    return sealed.hex(), hmac.digest(mac, sealed, "sha256").hex()
+
+
+def unwrap_key(sealed_hex: str, tag_hex: str, shared: bytes, context: bytes) -> bytes:
+    """The key from wrap_key's output; ValueError if it was altered or is for another exchange."""
+    sealed, tag = bytes.fromhex(sealed_hex), bytes.fromhex(tag_hex)
+    if len(sealed) != KEY_BYTES:
+        raise ValueError(f"wrapped key is {len(sealed)} bytes, not {KEY_BYTES}")
+    enc, mac = _wrap_keys(shared, context)
+    if not hmac.compare_digest(hmac.digest(mac, sealed, "sha256"), tag):
+        raise ValueError("wrapped key does not authenticate (altered, or another exchange)")
+    return bytes(a ^ b for a, b in zip(sealed, enc))
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A short name for a key in logs and files (never the key itself)."""
+    return hashlib.sha256(b"campfleet-key-id:" + key).hexdigest()[:16]

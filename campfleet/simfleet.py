@@ -1,8 +1,10 @@
 """A fleet simulator: hundreds to thousands of ships in one asyncio process, over the real
 signed control protocol.
 
-Each simulated ship has its own id, key and strictly increasing seq, reports and long-polls the
-control API exactly like the agent (the messages are built and the answers verified by the
+Each simulated ship has its own id and strictly increasing seq, attests with an instance
+identity document signed by a test identity authority (`campfleet.identity`, the stand-in for
+AWS's signature) to get its own key, reports and long-polls the control API exactly like the
+agent (the messages are built and the answers verified by the
 agent's own `MuxClient`; the reported state follows the agent's `wire_state` rule), and runs its
 desired containers as container stand-ins: an asyncio listener on the container's port that
 answers every GET like `campfleet.standin`, health-checked over HTTP before the ship reports the
@@ -14,8 +16,9 @@ A storm of 1,000 attendees needs 1,000 ships, and on AWS each agent has a machin
 simulator process pinned to a core of its own plays them all (about 20 KiB and two keep-alive
 connections per ship). The real agent stays what the per-ship tests use.
 
-Run: python -m campfleet.simfleet --mux http://127.0.0.1:PORT --secret-file FILE --ships N
-     --port-base P   (ship i's container ports start at P + ports_per_ship * i)
+Run: python -m campfleet.simfleet --mux http://127.0.0.1:PORT --identity-authority DIR
+     --ships N --port-base P   (ship i's container ports start at P + ports_per_ship * i; the
+     mux must trust DIR/cert.pem and know the ships as instances, as `campfleet local` does)
 """
 
 from __future__ import annotations
@@ -39,9 +42,12 @@ from typing import Optional
 from campfleet.agent import __version__
 from campfleet.agent.agent import STAND_DOWN, wire_state
 from campfleet.agent.client import MuxClient, MuxRejected, MuxUnreachable
+from campfleet.identity import DOCUMENT_PATH, RSA2048_PATH, TestIdentityAuthority
 from campfleet.protocol import (
+    FORGED,
     HEADER_SIGNATURE,
     ILLEGAL,
+    UNATTESTED,
     ContainerSpec,
     ContainerState,
     ContainerStatus,
@@ -158,6 +164,7 @@ class SimContainer:
 class Stats:
     """What the simulator saw, for the benchmarks' JSON and the tests."""
 
+    attested: int = 0
     reports: int = 0
     polls: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
@@ -173,7 +180,7 @@ class SimShip:
         self.fleet = fleet
         self.ship_id = ship_id
         self.port_base = port_base
-        self.client = MuxClient(fleet.mux_url, ship_id, fleet.fleet_secret)
+        self.client = MuxClient(fleet.mux_url, ship_id)  # its key comes from attesting
         self.booting = True
         self.terminated = False
         self.accepted: Optional[ShipState] = None
@@ -242,7 +249,38 @@ class SimShip:
         signature = answer_headers.get(HEADER_SIGNATURE.lower())
         return self.client.answer(status, data, signature, seq)
 
+    async def attest(self) -> bool:
+        """Get this ship's key as the agent does: challenge, then the signed identity document
+        with an X25519 key (the same MuxClient halves)."""
+        fleet = self.fleet
+        items = fleet.authority.sign(
+            fleet.authority.document(
+                self.ship_id, fleet.address, region=fleet.region, zone=fleet.zone
+            )
+        )
+        conn = self._report_conn
+        try:
+            path, body, headers = self.client.challenge_message()
+            status, _h, data = await conn.request("POST", path, body, headers, fleet.timeout)
+            nonce = self.client.nonce(status, data)
+            path, body, headers, state = self.client.attest_message(
+                nonce, items[DOCUMENT_PATH], items[RSA2048_PATH]
+            )
+            status, _h, data = await conn.request("POST", path, body, headers, fleet.timeout)
+            self.client.attested(status, data, state)
+        except (HttpError, MuxUnreachable):
+            fleet.stats.unreachable += 1
+            return False
+        except MuxRejected as exc:
+            fleet.stats.rejected[exc.kind] = fleet.stats.rejected.get(exc.kind, 0) + 1
+            log.warning("%s: attestation refused: %s", self.ship_id, exc)
+            return False
+        fleet.stats.attested += 1
+        return True
+
     async def send_report(self) -> bool:
+        if self.client.key is None and not await self.attest():
+            return False
         report = self.report()
         stats = self.fleet.stats
         try:
@@ -255,7 +293,9 @@ class SimShip:
         except MuxRejected as exc:
             stats.rejected[exc.kind] = stats.rejected.get(exc.kind, 0) + 1
             log.warning("%s: report refused: %s", self.ship_id, exc)
-            if exc.kind == ILLEGAL and exc.ship_state in STAND_DOWN:
+            if exc.kind in (UNATTESTED, FORGED):
+                self.client.key = None  # the mux holds no key or another one: attest again
+            elif exc.kind == ILLEGAL and exc.ship_state in STAND_DOWN:
                 self.terminated = True  # the mux gave this ship up: stand down
             elif exc.kind == ILLEGAL and exc.ship_state:
                 held = ShipState(exc.ship_state)
@@ -393,10 +433,11 @@ class SimFleet:
     def __init__(
         self,
         mux_url: str,
-        fleet_secret: bytes,
+        authority: TestIdentityAuthority,
         ships: int,
         port_base: int,
         *,
+        region: str = "local",
         ports_per_ship: int = 10,
         zone: str = "local-a",
         address: str = "127.0.0.1",
@@ -410,13 +451,11 @@ class SimFleet:
     ) -> None:
         if ships < 1:
             raise ValueError(f"ships must be at least 1, got {ships}")
-        if not fleet_secret:
-            raise ValueError("the fleet secret is empty: no report could be signed")
         last_port = port_base + ports_per_ship * ships
         if port_base < 1024 or last_port > 65535:
             raise ValueError(f"container ports {port_base}..{last_port} are not all TCP ports")
         self.mux_url = mux_url
-        self.fleet_secret = fleet_secret
+        self.authority, self.region = authority, region
         self.zone, self.address = zone, address
         self.heartbeat, self.poll_timeout, self.timeout = heartbeat, poll_timeout, timeout
         self.ramp, self.boot_delay, self.start_delay = ramp, boot_delay, start_delay
@@ -458,6 +497,7 @@ class SimFleet:
         return {
             "ships": len(self.ships),
             "states": self.states(),
+            "attested": s.attested,
             "reports": s.reports,
             "polls": s.polls,
             "rejected": s.rejected,
@@ -470,7 +510,13 @@ class SimFleet:
 def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m campfleet.simfleet", description=__doc__)
     p.add_argument("--mux", required=True, help="control API URL, http://HOST:PORT")
-    p.add_argument("--secret-file", required=True, type=Path, help="the fleet secret")
+    p.add_argument(
+        "--identity-authority",
+        required=True,
+        type=Path,
+        help="directory of the test identity authority the ships' documents are signed with",
+    )
+    p.add_argument("--region", default="local", help="the region in the identity documents")
     p.add_argument("--ships", type=int, required=True)
     p.add_argument("--port-base", type=int, required=True, help="first ship's first port")
     p.add_argument("--ports-per-ship", type=int, default=10)
@@ -499,9 +545,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     try:
-        secret = args.secret_file.read_text().strip().encode()
-    except OSError as exc:
-        print(f"simfleet: cannot read --secret-file: {exc}", file=sys.stderr)
+        if not (args.identity_authority / TestIdentityAuthority.CERT_FILE).is_file():
+            raise ValueError("no authority there (campfleet local makes one in its secrets)")
+        authority = TestIdentityAuthority.open(args.identity_authority)
+    except (OSError, ValueError) as exc:
+        print(f"simfleet: --identity-authority {args.identity_authority}: {exc}", file=sys.stderr)
         return 2
     if args.cpus:
         try:
@@ -513,7 +561,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 2
     try:
         fleet = SimFleet(
-            args.mux, secret, args.ships, args.port_base,
+            args.mux, authority, args.ships, args.port_base, region=args.region,
             ports_per_ship=args.ports_per_ship, zone=args.zone, prefix=args.prefix,
             heartbeat=args.heartbeat, poll_timeout=args.poll_timeout, ramp=args.ramp,
             boot_delay=args.boot_delay, start_delay=args.start_delay,

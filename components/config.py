@@ -42,6 +42,8 @@ _ARM_FAMILY = re.compile(r"^[a-z-]+[0-9]+[a-z-]*g[a-z-]*$")
 # JupyterHub lower-cases names; keep them to what is also safe as a Unix user and a URL part.
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
 _EGRESS = ("nat", "endpoints")
+# An EC2 image id (old 8-hex and current 17-hex forms).
+_AMI = re.compile(r"^ami-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
 # A zone name in a region (eu-west-1a); Local and Wavelength Zones are not ship zones.
 _ZONE_NAME = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-[0-9][a-z]$")
 # Intervals Amazon Data Lifecycle Manager accepts for a create rule (CreateRule.Interval, hours).
@@ -91,6 +93,7 @@ class FleetConfig:
     zone_names: tuple[str, ...] = ()  # pinned zones; () = the region's first available ones
     snapshot_every_hours: int = 0  # 0 = no periodic snapshots
     snapshots_kept: int = 7
+    ship_ami: str = ""  # a baked AMI for the ships; "" = the latest Debian 12
     restore_from: str = ""  # an archive manifest (file path or ssm:/name); "" = blank volumes
     # The TLS front door (docs/tls.md): a domain's certificate, else the Elastic IP's.
     domain_name: str = ""
@@ -383,6 +386,21 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
     egress = raw["shipEgress"]
     if egress not in _EGRESS:
         check.bad("shipEgress", egress, " or ".join(f'"{e}"' for e in _EGRESS))
+    ship_ami = raw["shipAmi"]
+    if not isinstance(ship_ami, str) or (ship_ami and not _AMI.fullmatch(ship_ami)):
+        check.bad(
+            "shipAmi", ship_ami, 'an AMI id like "ami-0123456789abcdef0", or "" for Debian 12'
+        )
+        ship_ami = ""
+    elif egress == "endpoints" and not ship_ami:
+        # Debian's mirrors are behind CloudFront, not in S3: with no route out, a ship could
+        # not install Docker at boot, and no security group can allow one host name only.
+        check.problems.append(
+            f"{PROJECT}:shipEgress: endpoints (no internet) needs {PROJECT}:shipAmi, an AMI "
+            "with docker.io and amazon-ecr-credential-helper installed: ships without internet "
+            "cannot reach Debian's package mirrors. Use shipEgress nat, or bake an AMI "
+            "(docs/network.md)"
+        )
 
     alert_email = raw["alertEmail"]
     if not isinstance(alert_email, str) or (alert_email and not _EMAIL.fullmatch(alert_email)):
@@ -464,6 +482,7 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
         event_name=event or stack,
         protect_home_volumes=protect,
         ship_egress=egress if egress in _EGRESS else _EGRESS[0],
+        ship_ami=ship_ami,
         alert_email=alert_email,
         monthly_budget_usd=budget,
         zone_names=check.zones("zoneNames", raw["zoneNames"], zones, values.get("aws:region")),

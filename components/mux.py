@@ -15,6 +15,7 @@ import pulumi_aws as aws
 
 from campfleet.contracts import secrets
 from campfleet.contracts.muxjson import mux_json
+from campfleet.contracts.ports import CONTROL_PORT, HUB_API_PORT
 from campfleet.mux import cloudwatch
 from campfleet.tags import (
     HOME_ROLE,
@@ -28,7 +29,6 @@ from campfleet.tags import (
 )
 from components import userdata
 from components.iam import ecr_statements, instance_role
-from components.network import CONTROL_PORT, HUB_API_PORT
 from components.ships import HEARTBEAT_SECONDS
 
 # The hub database, ship registry and volume assignments (/var/lib/campfleet) live on their own

@@ -15,6 +15,7 @@ import pulumi
 import pulumi_aws as aws
 
 from campfleet.contracts.agentjson import agent_json
+from campfleet.contracts.ports import CONTROL_PORT
 from campfleet.tags import (
     HOME_OF_TAG,
     HOME_ROLE,
@@ -27,7 +28,6 @@ from campfleet.tags import (
 )
 from components import scaling, userdata
 from components.iam import ecr_statements, instance_role
-from components.network import CONTROL_PORT
 from components.restore import Restored
 
 HEARTBEAT_SECONDS = 5
@@ -74,13 +74,13 @@ class ShipFleetArgs:
     security_group_id: pulumi.Input[str]
     image: pulumi.Input[str]  # repo digest
     image_repository_arn: pulumi.Input[str]
-    fleet_secret_parameter: str
-    fleet_secret_arn: pulumi.Input[str]
     mux_private_ip: str
     region: pulumi.Input[str]
     account_id: pulumi.Input[str]
     tags: dict[str, str]
     scaling: scaling.ScalingArgs = field(default_factory=scaling.ScalingArgs)
+    # campfleet:shipAmi: an AMI with the user data's packages baked in; "" = latest Debian 12.
+    ami: str = ""
     # campfleet:restoreFrom: what each slot's volume is created from (components/restore.py).
     restore: Mapping[int, Restored] = field(default_factory=dict)
 
@@ -128,13 +128,6 @@ class ShipFleet(pulumi.ComponentResource):
         statements = [
             *ecr_statements(args.image_repository_arn),
             {
-                # A SecureString under aws/ssm: no kms:Decrypt needed (see components/mux.py).
-                "Sid": "FleetSecret",
-                "Effect": "Allow",
-                "Action": "ssm:GetParameter",
-                "Resource": args.fleet_secret_arn,
-            },
-            {
                 "Sid": "TerminationHook",
                 "Effect": "Allow",
                 "Action": "autoscaling:CompleteLifecycleAction",
@@ -154,15 +147,14 @@ class ShipFleet(pulumi.ComponentResource):
                 lifecycle_hook_name=hook_name,
                 **({"launch_hook_name": launch_hook_name} if warm_pool is not None else {}),
             )
-            return userdata.pack(
-                userdata.ship_user_data(agent, image, region, args.fleet_secret_parameter)
-            )
+            return userdata.pack(userdata.ship_user_data(agent, image))
 
         template = aws.ec2.LaunchTemplate(
             f"{name}-launch-template",
             description=f"campfleet {args.stack} ships",
-            # Resolved at each launch: new ships boot the current Amazon Linux 2023.
-            image_id=f"resolve:ssm:{userdata.AMI_PARAMETER}",
+            # Resolved at each launch: new ships boot the current Debian 12 release, unless the
+            # stack names its own (baked) AMI.
+            image_id=args.ami or f"resolve:ssm:{userdata.AMI_PARAMETER}",
             instance_type=args.instance_type,
             iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=profile.arn),
             metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(

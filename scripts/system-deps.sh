@@ -26,6 +26,13 @@ command -v certutil >/dev/null 2>&1 || need+=(libnss3-tools)
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+# The rehearsal's local AWS (campfleet/rehearsal/aws.py): loop devices, nsenter, routes and
+# DOCKER-USER rules, and openssl (its test checks identity signatures as AWS documents).
+command -v losetup >/dev/null 2>&1 || need+=(mount)
+command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -eq 0 ]; then
   engine
   exit 0

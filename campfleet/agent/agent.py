@@ -19,22 +19,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Set, Union
 
-from campfleet.agent import __version__
+from campfleet.agent import __version__, shipkey
 from campfleet.agent.client import MuxClient, MuxRejected, MuxUnreachable
 from campfleet.agent.config import AgentConfig
 from campfleet.agent.content import sync_content
-from campfleet.agent.imds import Imds, ImdsFailure
+from campfleet.agent.imds import FileIdentity, Imds, ImdsFailure
 from campfleet.agent.runtime import Runtime, RuntimeFailure, health_ok
 from campfleet.agent.volume import EbsVolumes, LocalVolumes, VolumeFailure
 from campfleet.protocol import (
+    FORGED,
     ILLEGAL,
     READY,
+    UNATTESTED,
     ContainerSpec,
     ContainerState,
     ContainerStatus,
     Desired,
     Report,
     ShipState,
+    key_fingerprint,
 )
 
 log = logging.getLogger("campfleet.agent")
@@ -111,13 +114,20 @@ class Agent:
         self.imds = imds  # AWS mode: identity, lifecycle state
         if imds is not None:
             cfg.ship_id, cfg.zone, cfg.address = imds.identity()
+        # What the ship attests with: IMDS's signed identity document (files in local mode).
+        self.identity: Union[Imds, FileIdentity, None] = imds
+        if imds is None and cfg.identity_dir is not None:
+            self.identity = FileIdentity(cfg.identity_dir)
+        self.key_path = cfg.state_dir / shipkey.KEY_FILE
         # A report slower than two heartbeats is late anyway; do not stall the loop longer.
         self.client = MuxClient(
             cfg.mux_url,
             cfg.ship_id,
-            cfg.fleet_secret,
+            shipkey.load(self.key_path, cfg.ship_id),
             timeout=min(10.0, max(2.0, 2 * cfg.heartbeat)),
         )
+        self._attest_due = 0.0
+        self._attest_backoff = Backoff(min(0.25, cfg.heartbeat), max(30.0, cfg.heartbeat))
         self.containers: Dict[str, Container] = {}
         self.booting = True
         self.failure = ""  # ship-level failure: the ship is failed for good
@@ -170,8 +180,42 @@ class Agent:
     def wire_state(self) -> ShipState:
         return wire_state(self.state(), self.accepted)
 
+    def ensure_key(self) -> bool:
+        """Attest (once a key is missing) and keep the key; False while this ship has none."""
+        if self.client.key is not None:
+            return True
+        if time.monotonic() < self._attest_due:
+            return False
+        try:
+            if self.identity is None:
+                raise ImdsFailure("no identity source (IMDS, or --identity-dir in local mode)")
+            document, signature = self.identity.identity_document()
+            key = self.client.attest(document, signature)
+        except (ImdsFailure, MuxUnreachable, MuxRejected) as exc:
+            delay = self._attest_backoff.next()
+            log.error("attestation failed (%s); retrying in %.1f s", exc, delay)
+            self._attest_due = time.monotonic() + delay
+            return False
+        self._attest_backoff.reset()
+        try:
+            shipkey.save(self.key_path, self.cfg.ship_id, key)
+        except OSError as exc:  # the key still works until the agent restarts
+            log.error("could not keep the ship key in %s: %s", self.key_path, exc)
+        log.info("attested: this ship's key is %s", key_fingerprint(key))
+        return True
+
+    def drop_key(self, reason: str) -> None:
+        """The mux holds no key for us, or another one: attest again at the next report."""
+        log.warning("the mux does not accept this ship's key (%s): attesting again", reason)
+        self.client.key = None
+        shipkey.forget(self.key_path)
+        self._attest_due = 0.0
+
     def send_report(self) -> bool:
         report = self.report()
+        if not self.ensure_key():
+            self._report_due = max(self._attest_due, time.monotonic() + 0.1)
+            return False
         try:
             desired = self.client.report(report)
         except MuxUnreachable as exc:
@@ -182,7 +226,10 @@ class Agent:
         except MuxRejected as exc:
             log.error("report refused: %s", exc)
             self._report_due = time.monotonic() + self.cfg.heartbeat
-            if exc.kind == ILLEGAL and exc.ship_state in STAND_DOWN and not self.terminated:
+            if exc.kind in (UNATTESTED, FORGED):
+                self.drop_key(exc.reason)
+                self._report_due = 0.0
+            elif exc.kind == ILLEGAL and exc.ship_state in STAND_DOWN and not self.terminated:
                 # The mux gave this ship up (its attendee was moved): stop using their volume.
                 log.error("the mux holds this ship as %s: standing down", exc.ship_state)
                 self.request_stop()
@@ -240,6 +287,9 @@ class Agent:
             except MuxUnreachable:
                 self._stop.wait(backoff.next())
             except MuxRejected as exc:
+                if exc.kind == UNATTESTED:  # the main thread attests; poll once it has a key
+                    self._stop.wait(min(0.1, self.cfg.heartbeat))
+                    continue
                 log.error("long-poll refused: %s", exc)
                 self._stop.wait(self.cfg.heartbeat)
 

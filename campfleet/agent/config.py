@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from campfleet.contracts import paths
 from campfleet.contracts.agentjson import FILE_KEYS
+from campfleet.contracts.ports import SHIP_PORT_BASE
 from campfleet.protocol import ContainerSpec, valid_ship_id
 
 
@@ -23,12 +24,11 @@ class ConfigProblem(Exception):
 @dataclass
 class AgentConfig:
     mux_url: str
-    fleet_secret: bytes
     local: bool = False
     ship_id: str = ""  # local mode; on AWS from IMDS
     zone: str = ""
     address: str = ""
-    port_base: int = 8888
+    port_base: int = SHIP_PORT_BASE
     volumes_root: Path = paths.VOLUMES_ROOT
     state_dir: Path = paths.AGENT_STATE_DIR
     heartbeat: float = 5.0
@@ -46,6 +46,9 @@ class AgentConfig:
     mount_path: str = "/home/jovyan"
     docker_scope: str = ""  # several agents on one engine (campfleet local): names + labels
     imds_url: str = "http://169.254.169.254"
+    # Local mode: the directory with this ship's identity `document` and `rsa2048` files (on
+    # AWS they come from IMDS).
+    identity_dir: Optional[Path] = None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -57,7 +60,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="JSON settings file (agent.json)")
     p.add_argument("--local", action="store_true", help="identity from flags, not EC2 metadata")
     p.add_argument("--mux", dest="mux_url", help="control API URL, e.g. http://10.0.0.5:8700")
-    p.add_argument("--secret-file", type=Path, help="file holding the fleet secret")
+    p.add_argument(
+        "--identity-dir",
+        type=Path,
+        help="local mode: directory with this ship's identity `document` and `rsa2048` "
+        "(campfleet local writes them; on AWS they come from IMDS)",
+    )
     p.add_argument("--ship-id", help="ship id (local mode)")
     p.add_argument("--zone", help="zone name (local mode; default 'local')")
     p.add_argument("--address", help="address containers listen on (local: 127.0.0.1)")
@@ -118,7 +126,7 @@ def load(argv: Optional[Sequence[str]] = None) -> tuple[AgentConfig, str]:
                 raise ConfigProblem(f"{args.config}: {key}={value!r} has the wrong type")
             values[attr] = value
     for attr in (
-        "mux_url", "secret_file", "ship_id", "zone", "address", "port_base", "volumes_root",
+        "mux_url", "identity_dir", "ship_id", "zone", "address", "port_base", "volumes_root",
         "state_dir", "heartbeat", "runtime", "poll_timeout", "start_timeout", "volume_timeout",
         "imds_url", "docker_scope",
     ):  # fmt: skip
@@ -133,15 +141,6 @@ def load(argv: Optional[Sequence[str]] = None) -> tuple[AgentConfig, str]:
 
     if not values.get("mux_url"):
         raise ConfigProblem("no mux URL: pass --mux http://HOST:PORT or set muxUrl in --config")
-    secret_file = Path(values.pop("secret_file", paths.FLEET_SECRET))
-    try:
-        secret = secret_file.read_bytes().strip()
-    except OSError as exc:
-        raise ConfigProblem(
-            f"secret file {secret_file}: {exc.strerror}; pass --secret-file"
-        ) from exc
-    if not secret:
-        raise ConfigProblem(f"secret file {secret_file} is empty")
     content: Dict[str, Path] = {}
     for item in args.content:
         image, sep, directory = item.partition("=")
@@ -150,7 +149,6 @@ def load(argv: Optional[Sequence[str]] = None) -> tuple[AgentConfig, str]:
         content[image] = Path(directory)
     cfg = AgentConfig(
         mux_url=values.pop("mux_url"),
-        fleet_secret=secret,
         local=args.local,
         content=content,
         probe=_spec(values.pop("probe"), "probe") if values.get("probe") else None,
@@ -163,6 +161,11 @@ def load(argv: Optional[Sequence[str]] = None) -> tuple[AgentConfig, str]:
         cfg.address = cfg.address or "127.0.0.1"
         if not cfg.ship_id:
             raise ConfigProblem("--local needs --ship-id (a unique name for this ship)")
+        if cfg.identity_dir is None or not Path(cfg.identity_dir).is_dir():
+            raise ConfigProblem(
+                "--local needs --identity-dir: a directory with this ship's identity `document` "
+                "and `rsa2048` (campfleet local writes them with its test identity authority)"
+            )
         if not valid_ship_id(cfg.ship_id):
             raise ConfigProblem(
                 f"--ship-id {cfg.ship_id[:64]!r}: use the form of an EC2 instance id, i- and 8 or "

@@ -1,14 +1,19 @@
-"""EC2 instance metadata with IMDSv2 (session token first, then GETs with the token)."""
+"""EC2 instance metadata with IMDSv2 (session token first, then GETs with the token), and the
+instance identity document a ship attests with (from IMDS, or from files in local mode)."""
 
 from __future__ import annotations
 
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Optional, Tuple
 
 IMDS_URL = "http://169.254.169.254"
 TOKEN_TTL = 21600
+# The document and AWS's RSA-2048 signature of it (what the mux verifies).
+IDENTITY_ITEMS = ("document", "rsa2048")
+IDENTITY_PATH = "/latest/dynamic/instance-identity/"
 
 
 class ImdsFailure(Exception):
@@ -40,15 +45,18 @@ class Imds:
             self._token_expires = time.monotonic() + TOKEN_TTL - 60
         return self._token
 
-    def get(self, path: str) -> Optional[str]:
+    def get(
+        self, path: str, prefix: str = "/latest/meta-data/", strip: bool = True
+    ) -> Optional[str]:
         """A meta-data item, or None when it does not exist (404)."""
         for attempt in (1, 2):
             req = urllib.request.Request(
-                f"{self.base}/latest/meta-data/{path}",
+                f"{self.base}{prefix}{path}",
                 headers={"X-aws-ec2-metadata-token": self.token()},
             )
             try:
-                return self._open(req).strip()
+                text = self._open(req)
+                return text.strip() if strip else text
             except urllib.error.HTTPError as exc:
                 if exc.code == 404:
                     return None
@@ -67,9 +75,32 @@ class Imds:
             raise ImdsFailure("IMDS has no instance-id/availability-zone/local-ipv4: not on EC2?")
         return values[0], values[1], values[2]  # type: ignore[return-value]
 
+    def identity_document(self) -> Tuple[bytes, bytes]:
+        """(document, rsa2048 signature) exactly as IMDS serves them."""
+        # Byte-exact (not stripped): the signature covers the document's bytes.
+        values = [self.get(item, IDENTITY_PATH, strip=False) for item in IDENTITY_ITEMS]
+        if not all(values):
+            raise ImdsFailure("IMDS has no instance identity document/rsa2048 signature")
+        return values[0].encode(), values[1].encode()  # type: ignore[union-attr]
+
     def lifecycle_state(self) -> Optional[str]:
         """Auto Scaling's target lifecycle state ("InService", "Terminated", ...), if any.
 
         While a termination lifecycle hook holds the instance in Terminating:Wait, this reads
         "Terminated" (the state it is heading to)."""
         return self.get("autoscaling/target-lifecycle-state")
+
+
+class FileIdentity:
+    """A local ship's identity: `document` and `rsa2048` files in a directory, written by
+    `campfleet local` with its test identity authority (the stand-in for AWS's signature)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def identity_document(self) -> Tuple[bytes, bytes]:
+        try:
+            document, signature = ((self.directory / item).read_bytes() for item in IDENTITY_ITEMS)
+        except OSError as exc:
+            raise ImdsFailure(f"identity files in {self.directory}: {exc.strerror}") from exc
+        return document, signature

@@ -15,7 +15,6 @@ FILE_KEYS: Dict[str, Tuple[str, Union[type, Tuple[type, ...]]]] = {
     "heartbeat": ("heartbeat", (int, float)),
     "region": ("region", str),
     "runtime": ("runtime", str),
-    "secretFile": ("secret_file", str),
     "stateDir": ("state_dir", str),
     "volumesRoot": ("volumes_root", str),
     "portBase": ("port_base", int),

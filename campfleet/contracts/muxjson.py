@@ -63,10 +63,13 @@ def mux_json(
     public_port: Optional[int] = None,
     hub_port: Optional[int] = None,
     local: Optional[Mapping[str, Any]] = None,
+    trusted_certificates: Optional[str] = None,
 ) -> Dict[str, Any]:
     """The settings document; optional parts are left out when not given (the reader's
     defaults apply). `local` comes from `local_block`; the listen ports (`public_ip`,
-    `public_port`, `hub_port`) are the mux's on AWS, the local block's otherwise."""
+    `public_port`, `hub_port`) are the mux's on AWS, the local block's otherwise.
+    `trusted_certificates` is the PEM file ship identity documents must be signed with
+    (relative to the state dir; absent = AWS's own certificates)."""
     document: Dict[str, Any] = {
         "stack": stack,
         "event": event,
@@ -95,6 +98,9 @@ def mux_json(
         "publicPort": public_port,
         "hubPort": hub_port,
         "local": local,
+        "attestation": (
+            {"trustedCertificates": trusted_certificates} if trusted_certificates else None
+        ),
     }
     document.update(
         {

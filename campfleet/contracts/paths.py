@@ -14,8 +14,6 @@ MUX_SETTINGS_FILE = "mux.json"
 AGENT_SETTINGS_FILE = "agent.json"
 MUX_SETTINGS = SETTINGS_DIR / MUX_SETTINGS_FILE
 AGENT_SETTINGS = SETTINGS_DIR / AGENT_SETTINGS_FILE
-# Written root-only by the ship's user data from SSM; the agent signs with it.
-FLEET_SECRET = SETTINGS_DIR / "fleet-secret"
 
 # The mux's state volume: hub database, ship registry, volume assignments, certificates.
 MUX_STATE_DIR = Path("/var/lib/campfleet")
@@ -28,11 +26,17 @@ LETSENCRYPT_DIR = "letsencrypt"  # under TLS_DIR
 # A local event's stand-in Auto Scaling group, in the hub's state dir: LocalCloud writes
 # {"desired": n, "remove": [ship ids]}, LocalEvent.follow_group starts and stops ships to match.
 LOCAL_GROUP_FILE = "group.json"
+# A local event's stand-in for EC2's DescribeInstances, in the hub's state dir: the local event
+# writes {ship id: {"state", "group", "privateIp"}} as it starts and stops ships; attesting
+# ships are checked against it (campfleet.mux.attest).
+LOCAL_INSTANCES_FILE = "instances.json"
 
 # Ships: the campfleet package copied out of the ship image, the agent's own state, and where
 # attendees' home volumes are mounted.
 CODE_DIR = Path("/opt/campfleet")
 AGENT_STATE_DIR = Path("/var/lib/campfleet-agent")
+# The ship's own control-channel key (from attestation), root-only in the agent's state dir.
+SHIP_KEY_FILE = "ship-key.json"
 VOLUMES_ROOT = Path("/mnt/campfleet")
 
 # The mux image's services read mux.json from here unless this names another file.

@@ -1,7 +1,8 @@
 """The event's secrets by name: mux.json `parameters` keys, SSM parameter names, local files.
 
 On AWS each secret is a SecureString parameter /campfleet/<stack>/<name> (components/
-secrets.py makes them; the mux and the ships read them with their roles). A local event keeps
+secrets.py makes them; only the mux reads them, with its role: ships hold no fleet-wide
+secret, they attest for keys of their own). A local event keeps
 the same secrets as files secrets/<name> in its state directory. mux.json names which
 parameter or file holds each one, never a value.
 """
@@ -20,6 +21,7 @@ class Secret:
     length: Optional[int] = None
 
 
+# The mux's only: each ship's key is derived from it and a salt issued at attestation.
 FLEET_SECRET = Secret("fleetSecret", "fleet-secret", 48)
 PROXY_TOKEN = Secret("proxyToken", "proxy-token")
 # Hex: JupyterHub's cookie secret must be.

@@ -96,6 +96,21 @@ class CloudCall:
     ok: bool = True
 
 
+@dataclass(frozen=True)
+class InstanceFacts:
+    """What EC2 says about an instance that attests as a ship (campfleet.mux.attest)."""
+
+    instance_id: str
+    state: str  # EC2 state name: pending, running, stopping, stopped, ...
+    group: str  # the Auto Scaling group that launched it ("" if none)
+    private_ip: str
+
+
+# The tag AWS puts on every instance an Auto Scaling group launches (users cannot set aws:*).
+GROUP_TAG = "aws:autoscaling:groupName"
+DESCRIBE_BATCH = 1000  # DescribeInstances takes up to 1,000 instance ids
+
+
 class Cloud(abc.ABC):
     """What the mux needs from the cloud; every method is async and safe on the hub's loop."""
 
@@ -151,6 +166,10 @@ class Cloud(abc.ABC):
         """Record on the volume itself who owns it (the owner tag; see campfleet/tags.py)."""
 
     @abc.abstractmethod
+    async def instances(self, instance_ids: list[str]) -> dict[str, InstanceFacts]:
+        """What the cloud knows of these instances (an unknown id is left out)."""
+
+    @abc.abstractmethod
     async def volume_owners(self) -> dict[str, str]:
         """{volume id: owner} from the home volumes' owner tags."""
 
@@ -164,8 +183,12 @@ class LocalCloud(Cloud):
         count: int,
         zones: tuple[str, ...] = ("local-a",),
         group_file: Path | str | None = None,
+        instances_file: Path | str | None = None,
     ) -> None:
         super().__init__()
+        # The local "EC2": {ship id: {"state", "group", "privateIp"}}, written by the local
+        # event as it starts and stops ships; attesting ships are checked against it.
+        self.instances_file = Path(instances_file) if instances_file else None
         # The local "Auto Scaling group": {"desired": n, "remove": [ship ids]}, which
         # LocalEvent.follow_group starts and stops local ships to match.
         self.group_file = Path(group_file) if group_file else None
@@ -250,6 +273,23 @@ class LocalCloud(Cloud):
         tmp.replace(self._owners_file)
         self._record("tag owner", volume_id, owner)
 
+    async def instances(self, instance_ids: list[str]) -> dict[str, InstanceFacts]:
+        try:
+            known = json.loads(self.instances_file.read_text()) if self.instances_file else {}
+        except (FileNotFoundError, ValueError):
+            known = {}
+        found = {}
+        for instance_id in instance_ids:
+            entry = known.get(instance_id) if isinstance(known, dict) else None
+            if isinstance(entry, dict):
+                found[instance_id] = InstanceFacts(
+                    instance_id,
+                    str(entry.get("state", "")),
+                    str(entry.get("group", "")),
+                    str(entry.get("privateIp", "")),
+                )
+        return found
+
     async def volume_owners(self) -> dict[str, str]:
         try:
             owners = json.loads(self._owners_file.read_text())
@@ -329,6 +369,45 @@ class AwsCloud(Cloud):
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(self.poll_interval)
+
+    async def instances(self, instance_ids: list[str]) -> dict[str, InstanceFacts]:
+        """DescribeInstances, up to 1,000 ids a call (a storm of attestations is batched by
+        the caller); ids EC2 does not know are dropped one by one from the request."""
+        found: dict[str, InstanceFacts] = {}
+        pending = list(dict.fromkeys(instance_ids))
+        while pending:
+            batch, pending = pending[:DESCRIBE_BATCH], pending[DESCRIBE_BATCH:]
+            try:
+                pages = await self._call(
+                    "describe instances",
+                    f"{len(batch)} instances",
+                    self._describe,
+                    instance_ids=batch,
+                )
+            except CloudError as exc:
+                unknown = [i for i in batch if i in str(exc)]
+                if "InvalidInstanceID" not in str(exc) or not unknown:
+                    raise
+                pending = [i for i in batch if i not in unknown] + pending
+                continue
+            for instance in pages:
+                tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+                found[instance["InstanceId"]] = InstanceFacts(
+                    instance["InstanceId"],
+                    instance.get("State", {}).get("Name", ""),
+                    tags.get(GROUP_TAG, ""),
+                    instance.get("PrivateIpAddress", ""),
+                )
+        return found
+
+    def _describe(self, instance_ids: list[str]) -> list[dict[str, Any]]:
+        paginator = self._ec2.get_paginator("describe_instances")
+        return [
+            instance
+            for page in paginator.paginate(InstanceIds=instance_ids)
+            for reservation in page["Reservations"]
+            for instance in reservation["Instances"]
+        ]
 
     async def _free_device(self, instance_id: str) -> str:
         answer = await self._call(

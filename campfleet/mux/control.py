@@ -8,6 +8,13 @@ status per kind, a JSON reason {"error": kind, "reason": ...}, and counted in `.
   POST /v1/report  signed Report -> signed Desired (the answer to the request's seq)
   POST /v1/poll    signed Poll   -> signed Desired once its generation differs from the poll's,
                    or after poll_timeout: how an agent learns of a change at once.
+  POST /v1/attest/challenge, /v1/attest: a ship proves which instance it is (mux/attest.py)
+                   and gets its own key, wrapped under an X25519 exchange.
+
+Keys: each ship's key is HMAC(fleet secret, ship id + a random salt issued at attestation); the
+registry keeps only the salt, so the registry file holds nothing that signs, and the fleet
+secret never leaves the mux. A ship without a key (or with a replaced one) is answered
+"unattested" and attests again.
 
 Reports are the hot path (every ship, every heartbeat), so they skip tornado.web and are handled
 as raw HTTP messages; the verified reports that arrive in one loop iteration are applied in one
@@ -17,10 +24,11 @@ registry transaction (group commit) and each is answered only after that commit.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
+import secrets
 import time
-from functools import lru_cache, partial
 from typing import Optional
 
 import tornado.httpserver
@@ -28,24 +36,33 @@ import tornado.httputil
 import tornado.ioloop
 import tornado.netutil
 import tornado.web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from campfleet.mux.attest import Attestor, AttestRefused
 from campfleet.mux.registry import Registry, Rejected
 from campfleet.protocol import (
     FORGED,
     HEADER_SHIP,
     HEADER_SIGNATURE,
     ILLEGAL,
+    KEY_BYTES,
     MALFORMED,
+    MAX_ATTEST_BODY,
     MAX_BODY,
     OVERSIZED,
+    PROTOCOL_VERSION,
     REPLAY,
     STALE,
+    UNATTESTED,
+    UNTRUSTED,
     Desired,
     Verdict,
-    derive_key,
+    attest_context,
     encode_desired,
     valid_ship_id,
     validate,
+    wrap_key,
 )
 
 log = logging.getLogger(__name__)
@@ -55,6 +72,8 @@ STATUS = {
     MALFORMED: 400,
     FORGED: 401,
     STALE: 403,
+    UNATTESTED: 401,
+    UNTRUSTED: 403,
     REPLAY: 409,
     OVERSIZED: 413,
     ILLEGAL: 422,
@@ -83,11 +102,13 @@ class ControlServer:
         poll_timeout: float = 25.0,
         peer_connections: int = PEER_CONNECTIONS,
         peer_requests_per_s: float = PEER_REQUESTS_PER_S,
+        attestor: Optional[Attestor] = None,
     ) -> None:
         if not fleet_secret:
-            raise ValueError("fleet_secret is empty: the control API cannot verify any ship")
+            raise ValueError("fleet_secret is empty: the control API cannot key any ship")
         self.registry = registry
         self.fleet_secret = fleet_secret
+        self.attestor = attestor
         self.heartbeat = heartbeat
         self.lost_after = lost_after
         self.poll_timeout = poll_timeout
@@ -111,12 +132,22 @@ class ControlServer:
         self._last_check = 0.0  # monotonic time of the lost checker's previous run
         self._grace_until = 0.0  # no ship is marked lost before this (monotonic)
         self._wall_offset = 0.0  # time.time() - time.monotonic() at the previous check
-        # bounded, so made-up ship ids cannot grow it; a fleet's keys all fit
-        self._keys = lru_cache(maxsize=65536)(partial(derive_key, fleet_secret))
+        # Keys of attested ships (only ships with a registry key record ever get an entry, so
+        # made-up ids cannot grow it), and which of them have signed something.
+        self._keys: dict[str, bytes] = {}
+        self._used: set[str] = set()
+        self._newly_used: list[str] = []
+        self.attested = 0  # keys issued (a Prometheus-style counter)
 
     async def start(self, address: str, port: int) -> None:
         self._loop = asyncio.get_running_loop()
-        app = tornado.web.Application([(r"/v1/poll", _PollHandler, {"server": self})])
+        app = tornado.web.Application(
+            [
+                (r"/v1/poll", _PollHandler, {"server": self}),
+                (r"/v1/attest/challenge", _ChallengeHandler, {"server": self}),
+                (r"/v1/attest", _AttestHandler, {"server": self}),
+            ]
+        )
         self._http = _PeerCappedServer(
             _Router(self, app),
             max_body_size=_TRANSPORT_LIMIT,
@@ -198,8 +229,67 @@ class ControlServer:
             self._peer_tokens.pop(next(iter(self._peer_tokens)))
         return allowed
 
-    def key(self, ship_id: str) -> bytes:
-        return self._keys(ship_id)
+    def _derive(self, ship_id: str, salt: str) -> bytes:
+        message = f"campfleet-ship-key:{ship_id}:{salt}".encode()
+        return hmac.digest(self.fleet_secret, message, "sha256")[:KEY_BYTES]
+
+    def key(self, ship_id: str) -> Optional[bytes]:
+        """The ship's current key, None if it has none (never attested)."""
+        key = self._keys.get(ship_id)
+        if key is None:
+            record = self.registry.ship_key(ship_id)
+            if record is None:
+                return None
+            key = self._keys[ship_id] = self._derive(ship_id, record.salt)
+            if record.used:
+                self._used.add(ship_id)
+        return key
+
+    def issue_key(self, ship_id: str, pending_time: str = "1970-01-01T00:00:00Z") -> bytes:
+        """A new key for an attested ship (its identity checked by the caller), replacing the
+        one it held; AttestRefused(REPLAY) if the first-attestation-wins rule refuses it."""
+        salt = secrets.token_hex(16)
+        refusal = self.registry.store_ship_key(ship_id, salt, pending_time)
+        if refusal:
+            raise AttestRefused(REPLAY, refusal)
+        key = self._keys[ship_id] = self._derive(ship_id, salt)
+        self._used.discard(ship_id)
+        self.attested += 1
+        return key
+
+    async def attest(self, request: object, peer: str) -> dict:
+        """Check an attestation request (parsed JSON) from `peer`; the answer with the new key
+        wrapped for the ship's X25519 key, or AttestRefused."""
+        if self.attestor is None:
+            raise AttestRefused(UNTRUSTED, "this control API has no attestation configured")
+        doc = await self.attestor.check(request, peer)
+        assert isinstance(request, dict)  # check() refuses anything else
+        try:
+            ship_public = bytes.fromhex(request["public"])
+            peer_key = X25519PublicKey.from_public_bytes(ship_public)
+        except ValueError:
+            raise AttestRefused(MALFORMED, "public: expected 32 bytes of hex (X25519)") from None
+        ours = X25519PrivateKey.generate()
+        mux_public = ours.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        try:
+            shared = ours.exchange(peer_key)
+        except ValueError:
+            raise AttestRefused(MALFORMED, "public: an X25519 key of low order") from None
+        key = self.issue_key(doc.instance_id, doc.pending_time)
+        context = attest_context(doc.instance_id, request["nonce"], ship_public, mux_public)
+        sealed, tag = wrap_key(key, shared, context)
+        log.info("ship %s attested (%s, %s, run since %s)", doc.instance_id, doc.zone,
+                 doc.private_ip, doc.pending_time)  # fmt: skip
+        return {
+            "v": PROTOCOL_VERSION,
+            "type": "attested",
+            "ship_id": doc.instance_id,
+            "public": mux_public.hex(),
+            "key": sealed,
+            "tag": tag,
+        }
 
     def verify(self, body: bytes, headers: tornado.httputil.HTTPHeaders, expect: str) -> Verdict:
         ship_id = headers.get(HEADER_SHIP)
@@ -215,25 +305,45 @@ class ControlServer:
             if after_seq is None:
                 last = self.registry.last_seq(ship_id)
                 after_seq = -1 if last is None else last
+        key = self.key(ship_id) if ship_id else b""
+        if key is None:
+            reason = f"ship {ship_id} holds no key: attest with its instance identity first"
+            self.count(UNATTESTED, reason, ship_id)
+            return Verdict(False, UNATTESTED, reason)
         verdict = validate(
             body,
             ship_id,
             headers.get(HEADER_SIGNATURE),
-            self.key(ship_id or ""),
+            key,
             expect=expect,
             now=time.time(),
             after_seq=after_seq,
         )
         if not verdict.ok:
             self.count(verdict.kind, verdict.reason, ship_id)
+        elif ship_id not in self._used:
+            # From now on only a new run of the instance may attest again. Recorded with the
+            # next loop iteration's other first uses in one transaction (a boot storm).
+            self._used.add(ship_id)
+            if not self._newly_used:
+                asyncio.get_running_loop().call_soon(self._record_used)
+            self._newly_used.append(ship_id)
         return verdict
+
+    def _record_used(self) -> None:
+        ships, self._newly_used = self._newly_used, []
+        try:
+            self.registry.mark_keys_used(ships)
+        except Exception:  # e.g. disk full: the keys stay usable; re-attesting stays possible
+            log.exception("recording %d ship keys as used failed", len(ships))
+            self._used.difference_update(ships)
 
     def count(self, kind: str, reason: str, ship_id: Optional[str]) -> None:
         self.rejections[kind] += 1
         log.info("rejected %s from %s: %s", kind, (ship_id or "?")[:64], reason)
 
     def signed_answer(self, desired: Desired, ship_id: str, reply_to: int) -> tuple[bytes, dict]:
-        return encode_desired(desired, ship_id, reply_to, time.time(), self.key(ship_id))
+        return encode_desired(desired, ship_id, reply_to, time.time(), self._keys[ship_id])
 
     # -- reports: verified now, applied in the next group commit -------------------------------
 
@@ -467,3 +577,67 @@ class _PollHandler(tornado.web.RequestHandler):
             self.set_header(name, value)
         self.set_header("Content-Type", "application/json")
         self.finish(body)
+
+
+class _JsonHandler(tornado.web.RequestHandler):
+    """Unsigned JSON requests of the attestation exchange; rejections as everywhere else."""
+
+    def initialize(self, server: ControlServer) -> None:
+        self.server = server
+
+    def check_xsrf_cookie(self) -> None:  # a machine API, no cookies
+        pass
+
+    def answer(self, status: int, obj: dict) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(obj))
+
+    def refuse(self, kind: str, reason: str, ship_id: Optional[str] = None) -> None:
+        self.server.count(kind, reason, ship_id)
+        self.answer(STATUS[kind], {"error": kind, "reason": reason})
+
+    def body_json(self) -> Optional[dict]:
+        if len(self.request.body) > MAX_ATTEST_BODY:
+            self.refuse(OVERSIZED, f"body is {len(self.request.body)} bytes; the limit is "
+                        f"{MAX_ATTEST_BODY}")  # fmt: skip
+            return None
+        try:
+            obj = json.loads(self.request.body)
+        except ValueError as exc:
+            self.refuse(MALFORMED, f"body: not JSON ({str(exc)[:100]})")
+            return None
+        if not isinstance(obj, dict) or obj.get("v") != PROTOCOL_VERSION:
+            self.refuse(MALFORMED, f"body: expected a JSON object with v={PROTOCOL_VERSION}")
+            return None
+        return obj
+
+
+class _ChallengeHandler(_JsonHandler):
+    def post(self) -> None:
+        obj = self.body_json()
+        if obj is None:
+            return
+        ship_id = obj.get("ship_id")
+        if not valid_ship_id(ship_id):
+            self.refuse(MALFORMED, "ship_id is not an EC2 instance id (i- and 8 or 17 hex digits)")
+            return
+        if self.server.attestor is None:
+            self.refuse(UNTRUSTED, "this control API has no attestation configured", ship_id)
+            return
+        nonce = self.server.attestor.challenge(ship_id, self.request.remote_ip)
+        self.answer(200, {"v": PROTOCOL_VERSION, "type": "challenge", "nonce": nonce})
+
+
+class _AttestHandler(_JsonHandler):
+    async def post(self) -> None:
+        obj = self.body_json()
+        if obj is None:
+            return
+        ship_id = obj.get("ship_id") if valid_ship_id(obj.get("ship_id")) else None
+        try:
+            answer = await self.server.attest(obj, self.request.remote_ip)
+        except AttestRefused as exc:
+            self.refuse(exc.kind, exc.reason, ship_id)
+            return
+        self.answer(200, answer)

@@ -33,10 +33,12 @@ from traitlets import Any as AnyTrait
 from traitlets import Float, Integer, TraitError, validate
 from traitlets.config import LoggingConfigurable
 
+from campfleet import identity
 from campfleet.contracts import paths
 from campfleet.contracts import secrets as contract
 from campfleet.mux import codes, fleetview, metrics
 from campfleet.mux import fleet as fleet_mod
+from campfleet.mux.attest import Attestor
 from campfleet.mux.cloud import AwsCloud, Cloud, LocalCloud
 from campfleet.mux.codes import CodesError
 from campfleet.mux.control import PEER_CONNECTIONS, PEER_REQUESTS_PER_S, ControlServer
@@ -46,7 +48,7 @@ from campfleet.mux.proxy import hub_url
 from campfleet.mux.proxywatch import ProxyWatch
 from campfleet.mux.redeploy import Redeployer, image_repository
 from campfleet.mux.registry import Registry
-from campfleet.mux.settings import Secrets, Settings, load, load_secrets
+from campfleet.mux.settings import Secrets, Settings, SettingsError, load, load_secrets
 
 log = logging.getLogger("campfleet.hubconfig")
 
@@ -420,15 +422,29 @@ def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
             settings.local.volumes_root,
             settings.local.volumes,
             group_file=settings.state_dir / paths.LOCAL_GROUP_FILE,
+            instances_file=settings.state_dir / paths.LOCAL_INSTANCES_FILE,
         )
     else:
         cloud = AwsCloud(settings.region, settings.stack, settings.ship_group_name)
     cloud.mounted_grace = settings.mounted_grace
     # Caps are per peer address: a local event's ships all share 127.0.0.1.
     peers = max(settings.ships, 1) if settings.local else 1
+    # Ships attest with their EC2 identity documents (AWS's certificates, the stack's group)
+    # before they get keys; a local event trusts its own test authority and instance file.
+    try:
+        trusted = identity.load_trusted(settings.trusted_certificates)
+    except identity.IdentityRefused as exc:
+        raise SettingsError(f"mux settings: {exc}") from None
+    attestor = Attestor(
+        trusted,
+        cloud.instances,
+        group_name=settings.ship_group_name,
+        region=settings.region,
+    )
     control = ControlServer(
         registry,
         secrets.fleet_secret,
+        attestor=attestor,
         heartbeat=settings.heartbeat,
         lost_after=settings.lost_after,
         peer_connections=PEER_CONNECTIONS * peers,

@@ -14,6 +14,7 @@ heartbeat of every ship re-sends in full, and a replayed old report is still ref
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
@@ -73,6 +74,13 @@ CREATE TABLE IF NOT EXISTS volumes (
     mounted_at REAL
 );
 CREATE INDEX IF NOT EXISTS volumes_free ON volumes(zone, volume_id) WHERE owner IS NULL;
+CREATE TABLE IF NOT EXISTS ship_keys (
+    ship_id TEXT PRIMARY KEY,
+    salt TEXT NOT NULL,
+    pending_time TEXT NOT NULL,
+    attested_at REAL NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS codes (
     code_hash TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -123,6 +131,55 @@ _APPLY_UPDATE = (
 )
 _VOLUME_COLUMNS = "volume_id, zone, owner, mounted_at IS NOT NULL, retained_for"
 _LIVE_SQL = "(" + ",".join(f"'{s.value}'" for s in sorted(LIVE)) + ")"  # constants only
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """A ship's current key: its salt, the run it was issued for, whether it signed anything."""
+
+    salt: str
+    pending_time: str
+    attested_at: float
+    used: bool
+
+
+def _when(pending_time: str) -> Optional[datetime.datetime]:
+    try:
+        when = datetime.datetime.fromisoformat(pending_time.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)
+
+
+def attest_refusal(ship_id: str, held: Optional[KeyRecord], pending_time: str) -> str:
+    """Whether a verified identity document of `ship_id` for the run that began at
+    `pending_time` may get a new key, given the key the ship holds ("" = yes, else why not).
+
+    The identity document is static for a run of the instance, so an old copy must not buy a
+    key: the first attestation of a run wins. A later run (EC2 sets pendingTime anew when a
+    stopped instance starts: warm pools) may always attest; the same run may attest again
+    only while its key has signed nothing (the answer to its attestation was lost).
+    """
+    new = _when(pending_time)
+    if new is None:
+        return f"pendingTime {pending_time[:40]!r} is not an ISO 8601 time"
+    if held is None:
+        return ""
+    old = _when(held.pending_time)
+    if old is None or new > old:
+        return ""
+    if new < old:
+        return (
+            f"{ship_id}'s identity document is from an earlier run ({pending_time}) than the "
+            f"one that attested ({held.pending_time}): an old copy is replayed"
+        )
+    if not held.used:
+        return ""
+    return (
+        f"{ship_id} already attested for this run (pendingTime {pending_time}) and its key is "
+        "in use; an agent that lost its key file gets a new one after the instance is stopped "
+        "and started (or replaced)"
+    )
 
 
 class RegistryError(Exception):
@@ -764,6 +821,47 @@ class Registry:
             f"SELECT {_VOLUME_COLUMNS} FROM volumes WHERE volume_id=?", (volume_id,)
         ).fetchone()
         return VolumeRecord(r[0], r[1], r[2], bool(r[3]), r[4])
+
+    # -- ship keys (attestation) -----------------------------------------------------------
+
+    def ship_key(self, ship_id: str) -> Optional[KeyRecord]:
+        """The salt of a ship's current key and when/for which run it was issued (None: the
+        ship never attested). The key itself is derived from the salt and the mux's secret."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT salt, pending_time, attested_at, used FROM ship_keys WHERE ship_id=?",
+                (ship_id,),
+            ).fetchone()
+        return None if row is None else KeyRecord(row[0], row[1], row[2], bool(row[3]))
+
+    def store_ship_key(self, ship_id: str, salt: str, pending_time: str) -> str:
+        """Record a new key for an attested ship unless `attest_refusal` refuses it (checked
+        and written in one transaction, so two racing attestations cannot both win). Returns
+        "" when stored, else the refusal."""
+        with self._write():
+            row = self._db.execute(
+                "SELECT salt, pending_time, attested_at, used FROM ship_keys WHERE ship_id=?",
+                (ship_id,),
+            ).fetchone()
+            held = None if row is None else KeyRecord(row[0], row[1], row[2], bool(row[3]))
+            refusal = attest_refusal(ship_id, held, pending_time)
+            if refusal:
+                return refusal
+            self._db.execute(
+                "INSERT INTO ship_keys (ship_id, salt, pending_time, attested_at, used) "
+                "VALUES (?,?,?,?,0) ON CONFLICT(ship_id) DO UPDATE SET salt=excluded.salt, "
+                "pending_time=excluded.pending_time, attested_at=excluded.attested_at, used=0",
+                (ship_id, salt, pending_time, time.time()),
+            )
+        return ""
+
+    def mark_keys_used(self, ship_ids: Sequence[str]) -> None:
+        """Messages signed with these ships' current keys were accepted: from now on only a
+        new run of each instance (a later pendingTime) may attest again. One transaction."""
+        with self._write():
+            self._db.executemany(
+                "UPDATE ship_keys SET used=1 WHERE ship_id=?", [(s,) for s in ship_ids]
+            )
 
     # -- attendee codes -----------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional, Tuple
 
 from campfleet import fleetpolicy
-from campfleet.contracts import paths
+from campfleet.contracts import paths, ports
 from campfleet.contracts import secrets as contract
 from campfleet.tags import STACK_TAG
 
@@ -34,7 +34,7 @@ OAUTH_REQUIRED = {
 
 IMDS = "http://169.254.169.254/latest"
 MIN_SECRET_CHARS = 32  # fleetSecret, proxyToken: openssl rand -hex 16 at the least
-MAX_PROJECTS = 9  # ship ports port_base .. port_base + 9 (8888-8897 on AWS)
+MAX_PROJECTS = 9  # ship ports port_base .. port_base + 9 (within ports.SHIP_PORTS on AWS)
 
 
 class SettingsError(Exception):
@@ -170,6 +170,9 @@ class Settings:
     admin_token_hours: float = 168.0  # the organizer token's life from when it was set
     auth: str = "shared"  # how attendees prove who they are: AUTH_MODES
     oauth: Optional[dict] = None  # auth: oauth: provider, clientId, callbackUrl, allowed...
+    # PEM file of the certificates ship identity documents must be signed with; None = AWS's
+    # published ones (campfleet/data). Local events and the rehearsal name a test authority's.
+    trusted_certificates: Optional[Path] = None
 
     @property
     def is_local(self) -> bool:
@@ -302,7 +305,7 @@ def parse(data: dict, private_ip: str = "") -> Settings:
         projects=_projects(data.get("projects", {})),
         public_ip="127.0.0.1" if local else str(data.get("publicIp", "0.0.0.0")),
         public_port=local.public_port if local else int(data.get("publicPort", 80)),
-        hub_port=local.hub_port if local else int(data.get("hubPort", 8081)),
+        hub_port=local.hub_port if local else int(data.get("hubPort", ports.HUB_API_PORT)),
         proxy_api_port=local.proxy_api_port if local else int(data.get("proxyApiPort", 8001)),
         local=local,
         fleet=parse_fleet(data.get("fleet"), ships),
@@ -311,7 +314,24 @@ def parse(data: dict, private_ip: str = "") -> Settings:
         admin_token_hours=_token_hours(data),
         auth=auth,
         oauth=oauth,
+        trusted_certificates=_trusted(data, state_dir),
     )
+
+
+def _trusted(data: dict, state_dir: Path) -> Optional[Path]:
+    """attestation.trustedCertificates (relative to the state dir), or None for AWS's."""
+    raw = data.get("attestation", {})
+    if not isinstance(raw, dict):
+        raise SettingsError("mux settings: 'attestation' must be an object")
+    ref = raw.get("trustedCertificates")
+    if ref is None:
+        return None
+    if not isinstance(ref, str) or not ref:
+        raise SettingsError(
+            "mux settings: attestation.trustedCertificates must be the path of a PEM file"
+        )
+    path = Path(ref)
+    return path if path.is_absolute() else state_dir / path
 
 
 def imds_private_ip(timeout: float = 2.0) -> str:

@@ -10,8 +10,12 @@ standing in for ECR, a per-host IMDSv2, and loop devices for EBS volumes.
     ref = aws.push_image("campfleet-ship:local", "campfleet-ship")   # ".../repo@sha256:..."
     aws.ensure_group("campfleet-dev-ships", launch_hook="...", terminate_hook="...")
     iid = aws.register_host("campfleet-dev-ship-1", "10.0.1.21", "eu-west-1a", "ship-role",
-                            group="campfleet-dev-ships")
+                            group="campfleet-dev-ships")     # or instance_id="i-..."
+    vol = aws.create_volume("eu-west-1a", 10, volume_id="vol-0123456789abcdef0")
+    aws.attach_volume(vol, iid)                   # or the mux attaches it with boto3
+    # start the host with hooks.docker_run_args() (AWS names -> front, loop-device cgroup rule)
     hooks.install(container)                      # CA trusted + IMDS route, once it runs
+    aws.identity.cert_pem                         # what the mux's attestation must trust
     aws.terminate(iid); aws.lifecycle_completed(iid)
     aws.stop()                                    # idempotent; removes all it made
 
@@ -27,7 +31,11 @@ What runs where (all reachable only from the rehearsal network or 127.0.0.1):
   rehearsal-CA certificate for every AWS name in `aws_names()`: the registry's name goes to
   the registry, every other name to moto (which routes by Host and the signature's scope).
   The gateway address belongs to the bridge of the rehearsal's own network.
-- the IMDS emulator (`imds.py`) as container `campfleet-<stack>-imds` on the network.
+- the IMDS emulator (`imds.py`) as container `campfleet-<stack>-imds` on the network (on an
+  --internal network, two DOCKER-USER rules on its bridge let 169.254.169.254 through).
+- a watcher thread following moto's volume attachments with loop devices (`volumes.py`).
+
+Each hook (a place the rehearsal differs from AWS) is listed in docs/rehearsal-aws.md.
 
 Every Docker object carries `label` and `campfleet.rehearsal=<stack>` and is named
 `campfleet-<stack>-...`. moto's state is per process: two LocalAws in one process share it.
@@ -52,8 +60,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from campfleet.evaluate import ACCOUNT
+from campfleet.identity import (
+    DOCUMENT_PATH,
+    RSA2048_PATH,
+    SIGNATURE_PATH,
+    TestIdentityAuthority,
+)
 from campfleet.rehearsal import imds as imds_server
-from campfleet.rehearsal.ca import IdentityAuthority, RehearsalCA
+from campfleet.rehearsal.ca import RehearsalCA
 from campfleet.rehearsal.volumes import DEVICE_CGROUP_RULE, LoopVolumes, VolumeError
 
 LABEL_KEY = "campfleet.rehearsal"
@@ -154,7 +168,7 @@ def _install_responders() -> None:
                 {
                     "group": group_name,
                     "hook": hook_name,
-                    "transition": hook.transition or "",
+                    "transition": hook.lifecycle_transition or "",
                     "instance": instance_id,
                     "token": token,
                     "result": result,
@@ -174,9 +188,9 @@ class HostHooks:
 
     - `hosts` (hook `aws-names`): /etc/hosts entries sending the real AWS names to the front;
       pass `docker_run_args()` to `docker run` (it adds them with --add-host).
-    - `ca_pem` (hook `rehearsal-ca`): install at CA_PATH_IN_HOST + `update-ca-certificates`
-      (`install()` does it); botocore in the mux image needs `env` (AWS_CA_BUNDLE) or the CA
-      appended to its certifi bundle.
+    - `ca_pem` (hook `rehearsal-ca`): install at CA_PATH_IN_HOST and append it to
+      /etc/ssl/certs/ca-certificates.crt (`install()` does both); botocore in the mux image
+      needs `env` (AWS_CA_BUNDLE) or the CA appended to its certifi bundle.
     - `imds_route` (hook `imds-route`): the route to the IMDS emulator (`install()` adds it
       from outside the container with nsenter; or bake the command into the host image).
     - `device_cgroup_rule` (hook `loop-volumes`): `docker run --device-cgroup-rule`.
@@ -197,11 +211,15 @@ class HostHooks:
 
     def install(self, container: str) -> None:
         """Trust the rehearsal CA and route IMDS in a running host container."""
+        # Appended to the system bundle (if not there yet) rather than regenerated with
+        # update-ca-certificates: the bundle may hold CAs that are in no source directory
+        # (this machine's inspecting proxy, copied in by scripts/build-bases.sh). A later
+        # update-ca-certificates (a package upgrade) still finds it in the source directory.
+        bundle = "/etc/ssl/certs/ca-certificates.crt"
         script = (
             f"mkdir -p {os.path.dirname(CA_PATH_IN_HOST)} && cat > {CA_PATH_IN_HOST}"
-            " && if command -v update-ca-certificates >/dev/null; then"
-            " update-ca-certificates >/dev/null; else"
-            f" cat {CA_PATH_IN_HOST} >> /etc/ssl/certs/ca-certificates.crt; fi"
+            f' && {{ grep -qxF "$(sed -n 2p {CA_PATH_IN_HOST})" {bundle} 2>/dev/null'
+            f" || cat {CA_PATH_IN_HOST} >> {bundle}; }}"
         )
         done = subprocess.run(
             ["docker", "exec", "-i", container, "sh", "-c", script],
@@ -231,7 +249,10 @@ class Host:
     role: str
     group: Optional[str]
     lifecycle: str = "InService"
-    terminated_at: Optional[float] = None
+    # The identity document's pendingTime: the launch, stable across table rewrites.
+    launched: str = field(
+        default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    )
 
 
 class LocalAws:
@@ -247,6 +268,7 @@ class LocalAws:
         account: str = ACCOUNT,
         imds_image: Optional[str] = None,
         poll: float = 0.5,
+        identity: Optional[TestIdentityAuthority] = None,
     ) -> None:
         self.stack = stack
         self.region = region
@@ -259,7 +281,9 @@ class LocalAws:
         self.registry_host = registry_host(region, account)
         self.hosts: Dict[str, Host] = {}  # by instance id
         self.volumes = LoopVolumes(self.workdir / "volumes")
-        self.identity = IdentityAuthority(region)
+        # Signs each host's identity document as AWS's regional key does; the mux's
+        # attestation must trust `identity.cert_pem` (AWS's published certificates otherwise).
+        self.identity = identity or TestIdentityAuthority(name=f"campfleet rehearsal {stack}")
         self._ca: Optional[RehearsalCA] = None
         self._moto: Any = None
         self._moto_port = 0
@@ -269,7 +293,9 @@ class LocalAws:
         self._gateway = ""
         self._subnet = ""
         self._imds_ip = ""
-        self._vpc = ""
+        self._zone_subnets: Dict[str, str] = {}
+        self._root_volumes: set[str] = set()
+        self._rules: List[List[str]] = []  # iptables rules added (removed by stop)
         self._started = False
         self._stop = threading.Event()
         self._watcher: Optional[threading.Thread] = None
@@ -323,7 +349,7 @@ class LocalAws:
         self._start_registry()
         self._start_front()
         self._start_imds()
-        self._seed_vpc()
+        self._allow_imds_on_bridge()
         self._stop.clear()
         self._watcher = threading.Thread(target=self._watch, name="local-aws-watch", daemon=True)
         self._watcher.start()
@@ -336,6 +362,9 @@ class LocalAws:
                 self._watcher.join(10)
                 self._watcher = None
             self.volumes.remove_all()
+            for rule in self._rules:
+                subprocess.run(["iptables", "-w", "-D", *rule], capture_output=True)
+            self._rules = []
             labelled = subprocess.run(
                 ["docker", "ps", "-aq", "--filter", f"label={LABEL_KEY}={self.stack}",
                  "--filter", f"name=^campfleet-{self.stack}-imds$"],
@@ -358,6 +387,7 @@ class LocalAws:
             if self.workdir.exists():
                 shutil.rmtree(self.workdir, ignore_errors=True)
             self.hosts.clear()
+            self._zone_subnets.clear()
             self._started = False
 
     def __enter__(self) -> LocalAws:
@@ -382,6 +412,11 @@ class LocalAws:
         # address then.
         first = next(ipaddress.ip_network(self._subnet).hosts())
         self._gateway = config[0].get("Gateway") or str(first)
+        network = ipaddress.ip_network(self._subnet)
+        if not 16 <= network.prefixlen <= 28:
+            raise LocalAwsError(
+                f"network {self.network} is {network}: a VPC needs a /16 to /28 subnet"
+            )
 
     def _start_moto(self) -> None:
         try:
@@ -485,6 +520,10 @@ http {{
                 stdout=out, stderr=out, stdin=subprocess.DEVNULL,
             )  # fmt: skip
         _wait_port(self._gateway, 443, "the TLS front (nginx)", self._nginx)
+        time.sleep(0.2)
+        if self._nginx.poll() is not None:  # another process holds the port (a crashed run?)
+            why = (front / "nginx.out").read_text(errors="replace").strip().splitlines()[-1:]
+            raise LocalAwsError(f"the TLS front (nginx) stopped: {' '.join(why)}")
 
     def _start_imds(self) -> None:
         image = self.imds_image
@@ -499,6 +538,14 @@ http {{
         table_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(imds_server.__file__, table_dir / "imds.py")
         self._write_table()
+        # A crashed run of this stack may have left its emulator (same name, our label).
+        stale = _run(
+            ["docker", "ps", "-aq", "--filter", f"name=^{self.imds_container}$",
+             "--filter", f"label={LABEL_KEY}={self.stack}"],
+            "listing containers",
+        ).split()  # fmt: skip
+        if stale:
+            _run(["docker", "rm", "-f", *stale], "removing a stale IMDS emulator")
         argv = ["docker", "run", "-d", "--name", self.imds_container, "--network", self.network]
         for key, value in self.labels.items():
             argv += ["--label", f"{key}={value}"]
@@ -528,17 +575,43 @@ http {{
                 )
             time.sleep(0.2)
 
+    def _imds_rules(self) -> List[List[str]]:
+        """On an --internal network Docker drops bridged packets to or from addresses outside
+        the subnet (the hosts' packets to 169.254.169.254 and the answers): accept exactly
+        those, on this network's bridge only, ahead of Docker's isolation (DOCKER-USER)."""
+        out = _run(
+            ["docker", "network", "inspect", "-f",
+             '{{.Internal}} {{.Id}} {{index .Options "com.docker.network.bridge.name"}}',
+             self.network],
+            f"network {self.network}",
+        )  # fmt: skip
+        internal, network_id, *name = out.split()
+        if internal != "true":
+            return []
+        bridge = name[0] if name and name[0] != "<no" else f"br-{network_id[:12]}"
+        return [
+            ["DOCKER-USER", "-i", bridge, "-o", bridge, way, f"{IMDS_ADDRESS}/32", "-j", "ACCEPT"]
+            for way in ("-d", "-s")
+        ]
+
+    def _allow_imds_on_bridge(self) -> None:
+        rules = self._imds_rules()
+        if (
+            rules
+            and subprocess.run(
+                ["iptables", "-w", "-S", "DOCKER-USER"], capture_output=True
+            ).returncode
+            == 0
+        ):
+            for rule in rules:
+                _run(["iptables", "-w", "-I", *rule], "letting IMDS packets through the bridge")
+            self._rules = rules
+
     def _imds_log(self) -> str:
         return subprocess.run(
             ["docker", "logs", self.imds_container],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         ).stdout  # fmt: skip
-
-    def _seed_vpc(self) -> None:
-        network = ipaddress.ip_network(self._subnet)
-        cidr = str(network) if network.prefixlen >= 16 else str(network.network_address) + "/16"
-        ec2 = self.client("ec2")
-        self._vpc = ec2.create_vpc(CidrBlock=cidr)["Vpc"]["VpcId"]
 
     # --- the API issue10b calls ------------------------------------------------------------------
 
@@ -560,7 +633,9 @@ http {{
             ssm.put_parameter(Name=name, Value=value, Type="SecureString", Overwrite=True)
 
     def push_image(self, local_tag: str, repo: str) -> str:
-        """Push a local image into the ECR stand-in; returns `<registry>/<repo>@sha256:...`."""
+        """Push a local image into the ECR stand-in; returns `<registry>/<repo>@sha256:...`.
+        (The mux image must trust the rehearsal CA inside: issue 10's hook "mux image CA",
+        campfleet/rehearsal/hosts.py `trusting_image`, makes that child before the push.)"""
         ecr = self.client("ecr")
         with contextlib.suppress(ecr.exceptions.RepositoryAlreadyExistsException):
             ecr.create_repository(repositoryName=repo)
@@ -632,24 +707,36 @@ http {{
         role: str,
         group: Optional[str] = None,
         tags: Optional[Dict[str, str]] = None,
+        instance_id: Optional[str] = None,
     ) -> str:
-        """Launch `container` as an EC2 instance at `ip` in `zone` (in `group` if given);
-        returns its instance id (moto makes it: use it as cloud-init's instance-id too)."""
+        """Launch `container` as an EC2 instance at `ip` in `zone` with instance profile `role`
+        (in Auto Scaling `group` if given); returns its instance id (give it to the host's
+        cloud-init meta-data): `instance_id` when given, else the one moto makes."""
         if ipaddress.ip_address(ip) not in ipaddress.ip_network(self._subnet):
             raise LocalAwsError(f"{ip} is not on the rehearsal network {self._subnet}")
         if not zone.startswith(self.region):
             raise LocalAwsError(f"zone {zone} is not in region {self.region}")
+        if instance_id is not None and instance_id in self.hosts:
+            raise LocalAwsError(f"{instance_id} is already registered")
         ec2 = self.client("ec2")
-        subnet = self._subnet_for(ec2, ip, zone)
-        tag_list = [{"Key": k, "Value": v} for k, v in (tags or {}).items()]
         run = ec2.run_instances(
             ImageId="ami-12c6146b", InstanceType="t3.medium", MinCount=1, MaxCount=1,
-            SubnetId=subnet, PrivateIpAddress=ip,
+            SubnetId=self._subnet_for(ec2, ip, zone), PrivateIpAddress=ip,
             MetadataOptions={"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
-            **({"TagSpecifications": [{"ResourceType": "instance", "Tags": tag_list}]}
-               if tag_list else {}),
         )  # fmt: skip
-        instance_id = run["Instances"][0]["InstanceId"]
+        made = run["Instances"][0]["InstanceId"]
+        # moto gives each instance a root EBS volume; the host container's own file system
+        # is its root disk (nvme0 on EC2), so that volume gets no loop device.
+        self._root_volumes.update(
+            m["Ebs"]["VolumeId"] for m in run["Instances"][0].get("BlockDeviceMappings", [])
+        )
+        if instance_id is not None and instance_id != made:
+            self._rename("instance", made, instance_id)
+        instance_id = instance_id or made
+        if tags:
+            ec2.create_tags(
+                Resources=[instance_id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()]
+            )
         if group:
             self.client("autoscaling").attach_instances(
                 AutoScalingGroupName=group, InstanceIds=[instance_id]
@@ -659,40 +746,51 @@ http {{
             self._write_table()
         return instance_id
 
-    def _subnet_for(self, ec2: Any, ip: str, zone: str) -> str:
-        address = ipaddress.ip_address(ip)
-        for subnet in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [self._vpc]}])[
-            "Subnets"
-        ]:
-            if address in ipaddress.ip_network(subnet["CidrBlock"]):
-                if subnet["AvailabilityZone"] != zone:
-                    raise LocalAwsError(
-                        f"{ip} shares subnet {subnet['CidrBlock']} with hosts in "
-                        f"{subnet['AvailabilityZone']}: give hosts of {zone} addresses in "
-                        "another /28"
-                    )
-                return subnet["SubnetId"]
-        for prefix in (24, 26, 28):
-            cidr = str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
-            try:
-                return ec2.create_subnet(VpcId=self._vpc, CidrBlock=cidr, AvailabilityZone=zone)[
-                    "Subnet"
-                ]["SubnetId"]
-            except ec2.exceptions.ClientError:
-                continue  # overlaps another zone's subnet: try a smaller one
-        raise LocalAwsError(f"no subnet of zone {zone} can hold {ip} (another zone's /28 has it)")
+    def _rename(self, kind: str, old: str, new: str) -> None:
+        """Give a moto instance or volume the id the rendered stack uses (moto makes its own
+        ids and has no API to choose one; the user data names them, e.g. the state volume)."""
+        from moto.ec2.models import ec2_backends
 
-    def create_volume(self, zone: str, size_gib: int, tags: Optional[Dict[str, str]] = None) -> str:
-        """An encrypted gp3 volume (as Pulumi would create the home and state volumes)."""
+        backend = ec2_backends[self.account][self.region]
+        if kind == "instance":
+            backend.get_instance(old).id = new
+        else:
+            if new in backend.volumes:
+                raise LocalAwsError(f"volume {new} exists already")
+            volume = backend.volumes.pop(old)
+            volume.id = new
+            backend.volumes[new] = volume
+        if old in backend.tags:
+            backend.tags[new] = backend.tags.pop(old)
+
+    def _subnet_for(self, ec2: Any, ip: str, zone: str) -> str:
+        """The zone's subnet: one VPC per zone, each holding the whole rehearsal network, since
+        Docker gives the rehearsal one flat network and moto refuses overlapping subnets in a
+        VPC (on AWS each zone has its own subnet of one VPC)."""
+        if zone not in self._zone_subnets:
+            vpc = ec2.create_vpc(CidrBlock=self._subnet)["Vpc"]["VpcId"]
+            ec2.create_tags(Resources=[vpc], Tags=[{"Key": "Name", "Value": f"rehearsal {zone}"}])
+            subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=self._subnet, AvailabilityZone=zone)
+            self._zone_subnets[zone] = subnet["Subnet"]["SubnetId"]
+        return self._zone_subnets[zone]
+
+    def create_volume(
+        self,
+        zone: str,
+        size_gib: int,
+        tags: Optional[Dict[str, str]] = None,
+        volume_id: Optional[str] = None,
+    ) -> str:
+        """An encrypted gp3 volume, as Pulumi creates the home and state volumes; `volume_id`
+        gives it the id the rendered user data names (else moto makes one)."""
         spec: Dict[str, Any] = {"AvailabilityZone": zone, "Size": size_gib, "VolumeType": "gp3"}
         if tags:
-            spec["TagSpecifications"] = [
-                {
-                    "ResourceType": "volume",
-                    "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
-                }
-            ]
-        return self.client("ec2").create_volume(Encrypted=True, **spec)["VolumeId"]
+            pairs = [{"Key": k, "Value": v} for k, v in tags.items()]
+            spec["TagSpecifications"] = [{"ResourceType": "volume", "Tags": pairs}]
+        made = self.client("ec2").create_volume(Encrypted=True, **spec)["VolumeId"]
+        if volume_id is not None and volume_id != made:
+            self._rename("volume", made, volume_id)
+        return volume_id or made
 
     def attach_volume(self, volume_id: str, instance_id: str, device: str = "/dev/xvdf") -> None:
         """Attach as Pulumi's VolumeAttachment would (the mux's state volume)."""
@@ -705,7 +803,6 @@ http {{
         with self._lock:
             host = self._host(instance_id)
             host.lifecycle = "Terminated"
-            host.terminated_at = time.time()
             self._write_table()
         from moto.autoscaling.models import autoscaling_backends
 
@@ -716,8 +813,8 @@ http {{
                     state.lifecycle_state = "Terminating:Wait"
 
     def lifecycle_completed(self, instance_id: str, hook: Optional[str] = None) -> bool:
-        """Did someone complete a lifecycle action for the instance (`hook`, or any terminating
-        hook since terminate())?"""
+        """Did someone complete a lifecycle action for the instance: `hook`, or (None) any hook
+        of the termination transition?"""
         for done in completions(instance_id):
             if hook is not None:
                 if done["hook"] == hook:
@@ -738,28 +835,15 @@ http {{
         now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
         stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
         expires = (now + datetime.timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        document = json.dumps(
-            {
-                "accountId": self.account,
-                "architecture": "x86_64",
-                "availabilityZone": host.zone,
-                "billingProducts": None,
-                "devpayProductCodes": None,
-                "marketplaceProductCodes": None,
-                "imageId": "ami-12c6146b",
-                "instanceId": host.instance_id,
-                "instanceType": "t3.medium",
-                "kernelId": None,
-                "pendingTime": stamp,
-                "privateIp": host.ip,
-                "ramdiskId": None,
-                "region": self.region,
-                "version": "2017-09-30",
-            },
-            indent=2,
-            separators=(",", " : "),
+        signed = self.identity.sign(
+            TestIdentityAuthority.document(
+                host.instance_id, host.ip, self.region, host.zone, self.account,
+                pending_time=host.launched, instance_type="t3.medium", image_id="ami-12c6146b",
+            )
+        )  # fmt: skip
+        document, signature, rsa2048 = (
+            signed[path].decode() for path in (DOCUMENT_PATH, SIGNATURE_PATH, RSA2048_PATH)
         )
-        signature, rsa2048 = self.identity.sign(document.encode())
         credentials = {
             "Code": "Success",
             "LastUpdated": stamp,
@@ -821,6 +905,8 @@ http {{
             wanted: Dict[str, tuple[str, int, str]] = {}
             for page in self.client("ec2").get_paginator("describe_volumes").paginate():
                 for volume in page["Volumes"]:
+                    if volume["VolumeId"] in self._root_volumes:
+                        continue
                     for att in volume.get("Attachments", []):
                         if att.get("State") in ("attached", "attaching"):
                             wanted[volume["VolumeId"]] = (
@@ -839,10 +925,42 @@ http {{
                     continue
                 self.volumes.attach(volume_id, size, host.container, device)
 
+    def sync_lifecycle(self) -> None:
+        """A host whose instance moto terminated or put in a Terminating state (the mux's
+        TerminateInstanceInAutoScalingGroup, a group scale-in) reads Terminated from IMDS."""
+        from moto.autoscaling.models import autoscaling_backends
+        from moto.ec2.exceptions import InvalidInstanceIdError
+        from moto.ec2.models import ec2_backends
+
+        ec2 = ec2_backends[self.account][self.region]
+        terminating = {
+            state.instance.id
+            for group in autoscaling_backends[self.account][self.region].autoscaling_groups.values()
+            for state in group.instance_states
+            if state.lifecycle_state.startswith("Terminating")
+        }
+        with self._lock:
+            changed = False
+            for host in self.hosts.values():
+                if host.lifecycle == "Terminated":
+                    continue
+                try:
+                    gone = ec2.get_instance(host.instance_id).state in (
+                        "shutting-down",
+                        "terminated",
+                    )
+                except InvalidInstanceIdError:
+                    gone = True
+                if gone or host.instance_id in terminating:
+                    host.lifecycle, changed = "Terminated", True
+            if changed:
+                self._write_table()
+
     def _watch(self) -> None:
         while not self._stop.wait(self.poll):
             try:
                 self.sync_volumes()
+                self.sync_lifecycle()
             except (VolumeError, LocalAwsError) as exc:
                 message = str(exc)
                 if message not in self.errors[-5:]:

@@ -1,21 +1,17 @@
-"""The rehearsal's certificate authorities (fresh per rehearsal; this machine never trusts them).
+"""The rehearsal's TLS certificate authority (fresh per rehearsal; this machine never trusts it).
 
-- `RehearsalCA` signs the TLS certificate of the local AWS front (`ssm.<region>.amazonaws.com`,
-  `<account>.dkr.ecr.<region>.amazonaws.com`, ...). The hosts trust it (hook
-  `rehearsal-ca`, see docs/rehearsal-aws.md) so awscli, botocore, Docker and the ECR credential
-  helper talk to the real AWS host names unchanged. On AWS the public CAs vouch for those names.
-- `IdentityAuthority` stands in for AWS's regional instance-identity certificate: it signs each
-  host's instance identity document the way EC2 does (`signature`: base64 RSA PKCS#1 v1.5 over
-  SHA-256 of the document; `rsa2048`: base64 DER PKCS#7 signed-data with the document inside,
-  RSA-2048 / SHA-256), so code that verifies identity documents against a configured
-  certificate can be rehearsed by configuring this one.
+`RehearsalCA` signs the TLS certificate of the local AWS front (`ssm.<region>.amazonaws.com`,
+`<account>.dkr.ecr.<region>.amazonaws.com`, ...). The hosts trust it (hook `rehearsal-ca`,
+docs/rehearsal-aws.md) so awscli, botocore, Docker and the ECR credential helper talk to the
+real AWS host names unchanged; on AWS the public CAs vouch for those names. Its key lives only
+in memory and in the rehearsal's work directory, and dies with it.
 
-Both keys live only in the rehearsal's work directory and die with it.
+(Instance identity documents are signed by campfleet.identity.TestIdentityAuthority, the one
+test authority the mux's attestation can be told to trust.)
 """
 
 from __future__ import annotations
 
-import base64
 import datetime
 import ipaddress
 from pathlib import Path
@@ -23,8 +19,7 @@ from typing import Iterable, Tuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VALID = datetime.timedelta(days=7)  # a rehearsal lasts hours; nothing outlives a week
@@ -128,49 +123,3 @@ class RehearsalCA:
         key_path.touch(mode=0o600)
         key_path.write_bytes(key)
         return ca_path, cert_path, key_path
-
-
-class IdentityAuthority:
-    """Signs instance identity documents as AWS's regional certificate does (see module doc)."""
-
-    def __init__(self, region: str) -> None:
-        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        name = x509.Name(
-            [
-                x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "campfleet rehearsal"),
-                x509.NameAttribute(NameOID.COMMON_NAME, f"instance identity {region} (rehearsal)"),
-            ]
-        )
-        now = _now()
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self._key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + VALID)
-            .sign(self._key, hashes.SHA256())
-        )
-
-    @property
-    def cert_pem(self) -> bytes:
-        """The certificate a verifier is configured with (AWS publishes one per region)."""
-        return _pem(self.cert)
-
-    def sign(self, document: bytes) -> Tuple[str, str]:
-        """(`signature`, `rsa2048`) for `document`, each as IMDS serves it (base64 text)."""
-        signature = self._key.sign(document, padding.PKCS1v15(), hashes.SHA256())
-        der = (
-            pkcs7.PKCS7SignatureBuilder()
-            .set_data(document)
-            .add_signer(self.cert, self._key, hashes.SHA256())
-            .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.NoCerts])
-        )
-        return base64.b64encode(signature).decode(), _wrap64(base64.b64encode(der).decode())
-
-
-def _wrap64(text: str) -> str:
-    """IMDS serves the PKCS#7 blobs in 64-column lines, like a PEM body without armour."""
-    return "\n".join(text[i : i + 64] for i in range(0, len(text), 64))

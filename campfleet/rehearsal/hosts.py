@@ -138,19 +138,22 @@ def start_apt_cache(image: str, stack: str, network: Network, ip: str) -> str:
     return f"http://{ip}:{APT_PORT}"
 
 
-def trusting_image(image: str, ca_pem: str) -> str:
-    """Hook "mux image CA": the mux image plus the rehearsal CA in the bundle botocore and
-    requests use (certifi's; AWS_CA_BUNDLE points at a copy with the CA appended). The hosts'
-    own tools trust it through the system store; a container has its own."""
+def trusting_image(image: str, ca_pem: str, identity_pem: str = "") -> str:
+    """Hook "mux image trust": the mux image plus the rehearsal CA in the bundle botocore and
+    requests use (certifi's; AWS_CA_BUNDLE points at a copy with the CA appended), and the
+    rehearsal's identity authority beside AWS's bundled identity certificates (ships attest
+    with documents it signs). The hosts' own tools trust the CA through the system store; a
+    container has its own."""
     import hashlib
 
-    key = hashlib.sha256((image + ca_pem).encode()).hexdigest()[:12]
+    key = hashlib.sha256((image + ca_pem + identity_pem).encode()).hexdigest()[:12]
     tag = f"campfleet-rehearsal-mux:{key}"
     if subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0:
         return tag
     work = Path(tempfile.mkdtemp(prefix="campfleet-rehearsal-ca-"))
     try:
         (work / "rehearsal-ca.pem").write_text(ca_pem)
+        (work / "identity.pem").write_text(identity_pem)
         (work / "Dockerfile").write_text(
             f"FROM {image}\n"
             "USER root\n"
@@ -160,6 +163,10 @@ def trusting_image(image: str, ca_pem: str) -> str:
             "|| cp /etc/ssl/certs/ca-certificates.crt /etc/campfleet-rehearsal-bundle.pem; "
             "cat /etc/campfleet-rehearsal-ca.pem >> /etc/campfleet-rehearsal-bundle.pem\n"
             "ENV AWS_CA_BUNDLE=/etc/campfleet-rehearsal-bundle.pem\n"
+            "COPY identity.pem /etc/campfleet-rehearsal-identity.pem\n"
+            'RUN python3 -c "import importlib.resources as r;'
+            "p=r.files('campfleet').joinpath('data/aws-identity-rsa2048.pem');"
+            "open(str(p),'a').write(open('/etc/campfleet-rehearsal-identity.pem').read())\"\n"
         )
         done = subprocess.run(
             ["docker", "build", "-q", "--label", "campfleet.rehearsal.image=mux", "-t", tag,

@@ -189,7 +189,12 @@ class Rehearsal:
             built = ensure_images(progress=self.say)
         except ImageError as exc:
             raise RehearsalError(str(exc)) from None
-        built["mux"] = hosts.trusting_image(built["mux"], self.aws.host_hooks().ca_pem)
+        identity = getattr(self.aws, "identity", None)
+        built["mux"] = hosts.trusting_image(
+            built["mux"],
+            self.aws.host_hooks().ca_pem,
+            identity.cert_pem.decode() if identity is not None else "",
+        )
         digests: Dict[str, str] = {}
         for role, name in first.images.items():
             if role in self.skip_images:

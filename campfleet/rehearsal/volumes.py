@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
+from campfleet.agent.volume import EbsVolumes
+
 DEVICE_CGROUP_RULE = "b 7:* rwm"
-BY_ID = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_"
 
 
 class VolumeError(Exception):
@@ -36,8 +37,9 @@ class VolumeError(Exception):
 
 
 def by_id_path(volume_id: str) -> str:
-    """Where a Nitro instance's udev rules put this volume (the id without its dash)."""
-    return BY_ID + volume_id.replace("-", "")
+    """Where a Nitro instance's udev rules put this volume (the id without its dash): the
+    path the agent looks for, from the agent's own code."""
+    return str(EbsVolumes(Path("/")).device(volume_id))
 
 
 def _run(argv: list[str], what: str) -> str:

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 from campfleet.protocol import ShipState
-from tests.integration.test_agent_local import HEARTBEAT, ROOT, SECRET, Mux
+from tests.integration.test_agent_local import AUTHORITY, HEARTBEAT, ROOT, Mux
 from tests.unit.test_agent_aws import FakeImds
 
 FAKE_AWS = """#!{python}
@@ -28,6 +28,13 @@ def test_identity_from_imds_and_termination_via_lifecycle_hook(tmp_path: Path) -
         "placement/availability-zone": "eu-west-1c",
         "local-ipv4": "127.0.0.1",
         "autoscaling/target-lifecycle-state": "InService",
+        # What the ship attests with (signed by the test authority the mux trusts).
+        **{
+            path: value.decode()
+            for path, value in AUTHORITY.sign(
+                AUTHORITY.document("i-0a0b0c0d", "127.0.0.1", "local", "eu-west-1c")
+            ).items()
+        },
     }
     imds = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeImds)
     threading.Thread(target=imds.serve_forever, daemon=True).start()
@@ -35,14 +42,13 @@ def test_identity_from_imds_and_termination_via_lifecycle_hook(tmp_path: Path) -
     bin_dir.mkdir()
     (bin_dir / "aws").write_text(FAKE_AWS.format(python=sys.executable))
     (bin_dir / "aws").chmod(0o755)
-    (tmp_path / "secret").write_bytes(SECRET)
     mux = Mux(tmp_path)
+    mux.instances.add(["i-0a0b0c0d"])
     config = {
         "muxUrl": f"http://127.0.0.1:{mux.port}",
         "heartbeat": HEARTBEAT,
         "region": "eu-west-1",
         "runtime": "local",
-        "secretFile": str(tmp_path / "secret"),
         "stateDir": str(tmp_path / "state"),
         "volumesRoot": str(tmp_path / "mnt"),
         "shipGroupName": "campfleet-dev-ships",

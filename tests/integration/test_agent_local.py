@@ -17,12 +17,15 @@ from typing import Callable, Optional
 
 import pytest
 
+from campfleet.identity import TestIdentityAuthority
+from campfleet.mux.attest import KnownInstances, local_attestor
 from campfleet.mux.control import ControlServer
 from campfleet.mux.registry import Registry, ShipRecord
 from campfleet.protocol import ContainerSpec, ShipState
 
 ROOT = Path(__file__).parents[2]
-SECRET = b"integration-secret"
+SECRET = b"integration-secret"  # the mux's only: its ships' keys derive from it
+AUTHORITY = TestIdentityAuthority()  # signs the local ships' identity documents
 # Lost after HEARTBEAT * LOST_AFTER = 1.5 s of silence (final): short, yet far above what a
 # loaded 2-core CI machine delays an agent process.
 HEARTBEAT = 0.5
@@ -83,13 +86,19 @@ class Mux:
         self.port = free_port()
         self.states: dict[str, list[str]] = {}
         self.registry: Optional[Registry] = None
+        self.instances = KnownInstances()  # the stand-in for EC2's view of the group
         self.start()
 
     def start(self) -> None:
         self.registry = Registry(self.db)
         self.registry.add_listener(self._record)
         self.server = ControlServer(
-            self.registry, SECRET, self.heartbeat, LOST_AFTER, poll_timeout=2.0
+            self.registry,
+            SECRET,
+            self.heartbeat,
+            LOST_AFTER,
+            poll_timeout=2.0,
+            attestor=local_attestor(AUTHORITY.trusted, self.instances),
         )
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -136,16 +145,29 @@ class Agents:
 
     def __init__(self, tmp: Path, mux: Mux) -> None:
         self.tmp, self.mux = tmp, mux
-        self.secret = tmp / "fleet-secret"
-        self.secret.write_bytes(SECRET + b"\n")
         self.volumes = tmp / "volumes"
         self.procs: dict[str, subprocess.Popen] = {}
 
+    def identity_dir(self, ship_id: str) -> Path:
+        return self.tmp / "identity" / ship_id
+
+    def new_run(self, ship_id: str, pending_time: str = "") -> None:
+        """What a boot (or a stop and start) of the instance gives it: a signed identity
+        document for this run, and the instance in the group's listing."""
+        document = AUTHORITY.document(
+            ship_id, "127.0.0.1", region="local", zone="local-a", pending_time=pending_time
+        )
+        AUTHORITY.write(self.identity_dir(ship_id), document)
+        self.mux.instances.add([ship_id])
+
     def start(self, ship_id: str, *extra: str) -> subprocess.Popen:
         state = self.tmp / "state" / ship_id
+        if not self.identity_dir(ship_id).exists():
+            self.new_run(ship_id)
         argv = [
             sys.executable, "-m", "campfleet.agent", "--local",
-            "--mux", f"http://127.0.0.1:{self.mux.port}", "--secret-file", str(self.secret),
+            "--mux", f"http://127.0.0.1:{self.mux.port}",
+            "--identity-dir", str(self.identity_dir(ship_id)),
             "--ship-id", ship_id, "--zone", "local-a", "--address", "127.0.0.1",
             "--port-base", "9000", "--volumes-root", str(self.volumes), "--state-dir", str(state),
             "--heartbeat", str(self.mux.heartbeat), "--poll-timeout", "2",
@@ -342,7 +364,10 @@ def test_a_new_registry_is_obeyed_from_generation_zero(
     mux.start()
     mux.wait_state("i-00000007", ShipState.AVAILABLE)
     wait_for(lambda: get(old_port) is None, 10, "the unknown claim's container to stop")
-    assert mux.registry.claim("hugo").ship_id == "i-00000007"
+    # (It passes through `available` on its way back to `running` while the old container
+    # still runs; it is free once it reports the container gone.)
+    claimed = wait_for(lambda: mux.registry.claim("hugo"), 10, "the ship free again")
+    assert claimed.ship_id == "i-00000007"
     port = free_port()
     gen = mux.registry.set_container("i-00000007", server_spec(port, "v1", greeting="hi hugo"))
     assert gen == 1  # below what the agent knew from the old registry

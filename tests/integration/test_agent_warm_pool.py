@@ -20,10 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from campfleet.agent import shipkey
 from campfleet.agent.agent import TERMINATED_MARKER
-from campfleet.protocol import ShipState
+from campfleet.agent.client import MuxClient, MuxRejected
+from campfleet.protocol import FORGED, REPLAY, Report, ShipState
 from tests.integration.test_agent_aws import FAKE_AWS
-from tests.integration.test_agent_local import HEARTBEAT, ROOT, SECRET, Mux
+from tests.integration.test_agent_local import AUTHORITY, HEARTBEAT, ROOT, Mux
 from tests.unit.test_agent_aws import FakeImds
 
 GROUP = "campfleet-dev-ships"
@@ -40,6 +42,8 @@ class Ship:
             "placement/availability-zone": "eu-west-1a",
             "local-ipv4": "127.0.0.1",
         }
+        self.new_run("2026-12-02T09:00:00Z")
+        mux.instances.add(["i-0a7e5001"])
         self.imds = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeImds)
         threading.Thread(target=self.imds.serve_forever, daemon=True).start()
         self.tmp = tmp
@@ -47,14 +51,12 @@ class Ship:
         bin_dir.mkdir()
         (bin_dir / "aws").write_text(FAKE_AWS.format(python=sys.executable))
         (bin_dir / "aws").chmod(0o755)
-        (tmp / "secret").write_bytes(SECRET)
         self.state_dir = tmp / "state"
         config = {
             "muxUrl": f"http://127.0.0.1:{mux.port}",
             "heartbeat": HEARTBEAT,
             "region": "eu-west-1",
             "runtime": "local",
-            "secretFile": str(tmp / "secret"),
             "stateDir": str(self.state_dir),
             "volumesRoot": str(tmp / "mnt"),
             "shipGroupName": GROUP,
@@ -67,6 +69,16 @@ class Ship:
         self.env["FAKE_AWS_LOG"] = str(tmp / "aws.log")
         self.proc: subprocess.Popen | None = None
 
+    def new_run(self, pending_time: str) -> None:
+        """EC2 (re)starts the instance: IMDS serves an identity document with this run's
+        pendingTime, signed (here by the test authority the mux trusts)."""
+        document = AUTHORITY.document(
+            "i-0a7e5001", "127.0.0.1", "local", "eu-west-1a", pending_time=pending_time
+        )
+        FakeImds.data.update(
+            {path: value.decode() for path, value in AUTHORITY.sign(document).items()}
+        )
+
     def set_state(self, state: str) -> None:
         FakeImds.data["autoscaling/target-lifecycle-state"] = state
 
@@ -77,6 +89,12 @@ class Ship:
             [sys.executable, "-m", "campfleet.agent", "--config", str(self.tmp / "agent.json")],
             cwd=ROOT, env=self.env, stdout=log, stderr=log, start_new_session=True,
         )  # fmt: skip
+
+    def crash(self) -> None:
+        """The agent dies (systemd restarts it on the same run of the instance)."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(15)
 
     def stop_instance(self) -> int:
         """EC2 stops the instance: systemd sends the agent SIGTERM."""
@@ -153,3 +171,48 @@ def test_warm_running_pool_moves_in_service_without_a_reboot(world) -> None:
     ship.set_state("InService")
     mux.wait_state("i-0a7e5001", ShipState.AVAILABLE)
     assert ship.proc.poll() is None
+
+
+def test_stop_start_keeps_or_renews_the_ship_key(world) -> None:
+    """The key file survives agent restarts and stop/start (root volume): no new attestation.
+    Without it, the same run of the instance may not attest again once its key was used; a
+    new run (EC2 sets a new pendingTime at each start) may, and the old key stops working."""
+    mux, ship = world
+    key_file = ship.state_dir / shipkey.KEY_FILE
+    ship.set_state("InService")
+    ship.boot()
+    mux.wait_state("i-0a7e5001", ShipState.AVAILABLE)
+    first = shipkey.load(key_file, "i-0a7e5001")
+    assert first is not None and mux.server.attested == 1
+    assert key_file.stat().st_mode & 0o777 == 0o600
+
+    # Restart with the key on disk: the same key, no attestation, reports accepted.
+    ship.crash()
+    seq = mux.registry.last_seq("i-0a7e5001")
+    ship.boot()
+    wait_for(lambda: mux.registry.last_seq("i-0a7e5001") > seq, 15, "a report after restart")
+    assert mux.server.attested == 1 and shipkey.load(key_file, "i-0a7e5001") == first
+
+    # The key file is lost on the same run: re-attesting is refused (the document is static,
+    # so a copy of it must not buy a second key).
+    ship.crash()
+    key_file.unlink()
+    replays = mux.server.rejections[REPLAY]
+    ship.boot()
+    wait_for(lambda: mux.server.rejections[REPLAY] > replays, 15, "the refused re-attestation")
+    assert mux.server.attested == 1 and not key_file.exists()
+    assert "already attested for this run" in (ship.tmp / "agent.log").read_text()
+
+    # Stopped and started (a warm pool's way back into service): a new run attests anew.
+    ship.crash()
+    ship.new_run("2026-12-02T10:30:00Z")
+    ship.boot()
+    wait_for(lambda: mux.server.attested == 2, 15, "the new run's attestation")
+    second = shipkey.load(key_file, "i-0a7e5001")
+    assert second is not None and second != first
+    # Whoever kept the old key (a copy of the old disk) can no longer sign for the ship.
+    stale = MuxClient(f"http://127.0.0.1:{mux.port}", "i-0a7e5001", first)
+    report = Report("i-0a7e5001", "eu-west-1a", "127.0.0.1", 8888, ShipState.BOOTING)
+    with pytest.raises(MuxRejected) as refused:
+        stale.report(report)
+    assert refused.value.kind == FORGED

@@ -7,13 +7,14 @@ messages — each refused with nothing changed.
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 
 import pytest
 import requests
 
-from campfleet.protocol import Report, ShipState, derive_key, encode_report
+from campfleet.protocol import Report, ShipState, encode_report
 from tests.integration.conftest import Admin, Attendee, registry_of, wait_until
 
 pytestmark = pytest.mark.slow
@@ -76,7 +77,11 @@ def test_refusals_change_nothing(event_factory) -> None:
     try:
         ship = registry.owned_by("alice")
         before = (registry.get(ship.ship_id), registry.counts())
-        forged_key = derive_key(b"not the fleet secret", ship.ship_id)
+        # Even the fleet secret itself (the mux's only) no longer signs for a ship: each key
+        # is derived with a random salt issued at the ship's attestation (issue 15).
+        fleet_secret = (event.state_dir / "secrets" / "fleet-secret").read_text().strip()
+        message = b"campfleet-ship-key:" + ship.ship_id.encode()
+        forged_key = hmac.digest(fleet_secret.encode(), message, "sha256")
         report = Report(ship_id=ship.ship_id, zone=ship.zone, address=ship.address,
                         port_base=ship.port_base, state=ShipState.FAILED, error="forged",
                         seq=ship.seq + 1000, ts=time.time())  # fmt: skip

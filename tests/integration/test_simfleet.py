@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from campfleet.identity import TestIdentityAuthority
 from campfleet.local import SHIP_PORT_OFFSET, LocalEvent, find_free_port
+from campfleet.mux.attest import KnownInstances, local_attestor
 from campfleet.mux.control import ControlServer
 from campfleet.mux.registry import Registry
 from campfleet.protocol import ContainerSpec, ShipState
@@ -26,7 +28,8 @@ from campfleet.simfleet import SimFleet
 from campfleet.standin import BODY
 from tests.integration.conftest import STANDIN, Admin, registry_of, wait_until
 
-SECRET = b"sim-fleet-secret"
+SECRET = b"sim-fleet-secret"  # the mux's; the simulated ships attest for keys of their own
+AUTHORITY = TestIdentityAuthority()
 HEARTBEAT = 0.5
 
 
@@ -55,17 +58,24 @@ async def fetch(port: int) -> bytes:
 class Harness:
     def __init__(self, tmp: Path) -> None:
         self.registry = Registry(tmp / "registry.sqlite")
-        self.server = ControlServer(self.registry, SECRET, HEARTBEAT, 3, poll_timeout=2.0)
+        self.instances = KnownInstances()  # the group's instances, as EC2 would list them
+        self.server = ControlServer(
+            self.registry, SECRET, HEARTBEAT, 3, poll_timeout=2.0,
+            attestor=local_attestor(AUTHORITY.trusted, self.instances),
+        )  # fmt: skip
         self.tasks: list[asyncio.Future] = []
         self.fleets: list[SimFleet] = []
 
-    async def sim(self, ships: int, secret: bytes = SECRET, **kw: object) -> SimFleet:
+    async def sim(
+        self, ships: int, authority: TestIdentityAuthority = AUTHORITY, **kw: object
+    ) -> SimFleet:
         # find_free_port checks the block of 10 ports of every ship (same layout as LocalEvent)
         port_base = find_free_port(ships) + SHIP_PORT_OFFSET
         fleet = SimFleet(
-            f"http://127.0.0.1:{self.server.port}", secret, ships, port_base,
+            f"http://127.0.0.1:{self.server.port}", authority, ships, port_base,
             heartbeat=HEARTBEAT, poll_timeout=2.0, **kw,
         )  # fmt: skip
+        self.instances.add([ship.ship_id for ship in fleet.ships])
         self.tasks.append(asyncio.ensure_future(fleet.run()))
         self.fleets.append(fleet)
         return fleet
@@ -147,11 +157,12 @@ async def test_drain_terminate_and_lost(harness: Harness) -> None:
     assert reg.get(first).state is ShipState.TERMINATED
 
 
-async def test_a_wrong_secret_is_refused_and_stores_nothing(harness: Harness) -> None:
-    fleet = await harness.sim(2, secret=b"not-the-fleet-secret")
-    await until(lambda: harness.server.rejections["forged"] >= 2, 5, "forged reports counted")
-    assert harness.registry.ships() == []
-    assert fleet.stats.rejected.get("forged", 0) >= 2 and fleet.stats.reports == 0
+async def test_identities_signed_by_another_authority_are_refused(harness: Harness) -> None:
+    fleet = await harness.sim(2, authority=TestIdentityAuthority())
+    await until(lambda: fleet.stats.rejected.get("forged", 0) >= 2, 15, "both ships told: forged")
+    assert harness.server.rejections["forged"] >= 2
+    assert harness.registry.ships() == [] and fleet.stats.reports == 0
+    assert fleet.stats.attested == 0 and harness.server.attested == 0
 
 
 async def test_a_failed_container_reports_its_error(harness: Harness) -> None:
@@ -174,9 +185,14 @@ async def test_a_failed_container_reports_its_error(harness: Harness) -> None:
 
 
 def test_command_line_refuses_bad_input(tmp_path: Path) -> None:
-    secret = tmp_path / "secret"
-    secret.write_text("s3cret\n")
-    base = [sys.executable, "-m", "campfleet.simfleet", "--secret-file", str(secret)]
+    TestIdentityAuthority.open(tmp_path / "ca")
+    base = [
+        sys.executable,
+        "-m",
+        "campfleet.simfleet",
+        "--identity-authority",
+        str(tmp_path / "ca"),
+    ]
     bad_url = subprocess.run(
         [*base, "--mux", "ftp://x", "--ships", "1", "--port-base", "20000"],
         capture_output=True, text=True, timeout=30,
@@ -192,6 +208,12 @@ def test_command_line_refuses_bad_input(tmp_path: Path) -> None:
          "--cpus", "one"], capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert bad_cpus.returncode == 2 and "--cpus 'one'" in bad_cpus.stderr
+    no_authority = subprocess.run(
+        [sys.executable, "-m", "campfleet.simfleet", "--identity-authority", str(tmp_path / "x"),
+         "--mux", "http://127.0.0.1:1", "--ships", "1", "--port-base", "20000"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert no_authority.returncode == 2 and "no authority there" in no_authority.stderr
     assert "Traceback" not in no_ships.stderr + bad_url.stderr + bad_cpus.stderr
 
 

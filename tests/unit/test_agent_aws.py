@@ -157,8 +157,8 @@ def test_ebs_mount_failure_is_reported(tools, monkeypatch) -> None:
 
 
 def test_agent_json_and_flags(tmp_path: Path) -> None:
-    secret = tmp_path / "fleet-secret"
-    secret.write_text("s3cret\n")
+    identity = tmp_path / "identity"
+    identity.mkdir()
     cfg_file = tmp_path / "agent.json"
     cfg_file.write_text(
         json.dumps(
@@ -167,7 +167,6 @@ def test_agent_json_and_flags(tmp_path: Path) -> None:
                 "heartbeat": 5,
                 "region": "eu-west-1",
                 "runtime": "docker",
-                "secretFile": str(secret),
                 "shipGroupName": "g",
                 "lifecycleHookName": "h",
                 "other": 1,
@@ -175,12 +174,8 @@ def test_agent_json_and_flags(tmp_path: Path) -> None:
         )
     )
     cfg, level = load(["--config", str(cfg_file)])
-    assert (cfg.mux_url, cfg.heartbeat, cfg.runtime, cfg.fleet_secret) == (
-        "http://10.0.0.5:8700",
-        5,
-        "docker",
-        b"s3cret",
-    )
+    assert (cfg.mux_url, cfg.heartbeat, cfg.runtime) == ("http://10.0.0.5:8700", 5, "docker")
+    assert not hasattr(cfg, "fleet_secret")  # a ship holds no fleet-wide secret
     assert (cfg.ship_group_name, cfg.lifecycle_hook_name, cfg.local, level) == (
         "g",
         "h",
@@ -188,8 +183,9 @@ def test_agent_json_and_flags(tmp_path: Path) -> None:
         "INFO",
     )
     cfg, _ = load(
-        ["--config", str(cfg_file), "--local", "--ship-id", "i-00000001", "--heartbeat", "0.2"]
-    )
+        ["--config", str(cfg_file), "--local", "--ship-id", "i-00000001", "--heartbeat", "0.2",
+         "--identity-dir", str(identity)]
+    )  # fmt: skip
     assert (cfg.runtime, cfg.zone, cfg.address, cfg.heartbeat) == (
         "local",
         "local",
@@ -203,11 +199,11 @@ def test_agent_json_and_flags(tmp_path: Path) -> None:
     [
         (["--local", "--ship-id", "x"], "no mux URL"),
         (
-            ["--local", "--mux", "http://h:1", "--secret-file", "/nonexistent"],
-            "secret file /nonexistent",
+            ["--local", "--mux", "http://h:1", "--ship-id", "i-00000001", "--identity-dir", "/no"],
+            "--local needs --identity-dir",
         ),
         (
-            ["--local", "--mux", "http://h:1", "--secret-file", "{secret}"],
+            ["--local", "--mux", "http://h:1", "--identity-dir", "{secret}"],
             "--local needs --ship-id",
         ),
         (
@@ -215,7 +211,7 @@ def test_agent_json_and_flags(tmp_path: Path) -> None:
                 "--local",
                 "--mux",
                 "http://h:1",
-                "--secret-file",
+                "--identity-dir",
                 "{secret}",
                 "--ship-id",
                 "i-00000001",
@@ -229,7 +225,7 @@ def test_agent_json_and_flags(tmp_path: Path) -> None:
                 "--local",
                 "--mux",
                 "http://h:1",
-                "--secret-file",
+                "--identity-dir",
                 "{secret}",
                 "--ship-id",
                 "i-00000001",
@@ -244,7 +240,7 @@ def test_agent_json_and_flags(tmp_path: Path) -> None:
                 "--local",
                 "--mux",
                 "http://h:1",
-                "--secret-file",
+                "--identity-dir",
                 "{secret}",
                 "--ship-id",
                 "i-0123456789abcdef0",
@@ -256,13 +252,13 @@ def test_agent_json_and_flags(tmp_path: Path) -> None:
             "docker-scope 'ev 1;rm': use letters, digits, - or _",
         ),
         (
-            ["--local", "--mux", "http://h:1", "--secret-file", "{secret}", "--ship-id", "s1"],
+            ["--local", "--mux", "http://h:1", "--identity-dir", "{secret}", "--ship-id", "s1"],
             "--ship-id 's1': use the form of an EC2 instance id",
         ),
     ],
 )
 def test_config_problems_are_one_line(tmp_path: Path, argv: list[str], needle: str) -> None:
-    (tmp_path / "secret").write_text("x")
+    (tmp_path / "secret").mkdir()  # the identity directory
     (tmp_path / "bad.json").write_text("{")
     argv = [a.format(secret=tmp_path / "secret", bad=tmp_path / "bad.json") for a in argv]
     with pytest.raises(ConfigProblem) as exc:

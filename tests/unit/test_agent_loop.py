@@ -66,7 +66,6 @@ def web_port():
 def make_agent(tmp_path: Path, runtime: Runtime) -> Agent:
     cfg = AgentConfig(
         mux_url="http://127.0.0.1:9",
-        fleet_secret=b"x",
         local=True,
         ship_id="s1",
         zone="z",

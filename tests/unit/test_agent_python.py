@@ -58,7 +58,12 @@ import sys, time
 assert sys.version_info[:2] == (3, 11), sys.version
 from campfleet import protocol as p
 import campfleet.agent.agent, campfleet.agent.__main__, campfleet.agent.docker  # noqa
-key = p.derive_key(b"secret", "i-1")
+priv, pub = p.x25519_keypair()
+priv2, pub2 = p.x25519_keypair()
+assert p.x25519_shared(priv, pub2) == p.x25519_shared(priv2, pub)
+ctx = p.attest_context("i-1", "n", pub, pub2)
+wrapped = p.wrap_key(bytes(32), p.x25519_shared(priv, pub2), ctx)
+key = p.unwrap_key(*wrapped, p.x25519_shared(priv2, pub), ctx)
 c = p.ContainerStatus("", "img", "sha256:x", "running", 8888)
 r = p.Report("i-1", "z", "10.0.0.1", 8888, p.ShipState.RUNNING, [c], "vol-1", seq=5, ts=time.time())
 body, h = p.encode_report(r, key)
@@ -109,3 +114,53 @@ def test_runs_under_the_floor_python() -> None:
         capture_output=True, text=True, timeout=60, env=env, cwd="/",
     )  # fmt: skip
     assert done.returncode == 0 and "--local" in done.stdout, done.stderr
+
+
+def _campfleet_imports(path: Path) -> set[str]:
+    """The campfleet modules a file imports (absolute imports, as the ship code uses)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        found.update(n for n in names if n.split(".")[0] == "campfleet")
+    return found
+
+
+def test_the_ship_image_carries_everything_the_agent_imports() -> None:
+    """The ship user data copies /opt/campfleet out of the ship image; a module the agent
+    imports but the Dockerfile does not copy would fail only on AWS, at boot."""
+    dockerfile = (ROOT / "images" / "ship" / "Dockerfile").read_text().splitlines()
+    copied = [
+        source
+        for line in dockerfile
+        if line.startswith("COPY campfleet")
+        for source in line.split()[1:-1]
+    ]
+
+    def shipped(path: Path) -> bool:
+        relative = path.relative_to(ROOT).as_posix()
+        return any(relative == s or relative.startswith(s.rstrip("/") + "/") for s in copied)
+
+    todo = sorted((ROOT / "campfleet" / "agent").glob("*.py"))
+    seen: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        assert shipped(path), f"{path.relative_to(ROOT)} is imported by the agent, not shipped"
+        for module in _campfleet_imports(path):
+            base = ROOT.joinpath(*module.split("."))
+            for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+                if candidate.is_file():
+                    todo.append(candidate)
+            for parent in base.parents:  # a package's __init__ runs on import too
+                if parent == ROOT:
+                    break
+                if (parent / "__init__.py").is_file():
+                    todo.append(parent / "__init__.py")
+    assert ROOT / "campfleet" / "contracts" / "agentjson.py" in seen

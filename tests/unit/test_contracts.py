@@ -14,7 +14,7 @@ import yaml
 
 from campfleet.agent.config import AgentConfig
 from campfleet.agent.config import load as load_agent_config
-from campfleet.contracts import paths
+from campfleet.contracts import paths, ports
 from campfleet.contracts import secrets as contract
 from campfleet.contracts.agentjson import FILE_KEYS, agent_json
 from campfleet.contracts.muxjson import local_block, mux_json
@@ -29,7 +29,8 @@ SHIP_IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/campfleet-t-ship@sha2
 # By design only one side has these: the mux's listen addresses and TLS front door on AWS;
 # the loopback block and project list of a local event.
 AWS_ONLY = {"publicIp", "publicPort", "hubPort", "tls"}
-LOCAL_ONLY = {"local", "projects"}
+# A local event trusts its own test identity authority; on AWS the mux trusts AWS's certificates.
+LOCAL_ONLY = {"local", "projects", "attestation"}
 SHARED_VALUES = (
     "ships",
     "readyPercent",
@@ -119,6 +120,13 @@ def test_aws_and_local_mux_json_differ_only_where_they_must(tmp_path: Path) -> N
     assert mux_settings_reader.load(tmp_path / paths.MUX_SETTINGS_FILE).is_local
 
 
+_BASE = dict(
+    stack="s", event="e", region="r", ships=1, ready_percent=60, admin_users=["a"],
+    control_port=9000, ship_image="img", heartbeat=2.5, lost_after=4,
+    parameters={"fleetSecret": "f", "proxyToken": "p", "cookieSecret": "c", "sharedPassword": "s"},
+)  # fmt: skip
+
+
 def test_the_mux_reads_what_the_builder_writes(tmp_path: Path) -> None:
     document = mux_json(
         stack="s", event="e", region="r", ships=7, ready_percent=60, admin_users=["a"],
@@ -142,6 +150,11 @@ def test_the_mux_reads_what_the_builder_writes(tmp_path: Path) -> None:
     assert s.volume_tag_key == STACK_TAG and s.state_dir == tmp_path
     assert (s.public_port, s.hub_port, s.proxy_api_port) == (1, 2, 3)  # the local block's
     assert s.local is not None and s.local.singleuser_cmd == ("x",)
+    assert s.trusted_certificates is None  # AWS's own certificates
+    document = mux_json(**{**_BASE, "trusted_certificates": "../ca/cert.pem"})
+    assert mux_settings_reader.parse(document, private_ip="10.0.0.1").trusted_certificates == (
+        paths.MUX_STATE_DIR / "../ca/cert.pem"
+    )
 
 
 def test_every_writer_names_the_secrets_from_the_contract(
@@ -153,10 +166,10 @@ def test_every_writer_names_the_secrets_from_the_contract(
     assert rendered["parameters"] == {
         s.key: contract.parameter_name("prod", s) for s in contract.GENERATED
     }
-    # The ships fetch the fleet secret by the same name, into the file the agent reads.
+    # Ships fetch no secret at all: they attest for keys of their own (issue 15).
     init = ship_files["/usr/local/sbin/campfleet-ship-init"]
-    assert f"--name {contract.parameter_name('prod', contract.FLEET_SECRET)}" in init
-    assert str(paths.FLEET_SECRET) in init
+    assert contract.parameter_name("prod", contract.FLEET_SECRET) not in init
+    assert "ssm" not in init
     event = LocalEvent(ships=1, port=18000, state_dir=tmp_path)
     event.secrets_dir.mkdir(parents=True)
     event._write_secrets()
@@ -188,25 +201,28 @@ def test_agent_json_is_built_and_read_with_the_same_keys(
 ) -> None:
     rendered = json.loads(ship_files[str(paths.AGENT_SETTINGS)])
     assert set(rendered) <= set(FILE_KEYS)
-    attributes = {f.name for f in dataclasses.fields(AgentConfig)} | {"secret_file"}
+    attributes = {f.name for f in dataclasses.fields(AgentConfig)}
     assert {attribute for attribute, _ in FILE_KEYS.values()} <= attributes
     with pytest.raises(ValueError, match=r"agent\.json has no setting mux_ulr"):
         agent_json(mux_ulr="http://10.0.0.10:8700")
-    secret = tmp_path / "fleet-secret"
-    secret.write_text("s" * 48)
+    with pytest.raises(ValueError, match=r"agent\.json has no setting secret_file"):
+        agent_json(secret_file="/etc/campfleet/fleet-secret")  # ships hold no fleet secret
     document = agent_json(
         mux_url="http://10.0.0.10:8700",
         heartbeat=7,
-        secret_file=str(secret),
         ship_group_name="g",
         lifecycle_hook_name="h",
     )
     config_file = tmp_path / paths.AGENT_SETTINGS_FILE
     config_file.write_text(json.dumps(document))
     config, _ = load_agent_config(["--config", str(config_file)])
-    assert (config.mux_url, config.heartbeat, config.fleet_secret) == (
-        "http://10.0.0.10:8700",
-        7,
-        b"s" * 48,
-    )
+    assert (config.mux_url, config.heartbeat) == ("http://10.0.0.10:8700", 7)
     assert (config.ship_group_name, config.lifecycle_hook_name) == ("g", "h")
+
+
+def test_a_ship_has_a_port_for_every_project_the_mux_allows() -> None:
+    """The agent gives the default server SHIP_PORT_BASE and each project the next port up;
+    the ship group opens SHIP_PORTS to the mux, so all of them must fit."""
+    low, high = ports.SHIP_PORTS
+    assert low == ports.SHIP_PORT_BASE == AgentConfig.__dataclass_fields__["port_base"].default
+    assert high >= ports.SHIP_PORT_BASE + mux_settings_reader.MAX_PROJECTS

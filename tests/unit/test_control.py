@@ -52,6 +52,10 @@ class Running:
         finally:
             conn.close()
 
+    def key(self, ship: str) -> bytes:
+        """The ship's key, issued as after an attestation (test_attest.py checks that part)."""
+        return self.server.key(ship) or self.server.issue_key(ship)
+
     def next_seq(self, ship: str) -> int:
         self.seqs[ship] = self.seqs.get(ship, 0) + 1
         return self.seqs[ship]
@@ -59,7 +63,7 @@ class Running:
     def report(self, ship: str, state: S, **kw: object):
         seq = self.next_seq(ship)
         r = p.Report(ship, "z1", "127.0.0.1", 9000, state, seq=seq, ts=time.time(), **kw)
-        return (*self.post("/v1/report", *p.encode_report(r, p.derive_key(SECRET, ship))), seq)
+        return (*self.post("/v1/report", *p.encode_report(r, self.key(ship))), seq)
 
     def snapshot(self):
         return self.registry.ships(), self.registry.counts()
@@ -72,12 +76,12 @@ def srv(tmp_path: Path):
     r.close()
 
 
-def desired_of(headers: dict[str, str], body: bytes, ship: str, seq: int) -> p.Desired:
+def desired_of(headers: dict[str, str], body: bytes, ship: str, seq: int, key: bytes) -> p.Desired:
     v = p.validate(
         body,
         headers.get(p.HEADER_SHIP),
         headers.get(p.HEADER_SIGNATURE),
-        p.derive_key(SECRET, ship),
+        key,
         expect="desired",
         now=time.time(),
         reply_to=seq,
@@ -89,20 +93,20 @@ def desired_of(headers: dict[str, str], body: bytes, ship: str, seq: int) -> p.D
 def test_report_answers_signed_desired(srv: Running) -> None:
     status, headers, body, seq = srv.report("i-00000001", S.BOOTING)
     assert status == 200
-    assert desired_of(headers, body, "i-00000001", seq) == p.Desired()
+    assert desired_of(headers, body, "i-00000001", seq, srv.key("i-00000001")) == p.Desired()
     srv.report("i-00000001", S.AVAILABLE)
     srv.registry.set_container(
         "i-00000001", p.ContainerSpec("", "img", ["x"], {"A": "b"}, 9000, "/")
     )
     status, headers, body, seq = srv.report("i-00000001", S.AVAILABLE)
-    d = desired_of(headers, body, "i-00000001", seq)
+    d = desired_of(headers, body, "i-00000001", seq, srv.key("i-00000001"))
     assert d.generation == 1 and d.containers[0].env == {"A": "b"}
     assert srv.registry.get("i-00000001").state is S.AVAILABLE
 
 
 def test_each_rejection_kind_status_counter_and_no_change(srv: Running) -> None:
     srv.report("i-00000001", S.BOOTING)
-    key = p.derive_key(SECRET, "i-00000001")
+    key = srv.key("i-00000001")
     now = time.time()
 
     def rep(seq: int, ts: float = now, state: S = S.AVAILABLE) -> tuple[bytes, dict[str, str]]:
@@ -121,7 +125,7 @@ def test_each_rejection_kind_status_counter_and_no_change(srv: Running) -> None:
             401,
             *p.encode_report(
                 p.Report("i-00000001", "z1", "a", 9000, S.AVAILABLE, seq=60, ts=now),
-                p.derive_key(b"x", "i-00000001"),
+                b"x" * 32,
             ),
         ),
         (
@@ -133,6 +137,15 @@ def test_each_rejection_kind_status_counter_and_no_change(srv: Running) -> None:
         ("stale", 403, *rep(51, ts=now - 3600)),
         ("replay", 409, *rep(1)),
         ("illegal", 422, *rep(52, state=S.RUNNING)),
+        # A well-formed ship id the mux issued no key for: it must attest first.
+        (
+            "unattested",
+            401,
+            *p.encode_report(
+                p.Report("i-0000000b", "z1", "127.0.0.1", 9000, S.BOOTING, seq=1, ts=now),
+                b"k" * 32,
+            ),
+        ),
     ]
     before = srv.snapshot()
     for kind, status, b, hh in cases:
@@ -154,12 +167,14 @@ def test_each_rejection_kind_status_counter_and_no_change(srv: Running) -> None:
         "replay": 1,
         "illegal": 1,
         "throttled": 0,
+        "unattested": 1,
+        "untrusted": 0,
     }
     assert srv.post("/v1/report", *rep(53))[0] == 200  # a good one still goes through
 
 
 def test_replay_of_accepted_report_is_refused(srv: Running) -> None:
-    key = p.derive_key(SECRET, "i-00000001")
+    key = srv.key("i-00000001")
     msg = p.encode_report(
         p.Report("i-00000001", "z1", "a", 9000, S.BOOTING, seq=7, ts=time.time()), key
     )
@@ -169,7 +184,7 @@ def test_replay_of_accepted_report_is_refused(srv: Running) -> None:
 
 def test_concurrent_copies_of_one_report_apply_once(srv: Running) -> None:
     srv.report("i-00000001", S.BOOTING)
-    key = p.derive_key(SECRET, "i-00000001")
+    key = srv.key("i-00000001")
     msg = p.encode_report(
         p.Report("i-00000001", "z1", "a", 9000, S.AVAILABLE, seq=99, ts=time.time()), key
     )
@@ -194,11 +209,11 @@ def test_concurrent_copies_of_one_report_apply_once(srv: Running) -> None:
 
 def poll(srv: Running, ship: str, generation: int, timeout: float = 10):
     seq = srv.next_seq(ship)
-    msg = p.encode_poll(p.Poll(ship, generation, seq, time.time()), p.derive_key(SECRET, ship))
+    msg = p.encode_poll(p.Poll(ship, generation, seq, time.time()), srv.key(ship))
     start = time.monotonic()
     status, headers, body = srv.post("/v1/poll", *msg, timeout=timeout)
     assert status == 200, body
-    return desired_of(headers, body, ship, seq), time.monotonic() - start
+    return desired_of(headers, body, ship, seq, srv.key(ship)), time.monotonic() - start
 
 
 @pytest.mark.slow
@@ -234,7 +249,7 @@ def test_a_ship_holds_at_most_one_long_poll_and_old_polls_are_refused(tmp_path: 
 
 def _one_long_poll(srv: Running) -> None:
     srv.report("i-00000001", S.BOOTING)
-    key = p.derive_key(SECRET, "i-00000001")
+    key = srv.key("i-00000001")
     first = p.encode_poll(p.Poll("i-00000001", 0, srv.next_seq("i-00000001"), time.time()), key)
     second_seq = srv.next_seq("i-00000001")
     second = p.encode_poll(p.Poll("i-00000001", 0, second_seq, time.time()), key)
@@ -273,13 +288,13 @@ def test_only_ec2_form_ship_ids_and_nothing_derived_or_kept_for_others(
 ) -> None:
     """A made-up id (the 60 kB one grew the hub by 115 MiB over 2,000 requests) is refused
     before a key is derived or cached, for reports and polls alike."""
-    cached = srv.server._keys.cache_info().currsize
+    cached = len(srv.server._keys)
     report = p.Report(ship_id, "z1", "a", 9000, S.BOOTING, seq=1, ts=time.time())
-    body, h = p.encode_report(report, p.derive_key(SECRET, ship_id))
+    body, h = p.encode_report(report, b"k" * 32)
     for path in ("/v1/report", "/v1/poll"):
         status, _, answer = srv.post(path, body, h)
         assert status == 400 and "not an EC2 instance id" in json.loads(answer)["reason"]
-    assert srv.server._keys.cache_info().currsize == cached
+    assert len(srv.server._keys) == cached
     assert srv.server.rejections["malformed"] == 2 and srv.registry.ships() == []
     assert srv.server._seqs == {} and srv.server._poll_seqs == {}
 
@@ -323,10 +338,9 @@ def test_per_peer_connection_and_request_caps(tmp_path: Path) -> None:
 
 
 def test_poll_is_verified(srv: Running) -> None:
+    srv.key("i-00000001")  # the ship has a key; the poll is signed with another
     seq = srv.next_seq("i-00000001")
-    body, h = p.encode_poll(
-        p.Poll("i-00000001", 0, seq, time.time()), p.derive_key(b"wrong", "i-00000001")
-    )
+    body, h = p.encode_poll(p.Poll("i-00000001", 0, seq, time.time()), b"w" * 32)
     assert srv.post("/v1/poll", body, h)[0] == 401
     assert srv.server.rejections["forged"] == 1
 
@@ -390,7 +404,7 @@ def test_random_and_mutated_messages_change_nothing(
     tmp_path_factory, mutation, field, value, resign, raw
 ) -> None:
     srv = _shared(tmp_path_factory)
-    key = p.derive_key(SECRET, "i-0000000a")
+    key = srv.key("i-0000000a")
     seq = srv.next_seq("i-0000000a") + 1000
     good = json.loads(
         p.encode_report(

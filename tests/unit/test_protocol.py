@@ -9,9 +9,8 @@ import pytest
 from campfleet import protocol as p
 from campfleet.protocol import ShipState as S
 
-SECRET = b"fleet-secret"
 SHIP = "i-0123456789abcdef0"
-KEY = p.derive_key(SECRET, SHIP)
+KEY = bytes(range(32))  # a ship's key (issued by the mux after attestation)
 NOW = 1_700_000_000.0
 
 LEGAL = {
@@ -100,9 +99,37 @@ def test_desired_for_another_request_is_a_replay() -> None:
     assert (v.ok, v.kind) == (False, p.REPLAY)
 
 
-def test_keys_differ_per_ship_and_secret() -> None:
-    assert p.derive_key(SECRET, "i-1") != p.derive_key(SECRET, "i-2")
-    assert p.derive_key(b"other", SHIP) != KEY
+def test_x25519_matches_rfc_7748_and_cryptography() -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (
+        X25519PrivateKey,
+        X25519PublicKey,
+    )
+
+    # RFC 7748 section 5.2, first test vector.
+    scalar = bytes.fromhex("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4")
+    u = bytes.fromhex("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c")
+    assert p.x25519(scalar, u).hex() == (
+        "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552"
+    )
+    private, public = p.x25519_keypair()
+    mux = X25519PrivateKey.generate()
+    raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    ours = p.x25519_shared(private, mux.public_key().public_bytes(*raw))
+    assert ours == mux.exchange(X25519PublicKey.from_public_bytes(public))
+    with pytest.raises(ValueError, match="low order"):
+        p.x25519_shared(private, bytes(32))
+
+
+def test_wrapped_key_opens_only_with_its_exchange() -> None:
+    shared, context = b"s" * 32, p.attest_context(SHIP, "n1", b"a" * 32, b"b" * 32)
+    sealed, tag = p.wrap_key(KEY, shared, context)
+    assert bytes.fromhex(sealed) != KEY
+    assert p.unwrap_key(sealed, tag, shared, context) == KEY
+    other = p.attest_context(SHIP, "n2", b"a" * 32, b"b" * 32)
+    for args in ((sealed, tag, b"t" * 32, context), (sealed, tag, shared, other)):
+        with pytest.raises(ValueError, match="does not authenticate"):
+            p.unwrap_key(*args)
 
 
 def test_rejections_have_kind_and_reason() -> None:
@@ -114,7 +141,7 @@ def test_rejections_have_kind_and_reason() -> None:
         "non-ascii sig": (body, {**h, p.HEADER_SIGNATURE: "\u00e9" * 64}, {}),
         "other ship key": (
             body,
-            {**h, p.HEADER_SIGNATURE: p.sign(body, p.derive_key(SECRET, "i-x"))},
+            {**h, p.HEADER_SIGNATURE: p.sign(body, bytes(range(1, 33)))},
             {},
         ),
         "tampered": (body.replace(b"available", b"running__"), h, {}),

@@ -166,7 +166,10 @@ def trusting_image(image: str, ca_pem: str, identity_pem: str = "") -> str:
             "COPY identity.pem /etc/campfleet-rehearsal-identity.pem\n"
             'RUN python3 -c "import importlib.resources as r;'
             "p=r.files('campfleet').joinpath('data/aws-identity-rsa2048.pem');"
-            "open(str(p),'a').write(open('/etc/campfleet-rehearsal-identity.pem').read())\"\n"
+            "bundled=p.read_text();"
+            "open(str(p),'w').write(open('/etc/campfleet-rehearsal-identity.pem').read()+bundled)"
+            '"\n'
+            # First: a certificate before any `region:` line is trusted for every Region.
         )
         done = subprocess.run(
             ["docker", "build", "-q", "--label", "campfleet.rehearsal.image=mux", "-t", tag,

@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/proxy_websockets.py
 	$(BIN)/python benchmarks/tls_hop.py
 	$(BIN)/python benchmarks/container_storm.py
+	$(BIN)/python benchmarks/boot_rehearsal.py
 
 clean:
 	rm -rf $(VENV) node_modules .campfleet .pytest_cache .ruff_cache

@@ -125,8 +125,13 @@ def _mocks_class():
     class FleetMocks(pulumi.runtime.Mocks):
         """Plausible AWS answers so every Output in the program resolves."""
 
-        def __init__(self, region: str) -> None:
+        def __init__(self, region: str, digests: Mapping[str, str], ids: Mapping[str, str]) -> None:
             self.region = region
+            # Resource name -> physical id, as a local AWS made it (the rehearsal's volumes).
+            self.ids = dict(ids)
+            # Image name (no tag) -> sha256 digest, as the registry answered a push (the
+            # rehearsal's local ECR); other images get a made-up digest.
+            self.digests = dict(digests)
 
         def _arn(self, service: str, resource: str) -> str:
             return f"arn:aws:{service}:{self.region}:{ACCOUNT}:{resource}"
@@ -173,7 +178,8 @@ def _mocks_class():
                 )
             elif typ == "docker:index/image:Image":
                 image = str(inputs.get("imageName", name)).rsplit(":", 1)[0]
-                out.update(repoDigest=f"{image}@sha256:{h}", baseImageName=image)
+                digest = self.digests.get(image, f"sha256:{h}")
+                out.update(repoDigest=f"{image}@{digest}", baseImageName=image)
             elif typ.startswith("random:"):
                 length = int(inputs.get("length", 32))
                 out.update(result=h[:length], hex=h[:64], b64Std=h[:44], bcryptHash="$2a$mock")
@@ -191,6 +197,7 @@ def _mocks_class():
                 out["arn"] = f"arn:aws:iam::{ACCOUNT}:{typ.split(':')[-1].lower()}/{out['name']}"
                 out["uniqueId"] = f"AROA{h[:16].upper()}"
                 rid = out["name"]
+            rid = self.ids.get(name, rid)
             out.setdefault("arn", self._arn(module or "mock", f"{name}"))
             out.setdefault("id", rid)
             return rid, out
@@ -316,14 +323,19 @@ class _InlineExecutor(concurrent.futures.ThreadPoolExecutor):
 
 
 def _run(
-    project_dir: Path, stack: str, values: Mapping[str, Any], config: FleetConfig
+    project_dir: Path,
+    stack: str,
+    values: Mapping[str, Any],
+    config: FleetConfig,
+    digests: Mapping[str, str],
+    ids: Mapping[str, str],
 ) -> Evaluation:
     from pulumi.runtime import mocks, settings
     from pulumi.runtime.config import set_all_config
     from pulumi.runtime.stack import run_in_stack
 
     region = values.get("aws:region") or DEFAULT_REGION
-    monitor = _monitor_class()(_mocks_class()(str(region)))
+    monitor = _monitor_class()(_mocks_class()(str(region), digests, ids))
     features = set(monitor.GetDeploymentInfo(None).supportedFeatures)
     settings.ROOT.set(None)
     settings.configure(
@@ -377,9 +389,17 @@ def _run(
 
 
 def evaluate(
-    project_dir: Path, stack: str, values: Optional[Mapping[str, Any]] = None
+    project_dir: Path,
+    stack: str,
+    values: Optional[Mapping[str, Any]] = None,
+    digests: Optional[Mapping[str, str]] = None,
+    ids: Optional[Mapping[str, str]] = None,
 ) -> Evaluation:
     """Evaluate the program for `stack` (values default to Pulumi.<stack>.yaml's `config:`).
+
+    `digests` (image name without tag -> "sha256:...") makes the built images' digests the
+    ones a registry gave them (`campfleet rehearse` pushes them first); others are made up.
+    `ids` (resource name -> physical id) does the same for resources a local AWS made.
 
     Raises ConfigError (every problem, one line each) before anything runs.
     """
@@ -387,4 +407,6 @@ def evaluate(
     if values is None:
         values = read_stack_config(project_dir, stack)
     config = parse_config(stack, values)
-    return contextvars.copy_context().run(_run, project_dir, stack, values, config)
+    return contextvars.copy_context().run(
+        _run, project_dir, stack, values, config, digests or {}, ids or {}
+    )

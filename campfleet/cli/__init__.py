@@ -124,7 +124,16 @@ def evaluate_stack(project_dir: Path, stack: str, values: dict[str, Any]) -> Any
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from campfleet.cli import archive, attendees, local, plan, preflight, status, volumes
+    from campfleet.cli import (
+        archive,
+        attendees,
+        local,
+        plan,
+        preflight,
+        rehearse,
+        status,
+        volumes,
+    )
 
     parser = argparse.ArgumentParser(
         prog="campfleet",
@@ -132,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fleet status and rolling redeploys.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (local, preflight, plan, status, archive, volumes, attendees):
+    for module in (local, rehearse, preflight, plan, status, archive, volumes, attendees):
         module.register(subparsers)
     return parser
 

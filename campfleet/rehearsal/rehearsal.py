@@ -1,0 +1,351 @@
+"""`campfleet rehearse`: the stack's own user data boots a mux and ships on this machine.
+
+Order: the host image (cached), the VPC network, the local AWS (moto behind TLS on
+the real AWS names, the ECR stand-in with the built images, SSM holding the stack's secrets,
+IMDSv2, loop-device volumes: campfleet.rehearsal.aws and friends), the user data rendered
+with the registry's digests, the apt cache, then the mux host and the ship hosts. Each host
+is followed through booting -> cloud-init done -> agent reporting -> available (ships) or
+booting -> cloud-init done -> hub up (mux). `stop` removes every container, network, volume
+and loop device the rehearsal made, whatever state it got to.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from campfleet.rehearsal import hosts
+from campfleet.rehearsal.render import RenderedStack, render
+
+BOOTING = "booting"
+CLOUD_INIT_DONE = "cloud-init done"
+AGENT_REPORTING = "agent reporting"
+AVAILABLE = "available"
+HUB_UP = "hub up"
+FAILED = "failed"
+# The mux's registry, read inside the mux host's hub container (no HTTP needed).
+_REGISTRY_QUERY = (
+    "import json,sqlite3;"
+    "c=sqlite3.connect('file:/var/lib/campfleet/registry.sqlite?mode=ro',uri=True);"
+    "print(json.dumps(dict(c.execute('select ship_id,state from ships'))))"
+)
+
+
+class RehearsalError(Exception):
+    """The rehearsal could not be set up; one line saying why and what to do."""
+
+
+@dataclass
+class HostStatus:
+    name: str
+    role: str
+    instance_id: str
+    ip: str
+    phase: str = BOOTING
+    detail: str = ""  # failing step and last log lines when failed
+    started: float = field(default_factory=time.monotonic)
+    phase_times: Dict[str, float] = field(default_factory=dict)
+
+    def advance(self, phase: str, detail: str = "") -> None:
+        if phase != self.phase:
+            self.phase_times[phase] = time.monotonic() - self.started
+        self.phase, self.detail = phase, detail
+
+
+def instance_id(stack: str, index: int) -> str:
+    """EC2-form ids (i- + 17 hex), stable per stack and host, so logs compare between runs."""
+    import hashlib
+
+    return "i-" + hashlib.sha256(f"{stack}/{index}".encode()).hexdigest()[:17]
+
+
+class Rehearsal:
+    """One rehearsal of one stack; `start`, then `poll`/`wait_ready`, then `stop`."""
+
+    def __init__(
+        self,
+        project_dir: Path,
+        stack: str,
+        values: Mapping[str, Any],
+        ships: Optional[int] = None,
+        port: int = 8443,
+        password: Optional[str] = None,
+        workdir: Optional[Path] = None,
+        say: Optional[Callable[[str], None]] = None,
+        aws_factory: Optional[Callable[..., Any]] = None,
+    ) -> None:
+        self.project_dir = Path(project_dir)
+        self.stack = stack
+        self.values = dict(values)
+        if ships is not None:
+            if ships < 1:
+                raise RehearsalError(f"--ships must be 1 or more, got {ships}")
+            self.values["campfleet:ships"] = ships
+        self.port = port
+        self.password = password
+        self.say = say or (lambda line: None)
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"campfleet-rehearsal-{stack}-"))
+        self.aws_factory = aws_factory
+        self.aws: Any = None
+        self.network = hosts.Network(stack, "")
+        self.rendered: Optional[RenderedStack] = None
+        self.hosts: Dict[str, HostStatus] = {}
+        self.made: List[str] = []  # container names, in start order
+        self.apt_url = ""
+        self.image = ""
+        self.hooks: Any = None
+        self.secrets: Dict[str, str] = {}
+        self.skip_images: tuple = ()  # roles not pushed (a test's broken ship)
+
+    # -- names -------------------------------------------------------------------------------
+    def name(self, role: str, index: int = 0) -> str:
+        return f"campfleet-rehearsal-{self.stack}-{role}" + (f"-{index}" if role == "ship" else "")
+
+    @property
+    def mux(self) -> str:
+        return self.name("mux")
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/"
+
+    # -- start -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.say("host image (Debian bookworm, cached after the first build) ...")
+        image = hosts.build_host_image(self.say)
+        apt_image = hosts.build_apt_cache_image(image)
+        # Render once to learn the network and the volumes; again once they exist locally.
+        first = render(self.project_dir, self.stack, self.values)
+        self.network = hosts.Network(self.stack, first.vpc_cidr)
+        self.say(f"network {first.vpc_cidr} (mux at {first.mux_ip})")
+        self.network.create()
+        cidr = ipaddress.ip_network(first.vpc_cidr)
+        self.apt_url = hosts.start_apt_cache(
+            apt_image, self.stack, self.network, str(cidr.broadcast_address - 2)
+        )
+        self.made.append(f"campfleet-rehearsal-{self.stack}-aptcache")
+        self.say(f"apt cache {self.apt_url}")
+        hooks = self._local_aws(first) if self.aws_factory is not None else None
+        digests = self._push_images(first) if self.aws is not None else {}
+        ids = self._create_volumes(first) if self.aws is not None else {}
+        self.rendered = render(self.project_dir, self.stack, self.values, digests, ids)
+        self.secrets = dict(self.rendered.secrets)
+        if self.password:
+            for name in self.secrets:
+                if name.endswith("/shared-password"):
+                    self.secrets[name] = self.password
+        if self.aws is not None:
+            self.aws.seed_secrets(self.secrets)
+            self.aws.ensure_group(
+                self.rendered.group_name,
+                launch_hook=self.rendered.hooks.get("launching"),
+                terminate_hook=self.rendered.hooks.get("terminating"),
+            )
+        rendered = self.rendered
+        mux_id = self._boot("mux", 0, rendered.mux_ip, rendered.mux_user_data,
+                            rendered.state_zone, image, hooks)  # fmt: skip
+        if self.aws is not None:  # Pulumi's VolumeAttachment, just after the instance starts
+            self.aws.attach_volume(rendered.state_volume, mux_id)
+        for index in range(rendered.ships):
+            self.add_ship(index, image, hooks)
+        self.image = image
+        self.hooks = hooks
+
+    def add_ship(self, index: int, image: str = "", hooks: Any = None) -> str:
+        """Boot ship `index` in its zone's subnet (as the group would launch it)."""
+        assert self.rendered is not None
+        zone, subnet = self.rendered.ship_subnets[index % len(self.rendered.ship_subnets)]
+        ip = str(ipaddress.ip_network(subnet).network_address + 10 + index)
+        return self._boot(
+            "ship", index, ip, self.rendered.ship_user_data, zone,
+            image or self.image, hooks if hooks is not None else self.hooks,
+        )  # fmt: skip
+
+    def _local_aws(self, first: RenderedStack) -> Any:
+        assert self.aws_factory is not None
+        self.say("local AWS (moto behind TLS at the AWS names, ECR stand-in, IMDSv2) ...")
+        self.aws = self.aws_factory(
+            stack=self.stack,
+            region=first.region,
+            network=self.network.vpc,
+            workdir=self.workdir / "aws",
+            label={hosts.LABEL: self.stack},
+        )
+        self.aws.start()
+        return self.aws.host_hooks()
+
+    def _push_images(self, first: RenderedStack) -> Dict[str, str]:
+        """Build (cached) and push both images; the mux's gets the rehearsal CA (hook)."""
+        from campfleet.images import ImageError, ensure_images
+
+        self.say("images (built on this machine, pushed to the ECR stand-in) ...")
+        try:
+            built = ensure_images(progress=self.say)
+        except ImageError as exc:
+            raise RehearsalError(str(exc)) from None
+        identity = getattr(self.aws, "identity", None)
+        built["mux"] = hosts.trusting_image(
+            built["mux"],
+            self.aws.host_hooks().ca_pem,
+            identity.cert_pem.decode() if identity is not None else "",
+        )
+        digests: Dict[str, str] = {}
+        for role, name in first.images.items():
+            if role in self.skip_images:
+                continue
+            ref = self.aws.push_image(built[role], name.split("/", 1)[1])
+            digests[name] = ref.split("@", 1)[1]
+        return digests
+
+    def _create_volumes(self, first: RenderedStack) -> Dict[str, str]:
+        """The stack's volumes in the local AWS (as `pulumi up` creates them); name -> id."""
+        return {
+            name: self.aws.create_volume(zone, size, tags)
+            for name, (zone, size, tags) in first.volumes.items()
+        }
+
+    def _boot(
+        self,
+        role: str,
+        index: int,
+        ip: str,
+        user_data: str,
+        zone: str,
+        image: str,
+        hooks: Any,
+    ) -> str:
+        name = self.name(role, index)
+        if self.aws is not None:
+            iid = self.aws.register_host(
+                name,
+                ip,
+                zone,
+                f"campfleet-{self.stack}-{role}",
+                group=self.rendered.group_name if role == "ship" and self.rendered else None,
+            )
+        else:
+            iid = instance_id(self.stack, 0 if role == "mux" else index + 1)
+        spec = hosts.HostSpec(
+            name=name,
+            role=role,
+            instance_id=iid,
+            ip=ip,
+            user_data=user_data,
+            zone=zone,
+            extra_args=list(hooks.docker_run_args()) if hooks is not None else [],
+            publish=(f"127.0.0.1:{self.port}:443",) if role == "mux" else (),
+        )
+        seed = hosts.write_seed(self.workdir / name / "seed", spec)
+        self.made.append(name)
+        hosts.start_host(spec, image, self.stack, self.network, seed, self.apt_url)
+        if hooks is not None:
+            hosts.wait_early_boot(name)
+            hooks.install(name)  # the rehearsal CA trusted, IMDS routed: before cloud-init's
+            # runcmd, which follows the package installs
+        self.hosts[name] = HostStatus(name, role, iid, ip)
+        self.say(f"{name}: {iid} at {ip} booting")
+        return iid
+
+    # -- progress ----------------------------------------------------------------------------
+    def ship_states(self) -> Dict[str, str]:
+        """ship id -> state, from the mux's registry (empty until the hub has made it)."""
+        import json
+
+        done = hosts.host_exec(
+            self.mux, "docker", "exec", "campfleet-mux", "python3", "-c", _REGISTRY_QUERY
+        )
+        if done.returncode != 0:
+            return {}
+        try:
+            return dict(json.loads(done.stdout))
+        except ValueError:
+            return {}
+
+    def poll(self) -> Dict[str, HostStatus]:
+        states = self.ship_states() if self.hosts else {}
+        for status in self.hosts.values():
+            if status.phase == FAILED:
+                continue
+            ci = hosts.cloud_init(status.name)
+            if ci.status in ("error", "gone"):
+                status.advance(FAILED, f"{ci.detail}\n{hosts.failing_step(status.name)}".strip())
+                continue
+            if ci.status != "done":
+                continue
+            if status.role == "mux":
+                up = hosts.unit_state(status.name, "campfleet-mux") == "active"
+                status.advance(HUB_UP if up and states is not None else CLOUD_INIT_DONE)
+                continue
+            ship_state = states.get(status.instance_id)
+            if ship_state == "failed":
+                status.advance(FAILED, f"the agent reports failed on {status.instance_id}")
+            elif ship_state == AVAILABLE or ship_state == "running":
+                status.advance(AVAILABLE)
+            elif ship_state:
+                status.advance(AGENT_REPORTING)
+            else:
+                status.advance(CLOUD_INIT_DONE)
+        return self.hosts
+
+    def ready(self) -> bool:
+        ships = [h for h in self.hosts.values() if h.role == "ship"]
+        return all(h.phase == AVAILABLE for h in ships) and bool(ships)
+
+    def wait_ready(
+        self, timeout: float, show: Optional[Callable[[Dict[str, HostStatus]], None]] = None
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            statuses = self.poll()
+            if show:
+                show(statuses)
+            if self.ready():
+                return
+            if time.monotonic() > deadline:
+                raise RehearsalError(
+                    f"not every ship was available within {timeout:.0f} s: "
+                    + ", ".join(f"{h.name} {h.phase}" for h in statuses.values())
+                )
+            time.sleep(2)
+
+    # -- stop --------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Remove every container, volume, network and loop device this rehearsal made."""
+        for name in reversed(self.made):
+            hosts.remove_host(name)
+        # Anything labelled for this stack that a crash left behind goes too.
+        leftover = hosts.docker(
+            "ps", "-aq", "--filter", f"label={hosts.LABEL}={self.stack}", check=False
+        ).split()
+        if leftover:
+            hosts.docker("rm", "-f", "-v", *leftover, check=False, timeout=180)
+        if self.aws is not None:
+            try:
+                self.aws.stop()
+            except Exception as exc:
+                self.say(f"local AWS stop: {exc}")
+        self.network.remove()
+        volumes = hosts.docker(
+            "volume", "ls", "-q", "--filter", f"label={hosts.LABEL}={self.stack}", check=False
+        ).split()
+        if volumes:
+            hosts.docker("volume", "rm", "-f", *volumes, check=False)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def leftovers(stack: str) -> List[str]:
+    """Every Docker object still labelled for this stack's rehearsal (a clean stop: none)."""
+    found: List[str] = []
+    for kind in ("container", "network", "volume"):
+        argv = [kind, "ls", "-q", "--filter", f"label={hosts.LABEL}={stack}"]
+        if kind == "container":
+            argv = ["ps", "-aq", "--filter", f"label={hosts.LABEL}={stack}"]
+        out = subprocess.run(["docker", *argv], capture_output=True, text=True).stdout
+        found += [f"{kind} {x}" for x in out.split()]
+    return found

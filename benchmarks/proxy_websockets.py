@@ -32,7 +32,7 @@ from typing import Callable, Optional
 
 import aiohttp
 from aiohttp import web
-from storm import HUB_CPUS, SHIP_CPUS, cpu_seconds, machine, pin, save
+from storm import HUB_CPUS, SHIP_CPUS, cpu_seconds, machine, pin, save, unpin
 
 from campfleet.local import SHIP_PORT_OFFSET, find_free_port
 from campfleet.mux.proxy import chp_command
@@ -224,7 +224,7 @@ async def bench(args: argparse.Namespace, log: Path) -> dict:
             proxy.kill()
         for runner in runners:
             await runner.cleanup()
-        pin(HUB_CPUS | SHIP_CPUS)
+        unpin()
     return {"through_proxy": through, "direct": straight}
 
 

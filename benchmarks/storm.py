@@ -39,18 +39,27 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 STANDIN = [sys.executable, "-m", "campfleet.standin"]
 HUB_CPUS, SHIP_CPUS = {0}, {1}
+# The CPUs this run may use, read once before any pinning: pin() narrows the affinity, so
+# reading it again later would see one CPU and stop pinning (the next arm's hub would share
+# the ships' core).
+RUN_CPUS = frozenset(os.sched_getaffinity(0))
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
 def split_cores() -> bool:
     """Can the mux and the ships have a core each? (False on a 1-core machine: no pinning.)"""
-    return len(os.sched_getaffinity(0)) >= 2 and {0, 1} <= os.sched_getaffinity(0)
+    return {0, 1} <= RUN_CPUS
 
 
 def pin(cpus: set[int]) -> None:
     """Pin this (main) thread; processes started afterwards inherit it."""
     if split_cores():
         os.sched_setaffinity(0, cpus)
+
+
+def unpin() -> None:
+    """Back to every CPU the run started with."""
+    os.sched_setaffinity(0, RUN_CPUS)
 
 
 def cpu_seconds(pid: Optional[int]) -> float:
@@ -74,8 +83,9 @@ def runqueue_wait_s(pid: Optional[int]) -> float:
 
 
 def proxy_pid(event: LocalEvent) -> Optional[int]:
+    """configurable-http-proxy's pid (the proxy service execs into it)."""
     try:
-        return int((event.hub_dir / "jupyterhub-proxy.pid").read_text().strip())
+        return int(event.pid_file("proxy").read_text().strip())
     except (OSError, ValueError):
         return None
 
@@ -134,6 +144,9 @@ class StormResult:
     hub_runqueue_wait_s: float = 0.0
     proxy_cpu_s: float = 0.0
     wall_s: float = 0.0
+    loadavg: list[float] = field(default_factory=list)  # 1-minute load at start and at end
+    log_errors: list[str] = field(default_factory=list)  # the hub log's errors, on failure
+    cpus: dict = field(default_factory=dict)  # where the hub, proxy and ships' side really ran
 
     def summary(self) -> dict:
         f = figures(self.times, self.errors)
@@ -146,9 +159,51 @@ class StormResult:
             proxy_cpu_s=round(self.proxy_cpu_s, 2),
             wall_s=round(self.wall_s, 1),
         )
+        if self.cpus:
+            f["cpus"] = self.cpus
+        if self.loadavg:
+            f["loadavg_1min_start_end"] = [round(x, 1) for x in self.loadavg]
         if self.unanswered:
             f["unanswered"] = self.unanswered[:5]
+        if self.log_errors:
+            f["hub_log_errors"] = self.log_errors
         return f
+
+
+def affinity(pids: list[Optional[int]]) -> Optional[list[int]]:
+    """The CPUs these processes may run on (union), read from the kernel: proof of the split."""
+    cpus: set[int] = set()
+    for pid in pids:
+        with contextlib.suppress(OSError, TypeError):
+            cpus |= os.sched_getaffinity(pid)
+    return sorted(cpus) or None
+
+
+def children(pid: Optional[int]) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def log_errors(log: Path, limit: int = 40) -> list[str]:
+    """The error lines and tracebacks of a hub log (the spawned servers' stderr goes there
+    too): kept in the JSON when a storm has failures, since the log goes with its temporary
+    directory."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        return [f"(no hub log: {exc})"]
+    out: list[str] = []
+    in_traceback = False
+    for line in lines:
+        if line.startswith("Traceback"):
+            in_traceback = True
+        if in_traceback or line.startswith("[E ") or line.startswith("[C "):
+            out.append(line[:300])
+        if in_traceback and line and not line.startswith((" ", "Traceback")):
+            in_traceback = False  # the exception line ends it
+    return out[-limit:]
 
 
 def driver_token(event: LocalEvent) -> str:
@@ -254,6 +309,7 @@ def run_event(
         extra_config=extra_config,
     )
     print(f"[{label}] starting hub and {ships} ship(s) on 127.0.0.1:{port} ...", flush=True)
+    load0 = os.getloadavg()[0]
     pin(HUB_CPUS)  # the hub and the proxy it starts inherit this
     try:
         event.start(launch=0)
@@ -264,18 +320,32 @@ def run_event(
         print(f"[{label}] ready; storm of {users} starts", flush=True)
         with profiler(event.hub.pid, profile):
             result = asyncio.run(storm(event, users, token))
+        hub_pid = event.hub.pid if event.hub else None
+        simulator = event.agents.get("simfleet")
+        result.cpus = {
+            "hub": affinity([hub_pid]),
+            "proxy": affinity([proxy_pid(event)]),
+            # the simulator, or (stock) the servers the hub spawned
+            "ships": affinity([simulator.pid] if ships > 1 and simulator else children(hub_pid)),
+        }
+        result.loadavg = [load0, os.getloadavg()[0]]
+        if result.errors or result.unanswered:
+            result.log_errors = log_errors(event.log_dir / "hub.log")
     finally:
         event.stop()
-        pin(HUB_CPUS | SHIP_CPUS)
+        unpin()
     f = result.summary()
     print(
         f"[{label}] p50 {f.get('p50_s')} s  p95 {f.get('p95_s')} s  max {f.get('max_s')} s  "
         f"failures {f['failures']}  unanswered {f['first_requests_unanswered']}  "
         f"hub CPU {f['hub_cpu_s']} s ({f['hub_cpu_s_per_start'] * 1000:.1f} ms/start, waited "
         f"{f['hub_runqueue_wait_s']} s for a CPU)  "
-        f"proxy CPU {f['proxy_cpu_s']} s",
+        f"proxy CPU {f['proxy_cpu_s']} s  load {result.loadavg[0]:.1f}->{result.loadavg[1]:.1f}",
         flush=True,
     )
+    print(f"[{label}] CPUs: {result.cpus}", flush=True)
+    for line in result.log_errors[-10:]:
+        print(f"[{label}] hub log: {line}", flush=True)
     return result
 
 

@@ -294,9 +294,9 @@ async def run_arm(
 
 async def bench(args: argparse.Namespace, log: Path, run_dir: Path) -> dict:
     n = args.connections
-    base = find_free_port(n)
+    base = find_free_port(n, ports_per_ship=1)
     proxy_port, api_port, https_port = base, base + 1, base + 2
-    ports = [base + SHIP_PORT_OFFSET + 10 * i for i in range(n)]
+    ports = [base + SHIP_PORT_OFFSET + i for i in range(n)]
     names = [f"attendee{i:04d}" for i in range(n)]
     token = secrets.token_hex(16)
     proxy = nginx = None

@@ -298,10 +298,13 @@ def run_event(
 
     The stock arm runs the same event with one simulated ship (the hub's control API is part
     of every mux); its servers come from extra_config's spawner."""
-    port = find_free_port(ships)
+    # One port per simulated ship (one project each): a storm of 1,000 then needs 1,100
+    # free ports in a row, not 10,100, among other programs' on a shared machine.
+    port = find_free_port(ships, ports_per_ship=1)
     event = LocalEvent(
         ships=ships,
         port=port,
+        ports_per_ship=1,
         state_dir=state,
         heartbeat=5.0,
         lost_after=lost_after,

@@ -2,7 +2,7 @@
 and through the TLS front door (nginx) in front of it.
 
 Run: .venv/bin/python benchmarks/proxy_websockets.py [--connections 1000] [--rate 1.0]
-     [--duration 20]
+     [--duration 20] [--warmup 3]
 
 configurable-http-proxy is started as the mux starts it (campfleet.mux.proxy.chp_command: the
 pinned CHP, its node heap and timeouts) with one route per attendee, /user/<name>/ -> that
@@ -11,7 +11,8 @@ ship's). nginx is started with the mux's own config (campfleet.mux.tls.nginx_con
 WebSocket upgrade, the proxy as upstream) and a self-signed certificate for 127.0.0.1 (what
 campfleet local makes for Pebble), one worker (it has one core, below). N clients open
 /user/<name>/api/kernels/<id>/channels (a kernel's channel) and each sends a
-kernel-message-sized JSON frame every 1/rate seconds (steady load), timing each echo. Three
+kernel-message-sized JSON frame every 1/rate seconds (steady load), timing each echo after
+the first --warmup seconds. Three
 arms, one after another, with the same clients, servers and load:
   proxy:  ws://  -> configurable-http-proxy -> echo server
   tls:    wss:// -> nginx (TLS) -> configurable-http-proxy -> echo server (the front door)
@@ -154,8 +155,12 @@ async def session(
     duration: float,
     on_open: Optional[Callable[[], dict]] = None,
     tls: Optional[ssl.SSLContext] = None,
+    warmup: float = 0.0,
+    on_measure: Optional[Callable[[], None]] = None,
 ) -> dict:
-    """Open every WebSocket, then send `rate` frames/s on each for `duration` s; echo RTTs."""
+    """Open every WebSocket, then send `rate` frames/s on each for `warmup` + `duration` s;
+    the echo round trips of the last `duration` s are the figures (node's JIT and heap, and
+    the connections' buffers, warm up in the first seconds of whichever arm runs first)."""
     rtts: list[float] = []
     errors: list[str] = []
     connector = aiohttp.TCPConnector(limit=0)
@@ -173,7 +178,8 @@ async def session(
         sockets = [ws for ws in opened if not isinstance(ws, BaseException)]
         errors += [repr(e) for e in opened if isinstance(e, BaseException)]
         extra = on_open() if on_open else {}
-        stop_at = time.monotonic() + duration
+        measure_from = time.perf_counter() + warmup
+        stop_at = time.monotonic() + warmup + duration
 
         async def load(i: int, ws: aiohttp.ClientWebSocketResponse) -> None:
             await asyncio.sleep((i / max(len(sockets), 1)) / rate)  # staggered, steady
@@ -190,13 +196,18 @@ async def session(
                 if answer.type != aiohttp.WSMsgType.TEXT or answer.data != frame:
                     errors.append(f"socket {i}: bad echo {answer.type}")
                     return
-                rtts.append(time.perf_counter() - t0)
+                if t0 >= measure_from:
+                    rtts.append(time.perf_counter() - t0)
                 n += 1
                 await asyncio.sleep(max(0.0, 1 / rate - (time.perf_counter() - t0)))
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(load(i, ws) for i, ws in enumerate(sockets)))
-        wall = time.perf_counter() - t0
+        async def measuring() -> None:
+            await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+            if on_measure:
+                on_measure()
+
+        await asyncio.gather(measuring(), *(load(i, ws) for i, ws in enumerate(sockets)))
+        wall = time.perf_counter() - measure_from
         await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
     rtts.sort()
     out = {
@@ -276,7 +287,6 @@ async def run_arm(
     def opened() -> dict:
         out: dict = {}
         for w in watched:
-            w.mark(label)
             rss = w.rss_kib()
             out[f"{w.name}_rss_before_mib"] = round(before[w.name] / 1024, 1)
             out[f"{w.name}_rss_open_mib"] = round(rss / 1024, 1)
@@ -284,7 +294,15 @@ async def run_arm(
         return out
 
     print(f"[{label}] {n} WebSockets ...", flush=True)
-    figures = await session(urls, args.rate, args.duration, opened, tls)
+    figures = await session(
+        urls,
+        args.rate,
+        args.duration,
+        opened,
+        tls,
+        warmup=args.warmup,
+        on_measure=lambda: [w.mark(label) for w in watched],
+    )
     for w in watched:
         if label in w.marks:
             figures.update(w.since(label, figures["messages"]))
@@ -354,9 +372,14 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=1.0, help="frames/s per connection")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of steady load")
+    parser.add_argument(
+        "--warmup", type=float, default=3.0, help="seconds of load before the measured ones"
+    )
     args = parser.parse_args()
     if not (1 <= args.connections <= 5000 and 0 < args.rate <= 50 and 0 < args.duration <= 600):
         parser.error("--connections 1..5000, --rate 0..50, --duration 0..600")
+    if not 0 <= args.warmup <= 60:
+        parser.error("--warmup 0..60")
     if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
         parser.error(
             "the TLS arm needs nginx: run scripts/system-deps.sh (or apt-get install nginx)"
@@ -381,6 +404,7 @@ def main() -> int:
             "connections": args.connections,
             "rate_per_connection_per_s": args.rate,
             "duration_s": args.duration,
+            "warmup_s": args.warmup,
             "frame_bytes": len(json.dumps({"msg_id": "0-0", "t": 0.0, "p": FRAME_PAD})),
             "proxy": " ".join(chp_command()[:2]) + " configurable-http-proxy (pinned)",
             "front_door": "nginx (campfleet.mux.tls.nginx_conf, 1 worker, self-signed P-256 "

@@ -201,14 +201,16 @@ def log_errors(log: Path, limit: int = 40) -> list[str]:
     except OSError as exc:
         return [f"(no hub log: {exc})"]
     out: list[str] = []
-    in_traceback = False
+    keep = False
     for line in lines:
-        if line.startswith("Traceback"):
-            in_traceback = True
-        if in_traceback or line.startswith("[E ") or line.startswith("[C "):
+        if line.startswith(("[E ", "[C ", "Traceback")):
+            keep = True  # an error record (its traceback follows, indented) or a bare traceback
+        elif line.startswith("["):
+            keep = False  # the next log record
+        if keep:
             out.append(line[:300])
-        if in_traceback and line and not line.startswith((" ", "Traceback")):
-            in_traceback = False  # the exception line ends it
+            if line and not line.startswith(("[", " ", "Traceback")):
+                keep = False  # an unindented exception line ends a bare traceback
     return out[-limit:]
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pulumi
 import pulumi_aws as aws
 
+from campfleet.tags import base_tags
 from components.alerts import Alerts, AlertsArgs
 from components.config import load
 from components.images import ContainerImage, ContainerImageArgs
@@ -16,7 +17,6 @@ from components.scaling import ScalingArgs
 from components.secrets import Secrets, SecretsArgs
 from components.ships import ShipFleet, ShipFleetArgs
 from components.snapshots import HomeSnapshots, HomeSnapshotsArgs
-from components.tags import base_tags
 
 config = load()
 tags = base_tags(config.stack, config.event_name)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from campfleet.protocol import ShipState
+
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")  # index = datetime.weekday()
 MODES = ("fixed", "demand")
 DEFAULT_LEAD_MINUTES = 15
@@ -28,10 +30,6 @@ _SESSION = re.compile(
     r"^\s*(?P<days>\S+)\s+(?P<start>\d{1,2}:\d{2})\s*-\s*(?P<end>\d{1,2}:\d{2})\s*$"
 )
 _DAY_ALIASES = {"daily": "Mon-Sun", "weekdays": "Mon-Fri", "weekends": "Sat-Sun"}
-# States a ship reports (campfleet.protocol.ShipState values); kept as strings so this module
-# stays importable by anything, including the stdlib-only side.
-STARTING_STATES = ("pending", "booting")
-READY_STATE = "available"
 
 
 class PolicyError(ValueError):
@@ -265,7 +263,7 @@ def scale_in_candidates(ships: Iterable[Ship], count: int) -> list[str]:
     Never a ship holding an attendee, starting (pending/booting) or busy: those are exactly
     the ships whose removal would cost someone their session or waste a boot.
     """
-    free = [s for s in ships if s.state == READY_STATE and not s.held and not s.busy]
+    free = [s for s in ships if s.state == ShipState.AVAILABLE and not s.held and not s.busy]
     by_zone: dict[str, list[Ship]] = {}
     for ship in sorted(free, key=lambda s: s.ship_id, reverse=True):
         by_zone.setdefault(ship.zone, []).append(ship)

@@ -34,13 +34,15 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from campfleet.agent.docker import SCOPE_LABEL
+from campfleet.contracts import paths
+from campfleet.contracts import secrets as contract
+from campfleet.contracts.muxjson import local_block, mux_json
 from campfleet.mux import tls
 from campfleet.mux.registry import Registry
-from campfleet.mux.settings import LOCAL_GROUP_FILE
 from campfleet.mux.settings import load as load_settings
+from campfleet.protocol import READY
 
 DEFAULT_STATE_DIR = Path(".campfleet/local")
-LOCAL_CODES_FILE = Path("secrets/attendee-codes.json")  # under the state directory
 SHIP_PORT_OFFSET = 100  # ship i's ports start at port + 100 + 10 * i
 PORTS_PER_SHIP = 10
 ZONE = "local-a"
@@ -392,9 +394,13 @@ class LocalEvent:
         return self.tls_dir / "pebble-root.pem"
 
     @property
+    def secrets_dir(self) -> Path:
+        return self.state_dir / contract.LOCAL_SECRETS_DIR
+
+    @property
     def codes_file(self) -> Path:
         """Where `campfleet attendees codes --local` puts the code hashes (auth: codes)."""
-        return self.state_dir / LOCAL_CODES_FILE
+        return self.state_dir / contract.local_file(contract.ATTENDEE_CODES)
 
     def ship_ids(self) -> list[str]:
         # EC2's id form (the control API accepts no other): i-10ca1 and the ship's number.
@@ -412,7 +418,7 @@ class LocalEvent:
         """
         self._sweep()
         self._check_ports()
-        for d in (self.log_dir, self.volumes_root, self.hub_dir, self.state_dir / "secrets"):
+        for d in (self.log_dir, self.volumes_root, self.hub_dir, self.secrets_dir):
             d.mkdir(parents=True, exist_ok=True)
         # A new event: the hub database and the registry start empty; volumes keep their files.
         for stale in self.hub_dir.iterdir():
@@ -467,8 +473,10 @@ class LocalEvent:
                     f"and {self.port_base(0)}..{self.port_base(self.ships)})"
                 )
 
-    def _secret(self, name: str, make: Callable[[], str], given: Optional[str] = None) -> str:
-        path = self.state_dir / "secrets" / name
+    def _secret(
+        self, secret: contract.Secret, make: Callable[[], str], given: Optional[str] = None
+    ) -> str:
+        path = self.state_dir / contract.local_file(secret)
         path.parent.chmod(0o700)
         if given is not None or not path.exists():
             # Created owner-only: never readable by others, not even between write and chmod.
@@ -479,62 +487,53 @@ class LocalEvent:
         return path.read_text().strip()
 
     def _write_secrets(self) -> None:
-        self._secret("fleet-secret", lambda: secrets.token_hex(32))
-        self._secret("proxy-token", lambda: secrets.token_hex(32))
-        self._secret("cookie-secret", lambda: secrets.token_hex(32))
+        self._secret(contract.FLEET_SECRET, lambda: secrets.token_hex(32))
+        self._secret(contract.PROXY_TOKEN, lambda: secrets.token_hex(32))
+        self._secret(contract.COOKIE_SECRET, lambda: secrets.token_hex(32))
         self.password = self._secret(
-            "shared-password", lambda: secrets.token_urlsafe(9), self._password_arg
+            contract.SHARED_PASSWORD, lambda: secrets.token_urlsafe(9), self._password_arg
         )
-        self.admin_password = self._secret("admin-password", lambda: secrets.token_urlsafe(32))
+        self.admin_password = self._secret(
+            contract.ADMIN_PASSWORD, lambda: secrets.token_urlsafe(32)
+        )
         # A fresh organizer token per start: it expires admin_token_hours after it is set.
-        self.api_token = self._secret("api-token", lambda: "", secrets.token_hex(32))
+        self.api_token = self._secret(contract.API_TOKEN, lambda: "", secrets.token_hex(32))
 
     @property
     def settings_path(self) -> Path:
-        return self.state_dir / "mux.json"
+        return self.state_dir / paths.MUX_SETTINGS_FILE
 
     def _write_settings(self) -> None:
-        settings = {
-            "stack": "local",
-            "event": "local",
-            "region": "local",
-            "ships": self.ships,
-            "readyPercent": self.ready_percent,
-            "adminUsers": [self.admin],
-            "controlPort": self.control_port,
-            "shipGroupName": "",
-            "shipImage": self.ship_image,
-            "volumeTagKey": "campfleet:stack",
-            "heartbeat": self.heartbeat,
-            "lostAfter": self.lost_after,
-            "projects": self.projects,
-            "fleet": self.fleet,
-            "behindTls": self.tls,
-            **({"tls": self._tls_settings()} if self.tls else {}),
-            "auth": self.auth,
-            "adminTokenHours": self.admin_token_hours,
-            "parameters": {
-                "attendeeCodes": str(LOCAL_CODES_FILE),
-                "fleetSecret": "secrets/fleet-secret",
-                "proxyToken": "secrets/proxy-token",
-                "cookieSecret": "secrets/cookie-secret",
-                "sharedPassword": "secrets/shared-password",
-                "adminPassword": "secrets/admin-password",
-                "apiToken": "secrets/api-token",
-            },
-            "local": {
-                "stateDir": str(self.hub_dir),
-                "volumesRoot": str(self.volumes_root),
-                "volumes": self.ships,
-                "publicPort": self.proxy_port,
-                "hubPort": self.hub_port,
-                "proxyApiPort": self.proxy_api_port,
-                "controlAddress": "127.0.0.1",
-                "singleuserCmd": self.singleuser_cmd,
-            },
-        }
         # Secret paths are relative to the settings' stateDir (the hub dir): point one up.
-        settings["parameters"] = {k: f"../{v}" for k, v in settings["parameters"].items()}
+        files = [*contract.GENERATED, contract.ATTENDEE_CODES]
+        settings = mux_json(
+            stack="local",
+            event="local",
+            region="local",
+            ships=self.ships,
+            ready_percent=self.ready_percent,
+            admin_users=[self.admin],
+            control_port=self.control_port,
+            ship_image=self.ship_image,
+            parameters={s.key: f"../{contract.local_file(s)}" for s in files},
+            heartbeat=self.heartbeat,
+            lost_after=self.lost_after,
+            auth=self.auth,
+            admin_token_hours=self.admin_token_hours,
+            fleet=self.fleet,
+            projects=self.projects,
+            behind_tls=self.tls,
+            tls=self._tls_settings() if self.tls else None,
+            local=local_block(
+                state_dir=str(self.hub_dir),
+                volumes_root=str(self.volumes_root),
+                volumes=self.ships,
+                public_port=self.proxy_port,
+                hub_port=self.hub_port,
+                proxy_api_port=self.proxy_api_port,
+                singleuser_cmd=self.singleuser_cmd,
+            ),
+        )
         self.settings_path.write_text(json.dumps(settings, indent=2))
         (self.state_dir / "jupyterhub_config.py").write_text(
             "from campfleet.mux.hubconfig import configure\n\n"
@@ -774,7 +773,7 @@ class LocalEvent:
         cmd = [
             sys.executable, "-m", "campfleet.agent", "--local",
             "--mux", f"http://127.0.0.1:{self.control_port}",
-            "--secret-file", str(self.state_dir / "secrets" / "fleet-secret"),
+            "--secret-file", str(self.state_dir / contract.local_file(contract.FLEET_SECRET)),
             "--ship-id", ship_id,
             "--zone", ZONE,
             "--address", "127.0.0.1",
@@ -803,7 +802,7 @@ class LocalEvent:
         cmd = [
             sys.executable, "-m", "campfleet.simfleet",
             "--mux", f"http://127.0.0.1:{self.control_port}",
-            "--secret-file", str(self.state_dir / "secrets" / "fleet-secret"),
+            "--secret-file", str(self.state_dir / contract.local_file(contract.FLEET_SECRET)),
             "--ships", str(self.ships),
             "--port-base", str(self.port_base(0)),
             "--ports-per-ship", str(self.ports_per_ship),
@@ -854,7 +853,7 @@ class LocalEvent:
 
     @property
     def group_file(self) -> Path:
-        return self.hub_dir / LOCAL_GROUP_FILE
+        return self.hub_dir / paths.LOCAL_GROUP_FILE
 
     def follow_group(self, interval: float = 0.2) -> None:
         """Act as the Auto Scaling group of a demand-mode event, as AWS would: launch new ships
@@ -912,7 +911,7 @@ class LocalEvent:
 
     def counts(self) -> dict:
         """Ships per state, read from the hub's registry file (empty before the hub made it)."""
-        path = self.hub_dir / "registry.sqlite"
+        path = self.hub_dir / paths.REGISTRY_FILE
         if not path.exists():
             return {}
         registry = Registry(path)
@@ -981,7 +980,7 @@ class LocalEvent:
         while True:
             self._check_alive()
             counts = self.counts()
-            ready = counts.get("available", 0) + counts.get("running", 0)
+            ready = sum(counts.get(state.value, 0) for state in READY)
             if counts != last and progress is not None:
                 progress(counts, ready, needed)
             last = counts

@@ -23,6 +23,7 @@ from campfleet.tags import (
     HOME_ROLE,
     PROTECT_TAG,
     ROLE_TAG,
+    SHIP_ROLE,
     SLOT_TAG,
     STACK_TAG,
 )
@@ -253,7 +254,7 @@ def _ships_no_public_ip(s: Subject, o: Options) -> list[str]:
             for nic in _maps(s.props.get("networkInterfaces"))
             if _is_true(nic.get("associatePublicIpAddress"))
         ]
-    ship_subnet = s.type == SUBNET and _tags(s.props).get(ROLE_TAG) == "ship"
+    ship_subnet = s.type == SUBNET and _tags(s.props).get(ROLE_TAG) == SHIP_ROLE
     if ship_subnet and _is_true(s.props.get("mapPublicIpOnLaunch")):
         return ["ship subnet has mapPublicIpOnLaunch true; ships get no public IP"]
     return []
@@ -302,7 +303,7 @@ def _home_volumes_protected(s: Subject, o: Options) -> list[str]:
     if s.type != VOLUME:
         return []
     tags = _tags(s.props)
-    if tags.get(ROLE_TAG) != "home" or s.protect:
+    if tags.get(ROLE_TAG) != HOME_ROLE or s.protect:
         return []
     if o.protect_home_volumes or _is_true(tags.get(PROTECT_TAG)):
         return [

@@ -17,7 +17,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple, Union
 
 PROTOCOL_VERSION = 1
@@ -25,7 +25,6 @@ MAX_BODY = 64 * 1024  # bytes; a report with a dozen containers is ~2 KiB
 TIME_WINDOW = 60.0  # seconds either side of the receiver's clock (ships run chrony)
 HEADER_SHIP = "X-Campfleet-Ship"
 HEADER_SIGNATURE = "X-Campfleet-Signature"
-CONTAINER_STATES = ("starting", "running", "failed", "stopped")
 _MAX_SEQ = 2**63 - 1
 # What EC2 instance ids look like (old 8-hex and current 17-hex forms); local ships use the
 # same form. Checked before anything is derived from or stored for an id.
@@ -75,6 +74,24 @@ TRANSITIONS: Dict[ShipState, FrozenSet[ShipState]] = {
 REPORTABLE = frozenset({_S.BOOTING, _S.AVAILABLE, _S.RUNNING, _S.FAILED, _S.TERMINATED})
 _REPORTABLE_VALUES = frozenset(s.value for s in REPORTABLE)
 LIVE = frozenset({_S.PENDING, _S.BOOTING, _S.AVAILABLE, _S.RUNNING})
+# What the readiness gate counts: ships handed out or ready to be.
+READY = frozenset({_S.AVAILABLE, _S.RUNNING})
+# Ships that will not serve again (the Auto Scaling group replaces them).
+GONE = frozenset({_S.FAILED, _S.LOST, _S.TERMINATED})
+# Of those, the ones the mux marks unhealthy so AWS replaces them (and alarms count as down).
+DOWN = frozenset({_S.FAILED, _S.LOST})
+
+
+class ContainerState(StrEnum):
+    """What the agent reports of one container (ContainerStatus.state)."""
+
+    STARTING = "starting"  # pulled or starting, health check not passed yet
+    RUNNING = "running"
+    FAILED = "failed"  # with the reason in ContainerStatus.error
+    STOPPED = "stopped"
+
+
+CONTAINER_STATES = tuple(state.value for state in ContainerState)
 
 
 def can_transition(old: ShipState, new: ShipState) -> bool:

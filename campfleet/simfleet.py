@@ -43,6 +43,7 @@ from campfleet.protocol import (
     HEADER_SIGNATURE,
     ILLEGAL,
     ContainerSpec,
+    ContainerState,
     ContainerStatus,
     Desired,
     Report,
@@ -147,7 +148,7 @@ async def _serve_standin(reader: asyncio.StreamReader, writer: asyncio.StreamWri
 class SimContainer:
     spec: ContainerSpec
     generation: int
-    state: str = "starting"
+    state: ContainerState = ContainerState.STARTING
     error: str = ""
     server: Optional[asyncio.AbstractServer] = None
     task: Optional[asyncio.Task] = None
@@ -336,7 +337,7 @@ class SimShip:
         specs = {} if desired.drain else {c.name: c for c in desired.containers}
         self.mounted = None if desired.drain else desired.volume
         for name, c in list(self.containers.items()):
-            stale = c.state == "failed" and c.generation < desired.generation
+            stale = c.state == ContainerState.FAILED and c.generation < desired.generation
             if name not in specs or c.spec != specs[name] or stale:
                 self.stop_container(name)
         for name, spec in specs.items():
@@ -367,10 +368,10 @@ class SimShip:
                 conn.close()
             if status != 200:
                 raise HttpError(f"health check answered {status}")
-            c.state = "running"
+            c.state = ContainerState.RUNNING
             fleet.stats.containers_started += 1
         except (OSError, HttpError) as exc:
-            c.state, c.error = "failed", f"stand-in on :{c.spec.port}: {exc}"
+            c.state, c.error = ContainerState.FAILED, f"stand-in on :{c.spec.port}: {exc}"
             fleet.stats.containers_failed += 1
             if c.server is not None:
                 c.server.close()

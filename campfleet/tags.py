@@ -1,11 +1,16 @@
-"""The one home of campfleet's tag keys and role values.
+"""The one home of campfleet's tag keys, role values and the tags every resource carries.
 
-The Pulumi program (components/tags.py re-exports these), the policy checks, the mux's cloud
-adapter and `campfleet archive` all read and write the same tags, and the mux image ships only
-the `campfleet` package, so the keys live here.
+The Pulumi components, the policy checks, the mux's cloud adapter, `campfleet preflight` and
+`campfleet archive` all read and write the same tags, and the mux image ships only the
+`campfleet` package, so the keys live here (stdlib only).
+
+Explicit `tags` inputs (not provider default_tags) are what the policy pack and the tests see,
+and what the mux's cloud adapter filters on (`campfleet:stack` + `campfleet:role`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 STACK_TAG = "campfleet:stack"
 EVENT_TAG = "campfleet:event"
@@ -18,6 +23,11 @@ SLOT_TAG = "campfleet:slot"
 PROTECT_TAG = "campfleet:protect"
 OWNER_TAG = "campfleet:owner"
 
+# ROLE_TAG values. The mux's IAM policy tells its own instance ("mux") from the ships it may
+# attach volumes to ("ship") by this tag alone.
+SHIP_ROLE = "ship"
+MUX_ROLE = "mux"
+MUX_STATE_ROLE = "mux-state"
 HOME_ROLE = "home"
 # One tag that only this stack's home volumes carry (value: the stack), because Data Lifecycle
 # Manager targets a resource carrying ANY of a policy's target tags: stack + role would also
@@ -26,3 +36,14 @@ HOME_OF_TAG = "campfleet:home-of"
 # On snapshots: "periodic" (DLM), "archive" (`campfleet archive`); a volume's final snapshot
 # carries the volume's own tags.
 SNAPSHOT_TAG = "campfleet:snapshot"
+
+
+def base_tags(stack: str, event: str) -> dict[str, str]:
+    return {STACK_TAG: stack, EVENT_TAG: event}
+
+
+def tagged(
+    base: Mapping[str, str], name: str, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The base tags plus `Name` (what the AWS console shows) and any extra tags."""
+    return {**base, "Name": name, **(extra or {})}

@@ -16,7 +16,7 @@ import pulumi
 import pulumi_aws as aws
 
 from campfleet.mux import cloudwatch
-from components.tags import tagged
+from campfleet.tags import tagged
 
 PERIOD = 60  # seconds; EC2 status checks and the mux's metrics both arrive every minute
 SYSTEM_CHECK_MINUTES = 2

@@ -12,7 +12,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
-from components.tags import STACK_TAG, tagged
+from campfleet.tags import STACK_TAG, tagged
 
 EC2_TRUST = json.dumps(
     {

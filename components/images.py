@@ -13,7 +13,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_docker as docker
 
-from components.tags import tagged
+from campfleet.tags import tagged
 
 # Every build is pushed as `latest` and consumed by digest, so each earlier build becomes an
 # untagged image that launch templates, ships and the mux may still name by digest (a

@@ -13,13 +13,23 @@ from typing import Any, Optional
 import pulumi
 import pulumi_aws as aws
 
+from campfleet.contracts import secrets
+from campfleet.contracts.muxjson import mux_json
 from campfleet.mux import cloudwatch
-from campfleet.mux.settings import codes_parameter
+from campfleet.tags import (
+    HOME_ROLE,
+    MUX_ROLE,
+    MUX_STATE_ROLE,
+    OWNER_TAG,
+    ROLE_TAG,
+    SHIP_ROLE,
+    STACK_TAG,
+    tagged,
+)
 from components import userdata
 from components.iam import ecr_statements, instance_role
 from components.network import CONTROL_PORT, HUB_API_PORT
 from components.ships import HEARTBEAT_SECONDS
-from components.tags import HOME_ROLE, OWNER_TAG, ROLE_TAG, STACK_TAG, tagged
 
 # The hub database, ship registry and volume assignments (/var/lib/campfleet) live on their own
 # volume, so replacing the mux instance (new user data, new type) keeps every attendee's claim.
@@ -73,36 +83,35 @@ class MuxArgs:
 
 
 def mux_settings(args: MuxArgs, region: str, ship_image: str) -> dict[str, object]:
-    """/etc/campfleet/mux.json (keys per the team contract; SSM parameter names only)."""
-    return {
-        "stack": args.stack,
-        "event": args.event,
-        "region": region,
-        "ships": args.ships,
-        "readyPercent": args.ready_percent,
-        "adminUsers": list(args.admin_users),
-        "controlPort": CONTROL_PORT,
-        "hubPort": HUB_API_PORT,
+    """/etc/campfleet/mux.json for this stack (SSM parameter names only)."""
+    return mux_json(
+        stack=args.stack,
+        event=args.event,
+        region=region,
+        ships=args.ships,
+        ready_percent=args.ready_percent,
+        admin_users=args.admin_users,
+        control_port=CONTROL_PORT,
+        ship_image=ship_image,
+        ship_group_name=args.ship_group_name,
+        parameters={**args.parameter_names, **_codes_parameter(args)},
+        heartbeat=HEARTBEAT_SECONDS,
+        lost_after=LOST_AFTER_HEARTBEATS,
+        auth=args.auth,
+        admin_token_hours=args.admin_token_hours,
+        fleet=args.fleet,
+        oauth=args.oauth,
         # The proxy listens on loopback only; nginx terminates TLS on 443 in front of it.
-        "publicIp": "127.0.0.1",
-        "publicPort": PROXY_PORT,
-        "behindTls": True,
-        "tls": {
+        behind_tls=True,
+        tls={
             "domainName": args.domain_name,
             "acmeDirectory": args.acme_directory,
             "acmeEmail": args.acme_email,
         },
-        "heartbeat": HEARTBEAT_SECONDS,
-        "lostAfter": LOST_AFTER_HEARTBEATS,
-        "shipGroupName": args.ship_group_name,
-        "shipImage": ship_image,
-        "volumeTagKey": STACK_TAG,
-        "parameters": {**args.parameter_names, **_codes_parameter(args)},
-        "auth": args.auth,
-        "adminTokenHours": args.admin_token_hours,
-        **({"oauth": dict(args.oauth)} if args.oauth else {}),
-        "fleet": dict(args.fleet),
-    }
+        public_ip="127.0.0.1",
+        public_port=PROXY_PORT,
+        hub_port=HUB_API_PORT,
+    )
 
 
 def mux_url(domain_name: str, public_ip: pulumi.Output[str]) -> pulumi.Output[str]:
@@ -113,9 +122,10 @@ def mux_url(domain_name: str, public_ip: pulumi.Output[str]) -> pulumi.Output[st
 
 
 def _codes_parameter(args: MuxArgs) -> dict[str, str]:
-    """auth codes: the parameter `campfleet attendees codes` writes (not a Pulumi resource, so
-    new codes never fight `pulumi up`)."""
-    return {"attendeeCodes": codes_parameter(args.stack)} if args.auth == "codes" else {}
+    """auth codes: the parameter `campfleet attendees codes` writes."""
+    if args.auth != "codes":
+        return {}
+    return {secrets.ATTENDEE_CODES.key: secrets.codes_parameter(args.stack)}
 
 
 class Mux(pulumi.ComponentResource):
@@ -130,7 +140,7 @@ class Mux(pulumi.ComponentResource):
         self, name: str, args: MuxArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("campfleet:index:Mux", name, None, opts)
-        tags = tagged(args.tags, f"campfleet-{args.stack}-{name}", {ROLE_TAG: "mux"})
+        tags = tagged(args.tags, f"campfleet-{args.stack}-{name}", {ROLE_TAG: MUX_ROLE})
         ec2_arn = pulumi.Output.format("arn:aws:ec2:{0}:{1}:", args.region, args.account_id)
         statements = [
             {
@@ -148,7 +158,7 @@ class Mux(pulumi.ComponentResource):
                 "Condition": {
                     "StringEquals": {
                         f"aws:ResourceTag/{STACK_TAG}": args.stack,
-                        f"aws:ResourceTag/{ROLE_TAG}": "home",
+                        f"aws:ResourceTag/{ROLE_TAG}": HOME_ROLE,
                     }
                 },
             },
@@ -178,7 +188,7 @@ class Mux(pulumi.ComponentResource):
                 "Condition": {
                     "StringEquals": {
                         f"aws:ResourceTag/{STACK_TAG}": args.stack,
-                        f"aws:ResourceTag/{ROLE_TAG}": "ship",
+                        f"aws:ResourceTag/{ROLE_TAG}": SHIP_ROLE,
                     }
                 },
             },
@@ -238,7 +248,9 @@ class Mux(pulumi.ComponentResource):
             size=STATE_VOLUME_GIB,
             type="gp3",
             encrypted=True,
-            tags=tagged(args.tags, f"campfleet-{args.stack}-{name}-state", {ROLE_TAG: "mux-state"}),
+            tags=tagged(
+                args.tags, f"campfleet-{args.stack}-{name}-state", {ROLE_TAG: MUX_STATE_ROLE}
+            ),
             opts=pulumi.ResourceOptions(parent=self, protect=args.protect_state),
         )
 

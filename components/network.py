@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from components.tags import ROLE_TAG, STACK_TAG, tagged
+from campfleet.tags import MUX_ROLE, ROLE_TAG, SHIP_ROLE, STACK_TAG, tagged
 
 VPC_CIDR = "10.0.0.0/16"
 PUBLIC_CIDR = "10.0.0.0/24"
@@ -138,7 +138,7 @@ class Network(pulumi.ComponentResource):
             cidr_block=PUBLIC_CIDR,
             availability_zone=self.zone_names[0],
             map_public_ip_on_launch=False,
-            tags=tags("public", "mux"),
+            tags=tags("public", MUX_ROLE),
             opts=child,
         )
         public_routes = aws.ec2.RouteTable(
@@ -183,7 +183,7 @@ class Network(pulumi.ComponentResource):
                 cidr_block=private_cidr(i),
                 availability_zone=self.zone_names[i],
                 map_public_ip_on_launch=False,
-                tags=tags(f"ships-{i}", "ship"),
+                tags=tags(f"ships-{i}", SHIP_ROLE),
                 opts=child,
             )
             aws.ec2.RouteTableAssociation(
@@ -198,7 +198,7 @@ class Network(pulumi.ComponentResource):
             label("mux-sg"),
             vpc_id=vpc.id,
             description="campfleet mux: web from allowed CIDRs; control and hub API from ships",
-            tags=tags("mux-sg", "mux"),
+            tags=tags("mux-sg", MUX_ROLE),
             opts=child,
         )
         ship_sg = aws.ec2.SecurityGroup(

@@ -14,27 +14,8 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
-from components.tags import tagged
-
-# mux.json `parameters` key -> (parameter name suffix, generated length or None = hex).
-# The hex ones are 32 random bytes (64 hex digits): JupyterHub's cookie secret must be hex.
-SECRETS: dict[str, tuple[str, Optional[int]]] = {
-    "fleetSecret": ("fleet-secret", 48),
-    "proxyToken": ("proxy-token", None),
-    "cookieSecret": ("cookie-secret", None),
-    "sharedPassword": ("shared-password", 12),  # attendees type it
-    "adminPassword": ("admin-password", 40),  # JupyterHub's shared-password admin: >= 32
-    "apiToken": ("api-token", 48),  # `campfleet status` / redeploy against the hub API
-}
-
-
-# Given by the organizer (auth: oauth), never generated: a parameter only when given.
-OAUTH_CLIENT_SECRET = ("oauthClientSecret", "oauth-client-secret")
-
-
-def parameter_names(stack: str) -> dict[str, str]:
-    """SSM parameter names by mux.json key; known before anything is created."""
-    return {key: f"/campfleet/{stack}/{suffix}" for key, (suffix, _) in SECRETS.items()}
+from campfleet.contracts import secrets as contract
+from campfleet.tags import tagged
 
 
 def _hex32(text: str) -> str:
@@ -61,39 +42,36 @@ class Secrets(pulumi.ComponentResource):
     ) -> None:
         super().__init__("campfleet:index:Secrets", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        self.names = parameter_names(args.stack)
+        self.names = {}
         self.arns = {}
-        for key, (suffix, length) in SECRETS.items():
-            if key == "sharedPassword" and args.shared_password is not None:
+        for secret in contract.GENERATED:
+            if secret is contract.SHARED_PASSWORD and args.shared_password is not None:
                 value = pulumi.Output.secret(args.shared_password)
             else:
                 password = random.RandomPassword(
-                    f"{name}-{suffix}", length=length or 64, special=False, opts=child
+                    f"{name}-{secret.name}", length=secret.length or 64, special=False, opts=child
                 )
                 value = pulumi.Output.secret(
-                    password.result if length else password.result.apply(_hex32)
+                    password.result if secret.length else password.result.apply(_hex32)
                 )
-            parameter = aws.ssm.Parameter(
-                f"{name}-{suffix}-parameter",
-                name=self.names[key],
-                type="SecureString",
-                value=value,
-                description=f"campfleet {args.stack}: {key}",
-                tags=tagged(args.tags, self.names[key]),
-                opts=child,
-            )
-            self.arns[key] = parameter.arn
+            self._parameter(name, args, secret, value)
         if args.oauth_client_secret is not None:
-            key, suffix = OAUTH_CLIENT_SECRET
-            self.names[key] = f"/campfleet/{args.stack}/{suffix}"
-            parameter = aws.ssm.Parameter(
-                f"{name}-{suffix}-parameter",
-                name=self.names[key],
-                type="SecureString",
-                value=pulumi.Output.secret(args.oauth_client_secret),
-                description=f"campfleet {args.stack}: {key}",
-                tags=tagged(args.tags, self.names[key]),
-                opts=child,
-            )
-            self.arns[key] = parameter.arn
+            value = pulumi.Output.secret(args.oauth_client_secret)
+            self._parameter(name, args, contract.OAUTH_CLIENT_SECRET, value)
         self.register_outputs({"names": self.names, "arns": self.arns})
+
+    def _parameter(
+        self, name: str, args: SecretsArgs, secret: contract.Secret, value: pulumi.Output[str]
+    ) -> None:
+        """One SecureString parameter; its name and ARN by mux.json key."""
+        self.names[secret.key] = contract.parameter_name(args.stack, secret)
+        parameter = aws.ssm.Parameter(
+            f"{name}-{secret.name}-parameter",
+            name=self.names[secret.key],
+            type="SecureString",
+            value=value,
+            description=f"campfleet {args.stack}: {secret.key}",
+            tags=tagged(args.tags, self.names[secret.key]),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.arns[secret.key] = parameter.arn

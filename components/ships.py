@@ -14,19 +14,21 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
-from components import scaling, userdata
-from components.iam import ecr_statements, instance_role
-from components.network import CONTROL_PORT
-from components.restore import Restored
-from components.tags import (
+from campfleet.contracts.agentjson import agent_json
+from campfleet.tags import (
     HOME_OF_TAG,
     HOME_ROLE,
     OWNER_TAG,
     PROTECT_TAG,
     ROLE_TAG,
+    SHIP_ROLE,
     SLOT_TAG,
     tagged,
 )
+from components import scaling, userdata
+from components.iam import ecr_statements, instance_role
+from components.network import CONTROL_PORT
+from components.restore import Restored
 
 HEARTBEAT_SECONDS = 5
 # Time a terminating ship gets to report, stop its containers and unmount the home volume.
@@ -114,7 +116,7 @@ class ShipFleet(pulumi.ComponentResource):
         hook_name = f"{self.group_name}-terminating"
         launch_hook_name = f"{self.group_name}-launching"
         warm_pool = scaling.warm_pool(args.scaling)
-        ship_tags = tagged(args.tags, self.group_name, {ROLE_TAG: "ship"})
+        ship_tags = tagged(args.tags, self.group_name, {ROLE_TAG: SHIP_ROLE})
         # The group's ARN holds an id AWS assigns, unknown before the group exists, but the
         # ships need this permission from their first boot: scope by the group's name.
         group_arn_pattern = pulumi.Output.format(
@@ -143,16 +145,15 @@ class ShipFleet(pulumi.ComponentResource):
 
         def render(values: list[str]) -> str:
             region, image = values
-            agent = {
-                "muxUrl": f"http://{args.mux_private_ip}:{CONTROL_PORT}",
-                "heartbeat": HEARTBEAT_SECONDS,
-                "region": region,
-                "runtime": "docker",
-                "shipGroupName": self.group_name,
-                "lifecycleHookName": hook_name,
-            }
-            if warm_pool is not None:
-                agent["launchHookName"] = launch_hook_name
+            agent = agent_json(
+                mux_url=f"http://{args.mux_private_ip}:{CONTROL_PORT}",
+                heartbeat=HEARTBEAT_SECONDS,
+                region=region,
+                runtime="docker",
+                ship_group_name=self.group_name,
+                lifecycle_hook_name=hook_name,
+                **({"launch_hook_name": launch_hook_name} if warm_pool is not None else {}),
+            )
             return userdata.pack(
                 userdata.ship_user_data(agent, image, region, args.fleet_secret_parameter)
             )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from components.tags import HOME_OF_TAG, SNAPSHOT_TAG, STACK_TAG, tagged
+from campfleet.tags import HOME_OF_TAG, SNAPSHOT_TAG, STACK_TAG, tagged
 
 DLM_TRUST = json.dumps(
     {

@@ -26,7 +26,16 @@ from campfleet.agent.content import sync_content
 from campfleet.agent.imds import Imds, ImdsFailure
 from campfleet.agent.runtime import Runtime, RuntimeFailure, health_ok
 from campfleet.agent.volume import EbsVolumes, LocalVolumes, VolumeFailure
-from campfleet.protocol import ILLEGAL, ContainerSpec, ContainerStatus, Desired, Report, ShipState
+from campfleet.protocol import (
+    ILLEGAL,
+    READY,
+    ContainerSpec,
+    ContainerState,
+    ContainerStatus,
+    Desired,
+    Report,
+    ShipState,
+)
 
 log = logging.getLogger("campfleet.agent")
 
@@ -44,7 +53,7 @@ TERMINATED_MARKER = "terminated"
 class Container:
     spec: ContainerSpec
     generation: int  # desired generation it was started for
-    state: str = "starting"
+    state: ContainerState = ContainerState.STARTING
     error: str = ""
     digest: str = ""
     started: float = 0.0
@@ -80,7 +89,7 @@ def wire_state(state: ShipState, accepted: Optional[ShipState]) -> ShipState:
     """The state to report for `state` when the mux last accepted `accepted`. A ship the
     registry does not hold yet (its first report never arrived, or the registry is new) must
     pass booting -> available before running. (Shared with the fleet simulator.)"""
-    if state in (ShipState.AVAILABLE, ShipState.RUNNING):
+    if state in READY:
         if accepted is None:
             return ShipState.BOOTING
         if accepted is ShipState.BOOTING and state is ShipState.RUNNING:
@@ -308,7 +317,8 @@ class Agent:
         self.volume_wait_since = None
         for name in list(self.containers):
             c = self.containers[name]
-            stale = c.state == "failed" and c.generation < desired.generation  # retry on new gen
+            # A failed container is retried when the mux sends a new generation.
+            stale = c.state == ContainerState.FAILED and c.generation < desired.generation
             if name not in specs or c.spec != specs[name] or stale:
                 self.stop_container(name)
         for name, spec in specs.items():
@@ -354,7 +364,7 @@ class Agent:
             self.runtime.start(c.spec, workdir)
             c.digest = self.runtime.digest(c.spec)
         except (RuntimeFailure, OSError) as exc:
-            c.state, c.error = "failed", str(exc)
+            c.state, c.error = ContainerState.FAILED, str(exc)
             log.error("container %r failed to start: %s", c.spec.name, exc)
         c.started = c.next_check = time.monotonic()
 
@@ -383,23 +393,23 @@ class Agent:
                     continue
                 error, c.pull = c.pull.exception(), None
                 if error is not None:
-                    c.state, c.error = "failed", f"pull {c.spec.image}: {error}"
+                    c.state, c.error = ContainerState.FAILED, f"pull {c.spec.image}: {error}"
                     changed = True
                     continue
                 self._launch(c)
                 changed = True
-            if c.state == "failed" or now < c.next_check:
+            if c.state == ContainerState.FAILED or now < c.next_check:
                 continue
             gone = self.runtime.exited(c.spec.name)
             if gone:
-                c.state, c.error = "failed", gone
+                c.state, c.error = ContainerState.FAILED, gone
                 log.error("container %r: %s", c.spec.name, gone)
                 changed = True
-            elif c.state == "starting":
+            elif c.state == ContainerState.STARTING:
                 if health_ok(self.cfg.address, c.spec.port, c.spec.health_path):
-                    c.state, changed = "running", True
+                    c.state, changed = ContainerState.RUNNING, True
                 elif now - c.started > self.cfg.start_timeout:
-                    c.state, changed = "failed", True
+                    c.state, changed = ContainerState.FAILED, True
                     c.error = (
                         f"health check GET :{c.spec.port}{c.spec.health_path} did not pass "
                         f"within {self.cfg.start_timeout:g} s"
@@ -407,7 +417,7 @@ class Agent:
                     self._stop_quietly(c.spec.name)
                 else:
                     c.interval = min(c.interval * 1.5, check_cap(now - c.started))
-            if c.state == "running":
+            if c.state == ContainerState.RUNNING:
                 c.interval = self.cfg.heartbeat
             c.next_check = now + c.interval
         return changed
@@ -415,7 +425,9 @@ class Agent:
     def next_wake(self) -> float:
         times = [self._report_due]
         times += [
-            c.next_check for c in self.containers.values() if c.state != "failed" and c.pull is None
+            c.next_check
+            for c in self.containers.values()
+            if c.state != ContainerState.FAILED and c.pull is None
         ]
         if not self.converged:
             times.append(time.monotonic() + 0.2)

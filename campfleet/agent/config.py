@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from campfleet.contracts import paths
+from campfleet.contracts.agentjson import FILE_KEYS
 from campfleet.protocol import ContainerSpec, valid_ship_id
 
 
@@ -27,8 +29,8 @@ class AgentConfig:
     zone: str = ""
     address: str = ""
     port_base: int = 8888
-    volumes_root: Path = Path("/mnt/campfleet")
-    state_dir: Path = Path("/var/lib/campfleet-agent")
+    volumes_root: Path = paths.VOLUMES_ROOT
+    state_dir: Path = paths.AGENT_STATE_DIR
     heartbeat: float = 5.0
     runtime: str = "docker"
     content: Dict[str, Path] = field(default_factory=dict)  # local runtime: image -> content dir
@@ -46,35 +48,11 @@ class AgentConfig:
     imds_url: str = "http://169.254.169.254"
 
 
-# JSON key -> (attribute, type)
-_FILE_KEYS = {
-    "muxUrl": ("mux_url", str),
-    "heartbeat": ("heartbeat", (int, float)),
-    "region": ("region", str),
-    "runtime": ("runtime", str),
-    "secretFile": ("secret_file", str),
-    "stateDir": ("state_dir", str),
-    "volumesRoot": ("volumes_root", str),
-    "portBase": ("port_base", int),
-    "images": ("images", list),
-    "probe": ("probe", dict),
-    "shipGroupName": ("ship_group_name", str),
-    "lifecycleHookName": ("lifecycle_hook_name", str),
-    "launchHookName": ("launch_hook_name", str),
-    "mountPath": ("mount_path", str),
-    "dockerScope": ("docker_scope", str),
-    "imdsUrl": ("imds_url", str),
-    "pollTimeout": ("poll_timeout", (int, float)),
-    "startTimeout": ("start_timeout", (int, float)),
-    "volumeTimeout": ("volume_timeout", (int, float)),
-}
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="campfleet-agent",
         description="The campfleet ship agent: reports this ship to the mux and applies its "
-        "desired state. On AWS: --config /etc/campfleet/agent.json. Locally: --local + flags.",
+        f"desired state. On AWS: --config {paths.AGENT_SETTINGS}. Locally: --local + flags.",
     )
     p.add_argument("--config", type=Path, help="JSON settings file (agent.json)")
     p.add_argument("--local", action="store_true", help="identity from flags, not EC2 metadata")
@@ -133,9 +111,9 @@ def load(argv: Optional[Sequence[str]] = None) -> tuple[AgentConfig, str]:
         if not isinstance(data, dict):
             raise ConfigProblem(f"--config {args.config}: expected a JSON object")
         for key, value in data.items():
-            if key not in _FILE_KEYS:
+            if key not in FILE_KEYS:
                 continue  # keys for other readers of the file are fine
-            attr, kind = _FILE_KEYS[key]
+            attr, kind = FILE_KEYS[key]
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise ConfigProblem(f"{args.config}: {key}={value!r} has the wrong type")
             values[attr] = value
@@ -155,7 +133,7 @@ def load(argv: Optional[Sequence[str]] = None) -> tuple[AgentConfig, str]:
 
     if not values.get("mux_url"):
         raise ConfigProblem("no mux URL: pass --mux http://HOST:PORT or set muxUrl in --config")
-    secret_file = Path(values.pop("secret_file", "/etc/campfleet/fleet-secret"))
+    secret_file = Path(values.pop("secret_file", paths.FLEET_SECRET))
     try:
         secret = secret_file.read_bytes().strip()
     except OSError as exc:

@@ -17,9 +17,8 @@ from typing import Any
 
 from campfleet.cli import CliError, add_project_dir, find_project_dir, stack_values
 from campfleet.cli.preflight import resolve_region
-from campfleet.local import LOCAL_CODES_FILE
+from campfleet.contracts.secrets import ATTENDEE_CODES, codes_parameter, local_file
 from campfleet.mux import codes
-from campfleet.mux.settings import codes_parameter
 
 
 def register(subparsers: Any) -> None:
@@ -75,7 +74,7 @@ def run_codes(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     label = args.stack or "local"
     if args.local:
-        target = Path(args.local).resolve() / LOCAL_CODES_FILE
+        target = Path(args.local).resolve() / local_file(ATTENDEE_CODES)
         old = target.read_text() if target.exists() else None
         _write_private(target, _merge(old, new, args.replace, str(target)))
         stored = str(target)

@@ -28,7 +28,7 @@ from campfleet.cli import (
     table_box,
 )
 from campfleet.needs import DataError, Needs, aws_data, instance_spec, needs_for, vcpu_quota_key
-from campfleet.policies import ROLE_TAG, STACK_TAG
+from campfleet.tags import MUX_ROLE, ROLE_TAG, STACK_TAG
 
 LIVE_INSTANCE_STATES = ["pending", "running", "stopping"]
 
@@ -271,7 +271,7 @@ def mux_elastic_ip(ec2: Any, stack: str) -> str | None:
     answer = ec2.describe_addresses(
         Filters=[
             {"Name": f"tag:{STACK_TAG}", "Values": [stack]},
-            {"Name": f"tag:{ROLE_TAG}", "Values": ["mux"]},
+            {"Name": f"tag:{ROLE_TAG}", "Values": [MUX_ROLE]},
         ]
     )
     addresses = [a["PublicIp"] for a in answer.get("Addresses", []) if a.get("PublicIp")]

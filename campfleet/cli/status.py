@@ -286,8 +286,13 @@ def fleet_view(fleet: dict[str, Any], url: str, con: Console, *, ships: bool) ->
         parts.append("Failures: none")
     refusals = fleet.get("refusals", [])
     if refusals:
-        turned = Table("attendee", "reason", "what they read", title="Turned away (newest first)",
-                       box=table_box(con))  # fmt: skip
+        turned = Table(
+            "attendee",
+            "reason",
+            "what they read",
+            title="Turned away (newest first)",
+            box=table_box(con),
+        )
         for r in refusals:
             turned.add_row(r["attendee"], r["reason"], r["message"])
         parts.append(turned)

@@ -59,7 +59,7 @@ def observe(
         for r in live
     ]
     held = sum(s.held for s in ships)
-    free = sum(1 for s in ships if not s.held and not s.busy and s.state == fleetpolicy.READY_STATE)
+    free = sum(1 for s in ships if not s.held and not s.busy and s.state == ShipState.AVAILABLE)
     counts = fleetpolicy.Counts(
         held=held,
         starting=len(ships) - held - free + max(0, launching),

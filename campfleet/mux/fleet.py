@@ -23,7 +23,7 @@ from campfleet.mux.cloud import Cloud, CloudError
 from campfleet.mux.cloudwatch import PUBLISH_SECONDS
 from campfleet.mux.metrics import fleet_sample
 from campfleet.mux.registry import Readiness, Registry, RegistryError, ShipRecord, VolumeRecord
-from campfleet.protocol import ShipState
+from campfleet.protocol import DOWN, ShipState
 
 if TYPE_CHECKING:  # the control API is only started here, never imported at run time
     from campfleet.mux.control import ControlServer
@@ -31,7 +31,6 @@ if TYPE_CHECKING:  # the control API is only started here, never imported at run
 
 log = logging.getLogger("campfleet.fleet")
 
-UNHEALTHY = (ShipState.FAILED, ShipState.LOST)
 # wait_for keys that are not ship ids: woken only by what their waiters wait for, so a room of
 # attendees waiting at the gate or for a free ship is not woken by every report of every ship
 # (that was waiters x reports wake-ups, each re-counting or re-claiming).
@@ -394,7 +393,7 @@ class Fleet:
     def _check_health(self, record: ShipRecord) -> None:
         """A failed or lost ship is marked unhealthy once, so the group replaces it."""
         state = ShipState(record.state)
-        if state not in UNHEALTHY:
+        if state not in DOWN:
             self._marked_unhealthy.discard(record.ship_id)
             return
         if record.ship_id in self._marked_unhealthy:

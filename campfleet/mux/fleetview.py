@@ -33,7 +33,7 @@ from tornado import web
 from campfleet.mux.fleet import Fleet
 from campfleet.mux.redeploy import Redeployer, RedeployError, RolloutBusy
 from campfleet.mux.registry import RegistryError, VolumeRecord
-from campfleet.protocol import ShipState
+from campfleet.protocol import DOWN, ContainerState, ShipState
 
 TEMPLATES = Path(__file__).parent / "templates"
 RECENT_CLOUD_CALLS = 20
@@ -113,12 +113,12 @@ def snapshot(fleet: Fleet, redeployer: Redeployer) -> dict[str, Any]:
 
 def _failures(state: ShipState, error: str, containers: list[Any]) -> list[str]:
     """A failed/lost ship, or a failed project container on a healthy ship, with its reason."""
-    if state in (ShipState.FAILED, ShipState.LOST):
+    if state in DOWN:
         return [f"ship {state.value}: {error or 'no reason reported'}"]
     return [
         f"{'project ' + c.name if c.name else 'notebook'} failed: {c.error or 'no reason reported'}"
         for c in containers
-        if c.state == "failed"
+        if c.state == ContainerState.FAILED
     ]
 
 

@@ -33,6 +33,8 @@ from traitlets import Any as AnyTrait
 from traitlets import Float, Integer, TraitError, validate
 from traitlets.config import LoggingConfigurable
 
+from campfleet.contracts import paths
+from campfleet.contracts import secrets as contract
 from campfleet.mux import codes, fleetview, metrics
 from campfleet.mux import fleet as fleet_mod
 from campfleet.mux.cloud import AwsCloud, Cloud, LocalCloud
@@ -44,14 +46,7 @@ from campfleet.mux.proxy import hub_url
 from campfleet.mux.proxywatch import ProxyWatch
 from campfleet.mux.redeploy import Redeployer, image_repository
 from campfleet.mux.registry import Registry
-from campfleet.mux.settings import (
-    LOCAL_GROUP_FILE,
-    Secrets,
-    Settings,
-    codes_parameter,
-    load,
-    load_secrets,
-)
+from campfleet.mux.settings import Secrets, Settings, load, load_secrets
 
 log = logging.getLogger("campfleet.hubconfig")
 
@@ -305,11 +300,12 @@ def _configure_auth(c: Any, settings: Settings, secrets: Secrets) -> None:
         auth.admin_password = secrets.admin_password or None
         auth.admin_users = admins
         auth.allow_all = True  # whoever holds a code; codes and room size bound the names
+        given = settings.parameters.get(contract.ATTENDEE_CODES.key)
         if settings.local:
-            ref = Path(settings.parameters.get("attendeeCodes", "secrets/attendee-codes.json"))
+            ref = Path(given or contract.local_file(contract.ATTENDEE_CODES))
             auth.code_book = codes.file_book(ref if ref.is_absolute() else settings.state_dir / ref)
         else:
-            name = settings.parameters.get("attendeeCodes", codes_parameter(settings.stack))
+            name = given or contract.codes_parameter(settings.stack)
             auth.code_book = codes.ssm_book(settings.region, name)
     else:
         oauth = settings.oauth
@@ -417,13 +413,13 @@ def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     # Owner only: the registry holds each attendee server's hub API token (its desired env).
     settings.state_dir.chmod(0o700)
-    registry = Registry(settings.state_dir / "registry.sqlite")
+    registry = Registry(settings.state_dir / paths.REGISTRY_FILE)
     cloud: Cloud
     if settings.local:
         cloud = LocalCloud(
             settings.local.volumes_root,
             settings.local.volumes,
-            group_file=settings.state_dir / LOCAL_GROUP_FILE,
+            group_file=settings.state_dir / paths.LOCAL_GROUP_FILE,
         )
     else:
         cloud = AwsCloud(settings.region, settings.stack, settings.ship_group_name)
@@ -543,7 +539,7 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
     hub.hub_ip = settings.control_address
     hub.hub_port = settings.hub_port
     hub.hub_connect_url = hub_url(settings)
-    hub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
+    hub.db_url = f"sqlite:///{state / paths.HUB_DB_FILE}"
     if not event.contains(Engine, "connect", hub_db_wal):
         event.listen(Engine, "connect", hub_db_wal)
     hub.cookie_secret = secrets.cookie_secret

@@ -26,16 +26,15 @@ from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from campfleet.protocol import LIVE, ShipState
+from campfleet.mux.redeploy import SHIP_STATUSES
+from campfleet.protocol import DOWN, LIVE, ShipState
 
 if TYPE_CHECKING:
     from campfleet.mux.fleet import Fleet
     from campfleet.mux.redeploy import Redeployer
     from campfleet.mux.registry import ShipRecord
 
-DOWN = (ShipState.LOST, ShipState.FAILED)
 VOLUME_STATES = ("free", "assigned", "mounted", "kept")
-REDEPLOY_STATUSES = ("waiting", "redeploying", "done", "failed", "skipped")
 MAX_REASON = 200  # characters of a failure reason kept in a label
 
 # Starts include the wait at the readiness gate, so the buckets reach start_timeout (600 s).
@@ -252,7 +251,7 @@ class FleetCollector(Collector):
             labels=["status"],
         )
         if rollout is not None:
-            counts = dict.fromkeys(REDEPLOY_STATUSES, 0)
+            counts = dict.fromkeys(SHIP_STATUSES, 0)
             for ship in rollout.ships:
                 counts[ship.status] += 1
             for status, n in counts.items():

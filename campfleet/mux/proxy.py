@@ -18,7 +18,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from campfleet.mux.settings import AWS_SETTINGS_PATH, Settings, SettingsError, load, load_secrets
+from campfleet.contracts import paths
+from campfleet.mux.settings import Settings, SettingsError, load, load_secrets
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NODE_MAX_OLD_SPACE_MB = 1024
@@ -81,8 +82,7 @@ def proxy_command(settings: Settings) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    default = os.environ.get("CAMPFLEET_MUX_SETTINGS", str(AWS_SETTINGS_PATH))
-    path = Path(args[0] if args else default)
+    path = Path(args[0]) if args else paths.mux_settings_path()
     try:
         settings = load(path)
         token = load_secrets(settings).proxy_token

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from campfleet.mux.registry import RegistryError, ShipRecord
-from campfleet.protocol import LIVE
+from campfleet.protocol import LIVE, ContainerState
 
 if TYPE_CHECKING:
     from campfleet.mux.fleet import Fleet
@@ -38,6 +38,8 @@ _TAG = r"(?::[\w][\w.-]{0,127})"
 _DIGEST = r"(?:@sha256:[0-9a-f]{64})"
 _IMAGE_REF = re.compile(rf"^{_DOMAIN}?{_COMPONENT}(?:/{_COMPONENT})*{_TAG}?{_DIGEST}?$")
 MAX_BATCH = 1000
+# A ship's part of a rollout (ShipProgress.status), in the order the fleet view counts them.
+SHIP_STATUSES = ("waiting", "redeploying", "done", "failed", "skipped")
 
 
 class RedeployError(Exception):
@@ -75,7 +77,7 @@ class ShipProgress:
     owner: str | None
     batch: int
     containers: list[str]
-    status: str = "waiting"  # waiting | redeploying | done | failed | skipped
+    status: str = "waiting"  # one of SHIP_STATUSES
     digest: str = ""
     error: str = ""
     seconds: float | None = None
@@ -96,7 +98,7 @@ class Rollout:
     finished: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        counts = {s: 0 for s in ("waiting", "redeploying", "done", "failed", "skipped")}
+        counts = dict.fromkeys(SHIP_STATUSES, 0)
         for ship in self.ships:
             counts[ship.status] += 1
         return {
@@ -289,9 +291,13 @@ class Redeployer:
             if name not in wanted:
                 continue  # the attendee stopped this project meanwhile: nothing to wait for
             status = record.container(name)
-            if status is None or status.image != image or status.state in ("starting", "stopped"):
+            if (
+                status is None
+                or status.image != image
+                or status.state in (ContainerState.STARTING, ContainerState.STOPPED)
+            ):
                 return {}
-            if status.state == "failed":
+            if status.state == ContainerState.FAILED:
                 label = f"project {name}" if name else "notebook"
                 return {"status": "failed", "error": f"{label} failed: {status.error}"}
             digests.append(status.digest)

@@ -27,6 +27,7 @@ from typing import Callable, Iterator, Optional, Sequence
 from campfleet.protocol import (
     ILLEGAL,
     LIVE,
+    READY,
     REPLAY,
     REPORTABLE,
     ContainerSpec,
@@ -81,8 +82,13 @@ CREATE TABLE IF NOT EXISTS codes (
 # Columns added after the first release: added to an existing registry file on open.
 _MIGRATIONS = (
     ("volumes", "mounted_at", "REAL"),
-    ("volumes", "used", "INTEGER NOT NULL DEFAULT 0"),
     ("volumes", "retained_for", "TEXT"),
+)
+# A column that recorded again what mounted_at records (mounted by a ship at least once): an
+# existing file's marks move into mounted_at, then the column goes.
+_FOLDED = (
+    "UPDATE volumes SET mounted_at=coalesce(mounted_at, assigned_at, 0) WHERE used",
+    "ALTER TABLE volumes DROP COLUMN used",
 )
 
 # A volume the registry has never seen mounted may be formatted when blank (Desired.may_format);
@@ -115,7 +121,7 @@ _APPLY_UPDATE = (
     "UPDATE ships SET zone=?, address=?, port_base=?, state=?, containers=?, mounted_volume=?, "
     "error=?, agent_version=?, applied_generation=?, seq=?, last_seen=? WHERE ship_id=?"
 )
-_VOLUME_COLUMNS = "volume_id, zone, owner, used, retained_for"
+_VOLUME_COLUMNS = "volume_id, zone, owner, mounted_at IS NOT NULL, retained_for"
 _LIVE_SQL = "(" + ",".join(f"'{s.value}'" for s in sorted(LIVE)) + ")"  # constants only
 
 
@@ -242,6 +248,9 @@ class Registry:
                 columns = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
                 if column not in columns:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            if "used" in {r[1] for r in self._db.execute("PRAGMA table_info(volumes)")}:
+                for statement in _FOLDED:
+                    self._db.execute(statement)
 
     def close(self) -> None:
         with self._lock:
@@ -371,14 +380,9 @@ class Registry:
             return Rejected(REPLAY, f"seq {report.seq} is not above the last accepted {row[9]}")
         if row is None:
             self._db.execute(_APPLY_INSERT, (report.ship_id, *new, report.seq, now))
-            if report.volume is not None:
-                self._db.execute("UPDATE volumes SET used=1 WHERE volume_id=?", (report.volume,))
             tx.changed.append(report.ship_id)
             return Desired()
         self._db.execute(_APPLY_UPDATE, (*new, report.seq, now, report.ship_id))
-        if report.volume is not None and report.volume != row[5]:
-            # Mounted once = may hold the attendee's files: never back to the pool by itself.
-            self._db.execute("UPDATE volumes SET used=1 WHERE volume_id=?", (report.volume,))
         if tuple(row[:9]) != new:
             tx.changed.append(report.ship_id)
         return Desired(
@@ -547,7 +551,7 @@ class Registry:
     def readiness(self, expected: int, ready_percent: int) -> Readiness:
         """The gate: open once ready (available + running) ships reach ready_percent of expected."""
         counts = self.counts()
-        ready = counts[ShipState.AVAILABLE.value] + counts[ShipState.RUNNING.value]
+        ready = sum(counts[state.value] for state in READY)
         needed = math.ceil(expected * ready_percent / 100)
         return Readiness(ready=ready, needed=needed, expected=expected, open=ready >= needed)
 
@@ -582,10 +586,7 @@ class Registry:
                     "UPDATE volumes SET owner=?, assigned_at=? WHERE volume_id=?",
                     (owner, time.time(), row[0]),
                 )
-                used = self._db.execute(
-                    "SELECT used FROM volumes WHERE volume_id=?", (row[0],)
-                ).fetchone()[0]
-                return VolumeRecord(row[0], row[1], owner, bool(used), None)
+                return VolumeRecord(row[0], row[1], owner, self._mounted(row[0]), None)
         return VolumeRecord(row[0], row[1], row[2], bool(row[3]), row[4])
 
     def mount_status(self, volume_id: str, ship_id: str) -> tuple[Optional[bool], Optional[float]]:
@@ -603,10 +604,15 @@ class Registry:
         return row[0] == volume_id, row[1]
 
     def ever_mounted(self, volume_id: str) -> bool:
+        """Mounted by a ship at least once: it may hold someone's files (never formatted
+        again, never back to the pool by itself)."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT mounted_at FROM volumes WHERE volume_id=?", (volume_id,)
-            ).fetchone()
+            return self._mounted(volume_id)
+
+    def _mounted(self, volume_id: str) -> bool:
+        row = self._db.execute(
+            "SELECT mounted_at FROM volumes WHERE volume_id=?", (volume_id,)
+        ).fetchone()
         return row is not None and row[0] is not None
 
     def restore_owners(self, owners: dict[str, str]) -> tuple[list[str], list[str]]:
@@ -685,7 +691,7 @@ class Registry:
         name next gets a fresh volume, never the deleted user's files."""
         with self._write():
             row = self._db.execute(
-                "SELECT volume_id, used FROM volumes WHERE owner=?", (owner,)
+                "SELECT volume_id, mounted_at IS NOT NULL FROM volumes WHERE owner=?", (owner,)
             ).fetchone()
             if row is None:
                 return None

@@ -17,18 +17,11 @@ from pathlib import Path
 from typing import Any, Optional, Tuple
 
 from campfleet import fleetpolicy
+from campfleet.contracts import paths
+from campfleet.contracts import secrets as contract
+from campfleet.tags import STACK_TAG
 
-AWS_SETTINGS_PATH = Path("/etc/campfleet/mux.json")
-AWS_STATE_DIR = Path("/var/lib/campfleet")
-SECRET_NAMES = (
-    "fleetSecret",
-    "proxyToken",
-    "cookieSecret",
-    "sharedPassword",
-    "adminPassword",
-    "apiToken",
-    "oauthClientSecret",  # auth: oauth only
-)
+SECRET_NAMES = tuple(secret.key for secret in contract.MUX_SECRETS)
 AUTH_MODES = ("shared", "codes", "oauth")
 OAUTH_PROVIDERS = ("github", "google", "generic")
 # What each OAuth provider needs in the `oauth` block (the client secret stays in SSM).
@@ -39,18 +32,9 @@ OAUTH_REQUIRED = {
 }
 
 
-def codes_parameter(stack: str) -> str:
-    """SSM parameter with the hashes of a stack's attendee codes (`campfleet attendees codes`
-    writes it; the mux reads it)."""
-    return f"/campfleet/{stack}/attendee-codes"
-
-
 IMDS = "http://169.254.169.254/latest"
 MIN_SECRET_CHARS = 32  # fleetSecret, proxyToken: openssl rand -hex 16 at the least
 MAX_PROJECTS = 9  # ship ports port_base .. port_base + 9 (8888-8897 on AWS)
-# A local event's stand-in Auto Scaling group, in the hub's state dir: LocalCloud writes
-# {"desired": n, "remove": [ship ids]}, LocalEvent.follow_group starts and stops ships to match.
-LOCAL_GROUP_FILE = "group.json"
 
 
 class SettingsError(Exception):
@@ -251,7 +235,7 @@ def _auth(data: dict) -> tuple[str, Optional[dict]]:
     missing = [k for k in OAUTH_REQUIRED[provider] if not isinstance(oauth.get(k) or 0, str)]
     if missing:
         raise SettingsError(f"mux settings: oauth ({provider}) lacks {', '.join(missing)}")
-    if "oauthClientSecret" not in data.get("parameters", {}):
+    if contract.OAUTH_CLIENT_SECRET.key not in data.get("parameters", {}):
         raise SettingsError("mux settings: auth oauth needs parameters.oauthClientSecret")
     return auth, dict(oauth)
 
@@ -277,7 +261,7 @@ def parse(data: dict, private_ip: str = "") -> Settings:
         raise SettingsError(f"mux settings: 'readyPercent' must be 0..100, got {ready}")
     admins = _require(data, "adminUsers", list)
     params = _require(data, "parameters", dict)
-    missing = [n for n in SECRET_NAMES[:4] if n not in params]
+    missing = [s.key for s in contract.REQUIRED if s.key not in params]
     if missing:
         raise SettingsError(f"mux settings: 'parameters' lacks {', '.join(missing)}")
     raw_local = data.get("local")
@@ -297,7 +281,7 @@ def parse(data: dict, private_ip: str = "") -> Settings:
         if not private_ip:
             raise SettingsError("mux settings: no private address for the control API")
         control_address = private_ip
-        state_dir = Path(data.get("stateDir", str(AWS_STATE_DIR)))
+        state_dir = Path(data.get("stateDir", str(paths.MUX_STATE_DIR)))
     return Settings(
         stack=_require(data, "stack", str),
         event=_require(data, "event", str),
@@ -309,7 +293,7 @@ def parse(data: dict, private_ip: str = "") -> Settings:
         control_port=_require(data, "controlPort", int),
         ship_image=_require(data, "shipImage", str),
         ship_group_name=data.get("shipGroupName", ""),
-        volume_tag_key=data.get("volumeTagKey", "campfleet:stack"),
+        volume_tag_key=data.get("volumeTagKey", STACK_TAG),
         parameters=dict(params),
         state_dir=state_dir,
         heartbeat=float(data.get("heartbeat", 5.0)),
@@ -398,7 +382,11 @@ def _ssm_secrets(settings: Settings) -> dict:
             "mux settings: SSM parameters not found: " + ", ".join(answer["InvalidParameters"])
         )
     values = {names[p["Name"]]: p["Value"] for p in answer["Parameters"]}
-    issued = [p["LastModifiedDate"] for p in answer["Parameters"] if names[p["Name"]] == "apiToken"]
+    issued = [
+        p["LastModifiedDate"]
+        for p in answer["Parameters"]
+        if names[p["Name"]] == contract.API_TOKEN.key
+    ]
     values["apiTokenIssued"] = issued[0].timestamp() if issued else 0.0
     return values
 
@@ -407,24 +395,25 @@ def load_secrets(settings: Settings) -> Secrets:
     """Fetch the secrets: from SSM (SecureString, instance role) on AWS, from files locally."""
     if settings.is_local:
         values: dict = {n: _local_secret(settings, n) for n in SECRET_NAMES}
-        if values.get("apiToken"):
-            path = _local_path(settings, settings.parameters["apiToken"])
+        if values.get(contract.API_TOKEN.key):
+            path = _local_path(settings, settings.parameters[contract.API_TOKEN.key])
             values["apiTokenIssued"] = path.stat().st_mtime
     else:
         values = _ssm_secrets(settings)
-    for name in ("fleetSecret", "proxyToken"):
+    for name in (contract.FLEET_SECRET.key, contract.PROXY_TOKEN.key):
         # An empty fleet secret would let anyone sign control messages as any ship.
         if len(values.get(name) or "") < MIN_SECRET_CHARS:
             raise SettingsError(
                 f"mux settings: {name} is empty or shorter than {MIN_SECRET_CHARS} characters; "
                 "set it to a random value (e.g. openssl rand -hex 32)"
             )
-    if settings.auth == "oauth" and not values.get("oauthClientSecret"):
+    if settings.auth == "oauth" and not values.get(contract.OAUTH_CLIENT_SECRET.key):
+        parameter = settings.parameters.get(contract.OAUTH_CLIENT_SECRET.key)
         raise SettingsError(
             "mux settings: the OAuth client secret is empty; put it in the SSM parameter "
-            f"{settings.parameters.get('oauthClientSecret')} (campfleet:oauthClientSecret)"
+            f"{parameter} (campfleet:oauthClientSecret)"
         )
-    cookie = values.get("cookieSecret") or ""
+    cookie = values.get(contract.COOKIE_SECRET.key) or ""
     try:
         cookie_bytes = bytes.fromhex(cookie)
     except ValueError:
@@ -432,12 +421,12 @@ def load_secrets(settings: Settings) -> Secrets:
             "mux settings: cookieSecret must be hex (e.g. openssl rand -hex 32)"
         ) from None
     return Secrets(
-        fleet_secret=(values.get("fleetSecret") or "").encode(),
-        proxy_token=values.get("proxyToken") or "",
+        fleet_secret=(values.get(contract.FLEET_SECRET.key) or "").encode(),
+        proxy_token=values.get(contract.PROXY_TOKEN.key) or "",
         cookie_secret=cookie_bytes,
-        shared_password=values.get("sharedPassword") or "",
-        admin_password=values.get("adminPassword") or "",
-        api_token=values.get("apiToken") or "",
-        oauth_client_secret=values.get("oauthClientSecret") or "",
+        shared_password=values.get(contract.SHARED_PASSWORD.key) or "",
+        admin_password=values.get(contract.ADMIN_PASSWORD.key) or "",
+        api_token=values.get(contract.API_TOKEN.key) or "",
+        oauth_client_secret=values.get(contract.OAUTH_CLIENT_SECRET.key) or "",
         api_token_issued=float(values.get("apiTokenIssued") or 0.0),
     )

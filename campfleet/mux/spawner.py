@@ -22,10 +22,8 @@ from campfleet.mux import fleet as fleet_mod
 from campfleet.mux.cloud import VolumeBusy
 from campfleet.mux.metrics import START_SECONDS
 from campfleet.mux.registry import RoomFull, ShipRecord
-from campfleet.protocol import ContainerSpec, ShipState
+from campfleet.protocol import GONE, READY, ContainerSpec, ContainerState
 
-GONE = (ShipState.FAILED.value, ShipState.LOST.value, ShipState.TERMINATED.value)
-USABLE = (ShipState.AVAILABLE.value, ShipState.RUNNING.value)
 MAX_SHIP_ATTEMPTS = 3
 GATE_PROGRESS = 2.0  # seconds between "n of m ready" updates while the room is not open
 
@@ -169,7 +167,7 @@ class ShipSpawner(Spawner):
             return 0
         status = record.container(self.container_name)
         # "failed" only: a desired container is briefly stopped/starting during a redeploy.
-        if status is not None and status.state == "failed":
+        if status is not None and status.state == ContainerState.FAILED:
             return 1
         return None
 
@@ -318,7 +316,7 @@ class ShipSpawner(Spawner):
             registry.release(held.ship_id)
         record = registry.claim(owner, zone=volume.zone)  # idempotent: a held live ship
         give_up = time.monotonic() + self.pool_wait
-        while record is None or _state(record) not in USABLE:
+        while record is None or _state(record) not in READY:
             if record is None:
                 fleet.set_waiting(owner, True)
                 counts = registry.counts()
@@ -338,7 +336,7 @@ class ShipSpawner(Spawner):
             else:
                 self._emit(10, f"waiting for your ship {record.ship_id} ({_state(record)})")
                 await fleet.wait_for(
-                    lambda r=record: _state(registry.get(r.ship_id)) in USABLE + GONE,
+                    lambda r=record: _state(registry.get(r.ship_id)) in READY | GONE,
                     5.0,
                     ship_id=record.ship_id,
                 )
@@ -410,7 +408,7 @@ class ShipSpawner(Spawner):
             return (
                 now.applied_generation >= generation
                 and status is not None
-                and status.state in ("running", "failed")
+                and status.state in (ContainerState.RUNNING, ContainerState.FAILED)
             )
 
         await fleet.wait_for(settled, self.start_timeout, ship_id=record.ship_id)
@@ -420,7 +418,7 @@ class ShipSpawner(Spawner):
             self._emit(30, f"ship {record.ship_id} is {state}; moving you to another ship")
             return None
         status = now.container(name)
-        if status is None or status.state != "running":
+        if status is None or status.state != ContainerState.RUNNING:
             registry.remove_container(record.ship_id, name)
             error = status.error if status is not None else "it did not start in time"
             what = f"project {name}" if name else "notebook"

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from campfleet.contracts import paths
 from campfleet.mux.settings import (
-    AWS_SETTINGS_PATH,
     Settings,
     SettingsError,
     imds_public_ip,
@@ -158,7 +158,7 @@ class Acme:
     identifier: str  # a domain name, or the Elastic IP
     directory: str = LETS_ENCRYPT
     email: str = ""
-    config_dir: Path = Path("/var/lib/campfleet/letsencrypt")
+    config_dir: Path = paths.MUX_STATE_DIR / paths.TLS_DIR / paths.LETSENCRYPT_DIR
     challenge_port: int = CHALLENGE_PORT
     certbot: str = "certbot"
 
@@ -229,12 +229,12 @@ def front_door(settings: Settings) -> tuple[Acme, FrontDoor, Path]:
     """
     wanted = settings.tls or {}
     identifier = wanted.get("domainName") or imds_public_ip()
-    state = settings.state_dir / "tls"
+    state = settings.state_dir / paths.TLS_DIR
     acme = Acme(
         identifier=identifier,
         directory=wanted.get("acmeDirectory") or LETS_ENCRYPT,
         email=wanted.get("acmeEmail") or "",
-        config_dir=state / "letsencrypt",
+        config_dir=state / paths.LETSENCRYPT_DIR,
         challenge_port=int(wanted.get("challengePort", CHALLENGE_PORT)),
         certbot=_certbot(),
     )
@@ -300,7 +300,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not args or args[0] not in ("serve", "renew"):
         print("usage: python -m campfleet.mux.tls serve|renew [SETTINGS]", file=sys.stderr)
         return 2
-    path = Path(args[1]) if len(args) > 1 else AWS_SETTINGS_PATH
+    path = Path(args[1]) if len(args) > 1 else paths.MUX_SETTINGS
     try:
         settings = load(path)
         return serve(settings) if args[0] == "serve" else renew(settings)

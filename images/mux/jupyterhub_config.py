@@ -3,9 +3,8 @@ for AWS and `campfleet local`). Organizers may add lines below, e.g. another aut
 `c.JupyterHub.authenticator_class = "github"`.
 """
 
-import os
-
+from campfleet.contracts.paths import mux_settings_path
 from campfleet.mux.hubconfig import configure
 
 c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
-configure(c, os.environ.get("CAMPFLEET_MUX_SETTINGS", "/etc/campfleet/mux.json"))
+configure(c, mux_settings_path())

@@ -19,6 +19,7 @@ import pytest
 import requests
 import websocket
 
+from campfleet.contracts import paths
 from campfleet.local import LocalEvent, _processes_under, find_free_port
 from campfleet.mux.registry import Registry
 
@@ -67,7 +68,7 @@ def event_factory(tmp_path: Path) -> Iterator[Callable[..., LocalEvent]]:
 
 
 def registry_of(event: LocalEvent) -> Registry:
-    return Registry(event.hub_dir / "registry.sqlite")
+    return Registry(event.hub_dir / paths.REGISTRY_FILE)
 
 
 class Attendee:

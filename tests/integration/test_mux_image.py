@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import requests
 
+from campfleet.contracts import paths
 from campfleet.local import LocalEvent, find_free_port
 from tests.docker_kit import TEST_LABEL, docker
 
 pytestmark = pytest.mark.docker
-STATE = "/var/lib/campfleet"
+STATE = str(paths.MUX_STATE_DIR)
 
 
 def test_the_mux_image_serves_the_login_page_and_logs_in(
@@ -29,7 +30,7 @@ def test_the_mux_image_serves_the_login_page_and_logs_in(
 ) -> None:
     host_state = tmp_path / "state"
     event = LocalEvent(ships=1, port=find_free_port(1), state_dir=host_state)
-    for d in (host_state / "secrets", host_state / "hub", host_state / "volumes"):
+    for d in (event.secrets_dir, event.hub_dir, event.volumes_root):
         d.mkdir(parents=True)
     event._write_secrets()
     event._write_settings()
@@ -37,7 +38,7 @@ def test_the_mux_image_serves_the_login_page_and_logs_in(
     settings = event.settings_path.read_text().replace(str(host_state), STATE)
     etc = tmp_path / "etc"
     etc.mkdir()
-    (etc / "mux.json").write_text(settings)
+    (etc / paths.MUX_SETTINGS_FILE).write_text(settings)
     assert json.loads(settings)["local"]["stateDir"] == f"{STATE}/hub"
 
     name = f"campfleet-test-mux-{uuid.uuid4().hex[:8]}"
@@ -45,7 +46,8 @@ def test_the_mux_image_serves_the_login_page_and_logs_in(
     for service, command in (("proxy", ["python", "-m", "campfleet.mux.proxy"]), ("hub", [])):
         docker(
             "run", "--detach", "--name", names[service], "--label", TEST_LABEL,
-            "--network", "host", "-v", f"{etc}:/etc/campfleet:ro", "-v", f"{host_state}:{STATE}",
+            "--network", "host",
+            "-v", f"{etc}:{paths.SETTINGS_DIR}:ro", "-v", f"{host_state}:{STATE}",
             docker_images["mux"], *command,
         )  # fmt: skip
     try:
@@ -80,7 +82,7 @@ def test_the_mux_image_serves_the_login_page_and_logs_in(
         home = web.get(f"{event.url}hub/home", timeout=30)
         assert home.status_code == 200 and "alice" in home.text
         # The hub's state is on the host's volume, where a restarted mux finds it.
-        assert (host_state / "hub" / "jupyterhub.sqlite").exists()
-        assert (host_state / "hub" / "registry.sqlite").exists()
+        assert (event.hub_dir / paths.HUB_DB_FILE).exists()
+        assert (event.hub_dir / paths.REGISTRY_FILE).exists()
     finally:
         docker("rm", "-f", *names.values(), check=False)

@@ -10,8 +10,8 @@ import boto3
 from moto import mock_aws
 
 from campfleet.cli import main
+from campfleet.contracts.secrets import codes_parameter
 from campfleet.mux import codes
-from campfleet.mux.settings import codes_parameter
 
 PROJECT = Path(__file__).resolve().parents[2]
 

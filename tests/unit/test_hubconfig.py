@@ -10,6 +10,9 @@ import sqlalchemy
 from traitlets import TraitError
 from traitlets.config import Config
 
+from campfleet.contracts import paths
+from campfleet.contracts import secrets as contract
+from campfleet.contracts.muxjson import local_block, mux_json
 from campfleet.mux import fleet as fleet_mod
 from campfleet.mux.hubconfig import (
     AttemptLimiter,
@@ -21,50 +24,46 @@ from campfleet.mux.hubconfig import (
 from campfleet.mux.proxy import TOKEN_ENV, main, proxy_command
 from campfleet.mux.settings import SettingsError, load, load_secrets, parse
 
+SECRET_VALUES = {
+    contract.FLEET_SECRET: "f" * 64,
+    contract.PROXY_TOKEN: "p" * 64,
+    contract.COOKIE_SECRET: "ab" * 32,
+    contract.SHARED_PASSWORD: "room-password",
+    contract.ADMIN_PASSWORD: "A" * 40,
+    contract.API_TOKEN: "t" * 64,
+}
+
 
 def write_settings(tmp_path: Path, **overrides) -> Path:
-    secrets = tmp_path / "secrets"
-    secrets.mkdir()
-    for name, value in {
-        "fleet": "f" * 64,
-        "proxy": "p" * 64,
-        "cookie": "ab" * 32,
-        "password": "room-password",
-        "admin": "A" * 40,
-        "token": "t" * 64,
-    }.items():
-        (secrets / name).write_text(value + "\n")
-    data = {
-        "stack": "local",
-        "event": "test",
-        "region": "local",
-        "ships": 40,
-        "readyPercent": 80,
-        "adminUsers": ["organizer"],
-        "controlPort": 18703,
-        "shipGroupName": "",
-        "shipImage": "ship:1",
-        "volumeTagKey": "campfleet:stack",
-        "parameters": {
-            "fleetSecret": "secrets/fleet",
-            "proxyToken": "secrets/proxy",
-            "cookieSecret": "secrets/cookie",
-            "sharedPassword": "secrets/password",
-            "adminPassword": "secrets/admin",
-            "apiToken": "secrets/token",
-        },
-        "local": {
-            "stateDir": str(tmp_path),
-            "volumesRoot": str(tmp_path / "volumes"),
-            "volumes": 3,
-            "publicPort": 18700,
-            "hubPort": 18702,
-            "proxyApiPort": 18701,
-            "singleuserCmd": ["/venv/bin/jupyterhub-singleuser"],
-        },
-    }
+    """A local mux.json (the shared builder) and its secret files; `overrides` replace keys of
+    the document as written, so a test can write what the builder never would."""
+    (tmp_path / contract.LOCAL_SECRETS_DIR).mkdir()
+    for secret, value in SECRET_VALUES.items():
+        (tmp_path / contract.local_file(secret)).write_text(value + "\n")
+    data = mux_json(
+        stack="local",
+        event="test",
+        region="local",
+        ships=40,
+        ready_percent=80,
+        admin_users=["organizer"],
+        control_port=18703,
+        ship_image="ship:1",
+        parameters={secret.key: contract.local_file(secret) for secret in SECRET_VALUES},
+        heartbeat=5.0,
+        lost_after=3,
+        local=local_block(
+            state_dir=str(tmp_path),
+            volumes_root=str(tmp_path / "volumes"),
+            volumes=3,
+            public_port=18700,
+            hub_port=18702,
+            proxy_api_port=18701,
+            singleuser_cmd=["/venv/bin/jupyterhub-singleuser"],
+        ),
+    )
     data.update(overrides)
-    path = tmp_path / "mux.json"
+    path = tmp_path / paths.MUX_SETTINGS_FILE
     path.write_text(json.dumps(data))
     return path
 
@@ -163,16 +162,16 @@ def test_missing_file_and_bad_cookie_secret_are_one_line_errors(tmp_path: Path) 
     with pytest.raises(SettingsError, match="does not exist"):
         load(tmp_path / "nope.json")
     settings = load(write_settings(tmp_path))
-    (tmp_path / "secrets" / "cookie").write_text("not-hex")
+    (tmp_path / contract.local_file(contract.COOKIE_SECRET)).write_text("not-hex")
     with pytest.raises(SettingsError, match="cookieSecret must be hex"):
         load_secrets(settings)
 
 
-@pytest.mark.parametrize("name, file", [("fleetSecret", "fleet"), ("proxyToken", "proxy")])
-def test_empty_or_short_signing_secrets_are_refused(tmp_path: Path, name: str, file: str) -> None:
+@pytest.mark.parametrize("secret", [contract.FLEET_SECRET, contract.PROXY_TOKEN])
+def test_empty_or_short_signing_secrets_are_refused(tmp_path: Path, secret) -> None:
     settings = load(write_settings(tmp_path))
-    (tmp_path / "secrets" / file).write_text("short\n")
-    with pytest.raises(SettingsError, match=f"{name} is empty or shorter than 32 characters"):
+    (tmp_path / contract.local_file(secret)).write_text("short\n")
+    with pytest.raises(SettingsError, match=f"{secret.key} is empty or shorter than 32 characters"):
         load_secrets(settings)
 
 
@@ -345,7 +344,7 @@ def test_an_expired_organizer_token_is_not_loaded(tmp_path: Path) -> None:
     import time
 
     path = write_settings(tmp_path, adminTokenHours=24)
-    token_file = tmp_path / "secrets" / "token"
+    token_file = tmp_path / contract.local_file(contract.API_TOKEN)
     os.utime(token_file, (time.time() - 25 * 3600,) * 2)
     c = Config()
     fleet = configure(c, path)

@@ -388,3 +388,35 @@ def test_a_code_binds_to_its_first_name_for_good(tmp_path: Path) -> None:
     assert reg.bind_code("h-b", "bob") is None
     reg.close()
     assert Registry(tmp_path / "f.sqlite").bind_code("h-a", "mallory") is not None  # kept
+
+
+def test_a_registry_file_with_the_old_used_column_keeps_every_mark(tmp_path: Path) -> None:
+    """`used` recorded again what `mounted_at` records; a mux's existing registry.sqlite (on
+    its state volume) keeps which volumes were ever mounted when it is opened by this code."""
+    import sqlite3
+
+    path = tmp_path / "registry.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE volumes (volume_id TEXT PRIMARY KEY, zone TEXT NOT NULL, owner TEXT "
+        "UNIQUE, assigned_at REAL, mounted_at REAL, used INTEGER NOT NULL DEFAULT 0, "
+        "retained_for TEXT);"
+        "INSERT INTO volumes VALUES ('vol-both', 'z1', 'alice', 10.0, 11.0, 1, NULL);"
+        "INSERT INTO volumes VALUES ('vol-used', 'z1', 'bob', 20.0, NULL, 1, NULL);"
+        "INSERT INTO volumes VALUES ('vol-new', 'z1', NULL, NULL, NULL, 0, NULL);"
+    )
+    old.commit()
+    old.close()
+    reg = Registry(path)
+    try:
+        assert {v.volume_id: v.used for v in reg.volumes()} == {
+            "vol-both": True,
+            "vol-used": True,
+            "vol-new": False,
+        }
+        assert reg.ever_mounted("vol-used") and not reg.ever_mounted("vol-new")
+        assert reg.release_owner("bob").retained_for == "bob"  # kept: it may hold bob's files
+    finally:
+        reg.close()
+    columns = {row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(volumes)")}
+    assert "used" not in columns and "mounted_at" in columns

@@ -51,7 +51,6 @@ def main() -> int:
     users = args.users
     pooled = {"campfleet": StormResult(), "stock": StormResult()}
     rounds = []
-    idle_cpu = {"campfleet": 0.0, "stock": 0.0}  # the hub's idle CPU over each storm's time
     info = machine()
     with tempfile.TemporaryDirectory(prefix="spawn-storm-") as scratch:
         tmp = args.keep or Path(scratch)
@@ -73,13 +72,10 @@ def main() -> int:
                 pooled[arm].hub_runqueue_wait_s += r.hub_runqueue_wait_s
                 pooled[arm].proxy_cpu_s += r.proxy_cpu_s
                 pooled[arm].wall_s += r.wall_s
-                idle_cpu[arm] += r.hub_idle_cpu_s_per_s * r.wall_s
             this["p95_ratio"] = round_ratio(this)
             print(f"[round {n}] p95 ratio {this['p95_ratio']}", flush=True)
             rounds.append(this)
     info["loadavg_at_end"] = list(os.getloadavg())
-    for arm, r in pooled.items():
-        r.hub_idle_cpu_s_per_s = idle_cpu[arm] / r.wall_s if r.wall_s else 0.0
     ours_f, stock_f = pooled["campfleet"].summary(), pooled["stock"].summary()
     ratios = [r["p95_ratio"] for r in rounds if r["p95_ratio"] is not None]
     ratio = round(statistics.median(ratios), 3) if len(ratios) == len(rounds) else None
@@ -117,10 +113,8 @@ def main() -> int:
     ok = ours_f["failures"] == 0 and stock_f["failures"] == 0 and ratio is not None
     ok = ok and ratio <= TARGET and unanswered == 0
     print(
-        f"hub CPU per start: campfleet {ours_f['hub_cpu_s_per_start'] * 1000:.1f} ms "
-        f"({ours_f['hub_cpu_s_per_start_net_of_idle'] * 1000:.1f} net of idle), "
-        f"stock {stock_f['hub_cpu_s_per_start'] * 1000:.1f} ms "
-        f"({stock_f['hub_cpu_s_per_start_net_of_idle'] * 1000:.1f}); load average "
+        f"hub CPU per start: campfleet {ours_f['hub_cpu_s_per_start'] * 1000:.1f} ms, "
+        f"stock {stock_f['hub_cpu_s_per_start'] * 1000:.1f} ms; load average "
         f"{info['loadavg_at_start'][0]:.1f} at start, {info['loadavg_at_end'][0]:.1f} at end"
     )
     print(

@@ -44,7 +44,6 @@ HUB_CPUS, SHIP_CPUS = {0}, {1}
 # the ships' core).
 RUN_CPUS = frozenset(os.sched_getaffinity(0))
 _TICK = os.sysconf("SC_CLK_TCK")
-IDLE_SAMPLE_S = 5.0
 
 
 def split_cores() -> bool:
@@ -142,7 +141,6 @@ class StormResult:
     errors: list[str] = field(default_factory=list)
     unanswered: list[str] = field(default_factory=list)
     hub_cpu_s: float = 0.0
-    hub_idle_cpu_s_per_s: float = 0.0  # the hub's CPU rate just before the storm (heartbeats)
     hub_runqueue_wait_s: float = 0.0
     proxy_cpu_s: float = 0.0
     wall_s: float = 0.0
@@ -157,10 +155,6 @@ class StormResult:
             first_requests_unanswered=len(self.unanswered),
             hub_cpu_s=round(self.hub_cpu_s, 2),
             hub_cpu_s_per_start=round(self.hub_cpu_s / starts, 4),
-            hub_idle_cpu_s_per_s=round(self.hub_idle_cpu_s_per_s, 4),
-            hub_cpu_s_per_start_net_of_idle=round(
-                max(0.0, self.hub_cpu_s - self.hub_idle_cpu_s_per_s * self.wall_s) / starts, 4
-            ),
             hub_runqueue_wait_s=round(self.hub_runqueue_wait_s, 2),
             proxy_cpu_s=round(self.proxy_cpu_s, 2),
             wall_s=round(self.wall_s, 1),
@@ -247,12 +241,6 @@ async def storm(event: LocalEvent, users: int, token: str) -> StormResult:
             if r.status != 201:
                 raise RuntimeError(f"creating users answered {r.status}: {await r.text()}")
         hub_pid, chp_pid = event.hub.pid if event.hub else None, proxy_pid(event)
-        # What the hub spends with the room idle (the ships' heartbeats): a storm that the
-        # machine's load stretches also stretches this part of its CPU-seconds, so the net
-        # figure is reported beside the gross one.
-        idle0 = cpu_seconds(hub_pid)
-        await asyncio.sleep(IDLE_SAMPLE_S)
-        out.hub_idle_cpu_s_per_s = (cpu_seconds(hub_pid) - idle0) / IDLE_SAMPLE_S
         hub0, chp0, t0 = cpu_seconds(hub_pid), cpu_seconds(chp_pid), time.perf_counter()
         wait0 = runqueue_wait_s(hub_pid)
         results = await asyncio.gather(
@@ -355,8 +343,7 @@ def run_event(
     print(
         f"[{label}] p50 {f.get('p50_s')} s  p95 {f.get('p95_s')} s  max {f.get('max_s')} s  "
         f"failures {f['failures']}  unanswered {f['first_requests_unanswered']}  "
-        f"hub CPU {f['hub_cpu_s']} s ({f['hub_cpu_s_per_start'] * 1000:.1f} ms/start, "
-        f"{f['hub_cpu_s_per_start_net_of_idle'] * 1000:.1f} net of idle; waited "
+        f"hub CPU {f['hub_cpu_s']} s ({f['hub_cpu_s_per_start'] * 1000:.1f} ms/start, waited "
         f"{f['hub_runqueue_wait_s']} s for a CPU)  "
         f"proxy CPU {f['proxy_cpu_s']} s  load {result.loadavg[0]:.1f}->{result.loadavg[1]:.1f}",
         flush=True,

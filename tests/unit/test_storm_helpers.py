@@ -48,10 +48,3 @@ def test_the_split_is_read_from_the_kernel_and_survives_pinning() -> None:
     finally:
         storm.unpin()
     assert os.sched_getaffinity(0) == storm.RUN_CPUS
-
-
-def test_cpu_per_start_net_of_the_idle_fleet() -> None:
-    r = storm.StormResult(times=[1.0] * 10, hub_cpu_s=2.0, hub_idle_cpu_s_per_s=0.1, wall_s=5.0)
-    f = r.summary()
-    assert f["hub_cpu_s_per_start"] == 0.2
-    assert f["hub_cpu_s_per_start_net_of_idle"] == 0.15  # (2.0 - 0.1 * 5) / 10

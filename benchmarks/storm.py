@@ -28,11 +28,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import aiohttp
 
-from campfleet.local import LocalEvent, find_free_port
+from campfleet.local import SHIP_PORT_OFFSET, LocalEvent, find_free_port
 from campfleet.standin import BODY as STANDIN_BODY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +44,7 @@ HUB_CPUS, SHIP_CPUS = {0}, {1}
 # the ships' core).
 RUN_CPUS = frozenset(os.sched_getaffinity(0))
 _TICK = os.sysconf("SC_CLK_TCK")
+NAME_PREFIX = "attendee"  # the storm's attendees: attendee0000, attendee0001, ...
 
 
 def split_cores() -> bool:
@@ -231,7 +232,7 @@ def driver_token(event: LocalEvent) -> str:
 
 async def storm(event: LocalEvent, users: int, token: str) -> StormResult:
     api = f"{event.url}hub/api"
-    names = [f"attendee{i:04d}" for i in range(users)]
+    names = [f"{NAME_PREFIX}{i:04d}" for i in range(users)]
     timeout = aiohttp.ClientTimeout(total=900)
     headers = {"Authorization": f"token {token}"}
     out = StormResult()
@@ -292,17 +293,21 @@ def run_event(
     ships: int,
     state: Path,
     *,
-    extra_config: str = "",
+    extra_config: Union[str, Callable[[int], str]] = "",
     profile: Optional[Path] = None,
     lost_after: int = 12,
 ) -> StormResult:
     """Start an event (hub on HUB_CPUS; simulated ships on SHIP_CPUS), storm it, stop it.
 
     The stock arm runs the same event with one simulated ship (the hub's control API is part
-    of every mux); its servers come from extra_config's spawner."""
+    of every mux); its servers come from extra_config's spawner. A callable extra_config is
+    given the first of `users` free ports after the ships' (stock_config's servers' ports)."""
     # One port per simulated ship (one project each): a storm of 1,000 then needs 1,100
     # free ports in a row, not 10,100, among other programs' on a shared machine.
-    port = find_free_port(ships, ports_per_ship=1)
+    servers = users if callable(extra_config) else 0
+    port = find_free_port(ships + servers, ports_per_ship=1)
+    if callable(extra_config):
+        extra_config = extra_config(port + SHIP_PORT_OFFSET + ships)
     event = LocalEvent(
         ships=ships,
         port=port,
@@ -354,22 +359,37 @@ def run_event(
     return result
 
 
-def stock_config(users: int, homes: Path) -> str:
+def stock_config(users: int, homes: Path) -> Callable[[int], str]:
     """JupyterHub's SimpleLocalProcessSpawner starting the same stand-in, pinned to the ships'
-    core (taskset, so the interpreter starts there: a ship's work is not the mux's)."""
+    core (taskset, so the interpreter starts there: a ship's work is not the mux's).
+
+    Each attendee's server gets a port of its own below the kernel's ephemeral range, as each
+    campfleet ship has (the first port is run_event's). Left to itself, LocalProcessSpawner
+    picks a random free port (bind to port 0, close) in the ephemeral range and the server binds
+    it seconds later; in a storm, while the driver and the hub open hundreds of outbound
+    connections on this one host, a server found its port taken and exited, and JupyterHub
+    6.1.1 then answered the POST with an unhandled InvalidStateError (500). Servers on hosts
+    of their own (DockerSpawner, KubeSpawner) have no such race."""
     cmd = STANDIN
     if split_cores() and shutil.which("taskset"):
         cmd = ["taskset", "-c", ",".join(map(str, sorted(SHIP_CPUS))), *STANDIN]
     elif split_cores():
         print("note: no taskset (util-linux): the stock arm's servers share the hub's CPU")
-    return "\n".join([
-        "c.JupyterHub.spawner_class = 'simple'",
-        f"c.SimpleLocalProcessSpawner.cmd = {cmd!r}",
-        f"c.SimpleLocalProcessSpawner.home_dir_template = '{homes}/{{username}}'",
-        # hubconfig derives the spawn limit from the fleet size; the stock run has no
-        # fleet, so give it the same limit as the campfleet run.
-        f"c.JupyterHub.concurrent_spawn_limit = {max(users, 10)}",
-    ])  # fmt: skip
+
+    def config(first_port: int) -> str:
+        return "\n".join([
+            "c.JupyterHub.spawner_class = 'simple'",
+            f"c.SimpleLocalProcessSpawner.cmd = {cmd!r}",
+            f"c.SimpleLocalProcessSpawner.home_dir_template = '{homes}/{{username}}'",
+            # hubconfig derives the spawn limit from the fleet size; the stock run has no
+            # fleet, so give it the same limit as the campfleet run.
+            f"c.JupyterHub.concurrent_spawn_limit = {max(users, 10)}",
+            "def _own_port(spawner):",
+            f"    spawner.port = {first_port} + int(spawner.user.name[{len(NAME_PREFIX)}:])",
+            "c.Spawner.pre_spawn_hook = _own_port",
+        ])  # fmt: skip
+
+    return config
 
 
 def machine() -> dict:

@@ -187,7 +187,7 @@ def children(pid: Optional[int]) -> list[int]:
         return []
 
 
-def log_errors(log: Path, limit: int = 40) -> list[str]:
+def log_errors(log: Path, limit: int = 100) -> list[str]:
     """The error lines and tracebacks of a hub log (the spawned servers' stderr goes there
     too): kept in the JSON when a storm has failures, since the log goes with its temporary
     directory."""

@@ -64,6 +64,8 @@ ships = ShipFleet(
         instance_type=config.ship_instance_type,
         root_volume_gib=config.ship_root_volume_gib,
         home_volume_gib=config.home_volume_gib,
+        container_memory_mib=config.container_memory_mib,
+        container_pids_limit=config.container_pids_limit,
         protect_home_volumes=config.protect_home_volumes,
         subnet_ids=network.private_subnet_ids,
         zone_names=network.zone_names,
@@ -87,6 +89,7 @@ ships = ShipFleet(
             initial_capacity=config.policy().scheduled(datetime.now(timezone.utc)),
         ),
         restore=restore,
+        ami=config.ship_ami,
     ),
 )
 mux = Mux(

@@ -1,8 +1,8 @@
 """Ship states, control-channel messages and their signing.
 
-Shared by the ship agent (Python 3.9, stdlib only) and the mux, so both sides accept and refuse
-exactly the same messages: every message goes through `validate`, which returns a `Verdict`
-with the rejection kind and a one-line reason instead of raising.
+Shared by the ship agent (the AMI's Python 3.11, stdlib only) and the mux, so both sides
+accept and refuse exactly the same messages: every message goes through `validate`, which
+returns a `Verdict` with the rejection kind and a one-line reason instead of raising.
 
 Wire format: the HTTP body is a JSON object (at most MAX_BODY bytes) with a "type" ("report",
 "poll" or "desired"), "ship_id", "seq" and "ts"; the signature is HMAC-SHA256 over the exact
@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple, Union
+
+from campfleet.contracts.ports import SHIP_PORT_BASE
 
 PROTOCOL_VERSION = 1
 MAX_BODY = 64 * 1024  # bytes; a report with a dozen containers is ~2 KiB
@@ -115,7 +117,7 @@ class ContainerSpec:
     image: str
     cmd: List[str] = field(default_factory=list)
     env: Dict[str, str] = field(default_factory=dict)
-    port: int = 8888
+    port: int = SHIP_PORT_BASE
     health_path: str = "/"
 
 

@@ -21,8 +21,9 @@ from typing import Any, Optional
 
 import yaml
 
-from campfleet import fleetpolicy
+from campfleet import fleetpolicy, limits
 from campfleet.mux.settings import AUTH_MODES, OAUTH_PROVIDERS, OAUTH_REQUIRED
+from campfleet.needs import DataError
 
 PROJECT = "campfleet"
 PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
@@ -42,6 +43,8 @@ _ARM_FAMILY = re.compile(r"^[a-z-]+[0-9]+[a-z-]*g[a-z-]*$")
 # JupyterHub lower-cases names; keep them to what is also safe as a Unix user and a URL part.
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
 _EGRESS = ("nat", "endpoints")
+# An EC2 image id (old 8-hex and current 17-hex forms).
+_AMI = re.compile(r"^ami-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
 # A zone name in a region (eu-west-1a); Local and Wavelength Zones are not ship zones.
 _ZONE_NAME = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-[0-9][a-z]$")
 # Intervals Amazon Data Lifecycle Manager accepts for a create rule (CreateRule.Interval, hours).
@@ -91,6 +94,7 @@ class FleetConfig:
     zone_names: tuple[str, ...] = ()  # pinned zones; () = the region's first available ones
     snapshot_every_hours: int = 0  # 0 = no periodic snapshots
     snapshots_kept: int = 7
+    ship_ami: str = ""  # a baked AMI for the ships; "" = the latest Debian 12
     restore_from: str = ""  # an archive manifest (file path or ssm:/name); "" = blank volumes
     # The TLS front door (docs/tls.md): a domain's certificate, else the Elastic IP's.
     domain_name: str = ""
@@ -141,6 +145,9 @@ class FleetConfig:
     auth: str = "shared"
     oauth: Optional[dict[str, Any]] = None  # the mux settings' `oauth` block (auth: oauth)
     admin_token_hours: int = 168
+    # Each attendee container's limits (campfleet.limits): MiB of memory (no swap), processes.
+    container_memory_mib: int = 0
+    container_pids_limit: int = limits.DEFAULT_PIDS
     oauth_client_secret: Optional[str] = field(default=None, repr=False)
 
 
@@ -270,6 +277,23 @@ def _unknown_key(key: str, known: list[str]) -> str:
     return f"{PROJECT}:{key}: unknown key; {hint}"
 
 
+def _container_memory(check: _Checker, ship_type: str, value: Any) -> int:
+    """campfleet:containerMemoryGiB as the MiB each attendee container gets (0 = from the size)."""
+    gib = check.integer("containerMemoryGiB", value, 0, 16384)
+    if not ship_type or gib != value:
+        return 0  # the bad value is already reported
+    try:
+        problem = limits.memory_problem(ship_type, gib)
+        mib = limits.container_memory_mib(ship_type, gib)
+    except DataError:
+        # A type campfleet/data/aws.json does not list (`campfleet plan` says so): the
+        # organizer's size, or no memory limit; never a refusal to deploy.
+        return gib * 1024
+    if problem:
+        check.bad("containerMemoryGiB", value, problem)
+    return mib
+
+
 def _auth(
     check: _Checker, raw: dict[str, Any], client_secret: Optional[str]
 ) -> tuple[str, Optional[dict[str, Any]]]:
@@ -383,6 +407,21 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
     egress = raw["shipEgress"]
     if egress not in _EGRESS:
         check.bad("shipEgress", egress, " or ".join(f'"{e}"' for e in _EGRESS))
+    ship_ami = raw["shipAmi"]
+    if not isinstance(ship_ami, str) or (ship_ami and not _AMI.fullmatch(ship_ami)):
+        check.bad(
+            "shipAmi", ship_ami, 'an AMI id like "ami-0123456789abcdef0", or "" for Debian 12'
+        )
+        ship_ami = ""
+    elif egress == "endpoints" and not ship_ami:
+        # Debian's mirrors are behind CloudFront, not in S3: with no route out, a ship could
+        # not install Docker at boot, and no security group can allow one host name only.
+        check.problems.append(
+            f"{PROJECT}:shipEgress: endpoints (no internet) needs {PROJECT}:shipAmi, an AMI "
+            "with docker.io and amazon-ecr-credential-helper installed: ships without internet "
+            "cannot reach Debian's package mirrors. Use shipEgress nat, or bake an AMI "
+            "(docs/network.md)"
+        )
 
     alert_email = raw["alertEmail"]
     if not isinstance(alert_email, str) or (alert_email and not _EMAIL.fullmatch(alert_email)):
@@ -449,10 +488,11 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
         check.bad("hostedZoneId", hosted_zone, "no value unless campfleet:domainName is set too")
 
     auth, oauth = _auth(check, raw, client_secret)
+    ship_type = check.instance_type("shipInstanceType", raw["shipInstanceType"])
     config = FleetConfig(
         stack=stack,
         ships=ships,
-        ship_instance_type=check.instance_type("shipInstanceType", raw["shipInstanceType"]),
+        ship_instance_type=ship_type,
         mux_instance_type=check.instance_type("muxInstanceType", raw["muxInstanceType"]),
         home_volume_gib=check.integer("homeVolumeGiB", raw["homeVolumeGiB"], 1, 16384),
         ship_root_volume_gib=check.integer("shipRootVolumeGiB", raw["shipRootVolumeGiB"], 8, 16384),
@@ -464,6 +504,7 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
         event_name=event or stack,
         protect_home_volumes=protect,
         ship_egress=egress if egress in _EGRESS else _EGRESS[0],
+        ship_ami=ship_ami,
         alert_email=alert_email,
         monthly_budget_usd=budget,
         zone_names=check.zones("zoneNames", raw["zoneNames"], zones, values.get("aws:region")),
@@ -487,6 +528,10 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> FleetConfig:
         oauth=oauth,
         admin_token_hours=check.integer("adminTokenHours", raw["adminTokenHours"], 1, 8760),
         oauth_client_secret=client_secret if auth == "oauth" else None,
+        container_memory_mib=_container_memory(check, ship_type, raw["containerMemoryGiB"]),
+        container_pids_limit=check.integer(
+            "containerPidsLimit", raw["containerPidsLimit"], 64, limits.MAX_PIDS
+        ),
     )
     if check.problems:
         raise ConfigError(stack, check.problems)

@@ -15,6 +15,7 @@ import pulumi_aws as aws
 
 from campfleet.contracts import secrets
 from campfleet.contracts.muxjson import mux_json
+from campfleet.contracts.ports import CONTROL_PORT, HUB_API_PORT
 from campfleet.mux import cloudwatch
 from campfleet.tags import (
     HOME_ROLE,
@@ -28,7 +29,6 @@ from campfleet.tags import (
 )
 from components import userdata
 from components.iam import ecr_statements, instance_role
-from components.network import CONTROL_PORT, HUB_API_PORT
 from components.ships import HEARTBEAT_SECONDS
 
 # The hub database, ship registry and volume assignments (/var/lib/campfleet) live on their own
@@ -107,6 +107,8 @@ def mux_settings(args: MuxArgs, region: str, ship_image: str) -> dict[str, objec
             "domainName": args.domain_name,
             "acmeDirectory": args.acme_directory,
             "acmeEmail": args.acme_email,
+            # Per-user subdomains need the zone: the wildcard record and the DNS-01 challenge.
+            "userSubdomains": bool(args.domain_name and args.hosted_zone_id),
         },
         public_ip="127.0.0.1",
         public_port=PROXY_PORT,
@@ -119,6 +121,38 @@ def mux_url(domain_name: str, public_ip: pulumi.Output[str]) -> pulumi.Output[st
     if domain_name:
         return pulumi.Output.from_input(f"https://{domain_name}/")
     return public_ip.apply(lambda ip: f"https://{ip}/")
+
+
+def acme_dns_statements(domain_name: str, hosted_zone_id: str) -> list[dict[str, Any]]:
+    """What certbot-dns-route53 needs for the wildcard certificate of per-user subdomains:
+    find the zone, write and delete the one TXT record of the DNS-01 challenge in that zone,
+    and wait for the change. Nothing else in the zone (not its A records) can be changed."""
+    if not (domain_name and hosted_zone_id):
+        return []
+    return [
+        {
+            "Sid": "AcmeDnsFindZone",
+            "Effect": "Allow",
+            # Neither call supports resource-level permissions.
+            "Action": ["route53:ListHostedZones", "route53:GetChange"],
+            "Resource": "*",
+        },
+        {
+            "Sid": "AcmeDnsChallenge",
+            "Effect": "Allow",
+            "Action": "route53:ChangeResourceRecordSets",
+            "Resource": f"arn:aws:route53:::hostedzone/{hosted_zone_id}",
+            "Condition": {
+                "ForAllValues:StringEquals": {
+                    "route53:ChangeResourceRecordSetsNormalizedRecordNames": [
+                        f"_acme-challenge.{domain_name}"
+                    ],
+                    "route53:ChangeResourceRecordSetsRecordTypes": ["TXT"],
+                    "route53:ChangeResourceRecordSetsActions": ["UPSERT", "DELETE"],
+                }
+            },
+        },
+    ]
 
 
 def _codes_parameter(args: MuxArgs) -> dict[str, str]:
@@ -228,6 +262,7 @@ class Mux(pulumi.ComponentResource):
                 ],
             },
             *ecr_statements(args.image_repository_arn),
+            *acme_dns_statements(args.domain_name, args.hosted_zone_id),
             {
                 "Sid": "Metrics",
                 "Effect": "Allow",
@@ -317,6 +352,16 @@ class Mux(pulumi.ComponentResource):
                 f"{name}-dns",
                 zone_id=args.hosted_zone_id,
                 name=args.domain_name,
+                type="A",
+                ttl=DNS_TTL,
+                records=[eip.public_ip],
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            # Per-user subdomains: <name>.<domain> reaches the mux too.
+            aws.route53.Record(
+                f"{name}-dns-users",
+                zone_id=args.hosted_zone_id,
+                name=f"*.{args.domain_name}",
                 type="A",
                 ttl=DNS_TTL,
                 records=[eip.public_ip],

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from campfleet.contracts.ports import CONTROL_PORT, HUB_API_PORT, SHIP_PORTS
 from campfleet.tags import MUX_ROLE, ROLE_TAG, SHIP_ROLE, STACK_TAG, tagged
 
 VPC_CIDR = "10.0.0.0/16"
@@ -27,9 +28,6 @@ MUX_PRIVATE_IP = "10.0.0.10"
 # unannounced addresses (docs/tls.md).
 WEB_PORTS = (443,)
 ACME_PORT = 80
-CONTROL_PORT = 8700
-HUB_API_PORT = 8081  # single-user servers on ships call the hub API / OAuth here
-JUPYTER_PORTS = (8888, 8899)  # one port per project container, from 8888 up
 HTTPS = 443
 # Interface endpoints ships need when there is no NAT: image pulls (ECR API + registry),
 # the fleet secret (SSM) and the termination hook (Auto Scaling). Layers come from S3,
@@ -41,8 +39,8 @@ def s3_endpoint_policy(region: str) -> dict:
     """The S3 gateway endpoint's policy with `shipEgress: endpoints` ("no internet"): read the
     objects ships need and nothing else, so S3 cannot carry data out (no PutObject to a bucket
     of the attendee's choosing) nor in (no GetObject from one). Amazon ECR keeps image layers in
-    an AWS-owned bucket per region; Amazon Linux 2023's package repositories (dnf at boot:
-    docker, the ECR credential helper) live in another (its name per AWS's documentation)."""
+    an AWS-owned bucket per region. Debian's package mirrors are not in S3 (CloudFront), so in
+    this mode ships boot an AMI with their packages baked in (campfleet:shipAmi)."""
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -52,13 +50,6 @@ def s3_endpoint_policy(region: str) -> dict:
                 "Principal": "*",
                 "Action": "s3:GetObject",
                 "Resource": f"arn:aws:s3:::prod-{region}-starport-layer-bucket/*",
-            },
-            {
-                "Sid": "AmazonLinuxRepositories",
-                "Effect": "Allow",
-                "Principal": "*",
-                "Action": "s3:GetObject",
-                "Resource": f"arn:aws:s3:::al2023-repos-{region}-de612dc2/*",
             },
         ],
     }
@@ -242,12 +233,12 @@ class Network(pulumi.ComponentResource):
                 referenced_security_group_id=ship_sg.id,
             )
         ingress(
-            "ship-jupyter-from-mux", ship_sg, JUPYTER_PORTS, referenced_security_group_id=mux_sg.id
+            "ship-jupyter-from-mux", ship_sg, SHIP_PORTS, referenced_security_group_id=mux_sg.id
         )
         # Egress: HTTPS for AWS APIs, ECR, packages and attendees' pip/git; the mux also
         # reaches Jupyter on ships, ships reach the control and hub API ports on the mux.
         egress("mux-https", mux_sg, (HTTPS, HTTPS), cidr_ipv4="0.0.0.0/0")
-        egress("mux-to-ships", mux_sg, JUPYTER_PORTS, referenced_security_group_id=ship_sg.id)
+        egress("mux-to-ships", mux_sg, SHIP_PORTS, referenced_security_group_id=ship_sg.id)
         egress("ship-https", ship_sg, (HTTPS, HTTPS), cidr_ipv4="0.0.0.0/0")
         for port in (CONTROL_PORT, HUB_API_PORT):
             egress(

@@ -15,6 +15,7 @@ import pulumi
 import pulumi_aws as aws
 
 from campfleet.contracts.agentjson import agent_json
+from campfleet.contracts.ports import CONTROL_PORT
 from campfleet.tags import (
     HOME_OF_TAG,
     HOME_ROLE,
@@ -27,7 +28,6 @@ from campfleet.tags import (
 )
 from components import scaling, userdata
 from components.iam import ecr_statements, instance_role
-from components.network import CONTROL_PORT
 from components.restore import Restored
 
 HEARTBEAT_SECONDS = 5
@@ -81,8 +81,13 @@ class ShipFleetArgs:
     account_id: pulumi.Input[str]
     tags: dict[str, str]
     scaling: scaling.ScalingArgs = field(default_factory=scaling.ScalingArgs)
+    # campfleet:shipAmi: an AMI with the user data's packages baked in; "" = latest Debian 12.
+    ami: str = ""
     # campfleet:restoreFrom: what each slot's volume is created from (components/restore.py).
     restore: Mapping[int, Restored] = field(default_factory=dict)
+    # Each attendee container's limits (campfleet.limits); 0 = no limit.
+    container_memory_mib: int = 0
+    container_pids_limit: int = 0
 
 
 def home_volume_tags(
@@ -152,6 +157,8 @@ class ShipFleet(pulumi.ComponentResource):
                 runtime="docker",
                 ship_group_name=self.group_name,
                 lifecycle_hook_name=hook_name,
+                container_memory_mib=args.container_memory_mib,
+                container_pids_limit=args.container_pids_limit,
                 **({"launch_hook_name": launch_hook_name} if warm_pool is not None else {}),
             )
             return userdata.pack(
@@ -161,8 +168,9 @@ class ShipFleet(pulumi.ComponentResource):
         template = aws.ec2.LaunchTemplate(
             f"{name}-launch-template",
             description=f"campfleet {args.stack} ships",
-            # Resolved at each launch: new ships boot the current Amazon Linux 2023.
-            image_id=f"resolve:ssm:{userdata.AMI_PARAMETER}",
+            # Resolved at each launch: new ships boot the current Debian 12 release, unless the
+            # stack names its own (baked) AMI.
+            image_id=args.ami or f"resolve:ssm:{userdata.AMI_PARAMETER}",
             instance_type=args.instance_type,
             iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=profile.arn),
             metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(

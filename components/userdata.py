@@ -19,9 +19,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "userdata"
 AGENT_UNIT = ROOT / "campfleet" / "agent" / "campfleet-agent.service"
-# The templates use Amazon Linux 2023's dnf packages and AWS CLI; both roles boot its latest
-# x86_64 AMI (its python3 is 3.9, which the stdlib-only agent supports).
-AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+# Both roles boot the official Debian 12 (bookworm) AMI, its latest amd64 release: the same
+# distribution, packages and cloud-init a rehearsal boots on a laptop (its python3 is 3.11,
+# the stdlib-only agent's floor; its default login user is `admin`, and no SSH is opened).
+AMI_PARAMETER = "/aws/service/debian/release/12/latest/amd64"
 # EC2 rejects user data over 16 KB (before base64).
 USER_DATA_LIMIT = 16 * 1024
 

@@ -27,7 +27,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if cfg.runtime == "local":
         runtime = LocalRuntime(cfg.state_dir, cfg.content)
     else:
-        runtime = DockerRuntime(cfg.state_dir, cfg.mount_path, scope=cfg.docker_scope)
+        runtime = DockerRuntime(
+            cfg.state_dir,
+            cfg.mount_path,
+            scope=cfg.docker_scope,
+            memory_mib=cfg.container_memory_mib,
+            pids_limit=cfg.container_pids_limit,
+        )
     volumes = LocalVolumes(cfg.volumes_root) if cfg.local else EbsVolumes(cfg.volumes_root)
     try:
         agent = Agent(cfg, runtime, volumes, None if cfg.local else Imds(cfg.imds_url))

@@ -13,7 +13,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from campfleet.contracts import paths
 from campfleet.contracts.agentjson import FILE_KEYS
+from campfleet.contracts.ports import SHIP_PORT_BASE
 from campfleet.protocol import ContainerSpec, valid_ship_id
+
+MIN_MEMORY_MIB = 64  # less and not even the container's own init fits
+MIN_PIDS = 16
 
 
 class ConfigProblem(Exception):
@@ -28,7 +32,7 @@ class AgentConfig:
     ship_id: str = ""  # local mode; on AWS from IMDS
     zone: str = ""
     address: str = ""
-    port_base: int = 8888
+    port_base: int = SHIP_PORT_BASE
     volumes_root: Path = paths.VOLUMES_ROOT
     state_dir: Path = paths.AGENT_STATE_DIR
     heartbeat: float = 5.0
@@ -46,6 +50,10 @@ class AgentConfig:
     mount_path: str = "/home/jovyan"
     docker_scope: str = ""  # several agents on one engine (campfleet local): names + labels
     imds_url: str = "http://169.254.169.254"
+    # docker runtime: each attendee container's memory (MiB, no swap) and process limits;
+    # 0 = no limit (campfleet.limits sets them from the stack config on AWS).
+    container_memory_mib: int = 0
+    container_pids_limit: int = 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -84,6 +92,16 @@ def parser() -> argparse.ArgumentParser:
         help="docker runtime: this agent's own name prefix and label, when several agents "
         "share one Docker engine (campfleet local --runtime docker)",
     )
+    p.add_argument(
+        "--container-memory-mib",
+        type=int,
+        help="docker runtime: memory limit of each container in MiB, no swap (0 = none)",
+    )
+    p.add_argument(
+        "--container-pids-limit",
+        type=int,
+        help="docker runtime: most processes and threads in each container (0 = none)",
+    )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING"))
     return p
 
@@ -120,7 +138,7 @@ def load(argv: Optional[Sequence[str]] = None) -> tuple[AgentConfig, str]:
     for attr in (
         "mux_url", "secret_file", "ship_id", "zone", "address", "port_base", "volumes_root",
         "state_dir", "heartbeat", "runtime", "poll_timeout", "start_timeout", "volume_timeout",
-        "imds_url", "docker_scope",
+        "imds_url", "docker_scope", "container_memory_mib", "container_pids_limit",
     ):  # fmt: skip
         if getattr(args, attr) is not None:
             values[attr] = getattr(args, attr)
@@ -175,6 +193,16 @@ def load(argv: Optional[Sequence[str]] = None) -> tuple[AgentConfig, str]:
     for name in ("heartbeat", "poll_timeout", "start_timeout", "volume_timeout"):
         if getattr(cfg, name) <= 0:
             raise ConfigProblem(f"{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
+    if cfg.container_memory_mib != 0 and cfg.container_memory_mib < MIN_MEMORY_MIB:
+        raise ConfigProblem(
+            f"container-memory-mib {cfg.container_memory_mib}: use 0 (no limit) or at least "
+            f"{MIN_MEMORY_MIB} MiB"
+        )
+    if cfg.container_pids_limit != 0 and cfg.container_pids_limit < MIN_PIDS:
+        raise ConfigProblem(
+            f"container-pids-limit {cfg.container_pids_limit}: use 0 (no limit) or at least "
+            f"{MIN_PIDS}"
+        )
     if not 1 <= cfg.port_base <= 65535:
         raise ConfigProblem(f"port-base {cfg.port_base} is not a TCP port")
     return cfg, args.log_level

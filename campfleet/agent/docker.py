@@ -3,7 +3,8 @@
 Containers use host networking (the container listens on spec.port, like the local runtime, so
 one health check serves both) and get the attendee's volume at `mount_path`, owned by the
 image's notebook user (uid 1000, gid 100; the ship base contract in images/ship/Dockerfile).
-They run as that user with no capabilities and no privilege gain, and get nothing of the host
+They run as that user with no capabilities and no privilege gain, within the memory (no swap)
+and process limits of agent.json (campfleet.limits), and get nothing of the host
 but that volume: not the Docker socket, the fleet secret or the agent's state. The environment
 (it holds the hub API token) goes through an --env-file readable by root only and deleted right
 after `docker run`, never on argv where `ps` shows it.
@@ -71,8 +72,12 @@ class DockerRuntime(Runtime):
         mount_path: str = "/home/jovyan",
         docker: str = "docker",
         scope: str = "",
+        memory_mib: int = 0,
+        pids_limit: int = 0,
     ):
         self.state_dir = state_dir
+        self.memory_mib = memory_mib
+        self.pids_limit = pids_limit
         self.mount_path = mount_path
         self.docker = docker
         self.scope = scope
@@ -163,6 +168,18 @@ class DockerRuntime(Runtime):
         (target / ".complete").touch()
         return target / "files"
 
+    def limit_args(self) -> List[str]:
+        """Memory without swap (equal --memory-swap), so a runaway notebook is killed inside
+        its container instead of pushing the ship into swap or the host's OOM killer onto the
+        agent; and a process cap, so a fork bomb stops in its container."""
+        args: List[str] = []
+        if self.memory_mib:
+            memory = f"{self.memory_mib}m"
+            args += ["--memory", memory, "--memory-swap", memory]
+        if self.pids_limit:
+            args += ["--pids-limit", str(self.pids_limit)]
+        return args
+
     def run_args(self, spec: ContainerSpec, workdir: Path, env_file: str) -> List[str]:
         """The `docker run` arguments (no secrets: the env is in env_file)."""
         scope = ["--label", f"{SCOPE_LABEL}={self.scope}"] if self.scope else []
@@ -175,6 +192,7 @@ class DockerRuntime(Runtime):
             "--user", "{}:{}".format(*NOTEBOOK_USER),
             "--cap-drop", "ALL",
             "--security-opt", "no-new-privileges",
+            *self.limit_args(),
             "--env-file", env_file,
             "--volume", f"{workdir}:{self.mount_path}",
             spec.image,

@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from campfleet.cli import CliError, console, table_box
+from campfleet.contracts.secrets import API_TOKEN, parameter_name
 from campfleet.mux.redeploy import RedeployError, check_batch, check_image_ref
 
 EXIT_CODES = """exit status:
@@ -107,7 +108,7 @@ def _connection(args: argparse.Namespace) -> Mux:
         raise CliError(
             f"no API token: set CAMPFLEET_TOKEN or run in a terminal to be asked for it "
             f"(an admin makes one at {url}/hub/token; on AWS it is the SSM parameter "
-            "/campfleet/<stack>/api-token)"
+            f"{parameter_name('<stack>', API_TOKEN)})"
         )
     return Mux(url, token)
 

@@ -30,6 +30,9 @@ FILE_KEYS: Dict[str, Tuple[str, Union[type, Tuple[type, ...]]]] = {
     "pollTimeout": ("poll_timeout", (int, float)),
     "startTimeout": ("start_timeout", (int, float)),
     "volumeTimeout": ("volume_timeout", (int, float)),
+    # Each attendee container's limits (campfleet.limits, issue 15); 0 = no limit.
+    "containerMemoryMiB": ("container_memory_mib", int),
+    "containerPidsLimit": ("container_pids_limit", int),
 }
 _KEY_OF = {attribute: key for key, (attribute, _) in FILE_KEYS.items()}
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from campfleet.contracts.ports import CONTROL_PORT
 from campfleet.mux.cloud import Cloud, CloudError
 from campfleet.mux.cloudwatch import PUBLISH_SECONDS
 from campfleet.mux.metrics import fleet_sample
@@ -98,7 +99,7 @@ class Fleet:
         ship_image: str,
         state_file: Path,
         control_address: str = "127.0.0.1",
-        control_port: int = 8700,
+        control_port: int = CONTROL_PORT,
         refusal: str = "",
     ) -> None:
         self.registry = registry

@@ -47,6 +47,7 @@ from campfleet.mux.proxywatch import ProxyWatch
 from campfleet.mux.redeploy import Redeployer, image_repository
 from campfleet.mux.registry import Registry
 from campfleet.mux.settings import Secrets, Settings, load, load_secrets
+from campfleet.mux.tls import public_origin, user_subdomains
 
 log = logging.getLogger("campfleet.hubconfig")
 
@@ -193,6 +194,27 @@ class ClaimLogoutHandler(LogoutHandler):
         self.clear_cookie(CLAIM_COOKIE, path=self.hub.base_url)
 
 
+def claimed_names(handler: web.RequestHandler) -> set[str]:
+    """The names this browser's claim cookies prove, from every copy of the cookie it sent.
+
+    Any page in the mux's origin (without per-user domains, that includes pages an attendee's
+    own server serves) can set a cookie of the same name on another path, e.g.
+    `campfleet-name=junk; path=/`; the browser then sends both, and tornado keeps only the
+    last one, which would lock the name's owner out. A forged copy cannot carry a valid
+    signature, so each copy is checked on its own and the real one still counts.
+    """
+    names = set()
+    for chunk in handler.request.headers.get("Cookie", "").split(";"):
+        key, sep, value = chunk.partition("=")
+        if not sep or key.strip() != CLAIM_COOKIE:
+            continue
+        value = value.strip().strip('"')  # tornado quotes signed values (they hold "|")
+        raw = handler.get_secure_cookie(CLAIM_COOKIE, value, max_age_days=CLAIM_DAYS)
+        if raw:
+            names.add(raw.decode("utf8", "replace"))
+    return names
+
+
 class WorkshopAuthenticator(RoomGate, SharedPasswordAuthenticator):
     """Shared-password login where a name, once used, belongs to the browser that took it.
 
@@ -211,11 +233,10 @@ class WorkshopAuthenticator(RoomGate, SharedPasswordAuthenticator):
             return result
         name = result["name"]
         existing = handler.find_user(name)
-        claimed_by = handler.get_secure_cookie(CLAIM_COOKIE, max_age_days=CLAIM_DAYS)
         if (
             existing is not None
             and existing.orm_user.last_activity is not None
-            and (claimed_by or b"").decode("utf8", "replace") != name
+            and name not in claimed_names(handler)
         ):
             message = (
                 f"The name {name!r} is already in use at this event, from another browser. "
@@ -525,6 +546,26 @@ def _start_in_hub_loop(fleet: Fleet) -> None:
     _background.add(watch)
 
 
+# Python's per-user site directory lives in the attendee's (persistent) home: a .pth file
+# there runs code in their server at every start, config loading disabled or not.
+NO_USER_SITE = {"PYTHONNOUSERSITE": "1"}
+
+
+def _isolate_servers(spawner: Any) -> None:
+    """What an attendee's own home may not change in their server (issue 15, docs in README's
+    Security section): no Jupyter config or extensions from the home (JupyterHub's
+    disable_user_config: JUPYTERHUB_DISABLE_USER_CONFIG=1, which jupyterhub-singleuser reads
+    in the container), and no Python user site. Otherwise a `jupyter_server_config.py` in
+    Mallory's home serves pages of her choosing, unsandboxed, in the mux's origin.
+
+    WebSocket cookie auth stays on (JupyterHub's default): Chromium sends no Sec-Fetch-Mode
+    on WebSocket handshakes, so turning it off would stop nothing there (tested:
+    tests/e2e/test_isolation.py), and per-user domains are what separates servers.
+    """
+    spawner.disable_user_config = True
+    spawner.environment = dict(NO_USER_SITE)
+
+
 def configure(c: Any, settings_path: Path | str) -> Fleet:
     """Fill JupyterHub config `c` from the settings file; return the Fleet it runs."""
     settings = load(Path(settings_path))
@@ -567,6 +608,14 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
     if settings.behind_tls:
         # Cookies only over HTTPS (the hub's, and every notebook server's via the spawner).
         hub.tornado_settings = {"cookie_options": {"secure": True}}
+    domain = user_subdomains(settings)
+    if domain:
+        # Each attendee's server in its own origin (https://<name>.<domain>/user/<name>/):
+        # another attendee's pages can neither read it nor open its kernels. __Host- cookies
+        # cannot be set or shadowed from a sibling subdomain (JupyterHub recommends them
+        # exactly with per-user domains).
+        hub.subdomain_host = public_origin(settings, domain)
+        hub.cookie_host_prefix_enabled = True
 
     proxy = c.ConfigurableHTTPProxy
     proxy.should_start = False
@@ -577,6 +626,7 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
 
     # Set on Spawner, not ShipSpawner, so a replacement spawner gets the same room settings.
     spawner = c.Spawner
+    _isolate_servers(spawner)
     spawner.default_url = "/lab"
     # The start includes waiting at the readiness gate for the room to open.
     spawner.start_timeout = 600

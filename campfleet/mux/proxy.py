@@ -20,6 +20,7 @@ from pathlib import Path
 
 from campfleet.contracts import paths
 from campfleet.mux.settings import Settings, SettingsError, load, load_secrets
+from campfleet.mux.tls import user_subdomains
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NODE_MAX_OLD_SPACE_MB = 1024
@@ -77,6 +78,8 @@ def proxy_command(settings: Settings) -> list[str]:
         "--log-level=info",
         # Behind nginx, pass its X-Forwarded-Proto (https) on instead of adding "http".
         *(["--no-x-forward"] if settings.behind_tls else []),
+        # Per-user subdomains: JupyterHub's routes name the host (alice.<domain>/user/alice/).
+        *(["--host-routing"] if user_subdomains(settings) else []),
     ]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional, Tuple
 
 from campfleet import fleetpolicy
-from campfleet.contracts import paths
+from campfleet.contracts import paths, ports
 from campfleet.contracts import secrets as contract
 from campfleet.tags import STACK_TAG
 
@@ -34,7 +34,7 @@ OAUTH_REQUIRED = {
 
 IMDS = "http://169.254.169.254/latest"
 MIN_SECRET_CHARS = 32  # fleetSecret, proxyToken: openssl rand -hex 16 at the least
-MAX_PROJECTS = 9  # ship ports port_base .. port_base + 9 (8888-8897 on AWS)
+MAX_PROJECTS = 9  # ship ports port_base .. port_base + 9 (within ports.SHIP_PORTS on AWS)
 
 
 class SettingsError(Exception):
@@ -302,7 +302,7 @@ def parse(data: dict, private_ip: str = "") -> Settings:
         projects=_projects(data.get("projects", {})),
         public_ip="127.0.0.1" if local else str(data.get("publicIp", "0.0.0.0")),
         public_port=local.public_port if local else int(data.get("publicPort", 80)),
-        hub_port=local.hub_port if local else int(data.get("hubPort", 8081)),
+        hub_port=local.hub_port if local else int(data.get("hubPort", ports.HUB_API_PORT)),
         proxy_api_port=local.proxy_api_port if local else int(data.get("proxyApiPort", 8001)),
         local=local,
         fleet=parse_fleet(data.get("fleet"), ships),

@@ -161,6 +161,9 @@ class Acme:
     config_dir: Path = paths.MUX_STATE_DIR / paths.TLS_DIR / paths.LETSENCRYPT_DIR
     challenge_port: int = CHALLENGE_PORT
     certbot: str = "certbot"
+    # Per-user subdomains: the certificate also names *.identifier, which ACME CAs issue only
+    # through the DNS-01 challenge (certbot-dns-route53 writes the TXT record in the zone).
+    wildcard: bool = False
 
     @property
     def live_dir(self) -> Path:
@@ -179,11 +182,19 @@ class Acme:
         """Order the certificate (once; later runs keep it until renewal is due)."""
         if not self.identifier:
             raise TlsError("TLS: no domain name and no IP address to certify")
+        if self.wildcard and is_ip(self.identifier):
+            raise TlsError("TLS: per-user subdomains need a domain name, not an IP address")
+        if self.wildcard:
+            prove = ["--dns-route53"]
+        else:
+            prove = [
+                "--standalone",
+                "--http-01-address", "127.0.0.1",
+                "--http-01-port", str(self.challenge_port),
+            ]  # fmt: skip
         cmd = [
             self.certbot, "certonly", *self._common(),
-            "--standalone",
-            "--http-01-address", "127.0.0.1",
-            "--http-01-port", str(self.challenge_port),
+            *prove,
             "--server", self.directory,
             "--agree-tos",
             "--keep-until-expiring",
@@ -196,6 +207,8 @@ class Acme:
             cmd += ["--ip-address", self.identifier, "--preferred-profile", IP_PROFILE]
         else:
             cmd += ["-d", self.identifier]
+            if self.wildcard:
+                cmd += ["-d", f"*.{self.identifier}"]
         return cmd
 
     def renew(self, reload_cmd: list[str], random_sleep: bool = True) -> list[str]:
@@ -221,6 +234,25 @@ def _certbot() -> str:
     return str(beside) if beside.exists() else shutil.which("certbot") or "certbot"
 
 
+def user_subdomains(settings: Settings) -> str:
+    """The domain whose subdomains hold the attendees' servers ("" = one origin for all).
+
+    On when mux.json's `tls` block has a domain and `userSubdomains` (the Pulumi program sets
+    it with a Route 53 zone: the wildcard record and the DNS-01 challenge need one). Each
+    attendee's server is then its own origin, https://<name>.<domain>/user/<name>/, so a page
+    one attendee serves cannot read another's files or drive their kernel.
+    """
+    wanted = settings.tls or {}
+    domain = str(wanted.get("domainName") or "")
+    return domain if domain and wanted.get("userSubdomains") else ""
+
+
+def public_origin(settings: Settings, host: str) -> str:
+    """https://host[:port] as browsers reach the front door."""
+    port = int((settings.tls or {}).get("httpsPort", 443))
+    return f"https://{host}" + ("" if port == 443 else f":{port}")
+
+
 def front_door(settings: Settings) -> tuple[Acme, FrontDoor, Path]:
     """The mux's ACME order and nginx front door from its settings' `tls` block.
 
@@ -237,6 +269,7 @@ def front_door(settings: Settings) -> tuple[Acme, FrontDoor, Path]:
         config_dir=state / paths.LETSENCRYPT_DIR,
         challenge_port=int(wanted.get("challengePort", CHALLENGE_PORT)),
         certbot=_certbot(),
+        wildcard=bool(user_subdomains(settings)),
     )
     have = (acme.live_dir / "fullchain.pem").exists()
     door = FrontDoor(

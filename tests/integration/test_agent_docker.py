@@ -9,9 +9,13 @@ test_docker_event.py): what is checked here is what the agent does with Docker.
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import signal
+import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -246,3 +250,93 @@ def test_the_attendee_cannot_reach_the_secret_the_socket_or_the_agent_state(
         assert as_attendee(f"test -e {path} && echo REACHABLE || echo gone") == "gone", path
     # Not through the volume either: it holds the attendee's files only.
     assert as_attendee("grep -rl integration-secret ~ /srv /tmp 2>/dev/null; echo done") == "done"
+
+
+LIMIT_MIB, LIMIT_PIDS = 256, 96
+HOG = """
+import sys
+hold = []
+while True:  # 16 MiB at a time, each page touched, until the kernel says no
+    hold.append(bytearray(16 << 20))
+    print(len(hold) * 16, flush=True)
+"""
+FORK = """
+import os, signal, time
+kids = []
+try:
+    while True:
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(120)
+            os._exit(0)
+        kids.append(pid)
+except OSError as e:
+    print(len(kids), e.errno, flush=True)
+time.sleep(float(os.environ.get("HOLD", "0")))
+for pid in kids:
+    os.kill(pid, signal.SIGKILL)
+"""
+
+
+def test_runaway_notebook_is_contained_and_the_ship_keeps_answering(
+    mux: Mux, agents: Agents, scope: str, ship_digests: tuple[str, str]
+) -> None:
+    """Memory (no swap) and process limits from agent.json reach `docker run`; a notebook that
+    allocates past its limit is killed inside its container, a fork bomb stops at the process
+    cap, and the agent keeps reporting the ship all along (issue 15)."""
+    v1, _ = ship_digests
+    ship = "i-d0c4e200000000015"
+    agents.start(
+        ship, "--runtime", "docker", "--docker-scope", scope, "--start-timeout", str(START),
+        "--image", v1,
+        "--container-memory-mib", str(LIMIT_MIB), "--container-pids-limit", str(LIMIT_PIDS),
+    )  # fmt: skip
+    mux.wait_state(ship, ShipState.AVAILABLE, timeout=START)
+    mux.registry.claim("mallory")
+    mux.registry.set_volume(ship, "vol-mallory")
+    port = free_port()
+    gen = mux.registry.set_container(ship, serve_spec(v1, port))
+    mux.wait_container(ship, gen, timeout=START)
+    (name,) = containers(scope)
+    host = json.loads(docker("inspect", "--format", "{{json .HostConfig}}", name))
+    assert host["Memory"] == LIMIT_MIB << 20
+    assert host["MemorySwap"] == LIMIT_MIB << 20  # equal: no swap on top
+    assert host["PidsLimit"] == LIMIT_PIDS
+
+    # Memory: the hog is killed by the kernel inside the container's cgroup (exit 137)
+    # after it got close to the limit, never far past it; the server beside it still serves.
+    done = subprocess.run(
+        ["docker", "exec", name, "python", "-c", HOG],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    got = [int(line) for line in done.stdout.split()]
+    assert done.returncode == 137, (done.returncode, done.stderr[-500:])
+    assert got and LIMIT_MIB // 2 <= got[-1] <= LIMIT_MIB, got[-3:]
+    assert docker("inspect", "--format", "{{.State.Running}}", name) == "true"
+    assert "welcome.ipynb" in (get(port) or "")
+
+    # Processes: forking stops at the cap (EAGAIN) while the children hold their pids; the
+    # agent keeps reporting meanwhile (the container's own server, which needs a thread per
+    # request, is stuck at the cap with it), and once the bomb is gone the server answers.
+    bomb = subprocess.Popen(
+        ["docker", "exec", "-e", "HOLD=15", name, "python", "-c", FORK],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        ready, _, _ = select.select([bomb.stdout], [], [], 60)
+        assert ready, "the fork bomb did not reach the process cap within 60 s"
+        forked, errno = (int(x) for x in bomb.stdout.readline().split())
+        # The children still hold their pids here (for HOLD seconds).
+        at_cap = time.time()
+        wait_for(
+            lambda: mux.ship(ship).last_seen > at_cap,
+            10, "a report from the agent while the container sits at its process cap",
+        )  # fmt: skip
+        _, err = bomb.communicate(timeout=60)
+    finally:
+        if bomb.poll() is None:
+            bomb.kill()
+    assert forked < LIMIT_PIDS and errno == 11, (forked, errno, err[-300:])  # EAGAIN at the cap
+    wait_for(lambda: "welcome.ipynb" in (get(port) or ""), 30, "the server after the bomb")
+    record = mux.ship(ship)
+    assert record.state is ShipState.RUNNING and record.container("").state == "running"

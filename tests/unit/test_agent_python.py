@@ -109,3 +109,53 @@ def test_runs_under_the_floor_python() -> None:
         capture_output=True, text=True, timeout=60, env=env, cwd="/",
     )  # fmt: skip
     assert done.returncode == 0 and "--local" in done.stdout, done.stderr
+
+
+def _campfleet_imports(path: Path) -> set[str]:
+    """The campfleet modules a file imports (absolute imports, as the ship code uses)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        found.update(n for n in names if n.split(".")[0] == "campfleet")
+    return found
+
+
+def test_the_ship_image_carries_everything_the_agent_imports() -> None:
+    """The ship user data copies /opt/campfleet out of the ship image; a module the agent
+    imports but the Dockerfile does not copy would fail only on AWS, at boot."""
+    dockerfile = (ROOT / "images" / "ship" / "Dockerfile").read_text().splitlines()
+    copied = [
+        source
+        for line in dockerfile
+        if line.startswith("COPY campfleet")
+        for source in line.split()[1:-1]
+    ]
+
+    def shipped(path: Path) -> bool:
+        relative = path.relative_to(ROOT).as_posix()
+        return any(relative == s or relative.startswith(s.rstrip("/") + "/") for s in copied)
+
+    todo = sorted((ROOT / "campfleet" / "agent").glob("*.py"))
+    seen: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        assert shipped(path), f"{path.relative_to(ROOT)} is imported by the agent, not shipped"
+        for module in _campfleet_imports(path):
+            base = ROOT.joinpath(*module.split("."))
+            for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+                if candidate.is_file():
+                    todo.append(candidate)
+            for parent in base.parents:  # a package's __init__ runs on import too
+                if parent == ROOT:
+                    break
+                if (parent / "__init__.py").is_file():
+                    todo.append(parent / "__init__.py")
+    assert ROOT / "campfleet" / "contracts" / "agentjson.py" in seen

@@ -242,6 +242,7 @@ def test_endpoints_egress_is_priced_by_hand(
     doc["config"].update(
         {
             "campfleet:shipEgress": "endpoints",
+            "campfleet:shipAmi": "ami-0123456789abcdef0",
             "campfleet:availabilityZones": 3,
             "campfleet:zoneNames": zones,
         }

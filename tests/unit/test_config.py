@@ -164,6 +164,18 @@ def test_bare_keys_and_other_namespaces() -> None:
             'campfleet:shipEgress: got "none" (a string); expected "nat" or "endpoints"',
         ),
         (
+            {"campfleet:shipEgress": "endpoints"},
+            "campfleet:shipEgress: endpoints (no internet) needs campfleet:shipAmi, an AMI with "
+            "docker.io and amazon-ecr-credential-helper installed: ships without internet "
+            "cannot reach Debian's package mirrors. Use shipEgress nat, or bake an AMI "
+            "(docs/network.md)",
+        ),
+        (
+            {"campfleet:shipAmi": "debian-12"},
+            'campfleet:shipAmi: got "debian-12" (a string); expected an AMI id like '
+            '"ami-0123456789abcdef0", or "" for Debian 12',
+        ),
+        (
             {"campfleet:eventName": "PyCon 2026!"},
             'campfleet:eventName: got "PyCon 2026!" (a string); expected at most 256 letters, '
             "digits, spaces and _ . : / = + - @ (a tag value every AWS service accepts; "

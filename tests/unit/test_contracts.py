@@ -14,7 +14,7 @@ import yaml
 
 from campfleet.agent.config import AgentConfig
 from campfleet.agent.config import load as load_agent_config
-from campfleet.contracts import paths
+from campfleet.contracts import paths, ports
 from campfleet.contracts import secrets as contract
 from campfleet.contracts.agentjson import FILE_KEYS, agent_json
 from campfleet.contracts.muxjson import local_block, mux_json
@@ -210,3 +210,11 @@ def test_agent_json_is_built_and_read_with_the_same_keys(
         b"s" * 48,
     )
     assert (config.ship_group_name, config.lifecycle_hook_name) == ("g", "h")
+
+
+def test_a_ship_has_a_port_for_every_project_the_mux_allows() -> None:
+    """The agent gives the default server SHIP_PORT_BASE and each project the next port up;
+    the ship group opens SHIP_PORTS to the mux, so all of them must fit."""
+    low, high = ports.SHIP_PORTS
+    assert low == ports.SHIP_PORT_BASE == AgentConfig.__dataclass_fields__["port_base"].default
+    assert high >= ports.SHIP_PORT_BASE + mux_settings_reader.MAX_PROJECTS

@@ -429,3 +429,39 @@ def test_two_logins_racing_for_the_last_place_do_not_both_get_it() -> None:
     created.append("bob")
     created.remove("alice")  # an organizer deleted alice: her place is free again
     gate.admit(handler, "carol")
+
+
+def test_attendee_servers_load_nothing_from_their_homes(tmp_path: Path) -> None:
+    """disable_user_config (JUPYTERHUB_DISABLE_USER_CONFIG=1 in the server's env, which the
+    agent hands to the container) and no Python user site (issue 15)."""
+    c = Config()
+    fleet = configure(c, write_settings(tmp_path))
+    try:
+        assert c.Spawner.disable_user_config is True
+        assert c.Spawner.environment == {"PYTHONNOUSERSITE": "1"}
+        assert "subdomain_host" not in c.JupyterHub  # one origin without a domain
+        assert "--host-routing" not in proxy_command(load(tmp_path / "mux.json"))
+    finally:
+        fleet.registry.close()
+
+
+def test_a_domain_with_its_zone_gives_each_attendee_a_subdomain(tmp_path: Path) -> None:
+    tls = {"domainName": "ws.example.org", "userSubdomains": True, "httpsPort": 8443}
+    path = write_settings(tmp_path, behindTls=True, tls=tls)
+    c = Config()
+    fleet = configure(c, path)
+    try:
+        assert c.JupyterHub.subdomain_host == "https://ws.example.org:8443"
+        assert c.JupyterHub.cookie_host_prefix_enabled is True
+        assert "--host-routing" in proxy_command(load(path))
+    finally:
+        fleet.registry.close()
+    # A domain without the zone (no wildcard record, no DNS-01): one origin, as before.
+    other = tmp_path / "other"
+    other.mkdir()
+    c = Config()
+    fleet = configure(c, write_settings(other, behindTls=True, tls={"domainName": "a.example"}))
+    try:
+        assert "subdomain_host" not in c.JupyterHub
+    finally:
+        fleet.registry.close()

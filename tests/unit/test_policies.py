@@ -315,6 +315,7 @@ def evaluation(request: pytest.FixtureRequest) -> Any:
     values = {
         **read_stack_config(ROOT, "prod"),
         "campfleet:shipEgress": "endpoints",
+        "campfleet:shipAmi": "ami-0123456789abcdef0",
         "campfleet:allowedCidrs": ["198.51.100.0/24", "203.0.113.0/24"],
     }
     return _evaluate("prod", values)

@@ -16,10 +16,12 @@ import pulumi_random as random
 import pytest
 import yaml
 
-from campfleet.evaluate import Evaluation, Resource, evaluate
+from campfleet.evaluate import Evaluation, Resource, _digest, evaluate
+from components import userdata
 from components.config import read_stack_config
 
 ROOT = Path(__file__).resolve().parents[2]
+EDGE_AMI = "ami-0123456789abcdef0"
 VOLUME = "aws:ebs/volume:Volume"
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 GROUP = "aws:autoscaling/group:Group"
@@ -63,7 +65,8 @@ def prod() -> Evaluation:
 
 @pytest.fixture(scope="module")
 def edge() -> Evaluation:
-    """Uneven spread, VPC endpoints instead of NAT, two CIDRs, a given password, an event name."""
+    """Uneven spread, VPC endpoints instead of NAT (with a baked ship AMI), two CIDRs, a given
+    password, an event name."""
     return evaluate(
         ROOT,
         "edge",
@@ -72,6 +75,7 @@ def edge() -> Evaluation:
             "campfleet:ships": 7,
             "campfleet:availabilityZones": 3,
             "campfleet:shipEgress": "endpoints",
+            "campfleet:shipAmi": EDGE_AMI,
             "campfleet:allowedCidrs": ["203.0.113.0/24", "198.51.100.7/32"],
             "campfleet:sharedPassword": {"secure": "correct-horse"},
             "campfleet:eventName": "pycon-ws",
@@ -248,7 +252,8 @@ def test_launch_template_security(dev: Evaluation) -> None:
     assert interface["associatePublicIpAddress"] == "false"
     ship_sg = next(i for i, n in sg_ids(dev).items() if n == "network-ship-sg")
     assert interface["securityGroups"] == [ship_sg]
-    assert template["imageId"].startswith("resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023")
+    assert template["imageId"] == f"resolve:ssm:{userdata.AMI_PARAMETER}"
+    assert userdata.AMI_PARAMETER == "/aws/service/debian/release/12/latest/amd64"
     assert template["instanceType"] == dev.config.ship_instance_type
     kinds = {spec["resourceType"]: spec["tags"] for spec in template["tagSpecifications"]}
     assert set(kinds) == {"instance", "volume", "network-interface"}
@@ -388,10 +393,19 @@ def test_s3_endpoint_reads_only_the_buckets_ships_need_without_nat(
     statements = json.loads(gateway.inputs["policy"])["Statement"]
     assert {(s["Effect"], s["Action"], s["Resource"]) for s in statements} == {
         ("Allow", "s3:GetObject", "arn:aws:s3:::prod-us-west-2-starport-layer-bucket/*"),
-        ("Allow", "s3:GetObject", "arn:aws:s3:::al2023-repos-us-west-2-de612dc2/*"),
     }
     nat = next(r for r in dev.of_type(s3) if r.inputs["serviceName"].endswith(".s3"))
     assert "policy" not in nat.inputs
+
+
+def test_ships_boot_debian_12_or_the_stacks_baked_ami(dev: Evaluation, edge: Evaluation) -> None:
+    """The mux resolves the same public Debian 12 parameter; a stack without internet for its
+    ships (shipEgress endpoints) names an AMI with the packages baked in instead."""
+    assert edge.one(LAUNCH_TEMPLATE).inputs["imageId"] == EDGE_AMI
+    (mux,) = dev.of_type("aws:ec2/instance:Instance")
+    # The mocks answer an SSM parameter with an AMI id made from its name.
+    assert mux.inputs["ami"] == f"ami-{_digest(userdata.AMI_PARAMETER)[:17]}"
+    assert dev.one(LAUNCH_TEMPLATE).inputs["imageId"] == f"resolve:ssm:{userdata.AMI_PARAMETER}"
 
 
 def test_auto_scaling_group(prod: Evaluation) -> None:
@@ -598,12 +612,30 @@ def test_domain_with_a_hosted_zone_gets_its_record_and_https_url() -> None:
         "campfleet:acmeEmail": "organizer@example.org",
     }
     ev = evaluate(ROOT, "dev", values)
-    record = ev.one("aws:route53/record:Record")
-    assert record.inputs["zoneId"] == "Z0123456789ABC"
-    assert (record.inputs["name"], record.inputs["type"]) == ("jupyter.example.org", "A")
-    assert record.inputs["records"] == [ev.outputs["muxPublicIp"]]
+    records = {r.inputs["name"]: r for r in ev.of_type("aws:route53/record:Record")}
+    # The mux's name, and (per-user subdomains, issue 15) every name under it.
+    assert set(records) == {"jupyter.example.org", "*.jupyter.example.org"}
+    for record in records.values():
+        assert record.inputs["zoneId"] == "Z0123456789ABC" and record.inputs["type"] == "A"
+        assert record.inputs["records"] == [ev.outputs["muxPublicIp"]]
     assert ev.outputs["muxUrl"] == "https://jupyter.example.org/"
     assert "muxDnsRecord" not in ev.outputs
+    _, settings = _mux_settings(ev)
+    assert settings["tls"]["userSubdomains"] is True
+    # The mux may write only the DNS-01 challenge's TXT record, in that zone.
+    statements = {s["Sid"]: s for s in policy(ev, "mux-policy")}
+    change = statements["AcmeDnsChallenge"]
+    assert change["Action"] == "route53:ChangeResourceRecordSets"
+    assert change["Resource"] == "arn:aws:route53:::hostedzone/Z0123456789ABC"
+    only = change["Condition"]["ForAllValues:StringEquals"]
+    assert only["route53:ChangeResourceRecordSetsNormalizedRecordNames"] == [
+        "_acme-challenge.jupyter.example.org"
+    ]
+    assert only["route53:ChangeResourceRecordSetsRecordTypes"] == ["TXT"]
+    assert statements["AcmeDnsFindZone"]["Action"] == [
+        "route53:ListHostedZones",
+        "route53:GetChange",
+    ]
 
 
 def test_domain_without_a_zone_says_which_record_to_create(dev: Evaluation) -> None:
@@ -614,6 +646,9 @@ def test_domain_without_a_zone_says_which_record_to_create(dev: Evaluation) -> N
     )
     ip = ev.outputs["muxPublicIp"]
     assert ev.outputs["muxDnsRecord"] == f"create: jupyter.example.org A {ip} (TTL 300)"
+    # No zone: no wildcard certificate, so one origin and no Route 53 rights.
+    assert _mux_settings(ev)[1]["tls"]["userSubdomains"] is False
+    assert not any(s["Sid"].startswith("AcmeDns") for s in policy(ev, "mux-policy"))
 
 
 def _mux_settings(evaluation: Evaluation) -> tuple[str, dict]:

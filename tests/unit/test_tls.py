@@ -100,3 +100,16 @@ def test_service_usage_and_bad_settings_are_one_line(tmp_path: Path, capsys) -> 
     assert tls.main(["serve", str(tmp_path / "missing.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("campfleet-tls: mux settings:") and err.count("\n") == 1
+
+
+def test_per_user_subdomains_order_a_wildcard_through_dns_01(tmp_path: Path) -> None:
+    """Per-user subdomains: the domain and *.domain, proven with certbot-dns-route53 (ACME
+    CAs issue wildcards only through DNS-01); nothing listens for http-01 (issue 15)."""
+    acme = tls.Acme(identifier="ws.example.org", config_dir=tmp_path, wildcard=True)
+    cmd = acme.certonly()
+    assert "--dns-route53" in cmd and "--standalone" not in cmd and "--http-01-port" not in cmd
+    names = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "-d"]
+    assert names == ["ws.example.org", "*.ws.example.org"]
+    assert acme.live_dir == tmp_path / "live" / "ws.example.org"
+    with pytest.raises(tls.TlsError, match="need a domain name"):
+        tls.Acme(identifier="203.0.113.7", config_dir=tmp_path, wildcard=True).certonly()

@@ -122,6 +122,8 @@ def test_ship_files(prod: Evaluation, rendered: dict[str, str]) -> None:
     assert agent["heartbeat"] > 0
     assert agent["shipGroupName"] == prod.outputs["shipGroupName"]
     assert agent["lifecycleHookName"] == "campfleet-prod-ships-terminating"
+    # Container limits (issue 15): prod's ships are the default t3.large (8 GiB, 1 GiB kept).
+    assert (agent["containerMemoryMiB"], agent["containerPidsLimit"]) == (7168, 2048)
     unit = written["/etc/systemd/system/campfleet-agent.service"]["content"]
     assert unit == userdata.AGENT_UNIT.read_text()
     script = written["/usr/local/sbin/campfleet-ship-init"]
@@ -150,7 +152,11 @@ def test_agent_lands_where_its_unit_imports_it(rendered: dict[str, str]) -> None
     assert 'docker cp "$source":/opt/campfleet/. /opt/campfleet/' in init
     dockerfile = (ROOT / "images/ship/Dockerfile").read_text().splitlines()
     copies = {line.split()[-1] for line in dockerfile if line.startswith("COPY campfleet/")}
-    assert copies == {"/opt/campfleet/campfleet/", "/opt/campfleet/campfleet/agent/"}
+    assert copies == {
+        "/opt/campfleet/campfleet/",
+        "/opt/campfleet/campfleet/agent/",
+        "/opt/campfleet/campfleet/contracts/",
+    }
 
 
 @pytest.mark.parametrize(("cached", "pulled"), [(True, False), (False, True)])

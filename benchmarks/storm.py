@@ -187,6 +187,16 @@ def children(pid: Optional[int]) -> list[int]:
         return []
 
 
+def proxy_log_errors(log: Path, limit: int = 20) -> list[str]:
+    """configurable-http-proxy's error lines (`... [ConfigProxy] error: ...`): a request the
+    proxy could not pass to the hub is answered from its error target, not by the hub."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [f"proxy: {line[:300]}" for line in lines if "error" in line.lower()][-limit:]
+
+
 def log_errors(log: Path, limit: int = 100) -> list[str]:
     """The error lines and tracebacks of a hub log (the spawned servers' stderr goes there
     too): kept in the JSON when a storm has failures, since the log goes with its temporary
@@ -340,7 +350,9 @@ def run_event(
         }
         result.loadavg = [load0, os.getloadavg()[0]]
         if result.errors or result.unanswered:
-            result.log_errors = log_errors(event.log_dir / "hub.log")
+            result.log_errors = log_errors(event.log_dir / "hub.log") + proxy_log_errors(
+                event.log_dir / "proxy.log"
+            )
     finally:
         event.stop()
         unpin()

@@ -48,3 +48,15 @@ def test_the_split_is_read_from_the_kernel_and_survives_pinning() -> None:
     finally:
         storm.unpin()
     assert os.sched_getaffinity(0) == storm.RUN_CPUS
+
+
+def test_a_failed_storm_keeps_the_proxys_error_lines(tmp_path: Path) -> None:
+    log = tmp_path / "proxy.log"
+    log.write_text(
+        "14:58:01.100 [ConfigProxy] info: Adding route /user/a -> http://127.0.0.1:1\n"
+        "14:58:02.200 [ConfigProxy] error: 503 POST /hub/api/users/a/server socket hang up\n"
+    )
+    assert storm.proxy_log_errors(log) == [
+        "proxy: 14:58:02.200 [ConfigProxy] error: 503 POST /hub/api/users/a/server socket hang up"
+    ]
+    assert storm.proxy_log_errors(tmp_path / "missing.log") == []

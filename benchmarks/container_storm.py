@@ -39,7 +39,7 @@ from campfleet.images import ensure_images
 from campfleet.local import LocalEvent, find_free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from spawn_storm import _start_one, figures, storm
+from storm import _start_one, driver_token, figures, storm
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "container_storm.json"
@@ -108,7 +108,8 @@ def run_storm(ev: LocalEvent, label: str, users: int) -> tuple:
         ev.start()
         ev.wait_ready(timeout=900)
         print(f"[{label}] ready; storm of {users} container starts", flush=True)
-        times, errors = asyncio.run(storm(ev, users))
+        result = asyncio.run(storm(ev, users, driver_token(ev)))
+        times, errors = result.times, result.errors
     finally:
         ev.stop()
         remove_containers()  # DockerSpawner's (removed at stop unless a start failed half-way)

@@ -28,29 +28,39 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import aiohttp
 
-from campfleet.local import LocalEvent, find_free_port
+from campfleet.local import SHIP_PORT_OFFSET, LocalEvent, find_free_port
 from campfleet.standin import BODY as STANDIN_BODY
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 STANDIN = [sys.executable, "-m", "campfleet.standin"]
 HUB_CPUS, SHIP_CPUS = {0}, {1}
+# The CPUs this run may use, read once before any pinning: pin() narrows the affinity, so
+# reading it again later would see one CPU and stop pinning (the next arm's hub would share
+# the ships' core).
+RUN_CPUS = frozenset(os.sched_getaffinity(0))
 _TICK = os.sysconf("SC_CLK_TCK")
+NAME_PREFIX = "attendee"  # the storm's attendees: attendee0000, attendee0001, ...
 
 
 def split_cores() -> bool:
     """Can the mux and the ships have a core each? (False on a 1-core machine: no pinning.)"""
-    return len(os.sched_getaffinity(0)) >= 2 and {0, 1} <= os.sched_getaffinity(0)
+    return {0, 1} <= RUN_CPUS
 
 
 def pin(cpus: set[int]) -> None:
     """Pin this (main) thread; processes started afterwards inherit it."""
     if split_cores():
         os.sched_setaffinity(0, cpus)
+
+
+def unpin() -> None:
+    """Back to every CPU the run started with."""
+    os.sched_setaffinity(0, RUN_CPUS)
 
 
 def cpu_seconds(pid: Optional[int]) -> float:
@@ -74,8 +84,9 @@ def runqueue_wait_s(pid: Optional[int]) -> float:
 
 
 def proxy_pid(event: LocalEvent) -> Optional[int]:
+    """configurable-http-proxy's pid (the proxy service execs into it)."""
     try:
-        return int((event.hub_dir / "jupyterhub-proxy.pid").read_text().strip())
+        return int(event.pid_file("proxy").read_text().strip())
     except (OSError, ValueError):
         return None
 
@@ -134,6 +145,9 @@ class StormResult:
     hub_runqueue_wait_s: float = 0.0
     proxy_cpu_s: float = 0.0
     wall_s: float = 0.0
+    loadavg: list[float] = field(default_factory=list)  # 1-minute load at start and at end
+    log_errors: list[str] = field(default_factory=list)  # the hub log's errors, on failure
+    cpus: dict = field(default_factory=dict)  # where the hub, proxy and ships' side really ran
 
     def summary(self) -> dict:
         f = figures(self.times, self.errors)
@@ -146,9 +160,63 @@ class StormResult:
             proxy_cpu_s=round(self.proxy_cpu_s, 2),
             wall_s=round(self.wall_s, 1),
         )
+        if self.cpus:
+            f["cpus"] = self.cpus
+        if self.loadavg:
+            f["loadavg_1min_start_end"] = [round(x, 1) for x in self.loadavg]
         if self.unanswered:
             f["unanswered"] = self.unanswered[:5]
+        if self.log_errors:
+            f["hub_log_errors"] = self.log_errors
         return f
+
+
+def affinity(pids: list[Optional[int]]) -> Optional[list[int]]:
+    """The CPUs these processes may run on (union), read from the kernel: proof of the split."""
+    cpus: set[int] = set()
+    for pid in pids:
+        with contextlib.suppress(OSError, TypeError):
+            cpus |= os.sched_getaffinity(pid)
+    return sorted(cpus) or None
+
+
+def children(pid: Optional[int]) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def proxy_log_errors(log: Path, limit: int = 20) -> list[str]:
+    """configurable-http-proxy's error lines (`... [ConfigProxy] error: ...`): a request the
+    proxy could not pass to the hub is answered from its error target, not by the hub."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [f"proxy: {line[:300]}" for line in lines if "error" in line.lower()][-limit:]
+
+
+def log_errors(log: Path, limit: int = 100) -> list[str]:
+    """The error lines and tracebacks of a hub log (the spawned servers' stderr goes there
+    too): kept in the JSON when a storm has failures, since the log goes with its temporary
+    directory."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        return [f"(no hub log: {exc})"]
+    out: list[str] = []
+    keep = False
+    for line in lines:
+        if line.startswith(("[E ", "[C ", "Traceback")):
+            keep = True  # an error record (its traceback follows, indented) or a bare traceback
+        elif line.startswith("["):
+            keep = False  # the next log record
+        if keep:
+            out.append(line[:300])
+            if line and not line.startswith(("[", " ", "Traceback")):
+                keep = False  # an unindented exception line ends a bare traceback
+    return out[-limit:]
 
 
 def driver_token(event: LocalEvent) -> str:
@@ -174,7 +242,7 @@ def driver_token(event: LocalEvent) -> str:
 
 async def storm(event: LocalEvent, users: int, token: str) -> StormResult:
     api = f"{event.url}hub/api"
-    names = [f"attendee{i:04d}" for i in range(users)]
+    names = [f"{NAME_PREFIX}{i:04d}" for i in range(users)]
     timeout = aiohttp.ClientTimeout(total=900)
     headers = {"Authorization": f"token {token}"}
     out = StormResult()
@@ -235,18 +303,25 @@ def run_event(
     ships: int,
     state: Path,
     *,
-    extra_config: str = "",
+    extra_config: Union[str, Callable[[int], str]] = "",
     profile: Optional[Path] = None,
     lost_after: int = 12,
 ) -> StormResult:
     """Start an event (hub on HUB_CPUS; simulated ships on SHIP_CPUS), storm it, stop it.
 
     The stock arm runs the same event with one simulated ship (the hub's control API is part
-    of every mux); its servers come from extra_config's spawner."""
-    port = find_free_port(ships)
+    of every mux); its servers come from extra_config's spawner. A callable extra_config is
+    given the first of `users` free ports after the ships' (stock_config's servers' ports)."""
+    # One port per simulated ship (one project each): a storm of 1,000 then needs 1,100
+    # free ports in a row, not 10,100, among other programs' on a shared machine.
+    servers = users if callable(extra_config) else 0
+    port = find_free_port(ships + servers, ports_per_ship=1)
+    if callable(extra_config):
+        extra_config = extra_config(port + SHIP_PORT_OFFSET + ships)
     event = LocalEvent(
         ships=ships,
         port=port,
+        ports_per_ship=1,
         state_dir=state,
         heartbeat=5.0,
         lost_after=lost_after,
@@ -254,6 +329,7 @@ def run_event(
         extra_config=extra_config,
     )
     print(f"[{label}] starting hub and {ships} ship(s) on 127.0.0.1:{port} ...", flush=True)
+    load0 = os.getloadavg()[0]
     pin(HUB_CPUS)  # the hub and the proxy it starts inherit this
     try:
         event.start(launch=0)
@@ -264,37 +340,68 @@ def run_event(
         print(f"[{label}] ready; storm of {users} starts", flush=True)
         with profiler(event.hub.pid, profile):
             result = asyncio.run(storm(event, users, token))
+        hub_pid = event.hub.pid if event.hub else None
+        simulator = event.agents.get("simfleet")
+        result.cpus = {
+            "hub": affinity([hub_pid]),
+            "proxy": affinity([proxy_pid(event)]),
+            # the simulator, or (stock) the servers the hub spawned
+            "ships": affinity([simulator.pid] if ships > 1 and simulator else children(hub_pid)),
+        }
+        result.loadavg = [load0, os.getloadavg()[0]]
+        if result.errors or result.unanswered:
+            result.log_errors = log_errors(event.log_dir / "hub.log") + proxy_log_errors(
+                event.log_dir / "proxy.log"
+            )
     finally:
         event.stop()
-        pin(HUB_CPUS | SHIP_CPUS)
+        unpin()
     f = result.summary()
     print(
         f"[{label}] p50 {f.get('p50_s')} s  p95 {f.get('p95_s')} s  max {f.get('max_s')} s  "
         f"failures {f['failures']}  unanswered {f['first_requests_unanswered']}  "
         f"hub CPU {f['hub_cpu_s']} s ({f['hub_cpu_s_per_start'] * 1000:.1f} ms/start, waited "
         f"{f['hub_runqueue_wait_s']} s for a CPU)  "
-        f"proxy CPU {f['proxy_cpu_s']} s",
+        f"proxy CPU {f['proxy_cpu_s']} s  load {result.loadavg[0]:.1f}->{result.loadavg[1]:.1f}",
         flush=True,
     )
+    print(f"[{label}] CPUs: {result.cpus}", flush=True)
+    for line in result.log_errors[-10:]:
+        print(f"[{label}] hub log: {line}", flush=True)
     return result
 
 
-def stock_config(users: int, homes: Path) -> str:
+def stock_config(users: int, homes: Path) -> Callable[[int], str]:
     """JupyterHub's SimpleLocalProcessSpawner starting the same stand-in, pinned to the ships'
-    core (taskset, so the interpreter starts there: a ship's work is not the mux's)."""
+    core (taskset, so the interpreter starts there: a ship's work is not the mux's).
+
+    Each attendee's server gets a port of its own below the kernel's ephemeral range, as each
+    campfleet ship has (the first port is run_event's). Left to itself, LocalProcessSpawner
+    picks a random free port (bind to port 0, close) in the ephemeral range and the server binds
+    it seconds later; in a storm, while the driver and the hub open hundreds of outbound
+    connections on this one host, a server found its port taken and exited, and JupyterHub
+    6.1.1 then answered the POST with an unhandled InvalidStateError (500). Servers on hosts
+    of their own (DockerSpawner, KubeSpawner) have no such race."""
     cmd = STANDIN
     if split_cores() and shutil.which("taskset"):
         cmd = ["taskset", "-c", ",".join(map(str, sorted(SHIP_CPUS))), *STANDIN]
     elif split_cores():
         print("note: no taskset (util-linux): the stock arm's servers share the hub's CPU")
-    return "\n".join([
-        "c.JupyterHub.spawner_class = 'simple'",
-        f"c.SimpleLocalProcessSpawner.cmd = {cmd!r}",
-        f"c.SimpleLocalProcessSpawner.home_dir_template = '{homes}/{{username}}'",
-        # hubconfig derives the spawn limit from the fleet size; the stock run has no
-        # fleet, so give it the same limit as the campfleet run.
-        f"c.JupyterHub.concurrent_spawn_limit = {max(users, 10)}",
-    ])  # fmt: skip
+
+    def config(first_port: int) -> str:
+        return "\n".join([
+            "c.JupyterHub.spawner_class = 'simple'",
+            f"c.SimpleLocalProcessSpawner.cmd = {cmd!r}",
+            f"c.SimpleLocalProcessSpawner.home_dir_template = '{homes}/{{username}}'",
+            # hubconfig derives the spawn limit from the fleet size; the stock run has no
+            # fleet, so give it the same limit as the campfleet run.
+            f"c.JupyterHub.concurrent_spawn_limit = {max(users, 10)}",
+            "def _own_port(spawner):",
+            f"    spawner.port = {first_port} + int(spawner.user.name[{len(NAME_PREFIX)}:])",
+            "c.Spawner.pre_spawn_hook = _own_port",
+        ])  # fmt: skip
+
+    return config
 
 
 def machine() -> dict:

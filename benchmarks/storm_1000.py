@@ -14,6 +14,7 @@ Target: 0 failures, every first request answered, p95 <= 60 s.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -34,6 +35,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="storm-1000-") as scratch:
         tmp = args.keep or Path(scratch)
         r = run_event("campfleet", args.users, args.users, tmp / "event", profile=args.profile)
+    info["loadavg_at_end"] = list(os.getloadavg())
     f = r.summary()
     failures = f["failures"] + f["first_requests_unanswered"]
     ok = failures == 0 and f.get("p95_s") is not None and f["p95_s"] <= P95_TARGET_S
@@ -49,6 +51,11 @@ def main() -> int:
             "target": f"0 failures, every first request answered, p95 <= {P95_TARGET_S:g} s",
             "pass": ok,
         },
+    )
+    print(
+        f"hub CPU per start {f['hub_cpu_s_per_start'] * 1000:.1f} ms; the hub waited "
+        f"{f['hub_runqueue_wait_s']} s for a CPU; load average "
+        f"{info['loadavg_at_start'][0]:.1f} at start, {info['loadavg_at_end'][0]:.1f} at end"
     )
     print(f"storm {args.users}: failures {failures}, p95 {f.get('p95_s')} s")
     return 0 if ok else 1

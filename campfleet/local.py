@@ -85,17 +85,17 @@ def _listening(port: int) -> bool:
     return True
 
 
-def find_free_port(ships: int) -> int:
+def find_free_port(ships: int, ports_per_ship: int = PORTS_PER_SHIP) -> int:
     """A base port whose event ports (P..P+3) and every ship's port block are free.
 
     Picked below the kernel's ephemeral range, so that no outbound connection's source port
     can take a ship's (project) port after this check.
     """
-    top = _ephemeral_low() - SHIP_PORT_OFFSET - PORTS_PER_SHIP * (ships + 1)
+    top = _ephemeral_low() - SHIP_PORT_OFFSET - ports_per_ship * (ships + 1)
     for _ in range(200):
         port = random.randrange(10000, max(top, 10010), 10)
         wanted = [*range(port, port + EVENT_PORTS)]
-        wanted += range(port + SHIP_PORT_OFFSET, port + SHIP_PORT_OFFSET + PORTS_PER_SHIP * ships)
+        wanted += range(port + SHIP_PORT_OFFSET, port + SHIP_PORT_OFFSET + ports_per_ship * ships)
         if all(_port_free(p) for p in wanted):
             return port
     raise LocalEventError("no free block of ports on 127.0.0.1; stop other events")
@@ -280,6 +280,7 @@ class LocalEvent:
         start_timeout: float = 120.0,
         auth: str = "shared",
         admin_token_hours: float = 168.0,
+        ports_per_ship: int = PORTS_PER_SHIP,
     ) -> None:
         if runtime not in ("local", "docker"):
             raise LocalEventError(f"--runtime {runtime!r}: use local or docker")
@@ -287,7 +288,12 @@ class LocalEvent:
             raise LocalEventError("the docker runtime needs the ship image (build it first)")
         if ships < 1:
             raise LocalEventError(f"--ships must be at least 1, got {ships}")
-        if not 1024 <= port <= 65535 - SHIP_PORT_OFFSET - PORTS_PER_SHIP * ships:
+        # One port per project; a storm of simulated one-project ships needs only one each
+        # (1,000 ships then fit between other programs' ports on a shared machine).
+        if not 1 <= ports_per_ship <= PORTS_PER_SHIP:
+            raise LocalEventError(f"ports_per_ship must be 1..{PORTS_PER_SHIP}")
+        self.ports_per_ship = ports_per_ship
+        if not 1024 <= port <= 65535 - SHIP_PORT_OFFSET - ports_per_ship * ships:
             raise LocalEventError(f"--port {port} is out of range; use 1024..60000")
         if password is not None and len(password) < 8:
             raise LocalEventError("--password must be at least 8 characters (JupyterHub's rule)")
@@ -317,6 +323,8 @@ class LocalEvent:
             self.singleuser_cmd = singleuser_cmd or [_bin("jupyterhub-singleuser"), *root]
         self.extra_config = extra_config
         self.projects = projects or {}
+        if self.projects and ports_per_ship < PORTS_PER_SHIP:
+            raise LocalEventError(f"projects need {PORTS_PER_SHIP} ports per ship")
         # mux.json's `fleet` block (campfleet.mux.settings.parse_fleet): mode, culler, ...
         self.fleet = fleet or {}
         if auth not in ("shared", "codes"):
@@ -404,7 +412,7 @@ class LocalEvent:
         return [f"i-10ca1{i:012x}" for i in range(1, self.ships + 1)]
 
     def port_base(self, index: int) -> int:
-        return self.port + SHIP_PORT_OFFSET + PORTS_PER_SHIP * index
+        return self.port + SHIP_PORT_OFFSET + self.ports_per_ship * index
 
     # -- start -------------------------------------------------------------------------------
 
@@ -847,7 +855,7 @@ class LocalEvent:
             "--prefix", SIM_PREFIX,
             "--ships", str(self.ships),
             "--port-base", str(self.port_base(0)),
-            "--ports-per-ship", str(PORTS_PER_SHIP),
+            "--ports-per-ship", str(self.ports_per_ship),
             "--zone", ZONE,
             "--heartbeat", str(self.heartbeat),
             "--stats", str(sim_dir / "stats.json"),

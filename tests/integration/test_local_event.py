@@ -23,12 +23,22 @@ from tests.integration.conftest import STANDIN, stop_and_check
         ({"password": "short"}, "--password must be at least 8 characters"),
         ({"port": 80}, "--port 80 is out of range"),
         ({"admin": "bad name"}, "--admin 'bad name' must be letters, digits, - or _"),
+        ({"ports_per_ship": 0}, "ports_per_ship must be 1..10"),
+        ({"ports_per_ship": 1, "projects": {"a": {}}}, "projects need 10 ports per ship"),
     ],
 )
 def test_bad_arguments_are_one_line(kwargs: dict, message: str, tmp_path: Path) -> None:
     with pytest.raises(LocalEventError) as e:
         LocalEvent(state_dir=tmp_path, **kwargs)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_one_port_per_ship_packs_the_ship_ports(tmp_path: Path) -> None:
+    """Storms of simulated one-project ships: 1,000 ships in 1,100 ports (benchmarks/storm.py)."""
+    port = find_free_port(1000, ports_per_ship=1)
+    event = LocalEvent(ships=1000, port=port, state_dir=tmp_path, ports_per_ship=1)
+    assert [event.port_base(i) for i in (0, 1, 999)] == [port + 100, port + 101, port + 1099]
+    assert LocalEvent(ships=3, port=port, state_dir=tmp_path).port_base(1) == port + 110
 
 
 def test_port_in_use_is_one_clear_line_and_starts_nothing(tmp_path: Path) -> None:

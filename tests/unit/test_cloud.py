@@ -429,3 +429,35 @@ async def test_local_cloud_writes_the_group_file(tmp_path: Any) -> None:
         ("desired capacity", "3"),
         ("remove", "i-local0002"),
     ]
+
+
+async def test_local_owner_tags_are_one_appended_line_each_and_the_last_wins(
+    tmp_path: Any,
+) -> None:
+    """Tagging appends (no rewrite of every tag per start); a torn line costs only itself."""
+    cloud = LocalCloud(tmp_path, 3)
+    await cloud.tag_owner("vol-local-0001", "ann")
+    await cloud.tag_owner("vol-local-0002", "bob")
+    journal = tmp_path / "owner-tags.jsonl"
+    before = journal.read_bytes()
+    await cloud.tag_owner("vol-local-0001", "cy")  # re-tagged (an admin re-assignment)
+    assert journal.read_bytes().startswith(before)  # appended, earlier tags untouched
+    assert await cloud.volume_owners() == {"vol-local-0001": "cy", "vol-local-0002": "bob"}
+    with open(journal, "ab") as f:
+        f.write(b'{"volume": "vol-local-0003", "own')  # a crash mid-write
+    await cloud.tag_owner("vol-local-0003", "dee")
+    again = LocalCloud(tmp_path, 3)  # a restarted mux reads the same tags
+    assert await again.volume_owners() == {
+        "vol-local-0001": "cy",
+        "vol-local-0002": "bob",
+        "vol-local-0003": "dee",
+    }
+
+
+async def test_local_owner_tag_that_cannot_be_written_is_a_cloud_error(tmp_path: Any) -> None:
+    cloud = LocalCloud(tmp_path, 1)
+    (tmp_path / "owner-tags.jsonl").mkdir()  # not a file: the write fails
+    with pytest.raises(CloudError, match="tag owner failed on vol-local-0001"):
+        await cloud.tag_owner("vol-local-0001", "ann")
+    with pytest.raises(CloudError, match="no such local volume"):
+        await cloud.tag_owner("vol-nope", "ann")

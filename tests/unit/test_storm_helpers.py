@@ -1,0 +1,62 @@
+"""The storm benchmarks' own helpers (benchmarks/storm.py): what they keep from a failed storm
+and how they read the CPU split, so a benchmark's JSON says why and where it ran."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import storm  # noqa: E402
+
+
+def test_a_failed_storm_keeps_the_hub_logs_errors_and_tracebacks(tmp_path: Path) -> None:
+    log = tmp_path / "hub.log"
+    log.write_text(
+        "[I 2026-12-02 13:34:39.022 JupyterHub spawner:2153] Spawning standin\n"
+        "[E 2026-12-02 13:34:40.100 JupyterHub web:1871] Uncaught exception POST /hub/api\n"
+        "    Traceback (most recent call last):\n"
+        '      File "jupyterhub/user.py", line 911, in spawn\n'
+        "    RuntimeError: the spawner broke\n"
+        "[I 2026-12-02 13:34:40.200 JupyterHub log:192] 201 POST /hub/api/users/a/server\n"
+        "Traceback (most recent call last):\n"
+        '  File "standin.py", line 40, in main\n'
+        "OSError: [Errno 98] Address already in use\n"
+        "[I 2026-12-02 13:34:41.000 JupyterHub log:192] 200 GET /hub/api/users\n"
+    )
+    kept = storm.log_errors(log)
+    assert kept[0].startswith("[E ") and "Uncaught exception" in kept[0]
+    assert "    RuntimeError: the spawner broke" in kept
+    assert kept[-1] == "OSError: [Errno 98] Address already in use"
+    assert not any(line.startswith("[I ") for line in kept)
+    assert storm.log_errors(tmp_path / "missing.log")[0].startswith("(no hub log")
+
+
+def test_the_split_is_read_from_the_kernel_and_survives_pinning() -> None:
+    assert storm.affinity([os.getpid()]) == sorted(os.sched_getaffinity(0))
+    assert storm.affinity([None, 2**22 + 7]) is None  # gone or unknown processes
+    if not storm.split_cores():
+        return
+    try:
+        storm.pin(storm.SHIP_CPUS)
+        assert storm.split_cores()  # still true once pinned: the next arm is pinned too
+        storm.pin(storm.HUB_CPUS)
+        assert os.sched_getaffinity(0) == storm.HUB_CPUS
+    finally:
+        storm.unpin()
+    assert os.sched_getaffinity(0) == storm.RUN_CPUS
+
+
+def test_a_failed_storm_keeps_the_proxys_error_lines(tmp_path: Path) -> None:
+    log = tmp_path / "proxy.log"
+    log.write_text(
+        "14:58:01.100 [ConfigProxy] info: Adding route /user/a -> http://127.0.0.1:1\n"
+        "14:58:02.200 [ConfigProxy] error: 503 POST /hub/api/users/a/server socket hang up\n"
+    )
+    assert storm.proxy_log_errors(log) == [
+        "proxy: 14:58:02.200 [ConfigProxy] error: 503 POST /hub/api/users/a/server socket hang up"
+    ]
+    assert storm.proxy_log_errors(tmp_path / "missing.log") == []

@@ -164,7 +164,9 @@ def trusting_image(image: str, ca_pem: str, identity_pem: str = "") -> str:
             "cat /etc/campfleet-rehearsal-ca.pem >> /etc/campfleet-rehearsal-bundle.pem\n"
             "ENV AWS_CA_BUNDLE=/etc/campfleet-rehearsal-bundle.pem\n"
             "COPY identity.pem /etc/campfleet-rehearsal-identity.pem\n"
-            'RUN python3 -c "import importlib.resources as r;'
+            # From /: the image's working directory holds a source copy of campfleet that
+            # would shadow the installed package the hub imports.
+            'RUN cd / && python3 -c "import importlib.resources as r;'
             "p=r.files('campfleet').joinpath('data/aws-identity-rsa2048.pem');"
             "bundled=p.read_text();"
             "open(str(p),'w').write(open('/etc/campfleet-rehearsal-identity.pem').read()+bundled)"

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from campfleet.agent.docker import SCOPE_LABEL
+from campfleet.contracts import paths
 from campfleet.images import SHIP_TAG
 from campfleet.protocol import ContainerSpec, ShipState
 from tests.docker_kit import (
@@ -238,18 +239,22 @@ def test_the_attendee_cannot_reach_the_secret_the_socket_or_the_agent_state(
     gen = mux.registry.set_container(ship, serve_spec(v1, free_port(), "t"))
     mux.wait_container(ship, gen, timeout=START)
     (name,) = containers(scope)
-    secret, state = agents.secret, tmp_path / "state" / ship
-    assert secret.exists() and state.is_dir() and Path("/var/run/docker.sock").exists()
+    # The ship's secret is its own control key (issue 15: ships hold no fleet-wide secret),
+    # kept in the agent's state directory; its identity document sits beside it.
+    state = tmp_path / "state" / ship
+    secret, identity = state / paths.SHIP_KEY_FILE, agents.identity_dir(ship)
+    key = json.loads(secret.read_text())["key"]
+    assert state.is_dir() and identity.is_dir() and Path("/var/run/docker.sock").exists()
 
     def as_attendee(script: str) -> str:
         return docker("exec", name, "sh", "-c", script, check=False)
 
     assert as_attendee("id -u; id -g") == "1000\n100"
     assert as_attendee("grep CapEff /proc/self/status").split()[-1] == "0" * 16
-    for path in (secret, state, Path("/var/run/docker.sock"), Path("/run/docker.sock")):
+    for path in (secret, state, identity, Path("/var/run/docker.sock"), Path("/run/docker.sock")):
         assert as_attendee(f"test -e {path} && echo REACHABLE || echo gone") == "gone", path
     # Not through the volume either: it holds the attendee's files only.
-    assert as_attendee("grep -rl integration-secret ~ /srv /tmp 2>/dev/null; echo done") == "done"
+    assert as_attendee(f"grep -rl {key} ~ /srv /tmp 2>/dev/null; echo done") == "done"
 
 
 LIMIT_MIB, LIMIT_PIDS = 256, 96

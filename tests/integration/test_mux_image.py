@@ -33,6 +33,7 @@ def test_the_mux_image_serves_the_login_page_and_logs_in(
     for d in (event.secrets_dir, event.hub_dir, event.volumes_root):
         d.mkdir(parents=True)
     event._write_secrets()
+    event.authority  # noqa: B018 - the ships' identity authority, whose certificate mux.json names
     event._write_settings()
     # The same file, with the paths the container sees.
     settings = event.settings_path.read_text().replace(str(host_state), STATE)

@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
@@ -357,12 +357,30 @@ def cloud_init(name: str) -> CloudInit:
 
 
 def failing_step(name: str, lines: int = 10) -> str:
-    """The last lines of cloud-init's output log and what the host said on its console
-    (campfleet's own lines: why an init script stopped)."""
+    """The last lines of cloud-init's output log, what the host said on its console
+    (campfleet's own lines: why an init script stopped) and the shutdown systemd has scheduled
+    (the ship init script powers a broken ship off after a grace period)."""
     log = host_exec(name, "tail", "-n", str(lines), "/var/log/cloud-init-output.log").stdout
     console = docker("logs", "--tail", "200", name, check=False)
     said = [line for line in console.splitlines() if "campfleet" in line and "failed" in line]
-    return "\n".join([*log.strip().splitlines(), *said[-3:]])
+    shutdown = scheduled_shutdown(name)
+    when = []
+    if shutdown:
+        clock = time.strftime("%H:%M:%S UTC", time.gmtime(shutdown[1]))
+        when = [f"systemd: {shutdown[0]} scheduled for {clock}"]
+    return "\n".join(
+        [*log.strip().splitlines(), *(f"console: {line.strip()}" for line in said[-3:]), *when]
+    )
+
+
+def scheduled_shutdown(name: str) -> Optional[Tuple[str, float]]:
+    """The shutdown scheduled in the host (`shutdown -h +10`: systemd-logind keeps it in
+    /run/systemd/shutdown/scheduled): (mode, when as a Unix time), or None."""
+    done = host_exec(name, "cat", "/run/systemd/shutdown/scheduled")
+    fields = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    if done.returncode != 0 or "USEC" not in fields:
+        return None
+    return fields.get("MODE", "poweroff"), int(fields["USEC"]) / 1e6
 
 
 def unit_state(name: str, unit: str) -> str:

@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from campfleet.rehearsal import hosts
 from campfleet.rehearsal.render import RenderedStack, render
@@ -29,11 +29,12 @@ AGENT_REPORTING = "agent reporting"
 AVAILABLE = "available"
 HUB_UP = "hub up"
 FAILED = "failed"
-# The mux's registry, read inside the mux host's hub container (no HTTP needed).
+# The mux's registry, read inside the mux host's hub container (no HTTP needed): each ship's
+# state and the error its agent reported (why it failed).
 _REGISTRY_QUERY = (
     "import json,sqlite3;"
     "c=sqlite3.connect('file:/var/lib/campfleet/registry.sqlite?mode=ro',uri=True);"
-    "print(json.dumps(dict(c.execute('select ship_id,state from ships'))))"
+    "print(json.dumps({i:[s,e] for i,s,e in c.execute('select ship_id,state,error from ships')}))"
 )
 
 
@@ -102,6 +103,9 @@ class Rehearsal:
         self.hooks: Any = None
         self.secrets: Dict[str, str] = {}
         self.skip_images: tuple = ()  # roles not pushed (a test's broken ship)
+        # A test's broken ships: (ship index, rendered ship user data) -> the text that ship
+        # boots instead (None: every ship boots the rendered text unchanged).
+        self.ship_user_data_for: Optional[Callable[[int, str], str]] = None
 
     # -- names -------------------------------------------------------------------------------
     def name(self, role: str, index: int = 0) -> str:
@@ -162,8 +166,11 @@ class Rehearsal:
         assert self.rendered is not None
         zone, subnet = self.rendered.ship_subnets[index % len(self.rendered.ship_subnets)]
         ip = str(ipaddress.ip_network(subnet).network_address + 10 + index)
+        user_data = self.rendered.ship_user_data
+        if self.ship_user_data_for is not None:
+            user_data = self.ship_user_data_for(index, user_data)
         return self._boot(
-            "ship", index, ip, self.rendered.ship_user_data, zone,
+            "ship", index, ip, user_data, zone,
             image or self.image, hooks if hooks is not None else self.hooks,
         )  # fmt: skip
 
@@ -255,6 +262,10 @@ class Rehearsal:
     # -- progress ----------------------------------------------------------------------------
     def ship_states(self) -> Dict[str, str]:
         """ship id -> state, from the mux's registry (empty until the hub has made it)."""
+        return {ship: state for ship, (state, _) in self.ship_rows().items()}
+
+    def ship_rows(self) -> Dict[str, Tuple[str, str]]:
+        """ship id -> (state, the error its agent reported), from the mux's registry."""
         import json
 
         done = hosts.host_exec(
@@ -263,12 +274,12 @@ class Rehearsal:
         if done.returncode != 0:
             return {}
         try:
-            return dict(json.loads(done.stdout))
-        except ValueError:
+            return {ship: (row[0], row[1]) for ship, row in json.loads(done.stdout).items()}
+        except (ValueError, TypeError, IndexError):
             return {}
 
     def poll(self) -> Dict[str, HostStatus]:
-        states = self.ship_states() if self.hosts else {}
+        rows = self.ship_rows() if self.hosts else {}
         for status in self.hosts.values():
             if status.phase == FAILED:
                 continue
@@ -280,11 +291,11 @@ class Rehearsal:
                 continue
             if status.role == "mux":
                 up = hosts.unit_state(status.name, "campfleet-mux") == "active"
-                status.advance(HUB_UP if up and states is not None else CLOUD_INIT_DONE)
+                status.advance(HUB_UP if up else CLOUD_INIT_DONE)
                 continue
-            ship_state = states.get(status.instance_id)
+            ship_state, error = rows.get(status.instance_id, ("", ""))
             if ship_state == "failed":
-                status.advance(FAILED, f"the agent reports failed on {status.instance_id}")
+                status.advance(FAILED, f"the agent reports failed: {error or 'no reason given'}")
             elif ship_state == AVAILABLE or ship_state == "running":
                 status.advance(AVAILABLE)
             elif ship_state:

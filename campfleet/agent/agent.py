@@ -17,7 +17,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Set, Union
+from typing import Callable, Dict, List, Optional, Set, Union
 
 from campfleet.agent import __version__, shipkey
 from campfleet.agent.client import MuxClient, MuxRejected, MuxUnreachable
@@ -50,6 +50,11 @@ WARMED = "Warmed:"  # Warmed:Stopped, Warmed:Running, Warmed:Hibernated
 IN_SERVICE = "InService"
 EXIT_TERMINATED_BEFORE = 3  # the unit file's RestartPreventExitStatus: do not restart a dead ship
 TERMINATED_MARKER = "terminated"
+# CompleteLifecycleAction: tries and backoff (base doubling to cap, jitter 0.5-1.5x); the
+# hooks' heartbeat timeout (300 s) leaves room for all of them.
+LIFECYCLE_ATTEMPTS = 5
+LIFECYCLE_BACKOFF_BASE = 1.0
+LIFECYCLE_BACKOFF_CAP = 16.0
 
 
 @dataclass
@@ -621,12 +626,13 @@ class Agent:
         self._worker.shutdown(wait=False)
         log.info("terminated")
 
-    def complete_lifecycle_action(self, hook_name: Optional[str] = None) -> None:
-        """CONTINUE a lifecycle hook (the termination hook unless another is named)."""
+    def complete_lifecycle_action(self, hook_name: Optional[str] = None) -> bool:
+        """CONTINUE a lifecycle hook (the termination hook unless another is named); True once
+        AWS took it."""
         hook_name = self.cfg.lifecycle_hook_name if hook_name is None else hook_name
         if not (self.cfg.ship_group_name and hook_name):
             log.warning("shipGroupName/lifecycle hook name not configured: not completing it")
-            return
+            return False
         argv: List[str] = [
             "aws", "autoscaling", "complete-lifecycle-action",
             "--lifecycle-hook-name", hook_name,
@@ -636,10 +642,44 @@ class Agent:
         ]  # fmt: skip
         if self.cfg.region:
             argv += ["--region", self.cfg.region]
+        return complete_with_retry(argv)
+
+
+def complete_with_retry(
+    argv: List[str],
+    attempts: int = LIFECYCLE_ATTEMPTS,
+    backoff: Optional[Backoff] = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """Run `aws autoscaling complete-lifecycle-action` until it succeeds, at most `attempts`
+    times with exponential backoff and jitter between tries (about 1, 2, 4, 8 s: well inside
+    the hook's heartbeat timeout). A throttled or transiently failing call (Throttling, an
+    endpoint or credentials briefly unreachable, awscli's own retries used up) would otherwise
+    leave the instance waiting in Pending:Wait or Terminating:Wait until the hook times out;
+    500 ships terminating at once is when throttling happens. A ValidationError (no such hook,
+    no lifecycle action waiting for this instance) cannot get better and is not retried."""
+    backoff = backoff or Backoff(LIFECYCLE_BACKOFF_BASE, LIFECYCLE_BACKOFF_CAP)
+    for attempt in range(1, attempts + 1):
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            log.error("complete-lifecycle-action: %s", exc)
-            return
-        if done.returncode != 0:
-            log.error("complete-lifecycle-action failed: %s", done.stderr.strip()[-500:])
+            why = str(exc)
+        else:
+            if done.returncode == 0:
+                if attempt > 1:
+                    log.info("complete-lifecycle-action succeeded on attempt %d", attempt)
+                return True
+            why = done.stderr.strip()[-500:] or f"exit {done.returncode}"
+            if "(ValidationError)" in why:
+                log.error("complete-lifecycle-action refused: %s", why)
+                return False
+        if attempt == attempts:
+            log.error("complete-lifecycle-action failed %d times; last: %s", attempts, why)
+            return False
+        delay = backoff.next()
+        log.warning(
+            "complete-lifecycle-action failed (attempt %d of %d): %s; retrying in %.1f s",
+            attempt, attempts, why, delay,
+        )  # fmt: skip
+        sleep(delay)
+    return False

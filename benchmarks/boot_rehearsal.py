@@ -26,6 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from campfleet.cli import stack_values  # noqa: E402
 from campfleet.rehearsal.aws import LocalAws  # noqa: E402
+from campfleet.rehearsal.hosts import HostError  # noqa: E402
+from campfleet.rehearsal.procs import LocalAwsError  # noqa: E402
 from campfleet.rehearsal.rehearsal import AVAILABLE, Rehearsal, RehearsalError  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -66,18 +68,20 @@ def main() -> int:
     args = parser.parse_args()
     stack = f"bench{int(time.time()) % 100000}"
     values = stack_values(ROOT, args.stack)
+    # port 0: Docker picks the mux's published port (8443 may be taken by a `campfleet local`).
     rehearsal = Rehearsal(
-        ROOT, stack, values, ships=args.ships, say=lambda line: print(line, flush=True),
-        aws_factory=LocalAws,
+        ROOT, stack, values, ships=args.ships, port=0,
+        say=lambda line: print(line, flush=True), aws_factory=LocalAws,
     )  # fmt: skip
     failures = 0
     ships: list[dict] = []
     try:
-        rehearsal.start()
         try:
+            rehearsal.start()
             rehearsal.wait_ready(args.timeout, None)
-        except RehearsalError as exc:
+        except (RehearsalError, HostError, LocalAwsError) as exc:
             print(f"not all ships available: {exc}", flush=True)
+            rehearsal.poll()
         for status in rehearsal.hosts.values():
             if status.role != "ship":
                 continue
@@ -100,6 +104,8 @@ def main() -> int:
             ships.append(record)
     finally:
         rehearsal.stop()
+    # A ship the rehearsal never got to boot counts as a failure too.
+    failures += max(0, args.ships - len(ships))
     times = [s["to_available_s"] for s in ships if s["to_available_s"] is not None]
     p50, p95 = percentile(times, 0.5), percentile(times, 0.95)
     for record in ships:

@@ -34,7 +34,7 @@ GRACE = 600  # `shutdown -h +10` in userdata/ship.yaml
 
 def image_missing(user_data: str) -> str:
     """The ship image's digest replaced by one the registry does not hold."""
-    digests = set(re.findall(r"campfleet-ship@(sha256:[0-9a-f]{64})", user_data))
+    digests = set(re.findall(r"retry docker pull \S+@(sha256:[0-9a-f]{64})", user_data))
     assert len(digests) == 1, digests
     return user_data.replace(digests.pop(), MISSING)
 
@@ -97,7 +97,8 @@ def test_a_ship_whose_image_is_missing_powers_off_with_the_reason_on_its_console
     told = [line.strip() for line in console.splitlines() if "campfleet-ship-init: failed" in line]
     assert told, console[-2000:]
     said = told[-1]
-    assert f"docker pull {hosts_registry(seed)}/campfleet-ship@{MISSING}' failed 10 times" in said
+    ship_image = rehearsal.rendered.images["ship"]
+    assert f"'docker pull {ship_image}@{MISSING}' failed 10 times" in said, said
     assert "manifest unknown" in said or "not found" in said, said
     assert said.endswith("powering off in 10 minutes")
     # systemd holds the poweroff, due the grace period after the failure.
@@ -113,10 +114,6 @@ def test_a_ship_whose_image_is_missing_powers_off_with_the_reason_on_its_console
     # The host is still up (the grace period) and its agent never started.
     agent = hosts.host_exec(status.name, "systemctl", "is-enabled", "campfleet-agent")
     assert agent.stdout.strip() != "enabled", agent.stdout
-
-
-def hosts_registry(user_data: str) -> str:
-    return re.findall(r"([0-9]{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com)", user_data)[0]
 
 
 def test_a_broken_agent_start_shows_failed_with_its_reason(rehearsal: Rehearsal) -> None:

@@ -52,12 +52,32 @@ def blame(host: str) -> dict[str, float]:
 
 
 def memory_mib(host: str) -> float:
-    out = subprocess.run(
-        ["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", host],
-        capture_output=True, text=True, timeout=60,
-    ).stdout.split("/")[0].strip()  # fmt: skip
-    number = float(re.sub(r"[^\d.]", "", out) or 0)
-    return number * (1024 if "GiB" in out else 1 / 1024 if "KiB" in out else 1)
+    """The host container's memory in use, as `docker stats` counts it (usage less inactive
+    page cache), read from its cgroup: this engine's `docker stats` answers 0 B for
+    containers whose systemd manages its own cgroup subtree (the rehearsal hosts)."""
+    cid = subprocess.run(
+        ["docker", "inspect", "-f", "{{.Id}}", host], capture_output=True, text=True, timeout=60
+    ).stdout.strip()
+    for base, usage_file, inactive_key in (
+        (
+            Path("/sys/fs/cgroup/memory/docker") / cid,
+            "memory.usage_in_bytes",
+            "total_inactive_file",
+        ),
+        (Path("/sys/fs/cgroup/docker") / cid, "memory.current", "inactive_file"),
+        (
+            Path(f"/sys/fs/cgroup/system.slice/docker-{cid}.scope"),
+            "memory.current",
+            "inactive_file",
+        ),
+    ):
+        try:
+            usage = int((base / usage_file).read_text())
+            stat = dict(line.split() for line in (base / "memory.stat").read_text().splitlines())
+        except (OSError, ValueError):
+            continue
+        return (usage - int(stat.get(inactive_key, 0))) / 2**20
+    return float("nan")
 
 
 def main() -> int:

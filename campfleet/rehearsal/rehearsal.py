@@ -102,7 +102,6 @@ class Rehearsal:
         self.image = ""
         self.hooks: Any = None
         self.secrets: Dict[str, str] = {}
-        self.skip_images: tuple = ()  # roles not pushed (a test's broken ship)
         # A test's broken ships: (ship index, rendered ship user data) -> the text that ship
         # boots instead (None: every ship boots the rendered text unchanged).
         self.ship_user_data_for: Optional[Callable[[int, str], str]] = None
@@ -204,8 +203,6 @@ class Rehearsal:
         )
         digests: Dict[str, str] = {}
         for role, name in first.images.items():
-            if role in self.skip_images:
-                continue
             ref = self.aws.push_image(built[role], name.split("/", 1)[1])
             digests[name] = ref.split("@", 1)[1]
         return digests

@@ -193,7 +193,21 @@ class ClaimLogoutHandler(LogoutHandler):
     must not log in as the last one)."""
 
     async def handle_logout(self) -> None:
-        self.clear_cookie(CLAIM_COOKIE, path=self.hub.base_url)
+        name, path = claim_cookie(self)
+        self.clear_cookie(name, path=path)
+
+
+def claim_cookie(handler: web.RequestHandler) -> tuple[str, str]:
+    """The claim cookie's name and path: on the hub's path, or with per-user subdomains
+    `__Host-` on `/`, as the hub's own cookies are then (cookie_host_prefix_enabled).
+
+    Any attendee's subdomain can set a cookie for the parent domain, which the browser then
+    sends to the hub; a `__Host-` cookie must be set by its own host without a Domain, so no
+    copy of it can come from an attendee's server.
+    """
+    if handler.settings.get("cookie_host_prefix_enabled"):
+        return "__Host-" + CLAIM_COOKIE, "/"
+    return CLAIM_COOKIE, handler.hub.base_url
 
 
 def claimed_names(handler: web.RequestHandler) -> set[str]:
@@ -206,12 +220,13 @@ def claimed_names(handler: web.RequestHandler) -> set[str]:
     signature, so each copy is checked on its own and the real one still counts.
     """
     names = set()
+    cookie = claim_cookie(handler)[0]
     for chunk in handler.request.headers.get("Cookie", "").split(";"):
         key, sep, value = chunk.partition("=")
-        if not sep or key.strip() != CLAIM_COOKIE:
+        if not sep or key.strip() != cookie:
             continue
         value = value.strip().strip('"')  # tornado quotes signed values (they hold "|")
-        raw = handler.get_secure_cookie(CLAIM_COOKIE, value, max_age_days=CLAIM_DAYS)
+        raw = handler.get_secure_cookie(cookie, value, max_age_days=CLAIM_DAYS)
         if raw:
             names.add(raw.decode("utf8", "replace"))
     return names
@@ -247,11 +262,12 @@ class WorkshopAuthenticator(RoomGate, SharedPasswordAuthenticator):
             fleet_mod.current().refuse(name, "name-in-use", message)
             raise web.HTTPError(403, "%s", message)
         self.admit(handler, name)  # before the claim: a refused name gets no cookie
+        cookie, path = claim_cookie(handler)
         handler.set_secure_cookie(
-            CLAIM_COOKIE,
+            cookie,
             name,
             expires_days=CLAIM_DAYS,
-            path=handler.hub.base_url,
+            path=path,
             httponly=True,
             **handler.settings.get("cookie_options", {}),  # secure behind TLS
         )

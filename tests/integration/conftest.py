@@ -233,10 +233,10 @@ class Admin:
     """The organizer's API token (LocalEvent's campfleet-admin service)."""
 
     def __init__(self, event: LocalEvent) -> None:
-        self.base = event.url.rstrip("/")
+        self.base = event.api_url.rstrip("/")  # with --domain: loopback, behind nginx
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"token {event.api_token}"
-        if event.tls:
+        if self.base.startswith("https:"):
             self.http.verify = str(event.ca_file)
             self.http.trust_env = False
 

@@ -134,6 +134,9 @@ class _Handler(socketserver.BaseRequestHandler):
         values = server.zones.txt(name)
         if values is not None and qtype != TXT:
             values = []  # a name in the zone: no record of that type here
+        # One line per query: what the CA asked and what it was told (the event's dns.log).
+        told = "refused (in no zone)" if values is None else f"{len(values)} TXT"
+        print(f"campfleet-dns: {name} type {qtype}: {told}", file=sys.stderr, flush=True)
         sock.sendto(answer(packet, values), self.client_address)
 
 

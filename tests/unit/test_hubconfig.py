@@ -472,6 +472,7 @@ def test_a_domain_with_its_zone_gives_each_attendee_a_subdomain(tmp_path: Path) 
 def test_the_claim_cookie_is_host_only_with_per_user_subdomains() -> None:
     """With subdomains any attendee's server can set cookies for the parent domain; a
     `__Host-` cookie (path /, no Domain) can come only from the hub's own host (issue 15)."""
+
     def handler(prefix: bool) -> SimpleNamespace:
         hub = SimpleNamespace(base_url="/hub/")
         return SimpleNamespace(settings={"cookie_host_prefix_enabled": prefix}, hub=hub)

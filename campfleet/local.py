@@ -669,7 +669,7 @@ class LocalEvent:
         }
 
     def _start_zone(self) -> None:
-        """--domain: the Route 53 stand-in with the event's hosted zone, and its DNS."""
+        """--domain: the Route 53 stand-in (API, the event's hosted zone, its DNS)."""
         try:
             import moto.server  # noqa: F401 - moto[server], a dev requirement (make local)
         except ImportError:
@@ -677,20 +677,23 @@ class LocalEvent:
                 "--domain needs moto's server (the Route 53 stand-in): run make local, or "
                 "pip install -r requirements-dev.txt -c constraints.txt"
             ) from None
-        import boto3
-
         self.start_service("route53")
         self._wait_port(self.route53_port, "route53", 60.0)
-        env = self._route53_env({})
-        route53 = boto3.client(
-            "route53",
-            endpoint_url=env["AWS_ENDPOINT_URL_ROUTE_53"],
-            region_name=env["AWS_DEFAULT_REGION"],
-            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        )
-        route53.create_hosted_zone(Name=self.domain, CallerReference=secrets.token_hex(8))
-        self.start_service("dns")
+        # The zone exists, and with it the DNS, once the stand-in says so in its log.
+        deadline = time.monotonic() + 30
+        while "campfleet-dns: zone" not in self._log_text("route53.log"):
+            if time.monotonic() > deadline:
+                raise LocalEventError(
+                    f"the Route 53 stand-in did not start; see {self.log_dir / 'route53.log'}: "
+                    f"{self._last_line('route53.log')}"
+                )
+            time.sleep(0.2)
+
+    def _log_text(self, log_name: str) -> str:
+        try:
+            return (self.log_dir / log_name).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def _start_tls(self) -> None:
         """Pebble, then the mux's TLS service: nginx, the first certificate, then HTTPS."""
@@ -761,12 +764,10 @@ class LocalEvent:
             # --domain: Pebble checks DNS-01 records with the stand-in's DNS, not real DNS.
             return cmd + (["-dnsserver", f"127.0.0.1:{self.dns_port}"] if self.domain else [])
         if name == "route53":
-            return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                    "-p", str(self.route53_port)]  # fmt: skip
-        if name == "dns":
             return [sys.executable, "-m", "campfleet.localdns",
-                    "--listen", f"127.0.0.1:{self.dns_port}",
-                    "--route53", f"http://127.0.0.1:{self.route53_port}"]  # fmt: skip
+                    "--api", f"127.0.0.1:{self.route53_port}",
+                    "--dns", f"127.0.0.1:{self.dns_port}",
+                    "--zone", self.domain]  # fmt: skip
         if name == "tls":
             return [sys.executable, "-m", "campfleet.mux.tls", "serve", str(self.settings_path)]
         if name == "proxy":
@@ -787,7 +788,7 @@ class LocalEvent:
                 env = {
                     "acme": {**os.environ, "PEBBLE_VA_NOSLEEP": "1"},
                     "tls": self._acme_env(),
-                    "dns": self._route53_env(dict(os.environ)),
+                    "route53": self._route53_env(dict(os.environ)),
                 }.get(name)
                 service = Service(name, self._service_cmd(name), self.hub_dir, env)
                 self.services[name] = service
@@ -1174,7 +1175,7 @@ class LocalEvent:
         """Stop every process left in this state dir (by pid file, cwd or command line)."""
         if not self.state_dir.exists():
             return
-        for name in ("hub", "proxy", "tls", "acme", "dns", "route53"):
+        for name in ("hub", "proxy", "tls", "acme", "route53"):
             self._kill_pidfile(self.pid_file(name))
         self._kill_pidfile(self.hub_dir / "jupyterhub.pid")
         pids = _processes_under(self.state_dir)
@@ -1193,7 +1194,7 @@ class LocalEvent:
             self._renewer.join(timeout=200)
             self._renewer = None
         self.stop_hub(timeout)
-        for name in ("proxy", "tls", "acme", "dns", "route53"):
+        for name in ("proxy", "tls", "acme", "route53"):
             self.stop_service(name, timeout)
         agents = [a.pid for a in self.agents.values()]
         descendants = [c for pid in agents for c in _children(pid)]

@@ -10,6 +10,9 @@ Differences from Route 53's name servers, all outside what the DNS-01 challenge 
 only, TXT answers only (any other type in a zone gets an empty NOERROR answer), no
 delegation or SOA/NS records, and no propagation delay — moto reports a change INSYNC at
 once, so the record is served at once (certbot waits for INSYNC, then asks the CA to check).
+
+`python -m campfleet.localdns --api HOST:PORT --dns HOST:PORT --zone NAME` runs the whole
+stand-in in one process: the API with the zone, and the name servers.
 """
 
 from __future__ import annotations
@@ -134,23 +137,40 @@ class _Handler(socketserver.BaseRequestHandler):
         values = server.zones.txt(name)
         if values is not None and qtype != TXT:
             values = []  # a name in the zone: no record of that type here
-        # One line per query: what the CA asked and what it was told (the event's dns.log).
+        # One line per query: what the CA asked and what it was told (the event's route53.log).
         told = "refused (in no zone)" if values is None else f"{len(values)} TXT"
         print(f"campfleet-dns: {name} type {qtype}: {told}", file=sys.stderr, flush=True)
         sock.sendto(answer(packet, values), self.client_address)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """A local event's whole Route 53: the API (moto's server, a dev requirement) with the
+    event's hosted zone, and name servers for it; one process, so a restart brings back both
+    (moto keeps its zones in memory)."""
     import boto3
+    from moto.server import ThreadedMotoServer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--listen", required=True, help="host:port for DNS over UDP")
-    parser.add_argument("--route53", required=True, help="the Route 53 API's endpoint URL")
+    parser.add_argument("--api", required=True, help="host:port for the Route 53 API")
+    parser.add_argument("--dns", required=True, help="host:port for DNS over UDP")
+    parser.add_argument("--zone", required=True, help="the hosted zone to create")
     args = parser.parse_args(argv)
-    host, _, port = args.listen.rpartition(":")
-    client = boto3.client("route53", endpoint_url=args.route53, region_name="us-east-1")
-    server = NameServer((host, int(port)), Zones(client))
-    print(f"campfleet-dns: answering from {args.route53} on {args.listen}", file=sys.stderr)
+    api_host, _, api_port = args.api.rpartition(":")
+    api = ThreadedMotoServer(ip_address=api_host, port=int(api_port), verbose=False)
+    api.start()
+    # Credentials that exist only in the stand-in (the event gives certbot the same ones).
+    client = boto3.client(
+        "route53",
+        endpoint_url=f"http://{args.api}",
+        region_name="us-east-1",
+        aws_access_key_id="campfleet-local",
+        aws_secret_access_key="campfleet-local",
+    )
+    client.create_hosted_zone(Name=args.zone, CallerReference=f"campfleet-local-{args.zone}")
+    dns_host, _, dns_port = args.dns.rpartition(":")
+    server = NameServer((dns_host, int(dns_port)), Zones(client))
+    print(f"campfleet-dns: zone {args.zone}: API on {args.api}, DNS on {args.dns}",
+          file=sys.stderr, flush=True)  # fmt: skip
     server.serve_forever()  # until SIGTERM (the event stops its services)
     return 0
 

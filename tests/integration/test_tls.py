@@ -204,6 +204,7 @@ def test_domain_mode_gets_a_wildcard_certificate_through_dns_01(event_factory) -
     Pebble reads it through campfleet.localdns, certbot removes it afterwards. The one
     certificate serves the hub's name and every attendee's."""
     import boto3
+    from botocore.exceptions import EndpointConnectionError
 
     domain = "campfleet.test"
     event = event_factory(ships=1, heartbeat=1.0, domain=domain)
@@ -215,7 +216,7 @@ def test_domain_mode_gets_a_wildcard_certificate_through_dns_01(event_factory) -
 
     # Pebble asked the stand-in's DNS and was told both tokens (apex and wildcard share the
     # name) ...
-    asked = (event.log_dir / "dns.log").read_text()
+    asked = (event.log_dir / "route53.log").read_text()
     assert f"campfleet-dns: _acme-challenge.{domain} type 16: 2 TXT" in asked, asked
     # ... and certbot cleaned the record up through the API.
     route53 = boto3.client(
@@ -228,3 +229,18 @@ def test_domain_mode_gets_a_wildcard_certificate_through_dns_01(event_factory) -
     zone = route53.list_hosted_zones()["HostedZones"][0]
     records = route53.list_resource_record_sets(HostedZoneId=zone["Id"])["ResourceRecordSets"]
     assert zone["Name"] == f"{domain}." and not [r for r in records if r["Type"] == "TXT"]
+
+    # The stand-in keeps its zone in memory: if it dies, the supervisor starts it again with
+    # the zone (renewals need it).
+    killed = event.kill_service("route53")
+
+    def zone_back() -> bool:
+        if event.pid_file("route53").read_text().strip() == str(killed):
+            return False  # not restarted yet
+        try:
+            zones = route53.list_hosted_zones()["HostedZones"]
+        except EndpointConnectionError:
+            return False  # not listening yet
+        return [z["Name"] for z in zones] == [f"{domain}."]
+
+    wait_until(zone_back, 60, "the Route 53 stand-in back with its zone")

@@ -263,13 +263,11 @@ class WorkshopAuthenticator(RoomGate, SharedPasswordAuthenticator):
             raise web.HTTPError(403, "%s", message)
         self.admit(handler, name)  # before the claim: a refused name gets no cookie
         cookie, path = claim_cookie(handler)
+        options = {**handler.settings.get("cookie_options", {})}  # secure behind TLS
+        if cookie.startswith("__Host-"):
+            options["secure"] = True  # browsers drop a __Host- cookie that is not Secure
         handler.set_secure_cookie(
-            cookie,
-            name,
-            expires_days=CLAIM_DAYS,
-            path=path,
-            httponly=True,
-            **handler.settings.get("cookie_options", {}),  # secure behind TLS
+            cookie, name, expires_days=CLAIM_DAYS, path=path, httponly=True, **options
         )
         return result
 

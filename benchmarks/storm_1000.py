@@ -57,6 +57,10 @@ def main() -> int:
         f"{f['hub_runqueue_wait_s']} s for a CPU; load average "
         f"{info['loadavg_at_start'][0]:.1f} at start, {info['loadavg_at_end'][0]:.1f} at end"
     )
+    if f.get("disturbed"):
+        print(f"DISTURBED: {f['disturbed']}; the p95 measures the machine as much as the mux")
+    elif "disturbed" in f:
+        print(f"quiet: other jobs used {f['others_on_hub_core_share']:.0%} of the hub's core")
     print(f"storm {args.users}: failures {failures}, p95 {f.get('p95_s')} s")
     return 0 if ok else 1
 

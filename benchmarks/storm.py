@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -280,7 +281,17 @@ def driver_token(event: LocalEvent) -> str:
     return token
 
 
-async def storm(event: LocalEvent, users: int, token: str) -> StormResult:
+def stop_for(pid: Optional[int], seconds: float) -> None:
+    """Stop a process (SIGSTOP) and continue it `seconds` later: a hub that gets no CPU at all,
+    the extreme of one starved by other jobs on its core (fault injection, storm_1000.py
+    --stall-hub)."""
+    if pid is None or seconds <= 0:
+        return
+    os.kill(pid, signal.SIGSTOP)
+    asyncio.get_running_loop().call_later(seconds, os.kill, pid, signal.SIGCONT)
+
+
+async def storm(event: LocalEvent, users: int, token: str, stall_hub: float = 0.0) -> StormResult:
     api = f"{event.url}hub/api"
     names = [f"{NAME_PREFIX}{i:04d}" for i in range(users)]
     timeout = aiohttp.ClientTimeout(total=900)
@@ -294,6 +305,7 @@ async def storm(event: LocalEvent, users: int, token: str) -> StormResult:
         hub_pid, chp_pid = event.hub.pid if event.hub else None, proxy_pid(event)
         hub0, chp0, t0 = cpu_seconds(hub_pid), cpu_seconds(chp_pid), time.perf_counter()
         wait0, core0 = runqueue_wait_s(hub_pid), core_busy_s(hub_core())
+        stop_for(hub_pid, stall_hub)  # the attendees' POSTs then arrive at a stopped hub
         results = await asyncio.gather(
             *(_start_one(http, api, n) for n in names), return_exceptions=True
         )
@@ -348,6 +360,7 @@ def run_event(
     extra_config: Union[str, Callable[[int], str]] = "",
     profile: Optional[Path] = None,
     lost_after: int = 12,
+    stall_hub: float = 0.0,
 ) -> StormResult:
     """Start an event (hub on HUB_CPUS; simulated ships on SHIP_CPUS), storm it, stop it.
 
@@ -381,7 +394,7 @@ def run_event(
         token = driver_token(event)
         print(f"[{label}] ready; storm of {users} starts", flush=True)
         with profiler(event.hub.pid, profile):
-            result = asyncio.run(storm(event, users, token))
+            result = asyncio.run(storm(event, users, token, stall_hub))
         hub_pid = event.hub.pid if event.hub else None
         simulator = event.agents.get("simfleet")
         result.cpus = {
@@ -396,6 +409,9 @@ def run_event(
                 event.log_dir / "proxy.log"
             )
     finally:
+        if stall_hub and event.hub:
+            with contextlib.suppress(OSError):
+                os.kill(event.hub.pid, signal.SIGCONT)  # never leave a stopped hub behind
         event.stop()
         unpin()
     f = result.summary()

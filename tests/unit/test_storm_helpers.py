@@ -83,3 +83,30 @@ def test_other_jobs_on_the_hubs_core_flag_a_storm_as_disturbed(tmp_path: Path) -
     r.hub_core_busy_s = 5.2
     assert r.summary()["disturbed"] is None
     assert "disturbed" not in storm.StormResult(times=[1.0], wall_s=1.0).summary()  # not pinned
+
+
+def test_stall_hub_stops_the_process_and_continues_it() -> None:
+    import asyncio
+    import subprocess
+
+    def state(pid: int) -> str:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[0]
+
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+
+        async def stall() -> tuple[str, str]:
+            storm.stop_for(proc.pid, 0.5)
+            seen = []
+            for _ in range(200):  # stopped at once, continued 0.5 s later
+                seen.append(state(proc.pid))
+                if "T" in seen and seen[-1] != "T":
+                    break
+                await asyncio.sleep(0.01)
+            return ("T" if "T" in seen else seen[0]), seen[-1]
+
+        assert asyncio.run(stall()) == ("T", "S")
+        storm.stop_for(None, 5.0)  # no hub: nothing to stop
+    finally:
+        proc.kill()
+        proc.wait()

@@ -105,7 +105,9 @@ def test_stall_hub_stops_the_process_and_continues_it() -> None:
                 await asyncio.sleep(0.01)
             return ("T" if "T" in seen else seen[0]), seen[-1]
 
-        assert asyncio.run(stall()) == ("T", "S")
+        stopped, after = asyncio.run(stall())
+        assert stopped == "T"
+        assert after in ("S", "R"), after  # continued: asleep again, or just woken (running)
         storm.stop_for(None, 5.0)  # no hub: nothing to stop
     finally:
         proc.kill()

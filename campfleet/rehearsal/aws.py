@@ -249,6 +249,7 @@ class Host:
     role: str
     group: Optional[str]
     lifecycle: str = "InService"
+    public_ip: str = ""  # IMDS meta-data/public-ipv4 (the mux's Elastic IP), when associated
     # The identity document's pendingTime: the launch, stable across table rewrites.
     launched: str = field(
         default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -316,6 +317,14 @@ class LocalAws:
     @property
     def gateway(self) -> str:
         return self._gateway
+
+    @property
+    def ca(self) -> RehearsalCA:
+        """The rehearsal CA every host trusts (hook `rehearsal-ca`): it can vouch for other
+        local stand-ins too (the rehearsal's ACME server)."""
+        if self._ca is None:
+            raise LocalAwsError("the rehearsal CA exists once the local AWS has started")
+        return self._ca
 
     def client(self, service: str) -> Any:
         """A boto3 client of the local AWS, from this machine."""
@@ -797,6 +806,14 @@ http {{
         self.client("ec2").attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=device)
         self.sync_volumes()
 
+    def associate_address(self, instance_id: str, public_ip: str) -> None:
+        """As an Elastic IP association does for IMDS: the host reads `public_ip` from
+        meta-data/public-ipv4 (the traffic to it is the rehearsal's business, hook
+        `elastic-ip` in docs/rehearsal.md)."""
+        with self._lock:
+            self._host(instance_id).public_ip = public_ip
+            self._write_table()
+
     def terminate(self, instance_id: str) -> None:
         """Start Auto Scaling's termination: the target lifecycle state becomes Terminated and
         the instance waits in Terminating:Wait for its hook to be completed."""
@@ -879,6 +896,8 @@ http {{
         }
         if host.group:
             meta["autoscaling/target-lifecycle-state"] = host.lifecycle
+        if host.public_ip:
+            meta["public-ipv4"] = host.public_ip
         dynamic = {
             "instance-identity/document": document,
             "instance-identity/signature": signature,

@@ -29,10 +29,11 @@ MUX_PRIVATE_IP = "10.0.0.10"
 WEB_PORTS = (443,)
 ACME_PORT = 80
 HTTPS = 443
-# Interface endpoints ships need when there is no NAT: image pulls (ECR API + registry),
-# the fleet secret (SSM) and the termination hook (Auto Scaling). Layers come from S3,
-# which has a free gateway endpoint in both modes.
-INTERFACE_ENDPOINTS = ("ecr.api", "ecr.dkr", "ssm", "autoscaling")
+# Interface endpoints ships need when there is no NAT: image pulls (ECR API + registry) and
+# the termination hook (Auto Scaling). Layers come from S3, which has a free gateway endpoint
+# in both modes. No SSM: ships hold no fleet secret (their keys come from attestation with
+# the mux, docs/ship-identity.md); the mux reads its secrets over its own internet route.
+INTERFACE_ENDPOINTS = ("ecr.api", "ecr.dkr", "autoscaling")
 
 
 def s3_endpoint_policy(region: str) -> dict:

@@ -36,7 +36,7 @@ def hand_plan(project: Path, stack: str) -> dict[str, float]:
     ships x ship type + one mux; EBS gp3 = each ship's root + home volume, plus the mux's root
     and its 10 GiB state volume (hub database and ship registry survive a mux replacement);
     one Elastic IP on the mux; with shipEgress "nat", one NAT gateway and its Elastic IP,
-    otherwise four interface endpoints in every zone.
+    otherwise three interface endpoints in every zone.
     """
     c = stack_config(project, stack)
     prices = DATA["prices"]["regions"][c["region"]]
@@ -44,8 +44,8 @@ def hand_plan(project: Path, stack: str) -> dict[str, float]:
     ships, ship, mux = c["ships"], c["shipInstanceType"], c["muxInstanceType"]
     ebs_gib = ships * (c["shipRootVolumeGiB"] + c["homeVolumeGiB"]) + c["muxRootVolumeGiB"] + 10
     nat = 1 if c["shipEgress"] == "nat" else 0
-    # without NAT: ECR API, ECR registry, SSM and Auto Scaling interface endpoints in every zone
-    endpoint_azs = 0 if nat else 4 * c["availabilityZones"]
+    # without NAT: ECR API, ECR registry and Auto Scaling interface endpoints in every zone
+    endpoint_azs = 0 if nat else 3 * c["availabilityZones"]
     per_hour = (
         ships * prices["ec2UsdPerHour"][ship]
         + prices["ec2UsdPerHour"][mux]
@@ -256,7 +256,7 @@ def test_endpoints_egress_is_priced_by_hand(
     assert got["costPerHourUsd"] == pytest.approx(want["costPerHourUsd"], abs=1e-5)
     assert "aws:ec2/natGateway:NatGateway" not in got["resources"]
     items = {line["item"]: line["usdPerHour"] for line in got["costLines"]}
-    assert items["interface endpoint-AZs x 12 (+ per GB)"] == pytest.approx(12 * 0.011)
+    assert items["interface endpoint-AZs x 9 (+ per GB)"] == pytest.approx(9 * 0.011)
 
 
 def test_bad_base_ref(project: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,6 +16,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from campfleet.contracts import secrets as contract
+from campfleet.contracts.muxjson import mux_json
 from campfleet.mux import hubconfig
 from campfleet.mux.cloud import AwsCloud, LocalCloud, VolumeBusy, detach_refusal
 from campfleet.mux.fleet import Fleet, VolumesRefused
@@ -29,6 +31,16 @@ from tests.unit.test_spawner import NoControl
 
 REGION = "us-east-1"
 AMI = "ami-12c6146b"
+
+
+def aws_mux_json() -> dict[str, Any]:
+    """An AWS mux's settings (no `local` block: state on the mounted state volume), from the
+    same builder the Pulumi program uses."""
+    return mux_json(
+        stack="ev", event="ev", region=REGION, ships=2, ready_percent=50, admin_users=[],
+        control_port=8700, ship_image="ship:1", heartbeat=5.0, lost_after=3,
+        parameters={s.key: contract.parameter_name("ev", s) for s in contract.GENERATED},
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -246,21 +258,7 @@ NOT_MOUNTED = (
 
 
 def test_state_refusal_on_aws_when_the_state_volume_is_not_mounted(tmp_path: Path) -> None:
-    data = {
-        "stack": "ev",
-        "event": "ev",
-        "region": REGION,
-        "ships": 2,
-        "readyPercent": 50,
-        "adminUsers": [],
-        "controlPort": 8700,
-        "shipImage": "ship:1",
-        "parameters": {
-            n: n for n in ("fleetSecret", "proxyToken", "cookieSecret", "sharedPassword")
-        },
-        "stateDir": "/var/lib/campfleet",
-    }
-    settings = parse(data, private_ip="10.0.0.10")
+    settings = parse(aws_mux_json(), private_ip="10.0.0.10")
     info = tmp_path / "mountinfo"
     info.write_text(MOUNTED)
     assert hubconfig.state_refusal(settings, info) == ""
@@ -323,19 +321,7 @@ async def test_fleet_page_says_why_no_volume_is_handed_out(tmp_path: Path) -> No
 def test_mounted_grace_is_configurable_and_checked(tmp_path: Path) -> None:
     from campfleet.mux.settings import SettingsError
 
-    data = {
-        "stack": "ev",
-        "event": "ev",
-        "region": REGION,
-        "ships": 2,
-        "readyPercent": 50,
-        "adminUsers": [],
-        "controlPort": 8700,
-        "shipImage": "ship:1",
-        "parameters": {
-            n: n for n in ("fleetSecret", "proxyToken", "cookieSecret", "sharedPassword")
-        },
-    }
+    data = aws_mux_json()
     assert parse(data, private_ip="10.0.0.10").mounted_grace == 1800.0
     longer = parse({**data, "mountedGraceSeconds": 7200}, private_ip="10.0.0.10")
     assert longer.mounted_grace == 7200.0

@@ -164,7 +164,8 @@ def expected_counts(evaluation: Evaluation) -> dict[str, int]:
         "aws:ec2/routeTableAssociation:RouteTableAssociation": 1 + zones,
         "aws:ec2/eip:Eip": 1 + nat,
         "aws:ec2/natGateway:NatGateway": int(nat),
-        "aws:ec2/vpcEndpoint:VpcEndpoint": 1 + (0 if nat else 4),
+        # the S3 gateway; without NAT also ECR API, ECR registry and Auto Scaling
+        "aws:ec2/vpcEndpoint:VpcEndpoint": 1 + (0 if nat else 3),
         "aws:ec2/securityGroup:SecurityGroup": 2 + (0 if nat else 1),
         INGRESS: cidrs + 4 + (0 if nat else 1),  # 443 per CIDR, 80 (ACME + redirect) once
         EGRESS: 5,
@@ -376,11 +377,14 @@ def test_interface_endpoints_when_no_nat(edge: Evaluation) -> None:
     }
     region = "us-west-2"
     assert endpoints[f"com.amazonaws.{region}.s3"]["vpcEndpointType"] == "Gateway"
-    for service in ("ecr.api", "ecr.dkr", "ssm", "autoscaling"):
+    for service in ("ecr.api", "ecr.dkr", "autoscaling"):
         endpoint = endpoints[f"com.amazonaws.{region}.{service}"]
         assert endpoint["vpcEndpointType"] == "Interface"
         assert endpoint["privateDnsEnabled"] is True
         assert len(endpoint["subnetIds"]) == 3
+    # ships hold no fleet secret (attestation), so an SSM endpoint would only cost money
+    assert f"com.amazonaws.{region}.ssm" not in endpoints
+    assert len(endpoints) == 4  # the three above and the S3 gateway
 
 
 def test_s3_endpoint_reads_only_the_buckets_ships_need_without_nat(

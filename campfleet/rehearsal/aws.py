@@ -814,6 +814,23 @@ http {{
             self._host(instance_id).public_ip = public_ip
             self._write_table()
 
+    def terminate_instance(self, instance_id: str) -> None:
+        """TerminateInstances for a host outside any group (the mux being replaced): moto
+        terminates it, its private address is free again (moto 5.2.5 holds it until the
+        instance object is garbage collected; EC2 frees it at termination, and the new mux
+        takes the same fixed address), and IMDS forgets the host."""
+        from moto.ec2.models import ec2_backends
+
+        self.client("ec2").terminate_instances(InstanceIds=[instance_id])
+        backend = ec2_backends[self.account][self.region]
+        instance = backend.get_instance(instance_id)
+        subnet = backend.get_subnet(instance.subnet_id)
+        for ip in instance._private_ips:
+            subnet.del_subnet_ip(ip)
+        with self._lock:
+            self.hosts.pop(instance_id, None)
+            self._write_table()
+
     def terminate(self, instance_id: str) -> None:
         """Start Auto Scaling's termination: the target lifecycle state becomes Terminated and
         the instance waits in Terminating:Wait for its hook to be completed."""

@@ -296,9 +296,7 @@ class Rehearsal:
         hosts.docker("stop", "-t", "120", self.mux, timeout=180)
         ec2 = self.aws.client("ec2")
         ec2.detach_volume(VolumeId=self.rendered.state_volume, InstanceId=old.instance_id)
-        ec2.terminate_instances(InstanceIds=[old.instance_id])
-        with self.aws._lock:  # the old instance answers nothing more (same address, new host)
-            self.aws.hosts.pop(old.instance_id, None)
+        self.aws.terminate_instance(old.instance_id)
         self.aws.sync_volumes()  # loop device freed; the data stays in the volume's file
         hosts.remove_host(self.mux)
         rendered = self.rendered

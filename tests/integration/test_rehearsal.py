@@ -10,7 +10,8 @@ import ssl
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Optional, TypeVar
 
 import pytest
 from cryptography import x509
@@ -22,6 +23,7 @@ from tests.integration.conftest import Attendee, wait_until
 from tests.integration.rehearsal_kit import assert_nothing_left, project
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
+T = TypeVar("T")
 SHIPS = 3  # the issue's mux and 3 ships; the last one is terminated by its test
 
 
@@ -238,7 +240,7 @@ def test_attendee_runs_code_on_a_ship_volume_and_a_new_mux_host_keeps_the_claim(
     print(f"mux host replaced and serving the claim again in {time.monotonic() - started:.0f} s")
 
 
-def _try(probe, *args):  # type: ignore[no-untyped-def]
+def _try(probe: Callable[..., T], *args: object) -> Optional[T]:
     """probe(*args), or None while it raises (not up yet)."""
     try:
         return probe(*args)

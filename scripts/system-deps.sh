@@ -26,7 +26,7 @@ command -v certutil >/dev/null 2>&1 || need+=(libnss3-tools)
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
-# The rehearsal's local AWS (campfleet/rehearsal/aws.py): loop devices, nsenter, routes and
+# The rehearsal's local AWS (campfleet/rehearsal/aws.py and its parts): loop devices, nsenter, routes and
 # DOCKER-USER rules, and openssl (its test checks identity signatures as AWS documents).
 command -v losetup >/dev/null 2>&1 || need+=(mount)
 command -v nsenter >/dev/null 2>&1 || need+=(util-linux)

@@ -78,15 +78,15 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def _aws_factory() -> Any:
-    """The local AWS (campfleet.rehearsal.aws: moto, ECR stand-in, IMDSv2, loop volumes)."""
+    """The local AWS (campfleet.rehearsal.aws: moto, the ECR stand-in, IMDSv2, loop volumes)."""
     from campfleet.rehearsal.aws import LocalAws
 
     return LocalAws
 
 
 def run(args: argparse.Namespace) -> int:
-    from campfleet.rehearsal.aws import LocalAwsError
     from campfleet.rehearsal.hosts import HostError
+    from campfleet.rehearsal.procs import LocalAwsError
     from campfleet.rehearsal.rehearsal import BOOTING, FAILED, Rehearsal, RehearsalError
 
     project_dir = find_project_dir(args.project_dir)

@@ -2,7 +2,7 @@
 
 `RehearsalCA` signs the TLS certificate of the local AWS front (`ssm.<region>.amazonaws.com`,
 `<account>.dkr.ecr.<region>.amazonaws.com`, ...). The hosts trust it (hook `rehearsal-ca`,
-docs/rehearsal-aws.md) so awscli, botocore, Docker and the ECR credential helper talk to the
+docs/rehearsal.md) so awscli, botocore, Docker and the ECR credential helper talk to the
 real AWS host names unchanged; on AWS the public CAs vouch for those names. Its key lives only
 in memory and in the rehearsal's work directory, and dies with it.
 

@@ -3,7 +3,7 @@
 Stdlib only: `LocalAws` mounts this very file into a small container on the rehearsal network
 and runs `python3 imds.py <table.json>`. The container holds 169.254.169.254/32 on its
 loopback (added from outside with nsenter, so it needs no extra capability); each host routes
-that address to the container (hook `imds-route`, see docs/rehearsal-aws.md). On EC2 the
+that address to the container (hook `imds-route`, see docs/rehearsal.md). On EC2 the
 address is link-local to every instance and needs no route.
 
 It behaves as EC2's IMDS does where campfleet relies on it:

@@ -11,7 +11,7 @@ inside that host container the way a Nitro instance shows an EBS volume:
 Detaching removes both and frees the loop device; the file (the volume's data) stays until
 `LocalAws.stop()`, so re-attaching the volume to another host (a replaced mux) keeps its data.
 
-Hook `loop-volumes` (docs/rehearsal-aws.md): the host container must be started with
+Hook `loop-volumes` (docs/rehearsal.md): the host container must be started with
 `--device-cgroup-rule 'b 7:* rwm'` (loop devices have major 7) so the node can be opened, and
 keep CAP_MKNOD (Docker's default). On EC2 the hypervisor and udev do all of this.
 """

@@ -23,7 +23,11 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 from campfleet import identity
 from campfleet.images import MUX_TAG, ensure_bases
-from campfleet.rehearsal.aws import CA_PATH_IN_HOST, LABEL_KEY, LocalAws, LocalAwsError, aws_names
+from campfleet.rehearsal.aws import LocalAws
+from campfleet.rehearsal.front import aws_names
+from campfleet.rehearsal.hosthooks import CA_PATH_IN_HOST
+from campfleet.rehearsal.hosts import LABEL
+from campfleet.rehearsal.procs import LocalAwsError
 from campfleet.rehearsal.volumes import by_id_path
 from tests.docker_kit import TEST_LABEL, docker
 
@@ -407,15 +411,15 @@ def test_stop_removes_everything_it_made(docker_images: dict[str, str], tmp_path
         aws.attach_volume(volume, iid)
         assert exists(host, by_id_path(volume))
         backing = aws.volumes.backing(volume)
-        assert docker("ps", "-q", "--filter", f"label={LABEL_KEY}={stack}")
+        assert docker("ps", "-q", "--filter", f"label={LABEL}={stack}")
         assert all(name.startswith("campfleet-") for name in [aws.imds_container, network])
     finally:
         aws.stop()
         aws.stop()  # idempotent
         docker("rm", "-f", host, check=False)
         docker("network", "rm", network, check=False)
-    assert docker("ps", "-aq", "--filter", f"label={LABEL_KEY}={stack}") == ""
-    assert docker("volume", "ls", "-q", "--filter", f"label={LABEL_KEY}={stack}") == ""
+    assert docker("ps", "-aq", "--filter", f"label={LABEL}={stack}") == ""
+    assert docker("volume", "ls", "-q", "--filter", f"label={LABEL}={stack}") == ""
     loops = subprocess.run(["losetup", "-ln", "-O", "BACK-FILE"], capture_output=True, text=True)
     assert str(workdir) not in loops.stdout and str(backing) not in loops.stdout
     assert not workdir.exists()

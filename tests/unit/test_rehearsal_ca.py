@@ -11,8 +11,8 @@ from typing import Optional
 import pytest
 from cryptography import x509
 
-from campfleet.rehearsal.aws import aws_names, registry_host
 from campfleet.rehearsal.ca import RehearsalCA
+from campfleet.rehearsal.front import aws_names, registry_host
 
 
 def test_names_cover_every_service_the_hosts_call() -> None:

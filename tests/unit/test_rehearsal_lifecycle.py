@@ -4,6 +4,7 @@ moto's real server on 127.0.0.1 and called with boto3 as the agent's awscli call
 from __future__ import annotations
 
 import socket
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,21 +12,28 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from campfleet.rehearsal import aws as local_aws
+from campfleet.rehearsal import motoserver
 
 
 @pytest.fixture
 def moto_endpoint() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
-    local_aws._install_responders()
+    motoserver.install_responders()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        yield endpoint
+    finally:
+        # moto's backends are per process, not per server: without a reset the group made
+        # here is still there for a later test's LocalAws (which then met a group "ships"
+        # it had not made, without its hooks).
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", b"", {}))
+        server.stop()
 
 
 def client(endpoint: str, service: str) -> Any:
@@ -69,8 +77,8 @@ def test_complete_lifecycle_action_is_checked_and_recorded(moto_endpoint: str) -
     ):
         with pytest.raises(ClientError, match="ValidationError"):
             complete(hook, instance, group)
-    assert local_aws.completions(inside) == []
+    assert motoserver.completions(inside) == []
     complete("drain", inside)
-    [done] = local_aws.completions(inside)
+    [done] = motoserver.completions(inside)
     assert done["hook"] == "drain" and done["result"] == "CONTINUE"
     assert done["transition"] == "autoscaling:EC2_INSTANCE_TERMINATING"

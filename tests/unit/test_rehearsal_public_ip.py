@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from campfleet.rehearsal.aws import Host, LocalAws, LocalAwsError
+from campfleet.rehearsal.aws import LocalAws, LocalAwsError
+from campfleet.rehearsal.imdstable import Host
 
 
 def test_public_ipv4_appears_once_an_address_is_associated(tmp_path: Path) -> None:

@@ -2,11 +2,13 @@
 
 Order: the host image (cached), the VPC network, the local AWS (moto behind TLS on
 the real AWS names, the ECR stand-in with the built images, SSM holding the stack's secrets,
-IMDSv2, loop-device volumes: campfleet.rehearsal.aws and friends), the user data rendered
+IMDSv2, loop-device volumes: campfleet.rehearsal.aws and friends), Pebble as the ACME CA
+that certifies the mux's public IPv4 (campfleet.rehearsal.acme), the user data rendered
 with the registry's digests, the apt cache, then the mux host and the ship hosts. Each host
 is followed through booting -> cloud-init done -> agent reporting -> available (ships) or
 booting -> cloud-init done -> hub up (mux). `stop` removes every container, network, volume
-and loop device the rehearsal made, whatever state it got to.
+and loop device the rehearsal made, whatever state it got to. `replace_mux` replaces the mux
+host as AWS does (terminate, state volume detached, a new instance from the same user data).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ root at each start: `root_pem()` is what a client of the rehearsed mux trusts.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -32,8 +33,17 @@ class AcmeError(Exception):
 class RehearsalAcme:
     """Pebble on `address` (the rehearsal network's gateway), trusted through `ca`."""
 
-    def __init__(self, address: str, ca: RehearsalCA, workdir: Path) -> None:
+    def __init__(
+        self,
+        address: str,
+        ca: RehearsalCA,
+        workdir: Path,
+        port: int = ACME_PORT,
+        management_port: int = MANAGEMENT_PORT,
+    ) -> None:
         self.address = address
+        self.port = port
+        self.management_port = management_port
         self.ca = ca
         self.workdir = Path(workdir)
         self._process: Optional[subprocess.Popen] = None
@@ -42,13 +52,18 @@ class RehearsalAcme:
     @property
     def directory(self) -> str:
         """The ACME directory URL: the stack's `campfleet:acmeDirectory` in a rehearsal."""
-        return f"https://{self.address}:{ACME_PORT}/dir"
+        return f"https://{self.address}:{self.port}/dir"
 
     @property
     def management(self) -> str:
-        return f"{self.address}:{MANAGEMENT_PORT}"
+        return f"{self.address}:{self.management_port}"
 
     def start(self, timeout: float = 30) -> None:
+        if shutil.which("pebble") is None:
+            raise AcmeError(
+                "the rehearsal's ACME CA needs Debian's pebble: run scripts/system-deps.sh "
+                "(or apt-get install pebble)"
+            )
         self.workdir.mkdir(parents=True, exist_ok=True)
         chain, key = self.ca.issue(["campfleet-rehearsal-acme"], [self.address])
         (self.workdir / "cert.pem").write_bytes(chain)
@@ -58,7 +73,7 @@ class RehearsalAcme:
         (self.workdir / "ca.pem").write_bytes(self.ca.cert_pem)
         config = pebble.write_config(
             self.workdir / "pebble.json",
-            listen=f"{self.address}:{ACME_PORT}",
+            listen=f"{self.address}:{self.port}",
             management=self.management,
             certificate=self.workdir / "cert.pem",
             private_key=key_file,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from campfleet.rehearsal import hosts
-from campfleet.rehearsal.acme import RehearsalAcme
+from campfleet.rehearsal.acme import AcmeError, RehearsalAcme
 from campfleet.rehearsal.render import RenderedStack, render
 
 BOOTING = "booting"
@@ -202,7 +202,10 @@ class Rehearsal:
         pointing at it, and an address on the VPC network that IMDS gives the mux as its
         public IPv4, so the mux's front door orders and serves a real certificate."""
         self.acme = RehearsalAcme(self.aws.gateway, self.aws.ca, self.workdir / "acme")
-        self.acme.start()
+        try:
+            self.acme.start()
+        except AcmeError as exc:
+            raise RehearsalError(str(exc)) from None
         self.values["campfleet:acmeDirectory"] = self.acme.directory
         self.public_ip = str(cidr.broadcast_address - ELASTIC_IP_FROM_TOP)
         self.say(

@@ -39,6 +39,7 @@ from campfleet.contracts import secrets as contract
 from campfleet.mux import codes, fleetview, metrics
 from campfleet.mux import fleet as fleet_mod
 from campfleet.mux.attest import Attestor
+from campfleet.mux.backlog import listen_backlog, widen_hub_backlog
 from campfleet.mux.cloud import AwsCloud, Cloud, LocalCloud
 from campfleet.mux.codes import CodesError
 from campfleet.mux.control import PEER_CONNECTIONS, PEER_REQUESTS_PER_S, ControlServer
@@ -470,6 +471,7 @@ def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
         lost_after=settings.lost_after,
         peer_connections=PEER_CONNECTIONS * peers,
         peer_requests_per_s=PEER_REQUESTS_PER_S * peers,
+        backlog=listen_backlog(settings.ships),
     )
     demand = settings.fleet.demand
     fleet = Fleet(
@@ -588,6 +590,8 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
     secrets = load_secrets(settings)
     fleet = build_fleet(settings, secrets)
     _start_in_hub_loop(fleet)
+    # A room's requests through the proxy are held while the hub is busy, not reset (backlog.py).
+    _in_hub_loop(widen_hub_backlog(listen_backlog(settings.ships)))
     state = settings.state_dir
 
     hub = c.JupyterHub

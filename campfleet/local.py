@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from campfleet import pebble
 from campfleet.agent.docker import SCOPE_LABEL
 from campfleet.contracts import paths
 from campfleet.contracts import secrets as contract
@@ -706,19 +707,16 @@ class LocalEvent:
         pebble_dir = self.tls_dir / "pebble"
         pebble_dir.mkdir(parents=True, exist_ok=True)
         _self_signed(pebble_dir / "cert.pem", pebble_dir / "key.pem")
-        config = {
-            "listenAddress": f"127.0.0.1:{self.acme_port}",
-            "managementListenAddress": f"127.0.0.1:{self.acme_port + 1}",
-            "certificate": str(pebble_dir / "cert.pem"),
-            "privateKey": str(pebble_dir / "key.pem"),
-            "httpPort": self.http_port,  # Pebble validates http-01 through nginx's port 80
-            "tlsPort": self.port,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": False,
-        }
-        if self.cert_seconds:
-            config["certificateValidityPeriod"] = self.cert_seconds
-        (pebble_dir / "pebble.json").write_text(json.dumps({"pebble": config}, indent=2))
+        pebble.write_config(
+            pebble_dir / "pebble.json",
+            listen=f"127.0.0.1:{self.acme_port}",
+            management=f"127.0.0.1:{self.acme_port + 1}",
+            certificate=pebble_dir / "cert.pem",
+            private_key=pebble_dir / "key.pem",
+            http_port=self.http_port,  # Pebble validates http-01 through nginx's port 80
+            tls_port=self.port,
+            cert_seconds=self.cert_seconds or 0,
+        )
         if self.domain:
             self._start_zone()
         self.start_service("acme")
@@ -728,12 +726,10 @@ class LocalEvent:
         self._fetch_ca()
 
     def _fetch_ca(self) -> None:
-        import ssl
-
-        context = ssl.create_default_context(cafile=str(self.tls_dir / "pebble" / "cert.pem"))
-        url = f"https://127.0.0.1:{self.acme_port + 1}/roots/0"
-        with urllib.request.urlopen(url, context=context, timeout=10) as r:
-            self.ca_file.write_bytes(r.read())
+        root = pebble.fetch_root(
+            f"127.0.0.1:{self.acme_port + 1}", self.tls_dir / "pebble" / "cert.pem"
+        )
+        self.ca_file.write_bytes(root)
 
     def renew(self) -> None:
         """What the mux's renewal timer runs: renew if due, and then reload nginx gracefully."""
@@ -760,7 +756,7 @@ class LocalEvent:
 
     def _service_cmd(self, name: str) -> list[str]:
         if name == "acme":
-            cmd = ["pebble", "-config", str(self.tls_dir / "pebble" / "pebble.json")]
+            cmd = pebble.command(self.tls_dir / "pebble" / "pebble.json")
             # --domain: Pebble checks DNS-01 records with the stand-in's DNS, not real DNS.
             return cmd + (["-dnsserver", f"127.0.0.1:{self.dns_port}"] if self.domain else [])
         if name == "route53":
@@ -786,7 +782,7 @@ class LocalEvent:
             service = self.services.get(name)
             if service is None:
                 env = {
-                    "acme": {**os.environ, "PEBBLE_VA_NOSLEEP": "1"},
+                    "acme": {**os.environ, **pebble.ENV},
                     "tls": self._acme_env(),
                     "route53": self._route53_env(dict(os.environ)),
                 }.get(name)

@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -44,6 +45,9 @@ HUB_CPUS, SHIP_CPUS = {0}, {1}
 # the ships' core).
 RUN_CPUS = frozenset(os.sched_getaffinity(0))
 _TICK = os.sysconf("SC_CLK_TCK")
+# A storm is flagged disturbed when jobs other than the hub and its proxy used more than this
+# share of the hub's core while it ran: its p95 then measures the machine as much as the mux.
+DISTURBED_SHARE = 0.10
 NAME_PREFIX = "attendee"  # the storm's attendees: attendee0000, attendee0001, ...
 
 
@@ -81,6 +85,37 @@ def runqueue_wait_s(pid: Optional[int]) -> float:
         return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
     except (OSError, IndexError, ValueError, TypeError):
         return 0.0
+
+
+def core_busy_s(cpu: Optional[int], stat: Path = Path("/proc/stat")) -> float:
+    """CPU-seconds one core has spent running anything (user + nice + system, from /proc/stat);
+    0.0 when unknown."""
+    if cpu is None:
+        return 0.0
+    try:
+        for line in stat.read_text().splitlines():
+            name, *ticks = line.split()
+            if name == f"cpu{cpu}":
+                return sum(int(t) for t in ticks[:3]) / _TICK
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
+def hub_core() -> Optional[int]:
+    """The core the hub and its proxy are pinned to (None when the run is not pinned)."""
+    return min(HUB_CPUS) if split_cores() else None
+
+
+def disturbance(others_s: float, wall_s: float) -> Optional[str]:
+    """Why a storm's figures are disturbed by other jobs on the hub's core, or None."""
+    share = others_s / wall_s if wall_s > 0 else 0.0
+    if share <= DISTURBED_SHARE:
+        return None
+    return (
+        f"other jobs used {others_s:.1f} CPU-s of the hub's core ({share:.0%} of the storm's "
+        f"{wall_s:.1f} s; more than {DISTURBED_SHARE:.0%} is disturbed)"
+    )
 
 
 def proxy_pid(event: LocalEvent) -> Optional[int]:
@@ -144,6 +179,7 @@ class StormResult:
     hub_cpu_s: float = 0.0
     hub_runqueue_wait_s: float = 0.0
     proxy_cpu_s: float = 0.0
+    hub_core_busy_s: Optional[float] = None  # everything the hub's core ran (None: not pinned)
     wall_s: float = 0.0
     loadavg: list[float] = field(default_factory=list)  # 1-minute load at start and at end
     log_errors: list[str] = field(default_factory=list)  # the hub log's errors, on failure
@@ -160,6 +196,11 @@ class StormResult:
             proxy_cpu_s=round(self.proxy_cpu_s, 2),
             wall_s=round(self.wall_s, 1),
         )
+        if self.hub_core_busy_s is not None:
+            others = max(0.0, self.hub_core_busy_s - self.hub_cpu_s - self.proxy_cpu_s)
+            f["others_on_hub_core_s"] = round(others, 2)
+            f["others_on_hub_core_share"] = round(others / self.wall_s, 3) if self.wall_s else 0
+            f["disturbed"] = disturbance(others, self.wall_s)
         if self.cpus:
             f["cpus"] = self.cpus
         if self.loadavg:
@@ -240,7 +281,17 @@ def driver_token(event: LocalEvent) -> str:
     return token
 
 
-async def storm(event: LocalEvent, users: int, token: str) -> StormResult:
+def stop_for(pid: Optional[int], seconds: float) -> None:
+    """Stop a process (SIGSTOP) and continue it `seconds` later: a hub that gets no CPU at all,
+    the extreme of one starved by other jobs on its core (fault injection, storm_1000.py
+    --stall-hub)."""
+    if pid is None or seconds <= 0:
+        return
+    os.kill(pid, signal.SIGSTOP)
+    asyncio.get_running_loop().call_later(seconds, os.kill, pid, signal.SIGCONT)
+
+
+async def storm(event: LocalEvent, users: int, token: str, stall_hub: float = 0.0) -> StormResult:
     api = f"{event.url}hub/api"
     names = [f"{NAME_PREFIX}{i:04d}" for i in range(users)]
     timeout = aiohttp.ClientTimeout(total=900)
@@ -253,7 +304,8 @@ async def storm(event: LocalEvent, users: int, token: str) -> StormResult:
                 raise RuntimeError(f"creating users answered {r.status}: {await r.text()}")
         hub_pid, chp_pid = event.hub.pid if event.hub else None, proxy_pid(event)
         hub0, chp0, t0 = cpu_seconds(hub_pid), cpu_seconds(chp_pid), time.perf_counter()
-        wait0 = runqueue_wait_s(hub_pid)
+        wait0, core0 = runqueue_wait_s(hub_pid), core_busy_s(hub_core())
+        stop_for(hub_pid, stall_hub)  # the attendees' POSTs then arrive at a stopped hub
         results = await asyncio.gather(
             *(_start_one(http, api, n) for n in names), return_exceptions=True
         )
@@ -261,6 +313,8 @@ async def storm(event: LocalEvent, users: int, token: str) -> StormResult:
         out.hub_cpu_s = cpu_seconds(hub_pid) - hub0
         out.hub_runqueue_wait_s = runqueue_wait_s(hub_pid) - wait0
         out.proxy_cpu_s = cpu_seconds(chp_pid) - chp0
+        if hub_core() is not None:
+            out.hub_core_busy_s = core_busy_s(hub_core()) - core0
     for result in results:
         if isinstance(result, float):
             out.times.append(result)
@@ -306,6 +360,7 @@ def run_event(
     extra_config: Union[str, Callable[[int], str]] = "",
     profile: Optional[Path] = None,
     lost_after: int = 12,
+    stall_hub: float = 0.0,
 ) -> StormResult:
     """Start an event (hub on HUB_CPUS; simulated ships on SHIP_CPUS), storm it, stop it.
 
@@ -339,7 +394,7 @@ def run_event(
         token = driver_token(event)
         print(f"[{label}] ready; storm of {users} starts", flush=True)
         with profiler(event.hub.pid, profile):
-            result = asyncio.run(storm(event, users, token))
+            result = asyncio.run(storm(event, users, token, stall_hub))
         hub_pid = event.hub.pid if event.hub else None
         simulator = event.agents.get("simfleet")
         result.cpus = {
@@ -354,6 +409,9 @@ def run_event(
                 event.log_dir / "proxy.log"
             )
     finally:
+        if stall_hub and event.hub:
+            with contextlib.suppress(OSError):
+                os.kill(event.hub.pid, signal.SIGCONT)  # never leave a stopped hub behind
         event.stop()
         unpin()
     f = result.summary()
@@ -365,6 +423,13 @@ def run_event(
         f"proxy CPU {f['proxy_cpu_s']} s  load {result.loadavg[0]:.1f}->{result.loadavg[1]:.1f}",
         flush=True,
     )
+    if "others_on_hub_core_s" in f:
+        print(
+            f"[{label}] other jobs on the hub's core: {f['others_on_hub_core_s']} CPU-s "
+            f"({f['others_on_hub_core_share']:.0%} of the storm)"
+            + (f"  DISTURBED: {f['disturbed']}" if f["disturbed"] else "  (quiet)"),
+            flush=True,
+        )
     print(f"[{label}] CPUs: {result.cpus}", flush=True)
     for line in result.log_errors[-10:]:
         print(f"[{label}] hub log: {line}", flush=True)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from campfleet import pebble
 from campfleet.agent.docker import SCOPE_LABEL
 from campfleet.contracts import paths
 from campfleet.contracts import secrets as contract
@@ -54,7 +55,7 @@ ProgressCallback = Callable[[dict, int, int], None]
 SUPERVISE_INTERVAL = 0.2  # how soon a dead service is noticed (systemd: at once, RestartSec)
 RESTART_BURST = 5  # like systemd's StartLimitBurst: more restarts than this in ...
 RESTART_WINDOW = 60.0  # ... this many seconds, and the service is given up as failed
-EVENT_PORTS = 9  # P..P+8: URL, proxy API, hub, control API, and with --tls the ports below
+EVENT_PORTS = 11  # P..P+10: URL, proxy API, hub, control API, and with --tls the ports below
 TLS_HOST = "localhost"  # the name Pebble certifies (certbot stores no IP lineage; docs/tls.md)
 
 
@@ -65,6 +66,26 @@ class LocalEventError(Exception):
 def _bin(name: str) -> str:
     """A console script of the running Python environment (the project's .venv)."""
     return str(Path(sys.executable).parent / name)
+
+
+def _domain_name(domain: str) -> str:
+    """A --domain that can name the event and, one label down, each attendee's server."""
+    name = domain.strip().lower().rstrip(".")
+    labels = name.split(".")
+    if (
+        len(labels) < 2
+        or len(name) > 200
+        or not all(
+            label and len(label) <= 63 and label.replace("-", "").isalnum() and label[0] != "-"
+            for label in labels
+        )
+        or labels[-1].isdigit()
+    ):
+        raise LocalEventError(
+            f"--domain {domain!r} is not a domain name with a dot, like campfleet.test "
+            "(the event resolves it only in the browsers you point at it)"
+        )
+    return name
 
 
 def _port_free(port: int) -> bool:
@@ -273,6 +294,7 @@ class LocalEvent:
         projects: Optional[dict] = None,
         fleet: Optional[dict] = None,
         tls: bool = False,
+        domain: str = "",
         cert_seconds: Optional[int] = None,
         runtime: str = "local",
         ship_image: str = "",
@@ -348,10 +370,16 @@ class LocalEvent:
         self._supervisor: Optional[threading.Thread] = None
         # --tls: nginx on the event port with a certificate from Pebble (Let's Encrypt's test
         # CA) via certbot, exactly as on the mux; the proxy moves behind it.
-        self.tls = tls
+        # --domain: per-user subdomains (alice.<domain>) under a wildcard certificate that
+        # certbot proves through DNS-01, as on the mux: certbot-dns-route53 writes the TXT
+        # record through a Route 53 stand-in (moto), whose zone Pebble reads through
+        # campfleet.localdns. Browsers reach the names through their own resolver rules.
+        self.domain = _domain_name(domain) if domain else ""
+        self.tls = tls or bool(self.domain)
         self.cert_seconds = cert_seconds  # Pebble's certificate lifetime (short in tests)
         self.tls_dir = self.state_dir / "tls"
-        self.url = f"https://{TLS_HOST}:{port}/" if tls else f"http://127.0.0.1:{port}/"
+        host = self.domain or TLS_HOST
+        self.url = f"https://{host}:{port}/" if self.tls else f"http://127.0.0.1:{port}/"
         self._renewer: Optional[threading.Thread] = None
 
     @property
@@ -392,6 +420,35 @@ class LocalEvent:
     def acme_port(self) -> int:
         """Pebble's ACME directory (and + 1 its management API, which serves its root)."""
         return self.port + 7
+
+    @property
+    def route53_port(self) -> int:
+        """--domain: the Route 53 stand-in's API (moto in server mode)."""
+        return self.port + 9
+
+    @property
+    def dns_port(self) -> int:
+        """--domain: UDP DNS answering from the stand-in's zones (what Pebble asks)."""
+        return self.port + 10
+
+    @property
+    def api_url(self) -> str:
+        """The event's URL for programs on this machine (the organizer's API, health checks).
+
+        With --domain, the event's names resolve only where told (a browser's resolver rules,
+        never real DNS), so programs here reach the proxy directly on loopback, behind nginx.
+        """
+        return f"http://127.0.0.1:{self.proxy_port}/" if self.domain else self.url
+
+    def user_url(self, name: str) -> str:
+        """Where an attendee's server is: its own origin with --domain (<name>.<domain>)."""
+        if self.domain:
+            return f"https://{name}.{self.domain}:{self.port}/user/{name}/"
+        return f"{self.url}user/{name}/"
+
+    def resolver_rules(self) -> str:
+        """Chromium's --host-resolver-rules sending the event's names to 127.0.0.1."""
+        return f"MAP {self.domain} 127.0.0.1, MAP *.{self.domain} 127.0.0.1"
 
     @property
     def ca_file(self) -> Path:
@@ -470,6 +527,8 @@ class LocalEvent:
                 self.acme_port: "Pebble's ACME directory",
                 self.acme_port + 1: "Pebble's management API",
             })  # fmt: skip
+        if self.domain:
+            named[self.route53_port] = "the Route 53 stand-in"
         named.update({self.port_base(i): f"ship {i + 1}" for i in range(self.ships)})
         for port, what in named.items():
             if not _port_free(port):
@@ -571,7 +630,8 @@ class LocalEvent:
     def _tls_settings(self) -> dict:
         """mux.json's `tls` block: what the mux has, plus loopback ports and Pebble."""
         return {
-            "domainName": TLS_HOST,
+            "domainName": self.domain or TLS_HOST,
+            "userSubdomains": bool(self.domain),
             "acmeDirectory": f"https://127.0.0.1:{self.acme_port}/dir",
             "listenIp": "127.0.0.1",
             "httpsPort": self.port,
@@ -587,8 +647,54 @@ class LocalEvent:
         return tls.front_door(load_settings(self.settings_path))[0]
 
     def _acme_env(self) -> dict:
-        """certbot trusts Pebble's own HTTPS listener (a certificate made for this event)."""
-        return {**os.environ, "REQUESTS_CA_BUNDLE": str(self.tls_dir / "pebble" / "cert.pem")}
+        """certbot trusts Pebble's own HTTPS listener (a certificate made for this event);
+        with --domain its Route 53 plugin talks to the stand-in."""
+        env = {**os.environ, "REQUESTS_CA_BUNDLE": str(self.tls_dir / "pebble" / "cert.pem")}
+        return self._route53_env(env) if self.domain else env
+
+    def _route53_env(self, base: dict) -> dict:
+        """`base` with boto3 pointed at the Route 53 stand-in and credentials that exist only
+        there: none of the organizer's own AWS settings (a profile, keys, another endpoint)."""
+        env = {k: v for k, v in base.items() if not k.startswith("AWS_")}
+        return {
+            **env,
+            # boto3's name for Route 53's endpoint (its service id, "Route 53"), and the
+            # stand-in for any other service too: no call of this process reaches AWS.
+            "AWS_ENDPOINT_URL_ROUTE_53": f"http://127.0.0.1:{self.route53_port}",
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.route53_port}",
+            "AWS_ACCESS_KEY_ID": "campfleet-local",
+            "AWS_SECRET_ACCESS_KEY": "campfleet-local",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        }
+
+    def _start_zone(self) -> None:
+        """--domain: the Route 53 stand-in (API, the event's hosted zone, its DNS)."""
+        try:
+            import moto.server  # noqa: F401 - moto[server], a dev requirement (make local)
+        except ImportError:
+            raise LocalEventError(
+                "--domain needs moto's server (the Route 53 stand-in): run make local, or "
+                "pip install -r requirements-dev.txt -c constraints.txt"
+            ) from None
+        self.start_service("route53")
+        self._wait_port(self.route53_port, "route53", 60.0)
+        # The zone exists, and with it the DNS, once the stand-in says so in its log.
+        deadline = time.monotonic() + 30
+        while "campfleet-dns: zone" not in self._log_text("route53.log"):
+            if time.monotonic() > deadline:
+                raise LocalEventError(
+                    f"the Route 53 stand-in did not start; see {self.log_dir / 'route53.log'}: "
+                    f"{self._last_line('route53.log')}"
+                )
+            time.sleep(0.2)
+
+    def _log_text(self, log_name: str) -> str:
+        try:
+            return (self.log_dir / log_name).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def _start_tls(self) -> None:
         """Pebble, then the mux's TLS service: nginx, the first certificate, then HTTPS."""
@@ -601,19 +707,18 @@ class LocalEvent:
         pebble_dir = self.tls_dir / "pebble"
         pebble_dir.mkdir(parents=True, exist_ok=True)
         _self_signed(pebble_dir / "cert.pem", pebble_dir / "key.pem")
-        config = {
-            "listenAddress": f"127.0.0.1:{self.acme_port}",
-            "managementListenAddress": f"127.0.0.1:{self.acme_port + 1}",
-            "certificate": str(pebble_dir / "cert.pem"),
-            "privateKey": str(pebble_dir / "key.pem"),
-            "httpPort": self.http_port,  # Pebble validates http-01 through nginx's port 80
-            "tlsPort": self.port,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": False,
-        }
-        if self.cert_seconds:
-            config["certificateValidityPeriod"] = self.cert_seconds
-        (pebble_dir / "pebble.json").write_text(json.dumps({"pebble": config}, indent=2))
+        pebble.write_config(
+            pebble_dir / "pebble.json",
+            listen=f"127.0.0.1:{self.acme_port}",
+            management=f"127.0.0.1:{self.acme_port + 1}",
+            certificate=pebble_dir / "cert.pem",
+            private_key=pebble_dir / "key.pem",
+            http_port=self.http_port,  # Pebble validates http-01 through nginx's port 80
+            tls_port=self.port,
+            cert_seconds=self.cert_seconds or 0,
+        )
+        if self.domain:
+            self._start_zone()
         self.start_service("acme")
         self._wait_port(self.acme_port, "acme", 30.0)
         self.start_service("tls")
@@ -621,12 +726,10 @@ class LocalEvent:
         self._fetch_ca()
 
     def _fetch_ca(self) -> None:
-        import ssl
-
-        context = ssl.create_default_context(cafile=str(self.tls_dir / "pebble" / "cert.pem"))
-        url = f"https://127.0.0.1:{self.acme_port + 1}/roots/0"
-        with urllib.request.urlopen(url, context=context, timeout=10) as r:
-            self.ca_file.write_bytes(r.read())
+        root = pebble.fetch_root(
+            f"127.0.0.1:{self.acme_port + 1}", self.tls_dir / "pebble" / "cert.pem"
+        )
+        self.ca_file.write_bytes(root)
 
     def renew(self) -> None:
         """What the mux's renewal timer runs: renew if due, and then reload nginx gracefully."""
@@ -653,7 +756,14 @@ class LocalEvent:
 
     def _service_cmd(self, name: str) -> list[str]:
         if name == "acme":
-            return ["pebble", "-config", str(self.tls_dir / "pebble" / "pebble.json")]
+            cmd = pebble.command(self.tls_dir / "pebble" / "pebble.json")
+            # --domain: Pebble checks DNS-01 records with the stand-in's DNS, not real DNS.
+            return cmd + (["-dnsserver", f"127.0.0.1:{self.dns_port}"] if self.domain else [])
+        if name == "route53":
+            return [sys.executable, "-m", "campfleet.localdns",
+                    "--api", f"127.0.0.1:{self.route53_port}",
+                    "--dns", f"127.0.0.1:{self.dns_port}",
+                    "--zone", self.domain]  # fmt: skip
         if name == "tls":
             return [sys.executable, "-m", "campfleet.mux.tls", "serve", str(self.settings_path)]
         if name == "proxy":
@@ -672,8 +782,9 @@ class LocalEvent:
             service = self.services.get(name)
             if service is None:
                 env = {
-                    "acme": {**os.environ, "PEBBLE_VA_NOSLEEP": "1"},
+                    "acme": {**os.environ, **pebble.ENV},
                     "tls": self._acme_env(),
+                    "route53": self._route53_env(dict(os.environ)),
                 }.get(name)
                 service = Service(name, self._service_cmd(name), self.hub_dir, env)
                 self.services[name] = service
@@ -1002,14 +1113,15 @@ class LocalEvent:
 
     def _hub_answers(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}hub/health", timeout=2, **self._ssl()) as r:
+            url = f"{self.api_url}hub/health"
+            with urllib.request.urlopen(url, timeout=2, **self._ssl()) as r:
                 return r.status == 200
         except (urllib.error.URLError, OSError):
             return False
 
     def _ssl(self) -> dict:
         """urlopen's context for the event's own URL: Pebble's root with --tls."""
-        if not self.tls or not self.ca_file.exists():
+        if not self.api_url.startswith("https:") or not self.ca_file.exists():
             return {}
         import ssl
 
@@ -1059,7 +1171,7 @@ class LocalEvent:
         """Stop every process left in this state dir (by pid file, cwd or command line)."""
         if not self.state_dir.exists():
             return
-        for name in ("hub", "proxy", "tls", "acme"):
+        for name in ("hub", "proxy", "tls", "acme", "route53"):
             self._kill_pidfile(self.pid_file(name))
         self._kill_pidfile(self.hub_dir / "jupyterhub.pid")
         pids = _processes_under(self.state_dir)
@@ -1078,7 +1190,7 @@ class LocalEvent:
             self._renewer.join(timeout=200)
             self._renewer = None
         self.stop_hub(timeout)
-        for name in ("proxy", "tls", "acme"):
+        for name in ("proxy", "tls", "acme", "route53"):
             self.stop_service(name, timeout)
         agents = [a.pid for a in self.agents.values()]
         descendants = [c for pid in agents for c in _children(pid)]

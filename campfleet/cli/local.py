@@ -81,6 +81,15 @@ def register(subparsers: Any) -> None:
         "Encrypt's test CA) via certbot, renewed automatically; trust tls/pebble-root.pem",
     )
     parser.add_argument(
+        "--domain",
+        default="",
+        metavar="NAME",
+        help="per-user subdomains as on the mux with a domain and its Route 53 zone (implies "
+        "--tls): each attendee's server is its own origin, https://<name>.NAME:PORT/, under a "
+        "wildcard certificate proved through DNS-01 with a local Route 53 stand-in; NAME "
+        "resolves nowhere, so start the browser with the --host-resolver-rules it prints",
+    )
+    parser.add_argument(
         "--runtime",
         choices=("local", "docker"),
         default="local",
@@ -181,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
             state_dir=Path(args.state_dir),
             **({"fleet": fleet} if fleet else {}),  # fixed, no culler: as before
             tls=args.tls,
+            domain=args.domain,
             runtime=args.runtime,
             ship_image=ship_image,
             auth=args.auth,
@@ -198,11 +208,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"{READY_LINE} {event.url}", flush=True)
         print(f"  attendee password: {event.password}  (any new user name)", flush=True)
         print(f"  admin: {event.admin}  password: {event.admin_password}", flush=True)
-        url = event.url.rstrip("/")
+        url = event.api_url.rstrip("/")
         status = f"CAMPFLEET_TOKEN={event.api_token} campfleet status --url {url}"
         print(f"  organizer: {status}", flush=True)
         if event.tls:
             print(f"  HTTPS: trust Pebble's root certificate {event.ca_file}", flush=True)
+        if event.domain:
+            rules = event.resolver_rules()
+            print(f'  names: chromium --host-resolver-rules="{rules}" {event.url}', flush=True)
         print(f"  logs: {event.log_dir}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         threading.Event().wait()

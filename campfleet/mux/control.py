@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from campfleet.mux.attest import Attestor, AttestRefused
+from campfleet.mux.backlog import LISTEN_BACKLOG, warn_if_capped
 from campfleet.mux.registry import Registry, Rejected
 from campfleet.protocol import (
     FORGED,
@@ -103,6 +104,7 @@ class ControlServer:
         peer_connections: int = PEER_CONNECTIONS,
         peer_requests_per_s: float = PEER_REQUESTS_PER_S,
         attestor: Optional[Attestor] = None,
+        backlog: int = LISTEN_BACKLOG,
     ) -> None:
         if not fleet_secret:
             raise ValueError("fleet_secret is empty: the control API cannot key any ship")
@@ -114,6 +116,7 @@ class ControlServer:
         self.poll_timeout = poll_timeout
         self.peer_connections = peer_connections
         self.peer_requests_per_s = peer_requests_per_s
+        self.backlog = backlog  # every ship reconnecting at once (a hub restart) is held
         self._peer_tokens: dict[str, tuple[float, float]] = {}  # peer -> (tokens, monotonic)
         self.rejections: dict[str, int] = dict.fromkeys(STATUS, 0)
         self.accepted = 0  # reports applied to the registry (a Prometheus counter)
@@ -154,7 +157,8 @@ class ControlServer:
             idle_connection_timeout=4 * self.poll_timeout,
         )
         self._http.control = self
-        sockets = tornado.netutil.bind_sockets(port, address)
+        sockets = tornado.netutil.bind_sockets(port, address, backlog=self.backlog)
+        warn_if_capped(self.backlog, "control API")
         self._http.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
         self.registry.add_listener(self._on_change)

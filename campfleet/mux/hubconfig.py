@@ -39,6 +39,7 @@ from campfleet.contracts import secrets as contract
 from campfleet.mux import codes, fleetview, metrics
 from campfleet.mux import fleet as fleet_mod
 from campfleet.mux.attest import Attestor
+from campfleet.mux.backlog import listen_backlog, widen_hub_backlog
 from campfleet.mux.cloud import AwsCloud, Cloud, LocalCloud
 from campfleet.mux.codes import CodesError
 from campfleet.mux.control import PEER_CONNECTIONS, PEER_REQUESTS_PER_S, ControlServer
@@ -193,7 +194,21 @@ class ClaimLogoutHandler(LogoutHandler):
     must not log in as the last one)."""
 
     async def handle_logout(self) -> None:
-        self.clear_cookie(CLAIM_COOKIE, path=self.hub.base_url)
+        name, path = claim_cookie(self)
+        self.clear_cookie(name, path=path)
+
+
+def claim_cookie(handler: web.RequestHandler) -> tuple[str, str]:
+    """The claim cookie's name and path: on the hub's path, or with per-user subdomains
+    `__Host-` on `/`, as the hub's own cookies are then (cookie_host_prefix_enabled).
+
+    Any attendee's subdomain can set a cookie for the parent domain, which the browser then
+    sends to the hub; a `__Host-` cookie must be set by its own host without a Domain, so no
+    copy of it can come from an attendee's server.
+    """
+    if handler.settings.get("cookie_host_prefix_enabled"):
+        return "__Host-" + CLAIM_COOKIE, "/"
+    return CLAIM_COOKIE, handler.hub.base_url
 
 
 def claimed_names(handler: web.RequestHandler) -> set[str]:
@@ -206,12 +221,13 @@ def claimed_names(handler: web.RequestHandler) -> set[str]:
     signature, so each copy is checked on its own and the real one still counts.
     """
     names = set()
+    cookie = claim_cookie(handler)[0]
     for chunk in handler.request.headers.get("Cookie", "").split(";"):
         key, sep, value = chunk.partition("=")
-        if not sep or key.strip() != CLAIM_COOKIE:
+        if not sep or key.strip() != cookie:
             continue
         value = value.strip().strip('"')  # tornado quotes signed values (they hold "|")
-        raw = handler.get_secure_cookie(CLAIM_COOKIE, value, max_age_days=CLAIM_DAYS)
+        raw = handler.get_secure_cookie(cookie, value, max_age_days=CLAIM_DAYS)
         if raw:
             names.add(raw.decode("utf8", "replace"))
     return names
@@ -247,13 +263,12 @@ class WorkshopAuthenticator(RoomGate, SharedPasswordAuthenticator):
             fleet_mod.current().refuse(name, "name-in-use", message)
             raise web.HTTPError(403, "%s", message)
         self.admit(handler, name)  # before the claim: a refused name gets no cookie
+        cookie, path = claim_cookie(handler)
+        options = {**handler.settings.get("cookie_options", {})}  # secure behind TLS
+        if cookie.startswith("__Host-"):
+            options["secure"] = True  # browsers drop a __Host- cookie that is not Secure
         handler.set_secure_cookie(
-            CLAIM_COOKIE,
-            name,
-            expires_days=CLAIM_DAYS,
-            path=handler.hub.base_url,
-            httponly=True,
-            **handler.settings.get("cookie_options", {}),  # secure behind TLS
+            cookie, name, expires_days=CLAIM_DAYS, path=path, httponly=True, **options
         )
         return result
 
@@ -470,6 +485,7 @@ def build_fleet(settings: Settings, secrets: Secrets) -> Fleet:
         lost_after=settings.lost_after,
         peer_connections=PEER_CONNECTIONS * peers,
         peer_requests_per_s=PEER_REQUESTS_PER_S * peers,
+        backlog=listen_backlog(settings.ships),
     )
     demand = settings.fleet.demand
     fleet = Fleet(
@@ -588,6 +604,8 @@ def configure(c: Any, settings_path: Path | str) -> Fleet:
     secrets = load_secrets(settings)
     fleet = build_fleet(settings, secrets)
     _start_in_hub_loop(fleet)
+    # A room's requests through the proxy are held while the hub is busy, not reset (backlog.py).
+    _in_hub_loop(widen_hub_backlog(listen_backlog(settings.ships)))
     state = settings.state_dir
 
     hub = c.JupyterHub

@@ -225,6 +225,37 @@ class Acme:
         ]  # fmt: skip
 
 
+def stored_certificate(acme: Acme) -> bool:
+    """Does certbot's live directory hold a key and a certificate, valid now, naming the
+    identifier in its subject alternative names?
+
+    certbot 5.8 reads every name of a certificate back as a DNS name, the subject CN included;
+    a CA that also puts an IP identifier in the CN (Pebble 2.4 does; Let's Encrypt's
+    shortlived profile has no CN) makes certbot store the certificate and then exit 1 with
+    "Requested name ... is an IP address". The certificate is good: serving it beats a 503
+    page, and ordering again every few minutes would only spend the CA's rate limit.
+    """
+    import datetime
+
+    from cryptography import x509
+
+    live = acme.live_dir
+    try:
+        cert = x509.load_pem_x509_certificate((live / "fullchain.pem").read_bytes())
+        if not (live / "privkey.pem").exists():
+            return False
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return False
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
+        return False
+    if is_ip(acme.identifier):
+        wanted = ipaddress.ip_address(acme.identifier)
+        return wanted in sans.get_values_for_type(x509.IPAddress)
+    return acme.identifier in sans.get_values_for_type(x509.DNSName)
+
+
 # -- the mux's service: `python -m campfleet.mux.tls serve|renew` ------------------------------
 
 
@@ -302,7 +333,14 @@ def serve(settings: Settings) -> int:
     attempt = 0
     while door.certificate is None and nginx.poll() is None and not stopping.is_set():
         done = subprocess.run(acme.certonly(), check=False)
-        if done.returncode == 0:
+        if done.returncode != 0 and stored_certificate(acme):
+            print(
+                f"campfleet-tls: certbot exit {done.returncode}, but it stored a valid "
+                f"certificate for {acme.identifier}; serving it",
+                file=sys.stderr,
+                flush=True,
+            )
+        if done.returncode == 0 or stored_certificate(acme):
             door = dataclasses.replace(door, certificate=acme.live_dir)
             conf.write_text(nginx_conf(door))
             subprocess.run(nginx_command(conf, door.run_dir, "reload"), check=True)

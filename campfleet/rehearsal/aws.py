@@ -131,6 +131,14 @@ class LocalAws:
     def gateway(self) -> str:
         return self._gateway
 
+    @property
+    def ca(self) -> RehearsalCA:
+        """The rehearsal CA every host trusts (hook `rehearsal-ca`): it can vouch for other
+        local stand-ins too (the rehearsal's ACME server)."""
+        if self._ca is None:
+            raise LocalAwsError("the rehearsal CA exists once the local AWS has started")
+        return self._ca
+
     def client(self, service: str) -> Any:
         """A boto3 client of the local AWS, from this machine."""
         import boto3
@@ -434,6 +442,31 @@ class LocalAws:
         """Attach as Pulumi's VolumeAttachment would (the mux's state volume)."""
         self.client("ec2").attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=device)
         self.sync_volumes()
+
+    def associate_address(self, instance_id: str, public_ip: str) -> None:
+        """As an Elastic IP association does for IMDS: the host reads `public_ip` from
+        meta-data/public-ipv4 (the traffic to it is the rehearsal's business, hook
+        `elastic-ip` in docs/rehearsal.md)."""
+        with self._lock:
+            self._host(instance_id).public_ip = public_ip
+            self._write_table()
+
+    def terminate_instance(self, instance_id: str) -> None:
+        """TerminateInstances for a host outside any group (the mux being replaced): moto
+        terminates it, its private address is free again (moto 5.2.5 holds it until the
+        instance object is garbage collected; EC2 frees it at termination, and the new mux
+        takes the same fixed address), and IMDS forgets the host."""
+        from moto.ec2.models import ec2_backends
+
+        self.client("ec2").terminate_instances(InstanceIds=[instance_id])
+        backend = ec2_backends[self.account][self.region]
+        instance = backend.get_instance(instance_id)
+        subnet = backend.get_subnet(instance.subnet_id)
+        for ip in instance._private_ips:
+            subnet.del_subnet_ip(ip)
+        with self._lock:
+            self.hosts.pop(instance_id, None)
+            self._write_table()
 
     def terminate(self, instance_id: str) -> None:
         """Start Auto Scaling's termination: the target lifecycle state becomes Terminated and

@@ -146,7 +146,29 @@ def trusting_image(image: str, ca_pem: str, identity_pem: str = "") -> str:
     container has its own."""
     import hashlib
 
-    key = hashlib.sha256((image + ca_pem + identity_pem).encode()).hexdigest()[:12]
+    dockerfile = (
+        f"FROM {image}\n"
+        "USER root\n"
+        "COPY rehearsal-ca.pem /etc/campfleet-rehearsal-ca.pem\n"
+        'RUN python3 -c "import certifi,shutil;shutil.copy(certifi.where(),'
+        "'/etc/campfleet-rehearsal-bundle.pem')\" 2>/dev/null "
+        "|| cp /etc/ssl/certs/ca-certificates.crt /etc/campfleet-rehearsal-bundle.pem; "
+        "cat /etc/campfleet-rehearsal-ca.pem >> /etc/campfleet-rehearsal-bundle.pem\n"
+        "ENV AWS_CA_BUNDLE=/etc/campfleet-rehearsal-bundle.pem\n"
+        # requests (certbot ordering from the rehearsal's ACME server) reads certifi's
+        # bundle unless told otherwise.
+        "ENV REQUESTS_CA_BUNDLE=/etc/campfleet-rehearsal-bundle.pem\n"
+        "COPY identity.pem /etc/campfleet-rehearsal-identity.pem\n"
+        # From /: the image's working directory holds a source copy of campfleet that
+        # would shadow the installed package the hub imports.
+        'RUN cd / && python3 -c "import importlib.resources as r;'
+        "p=r.files('campfleet').joinpath('data/aws-identity-rsa2048.pem');"
+        "bundled=p.read_text();"
+        "open(str(p),'w').write(open('/etc/campfleet-rehearsal-identity.pem').read()+bundled)"
+        '"\n'
+        # First: a certificate before any `region:` line is trusted for every Region.
+    )
+    key = hashlib.sha256((image + ca_pem + identity_pem + dockerfile).encode()).hexdigest()[:12]
     tag = f"campfleet-rehearsal-mux:{key}"
     if subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0:
         return tag
@@ -154,25 +176,7 @@ def trusting_image(image: str, ca_pem: str, identity_pem: str = "") -> str:
     try:
         (work / "rehearsal-ca.pem").write_text(ca_pem)
         (work / "identity.pem").write_text(identity_pem)
-        (work / "Dockerfile").write_text(
-            f"FROM {image}\n"
-            "USER root\n"
-            "COPY rehearsal-ca.pem /etc/campfleet-rehearsal-ca.pem\n"
-            'RUN python3 -c "import certifi,shutil;shutil.copy(certifi.where(),'
-            "'/etc/campfleet-rehearsal-bundle.pem')\" 2>/dev/null "
-            "|| cp /etc/ssl/certs/ca-certificates.crt /etc/campfleet-rehearsal-bundle.pem; "
-            "cat /etc/campfleet-rehearsal-ca.pem >> /etc/campfleet-rehearsal-bundle.pem\n"
-            "ENV AWS_CA_BUNDLE=/etc/campfleet-rehearsal-bundle.pem\n"
-            "COPY identity.pem /etc/campfleet-rehearsal-identity.pem\n"
-            # From /: the image's working directory holds a source copy of campfleet that
-            # would shadow the installed package the hub imports.
-            'RUN cd / && python3 -c "import importlib.resources as r;'
-            "p=r.files('campfleet').joinpath('data/aws-identity-rsa2048.pem');"
-            "bundled=p.read_text();"
-            "open(str(p),'w').write(open('/etc/campfleet-rehearsal-identity.pem').read()+bundled)"
-            '"\n'
-            # First: a certificate before any `region:` line is trusted for every Region.
-        )
+        (work / "Dockerfile").write_text(dockerfile)
         done = subprocess.run(
             ["docker", "build", "-q", "--label", "campfleet.rehearsal.image=mux", "-t", tag,
              str(work)],

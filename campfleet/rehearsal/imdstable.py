@@ -33,6 +33,7 @@ class Host:
     role: str
     group: Optional[str]
     lifecycle: str = "InService"
+    public_ip: str = ""  # meta-data/public-ipv4 (the mux's Elastic IP), when associated
     # The identity document's pendingTime: the launch, stable across table rewrites.
     launched: str = field(
         default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -90,6 +91,8 @@ def entry(
     }
     if host.group:
         meta["autoscaling/target-lifecycle-state"] = host.lifecycle
+    if host.public_ip:
+        meta["public-ipv4"] = host.public_ip
     dynamic = {
         "instance-identity/document": document,
         "instance-identity/signature": signature,

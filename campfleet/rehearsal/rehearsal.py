@@ -2,11 +2,13 @@
 
 Order: the host image (cached), the VPC network, the local AWS (moto behind TLS on
 the real AWS names, the ECR stand-in with the built images, SSM holding the stack's secrets,
-IMDSv2, loop-device volumes: campfleet.rehearsal.aws and friends), the user data rendered
+IMDSv2, loop-device volumes: campfleet.rehearsal.aws and friends), Pebble as the ACME CA
+that certifies the mux's public IPv4 (campfleet.rehearsal.acme), the user data rendered
 with the registry's digests, the apt cache, then the mux host and the ship hosts. Each host
 is followed through booting -> cloud-init done -> agent reporting -> available (ships) or
 booting -> cloud-init done -> hub up (mux). `stop` removes every container, network, volume
-and loop device the rehearsal made, whatever state it got to.
+and loop device the rehearsal made, whatever state it got to. `replace_mux` replaces the mux
+host as AWS does (terminate, state volume detached, a new instance from the same user data).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from campfleet.rehearsal import hosts
+from campfleet.rehearsal.acme import AcmeError, RehearsalAcme
 from campfleet.rehearsal.render import RenderedStack, render
 
 BOOTING = "booting"
@@ -29,6 +32,9 @@ AGENT_REPORTING = "agent reporting"
 AVAILABLE = "available"
 HUB_UP = "hub up"
 FAILED = "failed"
+# The mux's Elastic IP stand-in: this far below the network's broadcast address (the apt cache
+# is at broadcast - 2; Docker hands out addresses from the bottom of the range).
+ELASTIC_IP_FROM_TOP = 9
 # The mux's registry, read inside the mux host's hub container (no HTTP needed): each ship's
 # state and the error its agent reported (why it failed).
 _REGISTRY_QUERY = (
@@ -105,6 +111,8 @@ class Rehearsal:
         # A test's broken ships: (ship index, rendered ship user data) -> the text that ship
         # boots instead (None: every ship boots the rendered text unchanged).
         self.ship_user_data_for: Optional[Callable[[int, str], str]] = None
+        self.acme: Optional[RehearsalAcme] = None
+        self.public_ip = ""  # the mux's Elastic IP stand-in (hook `elastic-ip`)
 
     # -- names -------------------------------------------------------------------------------
     def name(self, role: str, index: int = 0) -> str:
@@ -116,7 +124,14 @@ class Rehearsal:
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}/"
+        return f"https://127.0.0.1:{self.published_port()}/"
+
+    def published_port(self) -> int:
+        """The mux host's HTTPS port on 127.0.0.1 (Docker picks one when `port` is 0)."""
+        if self.port:
+            return self.port
+        out = hosts.docker("port", self.mux, "443/tcp", check=False).split()
+        return int(out[0].rsplit(":", 1)[1]) if out else 0
 
     # -- start -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -135,6 +150,8 @@ class Rehearsal:
         self.made.append(f"campfleet-rehearsal-{self.stack}-aptcache")
         self.say(f"apt cache {self.apt_url}")
         hooks = self._local_aws(first) if self.aws_factory is not None else None
+        if self.aws is not None:
+            self._start_acme(cidr)
         digests = self._push_images(first) if self.aws is not None else {}
         ids = self._create_volumes(first) if self.aws is not None else {}
         self.rendered = render(self.project_dir, self.stack, self.values, digests, ids)
@@ -186,6 +203,22 @@ class Rehearsal:
         self.aws.start()
         return self.aws.host_hooks()
 
+    def _start_acme(self, cidr: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+        """Hooks `acme-ca` and `elastic-ip`: Pebble on the gateway, the stack's ACME directory
+        pointing at it, and an address on the VPC network that IMDS gives the mux as its
+        public IPv4, so the mux's front door orders and serves a real certificate."""
+        self.acme = RehearsalAcme(self.aws.gateway, self.aws.ca, self.workdir / "acme")
+        try:
+            self.acme.start()
+        except AcmeError as exc:
+            raise RehearsalError(str(exc)) from None
+        self.values["campfleet:acmeDirectory"] = self.acme.directory
+        self.public_ip = str(cidr.broadcast_address - ELASTIC_IP_FROM_TOP)
+        self.say(
+            f"ACME CA (Pebble) {self.acme.directory}; the mux's public IPv4 {self.public_ip}; "
+            f"its certificate's root: {self.acme.root_file}"
+        )
+
     def _push_images(self, first: RenderedStack) -> Dict[str, str]:
         """Build (cached) and push both images; the mux's gets the rehearsal CA (hook)."""
         from campfleet.images import ImageError, ensure_images
@@ -233,6 +266,8 @@ class Rehearsal:
                 f"campfleet-{self.stack}-{role}",
                 group=self.rendered.group_name if role == "ship" and self.rendered else None,
             )
+            if role == "mux" and self.public_ip:
+                self.aws.associate_address(iid, self.public_ip)
         else:
             iid = instance_id(self.stack, 0 if role == "mux" else index + 1)
         spec = hosts.HostSpec(
@@ -252,9 +287,50 @@ class Rehearsal:
             hosts.wait_early_boot(name)
             hooks.install(name)  # the rehearsal CA trusted, IMDS routed: before cloud-init's
             # runcmd, which follows the package installs
+            if role == "mux" and self.public_ip:
+                carry_address(name, self.public_ip)
         self.hosts[name] = HostStatus(name, role, iid, ip)
         self.say(f"{name}: {iid} at {ip} booting")
         return iid
+
+    # -- replacing the mux host --------------------------------------------------------------
+    def replace_mux(self) -> str:
+        """Replace the mux host as AWS does when it is terminated and launched again: the
+        instance shuts down (systemd stops the services and unmounts the state volume), the
+        state volume is detached, and a new instance boots from the same rendered user data at
+        the same fixed private address, with the Elastic IP and the state volume moved to it.
+        Returns the new instance id; `wait_hub` follows its boot."""
+        assert self.rendered is not None and self.aws is not None
+        old = self.hosts[self.mux]
+        hosts.docker("stop", "-t", "120", self.mux, timeout=180)
+        ec2 = self.aws.client("ec2")
+        ec2.detach_volume(VolumeId=self.rendered.state_volume, InstanceId=old.instance_id)
+        self.aws.terminate_instance(old.instance_id)
+        self.aws.sync_volumes()  # loop device freed; the data stays in the volume's file
+        hosts.remove_host(self.mux)
+        rendered = self.rendered
+        new = self._boot("mux", 0, rendered.mux_ip, rendered.mux_user_data,
+                         rendered.state_zone, self.image, self.hooks)  # fmt: skip
+        self.aws.attach_volume(rendered.state_volume, new)
+        return new
+
+    def wait_hub(self, timeout: float) -> HostStatus:
+        """Wait for the mux host's cloud-init and hub (the ships are left as they are)."""
+        status = self.hosts[self.mux]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ci = hosts.cloud_init(status.name)
+            if ci.status in ("error", "gone"):
+                status.advance(FAILED, f"{ci.detail}\n{hosts.failing_step(status.name)}".strip())
+                raise RehearsalError(f"{status.name} failed: {status.detail}")
+            if ci.status == "done":
+                up = hosts.unit_state(status.name, "campfleet-mux") == "active"
+                if up and self.ship_states():
+                    status.advance(HUB_UP)
+                    return status
+                status.advance(CLOUD_INIT_DONE)
+            time.sleep(2)
+        raise RehearsalError(f"{status.name} was not up within {timeout:.0f} s: {status.phase}")
 
     # -- progress ----------------------------------------------------------------------------
     def ship_states(self) -> Dict[str, str]:
@@ -333,6 +409,8 @@ class Rehearsal:
         ).split()
         if leftover:
             hosts.docker("rm", "-f", "-v", *leftover, check=False, timeout=180)
+        if self.acme is not None:
+            self.acme.stop()
         if self.aws is not None:
             try:
                 self.aws.stop()
@@ -345,6 +423,20 @@ class Rehearsal:
         if volumes:
             hosts.docker("volume", "rm", "-f", *volumes, check=False)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def carry_address(container: str, address: str) -> None:
+    """Hook `elastic-ip`: `address` on the host's interface (added from this machine with
+    nsenter; the host needs no NET_ADMIN), so traffic to the mux's public IPv4 on the VPC
+    network reaches it. On AWS the Elastic IP is translated to the private address on the way
+    in and is on no interface; the mux binds its ports on all addresses either way."""
+    pid = hosts.docker("inspect", "-f", "{{.State.Pid}}", container).strip()
+    done = subprocess.run(
+        ["nsenter", "-t", pid, "-n", "ip", "addr", "replace", f"{address}/32", "dev", "eth0"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RehearsalError(f"{address} on {container}: {done.stderr.strip()}")
 
 
 def leftovers(stack: str) -> List[str]:

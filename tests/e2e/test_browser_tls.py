@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from campfleet.local import LocalEvent
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, trusting_home
 from tests.e2e.jupyterlab import log_in, run_in_new_notebook
 from tests.integration.conftest import make_event, stop_and_check
 
@@ -32,18 +31,6 @@ def tls_event(tmp_path: Path) -> Iterator[LocalEvent]:
         yield event
     finally:
         stop_and_check(event)
-
-
-def trusting_home(home: Path, ca_file: Path) -> Path:
-    """A HOME whose NSS database (what Chromium on Linux trusts) holds Pebble's root."""
-    nssdb = home / ".pki" / "nssdb"
-    nssdb.mkdir(parents=True)
-    subprocess.run(["certutil", "-d", f"sql:{nssdb}", "-N", "--empty-password"], check=True)
-    subprocess.run(
-        ["certutil", "-d", f"sql:{nssdb}", "-A", "-t", "C,,", "-n", "pebble", "-i", str(ca_file)],
-        check=True,
-    )
-    return home
 
 
 def test_login_over_https_and_run_a_cell_over_wss(tls_event: LocalEvent, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 import requests
@@ -71,6 +71,17 @@ def registry_of(event: LocalEvent) -> Registry:
     return Registry(event.hub_dir / paths.REGISTRY_FILE)
 
 
+class _NamedTls(requests.adapters.HTTPAdapter):
+    """Verify the server's certificate for `name` whatever host the URL names (SNI too)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, server_hostname=self.name, **kwargs)
+
+
 class Attendee:
     """A browser-like client: login form with _xsrf and cookies, spawn, OAuth to the server."""
 
@@ -82,6 +93,11 @@ class Attendee:
         if event.tls:  # trust the event's CA (Pebble's root), as a browser told to would
             self.http.verify = str(event.ca_file)
             self.http.trust_env = False  # else REQUESTS_CA_BUNDLE would override verify
+        # The name the certificate must carry when the URL's host is not it (a rehearsal's
+        # mux is certified for its public IPv4 and reached through a port on 127.0.0.1).
+        self.tls_name: str = getattr(event, "tls_name", "")
+        if self.tls_name:
+            self.http.mount("https://", _NamedTls(self.tls_name))
 
     def xsrf(self) -> str:
         return self.http.cookies.get("_xsrf", path="/hub/") or self.http.cookies.get("_xsrf", "")
@@ -146,7 +162,11 @@ class Attendee:
             f"{self.base.replace('http', 'ws', 1)}/user/{self.name}/api/kernels/{kernel}/channels",
             header=[f"Cookie: {cookies}", f"X-XSRFToken: {self.server_xsrf()}"],
             timeout=timeout,
-            sslopt={"ca_certs": str(self.event.ca_file)} if self.event.tls else None,
+            sslopt=(
+                {"ca_certs": str(self.event.ca_file), "server_hostname": self.tls_name or None}
+                if self.event.tls
+                else None
+            ),
         )
         return KernelChannel(self, kernel, ws, timeout)
 
@@ -233,10 +253,10 @@ class Admin:
     """The organizer's API token (LocalEvent's campfleet-admin service)."""
 
     def __init__(self, event: LocalEvent) -> None:
-        self.base = event.url.rstrip("/")
+        self.base = event.api_url.rstrip("/")  # with --domain: loopback, behind nginx
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"token {event.api_token}"
-        if event.tls:
+        if self.base.startswith("https:"):
             self.http.verify = str(event.ca_file)
             self.http.trust_env = False
 

@@ -60,6 +60,8 @@ def test_ctrl_c_removes_every_container_network_and_volume(tmp_path: Path) -> No
     )
     out = Lines(proc.stdout)
     try:
+        acme = out.wait_for("ACME CA (Pebble) https://", timeout=900)
+        pebble_config = acme.rsplit(" ", 1)[1].replace("root.pem", "pebble.json")
         out.wait_for(f"campfleet-rehearsal-{stack}-mux: i-", timeout=900)
         out.wait_for(f"campfleet-rehearsal-{stack}-ship-0: i-", timeout=120)
         # The hosts exist and carry the rehearsal's label and name.
@@ -79,3 +81,15 @@ def test_ctrl_c_removes_every_container_network_and_volume(tmp_path: Path) -> No
             proc.wait()
     assert any("removed every container" in line for line in out.lines), out.lines
     assert_nothing_left(stack)
+    # The rehearsal's ACME CA (Pebble, a process on this machine) is gone too.
+    assert not [c for c in _command_lines() if pebble_config in c], pebble_config
+
+
+def _command_lines() -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            found.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # gone meanwhile
+            continue
+    return found

@@ -195,3 +195,52 @@ def test_without_a_certificate_port_80_says_so_and_the_service_keeps_trying(
         if service.poll() is None:
             os.killpg(service.pid, signal.SIGKILL)
             service.wait(timeout=30)
+
+
+def test_domain_mode_gets_a_wildcard_certificate_through_dns_01(event_factory) -> None:
+    """`campfleet local --domain`: the mux's own certbot command for per-user subdomains
+    (tls.Acme, wildcard) gets `<domain>` + `*.<domain>` from Pebble through DNS-01:
+    certbot-dns-route53 writes the challenge's TXT record through the Route 53 stand-in,
+    Pebble reads it through campfleet.localdns, certbot removes it afterwards. The one
+    certificate serves the hub's name and every attendee's."""
+    import boto3
+    from botocore.exceptions import EndpointConnectionError
+
+    domain = "campfleet.test"
+    event = event_factory(ships=1, heartbeat=1.0, domain=domain)
+    assert "--dns-route53" in event.acme().certonly()
+    for host in (domain, f"alice.{domain}", f"bob.{domain}"):
+        cert = served_certificate(event.port, str(event.ca_file), host)  # verified per name
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(names.get_values_for_type(x509.DNSName)) == [f"*.{domain}", domain]
+
+    # Pebble asked the stand-in's DNS and was told both tokens (apex and wildcard share the
+    # name) ...
+    asked = (event.log_dir / "route53.log").read_text()
+    assert f"campfleet-dns: _acme-challenge.{domain} type 16: 2 TXT" in asked, asked
+    # ... and certbot cleaned the record up through the API.
+    route53 = boto3.client(
+        "route53",
+        endpoint_url=f"http://127.0.0.1:{event.route53_port}",
+        region_name="us-east-1",
+        aws_access_key_id="campfleet-local",
+        aws_secret_access_key="campfleet-local",
+    )
+    zone = route53.list_hosted_zones()["HostedZones"][0]
+    records = route53.list_resource_record_sets(HostedZoneId=zone["Id"])["ResourceRecordSets"]
+    assert zone["Name"] == f"{domain}." and not [r for r in records if r["Type"] == "TXT"]
+
+    # The stand-in keeps its zone in memory: if it dies, the supervisor starts it again with
+    # the zone (renewals need it).
+    killed = event.kill_service("route53")
+
+    def zone_back() -> bool:
+        if event.pid_file("route53").read_text().strip() == str(killed):
+            return False  # not restarted yet
+        try:
+            zones = route53.list_hosted_zones()["HostedZones"]
+        except EndpointConnectionError:
+            return False  # not listening yet
+        return [z["Name"] for z in zones] == [f"{domain}."]
+
+    wait_until(zone_back, 60, "the Route 53 stand-in back with its zone")

@@ -20,6 +20,8 @@ class FakeEvent:
     def __init__(self, **kwargs: Any) -> None:
         self.kwargs = kwargs
         self.url = f"http://127.0.0.1:{kwargs['port']}/"
+        self.api_url = self.url
+        self.domain = kwargs["domain"]
         self.password = kwargs["password"] or "generated-pw"
         self.admin = kwargs["admin"]
         self.admin_password = "admin-pw"
@@ -92,6 +94,7 @@ def test_progress_ready_lines_and_clean_stop(
         "admin": "admin",
         "state_dir": tmp_path,
         "tls": False,
+        "domain": "",
         "runtime": "local",  # the default: no Docker, no image build
         "ship_image": "",
         "auth": "shared",

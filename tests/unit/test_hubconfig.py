@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import sqlalchemy
@@ -17,6 +18,7 @@ from campfleet.mux import fleet as fleet_mod
 from campfleet.mux.hubconfig import (
     AttemptLimiter,
     WorkshopAuthenticator,
+    claim_cookie,
     configure,
     hub_db_wal,
     landing_url,
@@ -465,3 +467,15 @@ def test_a_domain_with_its_zone_gives_each_attendee_a_subdomain(tmp_path: Path) 
         assert "subdomain_host" not in c.JupyterHub
     finally:
         fleet.registry.close()
+
+
+def test_the_claim_cookie_is_host_only_with_per_user_subdomains() -> None:
+    """With subdomains any attendee's server can set cookies for the parent domain; a
+    `__Host-` cookie (path /, no Domain) can come only from the hub's own host (issue 15)."""
+
+    def handler(prefix: bool) -> SimpleNamespace:
+        hub = SimpleNamespace(base_url="/hub/")
+        return SimpleNamespace(settings={"cookie_host_prefix_enabled": prefix}, hub=hub)
+
+    assert claim_cookie(handler(True)) == ("__Host-campfleet-name", "/")  # type: ignore[arg-type]
+    assert claim_cookie(handler(False)) == ("campfleet-name", "/hub/")  # type: ignore[arg-type]

@@ -60,3 +60,55 @@ def test_a_failed_storm_keeps_the_proxys_error_lines(tmp_path: Path) -> None:
         "proxy: 14:58:02.200 [ConfigProxy] error: 503 POST /hub/api/users/a/server socket hang up"
     ]
     assert storm.proxy_log_errors(tmp_path / "missing.log") == []
+
+
+def test_other_jobs_on_the_hubs_core_flag_a_storm_as_disturbed(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    tick = os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq: only the first three are running work
+    stat.write_text(
+        f"cpu  {9 * tick} 0 0 0 0 0 0\ncpu0 {2 * tick} {tick} {3 * tick} {50 * tick} 7 8 9\n"
+        f"cpu1 {tick} 0 0 0 0 0 0\n"
+    )
+    assert storm.core_busy_s(0, stat) == 6.0
+    assert storm.core_busy_s(None, stat) == 0.0
+    assert storm.core_busy_s(0, tmp_path / "missing") == 0.0
+    assert storm.disturbance(0.5, 10.0) is None  # 5%: quiet
+    assert "3.0 CPU-s" in (storm.disturbance(3.0, 10.0) or "")  # 30%: disturbed
+    r = storm.StormResult(times=[1.0], hub_cpu_s=4.0, proxy_cpu_s=1.0, wall_s=10.0)
+    r.hub_core_busy_s = 9.0  # 4 s hub + 1 s proxy + 4 s of others
+    f = r.summary()
+    assert (f["others_on_hub_core_s"], f["others_on_hub_core_share"]) == (4.0, 0.4)
+    assert f["disturbed"] and "40%" in f["disturbed"]
+    r.hub_core_busy_s = 5.2
+    assert r.summary()["disturbed"] is None
+    assert "disturbed" not in storm.StormResult(times=[1.0], wall_s=1.0).summary()  # not pinned
+
+
+def test_stall_hub_stops_the_process_and_continues_it() -> None:
+    import asyncio
+    import subprocess
+
+    def state(pid: int) -> str:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[0]
+
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+
+        async def stall() -> tuple[str, str]:
+            storm.stop_for(proc.pid, 0.5)
+            seen = []
+            for _ in range(200):  # stopped at once, continued 0.5 s later
+                seen.append(state(proc.pid))
+                if "T" in seen and seen[-1] != "T":
+                    break
+                await asyncio.sleep(0.01)
+            return ("T" if "T" in seen else seen[0]), seen[-1]
+
+        stopped, after = asyncio.run(stall())
+        assert stopped == "T"
+        assert after in ("S", "R"), after  # continued: asleep again, or just woken (running)
+        storm.stop_for(None, 5.0)  # no hub: nothing to stop
+    finally:
+        proc.kill()
+        proc.wait()

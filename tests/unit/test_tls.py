@@ -113,3 +113,60 @@ def test_per_user_subdomains_order_a_wildcard_through_dns_01(tmp_path: Path) -> 
     assert acme.live_dir == tmp_path / "live" / "ws.example.org"
     with pytest.raises(tls.TlsError, match="need a domain name"):
         tls.Acme(identifier="203.0.113.7", config_dir=tmp_path, wildcard=True).certonly()
+
+
+def _store(live: Path, cn: str, ips: list[str], hours: float = 1.0, key: bool = True) -> None:
+    """What certbot leaves in a lineage's live directory: fullchain.pem and privkey.pem."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=2))
+        .not_valid_after(now + datetime.timedelta(hours=hours))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(i)) for i in ips]),
+            critical=False,
+        )
+        .sign(private, hashes.SHA256())
+    )
+    live.mkdir(parents=True, exist_ok=True)
+    (live / "fullchain.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    if key:
+        (live / "privkey.pem").write_bytes(
+            private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+
+
+def test_a_stored_ip_certificate_is_served_even_when_certbot_exits_1(tmp_path: Path) -> None:
+    """Pebble 2.4 puts the IP in the CN and certbot 5.8 then exits 1 after storing it
+    (tests/integration/test_tls.py pins that); the stored certificate counts if it is valid
+    now and names the identifier, and only then."""
+    acme = tls.Acme("203.0.113.7", config_dir=tmp_path)
+    assert not tls.stored_certificate(acme)  # nothing stored
+    _store(acme.live_dir, "203.0.113.7", ["203.0.113.7"], key=False)
+    assert not tls.stored_certificate(acme)  # no key
+    _store(acme.live_dir, "203.0.113.7", ["203.0.113.8"])
+    assert not tls.stored_certificate(acme)  # another address
+    _store(acme.live_dir, "203.0.113.7", ["203.0.113.7"], hours=-1)
+    assert not tls.stored_certificate(acme)  # expired
+    _store(acme.live_dir, "203.0.113.7", ["203.0.113.7"])
+    assert tls.stored_certificate(acme)
+    (acme.live_dir / "fullchain.pem").write_text("not a certificate")
+    assert not tls.stored_certificate(acme)

@@ -1,6 +1,6 @@
 """campfleet: read the stack config, build the components, export what organizers need."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pulumi
@@ -84,7 +84,7 @@ ships = ShipFleet(
             warm_pool=config.warm_pool,
             demand=config.fleet_mode == "demand",
             # Created mid-session, the room is there now; created at night, it waits.
-            initial_capacity=config.policy().scheduled(datetime.now(timezone.utc)),
+            initial_capacity=config.policy().scheduled(datetime.now(UTC)),
         ),
         restore=restore,
         ami=config.ship_ami,

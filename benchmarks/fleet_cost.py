@@ -34,7 +34,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from campfleet.fleetpolicy import (
@@ -57,7 +57,7 @@ COLD_LAUNCH_S = 243.0  # AWS's warm-pool sample: launch to in service without a 
 WARM_START_S = 36.0  # ... and from a stopped warm pool
 PREPARE_S = 60.0  # a refill: cold launch + image pull before the ship stops in the pool
 STEP_S = 5.0
-MONDAY = datetime(2026, 1, 5, tzinfo=timezone.utc)  # trace second 0 (the stack's time zone)
+MONDAY = datetime(2026, 1, 5, tzinfo=UTC)  # trace second 0 (the stack's time zone)
 
 
 @dataclass(frozen=True)

@@ -190,7 +190,7 @@ async def session(
                 try:
                     await ws.send_str(frame)
                     answer = await asyncio.wait_for(ws.receive(), 30)
-                except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+                except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
                     errors.append(f"socket {i}: {exc!r}")
                     return
                 if answer.type != aiohttp.WSMsgType.TEXT or answer.data != frame:
@@ -329,7 +329,7 @@ async def bench(args: argparse.Namespace, log: Path, run_dir: Path) -> dict:
         await wait_port(https_port, "nginx", nginx, log)
         api = f"http://127.0.0.1:{api_port}"
         await add_routes(api, token, {f"/user/{u}": f"http://127.0.0.1:{p}" for u, p in
-                                      zip(names, ports)})  # fmt: skip
+                                      zip(names, ports, strict=True)})  # fmt: skip
         await asyncio.sleep(1.0)
         nginx_pid = nginx.pid
         chp = Watched("proxy", lambda: [proxy.pid])
@@ -351,7 +351,7 @@ async def bench(args: argparse.Namespace, log: Path, run_dir: Path) -> dict:
             ),
             "direct": await run_arm(
                 "direct",
-                [f"ws://127.0.0.1:{port}{p}" for port, p in zip(ports, paths)],
+                [f"ws://127.0.0.1:{port}{p}" for port, p in zip(ports, paths, strict=True)],
                 args,
                 [],
             ),

@@ -167,7 +167,7 @@ async def _first_request(http: aiohttp.ClientSession, base: str, name: str) -> O
             if r.status == 200 and body == STANDIN_BODY:
                 return None
             return f"{name}: GET /user/{name}/ through the proxy answered {r.status}"
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         return f"{name}: GET /user/{name}/ through the proxy failed: {exc!r}"
 
 
@@ -320,7 +320,7 @@ async def storm(event: LocalEvent, users: int, token: str, stall_hub: float = 0.
             out.times.append(result)
         else:
             out.errors.append(str(result))
-    started = [n for n, r in zip(names, results) if isinstance(r, float)]
+    started = [n for n, r in zip(names, results, strict=True) if isinstance(r, float)]
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
         answers = await asyncio.gather(*(_first_request(http, event.url, n) for n in started))
     out.unanswered = [a for a in answers if a]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from campfleet.protocol import ShipState
@@ -178,7 +178,7 @@ class Policy:
     idle_ships: int = 0
     spare_ships: int = 0
     sessions: tuple[Session, ...] = ()
-    time_zone: tzinfo = timezone.utc
+    time_zone: tzinfo = UTC
     lead: timedelta = timedelta(minutes=DEFAULT_LEAD_MINUTES)
 
     def __post_init__(self) -> None:

@@ -345,7 +345,7 @@ class TestIdentityAuthority:
                     x509.NameAttribute(NameOID.ORGANIZATION_NAME, name),
                 ]
             )
-            now = datetime.datetime.now(datetime.timezone.utc)
+            now = datetime.datetime.now(datetime.UTC)
             cert = (
                 x509.CertificateBuilder()
                 .subject_name(subject)
@@ -401,9 +401,7 @@ class TestIdentityAuthority:
         image_id: str = "ami-0123456789abcdef0",
     ) -> Dict[str, object]:
         """A document's fields in EC2's order and spelling."""
-        pending = pending_time or datetime.datetime.now(datetime.timezone.utc).strftime(
-            "%Y-%m-%dT%H:%M:%SZ"
-        )
+        pending = pending_time or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return {
             "accountId": account_id,
             "architecture": "x86_64",

@@ -501,7 +501,7 @@ def attest_context(ship_id: str, nonce: str, ship_public: bytes, mux_public: byt
 def wrap_key(key: bytes, shared: bytes, context: bytes) -> Tuple[str, str]:
     """(ciphertext hex, tag hex) of a KEY_BYTES key under the X25519 shared secret."""
     enc, mac = _wrap_keys(shared, context)
-    sealed = bytes(a ^ b for a, b in zip(key, enc))
+    sealed = bytes(a ^ b for a, b in zip(key, enc, strict=True))
     return sealed.hex(), hmac.digest(mac, sealed, "sha256").hex()
 
 
@@ -513,7 +513,7 @@ def unwrap_key(sealed_hex: str, tag_hex: str, shared: bytes, context: bytes) -> 
     enc, mac = _wrap_keys(shared, context)
     if not hmac.compare_digest(hmac.digest(mac, sealed, "sha256"), tag):
         raise ValueError("wrapped key does not authenticate (altered, or another exchange)")
-    return bytes(a ^ b for a, b in zip(sealed, enc))
+    return bytes(a ^ b for a, b in zip(sealed, enc, strict=True))
 
 
 def key_fingerprint(key: bytes) -> str:

@@ -98,8 +98,8 @@ class HttpConnection:
             reused = self._writer is not None
             try:
                 return await asyncio.wait_for(self._once(method, path, body, headers), timeout)
-            except (OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                    ValueError, HttpError, asyncio.TimeoutError) as exc:  # fmt: skip
+            except (TimeoutError, OSError, EOFError, asyncio.IncompleteReadError,
+                    asyncio.LimitOverrunError, ValueError, HttpError) as exc:  # fmt: skip
                 self.close()
                 stale = isinstance(exc, (ConnectionError, EOFError, asyncio.IncompleteReadError))
                 if not (reused and stale and attempt == 0):

@@ -369,7 +369,7 @@ class ControlServer:
             for _, exchange in batch:
                 exchange.send(503, b'{"error": "unavailable", "reason": "registry error"}', {})
             return
-        for (verdict, exchange), result in zip(batch, results):
+        for (verdict, exchange), result in zip(batch, results, strict=True):
             ship_id = verdict.message.ship_id
             if isinstance(result, Rejected):
                 self.count(result.kind, result.reason, ship_id)
@@ -422,7 +422,7 @@ class ControlServer:
                 return desired
             try:
                 await asyncio.wait_for(fut, remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             finally:
                 waiters = self._waiters.get(ship_id)

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Optional
 
 from campfleet import fleetpolicy
@@ -79,7 +79,7 @@ class DemandController:
         *,
         interval: float = 15.0,
         min_gap: float = 1.0,
-        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         if policy.mode != "demand":
             raise ValueError(f"DemandController needs a demand policy, got {policy.mode!r}")

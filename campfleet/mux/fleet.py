@@ -352,7 +352,7 @@ class Fleet:
             self._waiters.setdefault(ship_id, set()).add(event)
             try:
                 await asyncio.wait_for(event.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return predicate()
             finally:
                 self._waiters.get(ship_id, set()).discard(event)

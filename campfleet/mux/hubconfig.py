@@ -17,7 +17,7 @@ import sqlite3
 import sys
 import time
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Optional
 
@@ -531,9 +531,7 @@ async def _expire_admin_token(token: str, expires: float) -> None:
         db = getattr(app, "db", None)
         orm_token = orm.APIToken.find(db, token) if db is not None else None
         if orm_token is not None:
-            orm_token.expires_at = datetime.fromtimestamp(expires, timezone.utc).replace(
-                tzinfo=None
-            )
+            orm_token.expires_at = datetime.fromtimestamp(expires, UTC).replace(tzinfo=None)
             db.commit()
             log.info("organizer token expires at %s UTC", orm_token.expires_at)
             return

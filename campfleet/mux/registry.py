@@ -148,7 +148,7 @@ def _when(pending_time: str) -> Optional[datetime.datetime]:
         when = datetime.datetime.fromisoformat(pending_time.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
 
 
 def attest_refusal(ship_id: str, held: Optional[KeyRecord], pending_time: str) -> str:

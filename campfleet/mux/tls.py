@@ -247,7 +247,7 @@ def stored_certificate(acme: Acme) -> bool:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except (OSError, ValueError, x509.ExtensionNotFound):
         return False
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
         return False
     if is_ip(acme.identifier):

@@ -26,7 +26,7 @@ VALID = datetime.timedelta(days=7)  # a rehearsal lasts hours; nothing outlives 
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _pem(cert: x509.Certificate) -> bytes:

@@ -44,7 +44,7 @@ def entry(
     host: Host, identity: TestIdentityAuthority, region: str, account: str
 ) -> Dict[str, Dict[str, str]]:
     """One host's answers: {"meta-data": {path: text}, "dynamic": {path: text}}."""
-    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     expires = (now + datetime.timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ")
     signed = identity.sign(

@@ -85,14 +85,14 @@ def test_https_login_wss_kernel_survives_renewals_and_expiry(event_factory) -> N
 
     serials = {first.serial_number}
     expiry_passed = first.not_valid_after_utc + datetime.timedelta(seconds=2)
-    while datetime.datetime.now(datetime.timezone.utc) < expiry_passed:
+    while datetime.datetime.now(datetime.UTC) < expiry_passed:
         serials.add(served_certificate(event.port, ca).serial_number)
         assert not executor.error, executor.error
         time.sleep(1)
     renewed = served_certificate(event.port, ca)  # verifies: a valid certificate after expiry
     serials.add(renewed.serial_number)
     assert len(serials) >= 2, "no renewal happened before the first certificate expired"
-    assert renewed.not_valid_after_utc > datetime.datetime.now(datetime.timezone.utc)
+    assert renewed.not_valid_after_utc > datetime.datetime.now(datetime.UTC)
     log = (event.log_dir / "tls.log").read_text()
     assert "Congratulations, all renewals succeeded" in log
 

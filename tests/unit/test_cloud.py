@@ -271,7 +271,7 @@ async def test_the_fleet_publishes_lost_and_failed_ships_with_their_ids(
 
 def stat(w: World, metric: str, **dims: str) -> float:
     """The one Maximum CloudWatch holds for a metric of this stack in the last minutes."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     answer = w.cloudwatch.get_metric_statistics(
         Namespace="campfleet",
         MetricName=metric,

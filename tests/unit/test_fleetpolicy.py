@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -111,8 +111,8 @@ def test_in_session_uses_the_stack_time_zone_and_lead() -> None:
     # Wed 2026-12-02: Berlin is UTC+1.
     assert not in_session(sessions, BERLIN, at(BERLIN, 2026, 12, 2, 8, 14), LEAD)
     assert in_session(sessions, BERLIN, at(BERLIN, 2026, 12, 2, 8, 15), LEAD)
-    assert in_session(sessions, BERLIN, at(timezone.utc, 2026, 12, 2, 16, 29), LEAD)
-    assert not in_session(sessions, BERLIN, at(timezone.utc, 2026, 12, 2, 16, 30), LEAD)
+    assert in_session(sessions, BERLIN, at(UTC, 2026, 12, 2, 16, 29), LEAD)
+    assert not in_session(sessions, BERLIN, at(UTC, 2026, 12, 2, 16, 30), LEAD)
     # Saturday: no session.
     assert not in_session(sessions, BERLIN, at(BERLIN, 2026, 12, 5, 10, 0), LEAD)
     # Monday's lead begins Monday 08:15, not Sunday.
@@ -142,22 +142,22 @@ def test_wall_clock_holds_across_dst() -> None:
     sessions = parse_sessions(["Daily 08:30-17:30"])
     # Berlin switches to summer time on Sun 2026-03-29: 08:30 local is 06:30 UTC after,
     # 07:30 UTC before.
-    before = at(timezone.utc, 2026, 3, 28, 7, 14)
-    after = at(timezone.utc, 2026, 3, 29, 6, 14)
+    before = at(UTC, 2026, 3, 28, 7, 14)
+    after = at(UTC, 2026, 3, 29, 6, 14)
     assert not in_session(sessions, BERLIN, before, LEAD)
     assert in_session(sessions, BERLIN, before + timedelta(minutes=1), LEAD)
     assert not in_session(sessions, BERLIN, after, LEAD)
     assert in_session(sessions, BERLIN, after + timedelta(minutes=1), LEAD)
     # And back on Sun 2026-10-25: 17:30 local is 16:30 UTC again.
-    assert in_session(sessions, BERLIN, at(timezone.utc, 2026, 10, 25, 16, 29), LEAD)
-    assert not in_session(sessions, BERLIN, at(timezone.utc, 2026, 10, 25, 16, 30), LEAD)
+    assert in_session(sessions, BERLIN, at(UTC, 2026, 10, 25, 16, 29), LEAD)
+    assert not in_session(sessions, BERLIN, at(UTC, 2026, 10, 25, 16, 30), LEAD)
 
 
 def test_overnight_across_spring_forward_is_an_hour_shorter() -> None:
     # Berlin skips 02:00-03:00 on Sun 29 March 2026: Sat 22:00-04:00 lasts 5 real hours.
     sessions = parse_sessions(["Sat 22:00-04:00"])
-    start = at(timezone.utc, 2026, 3, 28, 21, 0)  # 22:00 CET
-    end = at(timezone.utc, 2026, 3, 29, 2, 0)  # 04:00 CEST
+    start = at(UTC, 2026, 3, 28, 21, 0)  # 22:00 CET
+    end = at(UTC, 2026, 3, 29, 2, 0)  # 04:00 CEST
     assert in_session(sessions, BERLIN, start)
     assert in_session(sessions, BERLIN, end - timedelta(seconds=1))
     assert not in_session(sessions, BERLIN, end)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -84,7 +84,7 @@ def test_capacity_is_left_to_schedules_and_the_mux(
     policy = evaluation.config.policy()
     # Created at the schedule's size of the moment (this test and the program run within
     # the same minute; a session edge in between would show here as 150 vs 4).
-    assert group.inputs["desiredCapacity"] == policy.scheduled(datetime.now(timezone.utc))
+    assert group.inputs["desiredCapacity"] == policy.scheduled(datetime.now(UTC))
     # Never protected at launch: instance refresh skips protected ships (the mux protects
     # exactly the ships attendees hold).
     assert group.inputs.get("protectFromScaleIn") in (None, False)

@@ -384,6 +384,9 @@ class Rehearsal:
     def wait_ready(
         self, timeout: float, show: Optional[Callable[[Dict[str, HostStatus]], None]] = None
     ) -> None:
+        """Until every ship is available. Once every ship has settled (available or failed) and
+        some failed, it says which and why at once instead of waiting out `timeout`: a failed
+        ship does not come back by itself (its init script powers it off)."""
         deadline = time.monotonic() + timeout
         while True:
             statuses = self.poll()
@@ -391,6 +394,15 @@ class Rehearsal:
                 show(statuses)
             if self.ready():
                 return
+            ships = [h for h in statuses.values() if h.role == "ship"]
+            failed = [h for h in ships if h.phase == FAILED]
+            if failed and all(h.phase in (AVAILABLE, FAILED) for h in ships):
+                raise RehearsalError(
+                    f"{len(failed)} of {len(ships)} ships failed: "
+                    + "; ".join(f"{h.name}: {h.detail.splitlines()[0] if h.detail else 'failed'}"
+                                for h in failed)
+                    + " (the table above shows each one's failing step; fix it and rehearse again)"
+                )  # fmt: skip
             if time.monotonic() > deadline:
                 raise RehearsalError(
                     f"not every ship was available within {timeout:.0f} s: "

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from campfleet.rehearsal import hosts
-from campfleet.rehearsal.rehearsal import AVAILABLE, FAILED, HostStatus, Rehearsal
+from campfleet.rehearsal.rehearsal import (
+    AVAILABLE,
+    BOOTING,
+    FAILED,
+    HostStatus,
+    Rehearsal,
+    RehearsalError,
+)
 
 
 def done(stdout: str, code: int = 0) -> subprocess.CompletedProcess:
@@ -48,3 +55,28 @@ def test_a_scheduled_poweroff_is_read_from_systemd(monkeypatch: pytest.MonkeyPat
     assert hosts.scheduled_shutdown("ship-0") == ("poweroff", 1764696665.0)
     monkeypatch.setattr(hosts, "host_exec", lambda name, *argv, **kw: done("", 1))
     assert hosts.scheduled_shutdown("ship-0") is None
+
+
+def test_a_failed_ship_ends_the_wait_once_every_ship_has_settled(tmp_path: Path) -> None:
+    """An organizer hears which ship failed and why as soon as the rest are up, not after the
+    whole timeout; while another ship still boots, the wait goes on (the benchmark times it)."""
+    run = Rehearsal(tmp_path, "t", {}, workdir=tmp_path / "work")
+    bad = HostStatus("ship-0", "ship", "i-0aaa", "10.0.32.10")
+    bad.advance(FAILED, "the agent reports failed: boot failed: docker pull failed\nlog ...")
+    later = HostStatus("ship-1", "ship", "i-0bbb", "10.0.32.11")
+    run.hosts = {"ship-0": bad, "ship-1": later}
+    polls = []
+
+    def poll() -> dict[str, HostStatus]:
+        polls.append(later.phase)
+        if len(polls) == 2:
+            later.advance(AVAILABLE)
+        return run.hosts
+
+    run.poll = poll  # type: ignore[method-assign]
+    with pytest.raises(RehearsalError) as raised:
+        run.wait_ready(timeout=600)
+    assert polls == [BOOTING, BOOTING]  # went on while ship-1 booted; ended once it was up
+    assert str(raised.value).startswith(
+        "1 of 2 ships failed: ship-0: the agent reports failed: boot failed: docker pull failed ("
+    )
